@@ -1,0 +1,129 @@
+//! Typed configuration. Deployment facts (addresses, peers, data directory, secret) come
+//! from a TOML file; flags and environment variables override the secret and the log
+//! format at run time. Every field that has a sensible default has one.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Configuration of one control member (`districhat control --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// This member's Raft id; unique in the group, never reused.
+    pub id: u64,
+    /// Address the HTTP server binds (pages, API and Raft RPC share it).
+    pub listen: String,
+    /// Address the other members reach this one at; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// RocksDB directory of this member (Raft log, vote, catalog).
+    pub data_dir: PathBuf,
+    /// Shared by all controls and nodes; required on every internal API.
+    pub cluster_secret: String,
+    /// The members `--init` bootstraps the group with.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub raft: RaftTuning,
+    /// Largest accepted HTTP request body, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+/// One member of the initial group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Raft timing and storage knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Applied entries kept in the log behind a snapshot (for lagging followers).
+    pub keep_logs: u64,
+    /// fsync the Raft WAL before acknowledging an append (turn off only for experiments).
+    pub fsync: bool,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+            snapshot_every: 5_000,
+            keep_logs: 1_000,
+            fsync: true,
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid control config: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
+impl ControlConfig {
+    /// Reads a TOML file. Relative paths inside it are relative to the working directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// A member with defaults for everything but its identity (used by `dev` and tests).
+    pub fn new(id: u64, listen: String, data_dir: PathBuf, cluster_secret: String) -> Self {
+        Self {
+            id,
+            listen,
+            advertise: None,
+            data_dir,
+            cluster_secret,
+            peers: Vec::new(),
+            raft: RaftTuning::default(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_cluster_config_format() {
+        let text = r#"
+            id = 2
+            listen = "127.0.0.1:7001"
+            data_dir = "data/cluster/c2"
+            cluster_secret = "s"
+            [[peers]]
+            id = 1
+            addr = "127.0.0.1:7000"
+            [raft]
+            snapshot_every = 10
+        "#;
+        let config: ControlConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.id, 2);
+        assert_eq!(config.peers, vec![PeerConfig { id: 1, addr: "127.0.0.1:7000".into() }]);
+        assert_eq!(config.raft.snapshot_every, 10);
+        assert!(config.raft.fsync);
+        assert!(toml::from_str::<ControlConfig>("id = 1\nbogus = 2").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! The control's HTTP router and the public REST API: accounts, sessions and rooms.
+//! Reads are answered from this member's applied catalog; writes go through
+//! [`Writer`](super::write::Writer), which forwards to the leader.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::api_error::{ApiError, ApiJson};
+use super::auth;
+use super::catalog::{Command, CommandOutput, Room, UserId};
+use super::raft::state_machine::read_state;
+use super::{admin, cluster, raft, write, AppState};
+use crate::now_ms;
+
+/// Every route of a control member.
+pub fn router(state: AppState) -> Router {
+    let internal = Router::new()
+        .route("/internal/write", post(write::internal_write))
+        .with_state(state.writer.clone())
+        .merge(raft::network::routes(state.raft.clone(), state.secret.clone()));
+    Router::new()
+        .route("/healthz", get(cluster::healthz))
+        .route("/metrics", get(cluster::metrics))
+        .route("/api/cluster", get(cluster::cluster))
+        .route("/api/users", post(register))
+        .route("/api/sessions", post(login))
+        .route("/api/rooms", get(list_rooms).post(create_room))
+        .route("/api/rooms/{id}/members", post(join_room))
+        .merge(admin::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state.clone())
+        .merge(internal)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct UserView {
+    id: UserId,
+    username: String,
+}
+
+/// `POST /api/users`: register.
+async fn register(State(app): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> Result<Response, ApiError> {
+    if !(8..=128).contains(&body.password.chars().count()) {
+        return Err(ApiError::bad_request("invalid_password", "passwords are 8 to 128 characters"));
+    }
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let command = Command::CreateUser { username: body.username, password_hash: hash, at_ms: now_ms() };
+    match app.writer.write(command).await? {
+        CommandOutput::User(user) => {
+            Ok((StatusCode::CREATED, Json(UserView { id: user.id, username: user.username })).into_response())
+        }
+        other => Err(ApiError::internal(format!("CreateUser returned {other:?}"))),
+    }
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    token: String,
+    user: UserView,
+}
+
+/// `POST /api/sessions`: log in; sets the session cookie and returns the token.
+async fn login(State(app): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> Result<Response, ApiError> {
+    let (user, key) = {
+        let state = read_state(&app.state);
+        (state.catalog.user_by_name(&body.username).cloned(), state.catalog.meta.signing_key.clone())
+    };
+    let key = key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
+    let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
+    let password = body.password;
+    let verified = tokio::task::spawn_blocking(move || {
+        stored_hash.is_some_and(|hash| auth::verify_password(&password, &hash))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let Some(user) = user.filter(|_| verified) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password"));
+    };
+    let token = auth::sign_session(&key, user.id, now_ms() + auth::SESSION_TTL_MS);
+    let body = SessionView { token: token.clone(), user: UserView { id: user.id, username: user.username } };
+    Ok(([(header::SET_COOKIE, auth::session_cookie(&token))], Json(body)).into_response())
+}
+
+/// The logged-in user of a request, or 401.
+pub fn current_user(app: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    let token = auth::session_token(headers).ok_or_else(ApiError::unauthorized)?;
+    let state = read_state(&app.state);
+    let key = state.catalog.meta.signing_key.as_deref().ok_or_else(ApiError::unauthorized)?;
+    let user = auth::verify_session(key, token, now_ms()).ok_or_else(ApiError::unauthorized)?;
+    // A session of a user this member has not applied yet is treated as logged out.
+    state.catalog.users.contains_key(&user).then_some(user).ok_or_else(ApiError::unauthorized)
+}
+
+#[derive(Serialize)]
+struct RoomView {
+    id: u64,
+    name: String,
+    private: bool,
+    owner: Option<u64>,
+    replica: Option<u64>,
+    epoch: u64,
+    member: bool,
+}
+
+impl RoomView {
+    fn new(room: &Room, member: bool) -> Self {
+        Self {
+            id: room.id,
+            name: room.name.clone(),
+            private: room.private,
+            owner: room.owner,
+            replica: room.replica,
+            epoch: room.epoch,
+            member,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RoomList {
+    rooms: Vec<RoomView>,
+}
+
+/// `GET /api/rooms`: public rooms and the private rooms the caller belongs to.
+async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<RoomList>, ApiError> {
+    let user = current_user(&app, &headers)?;
+    let state = read_state(&app.state);
+    let rooms = state
+        .catalog
+        .visible_rooms(user)
+        .map(|room| RoomView::new(room, state.catalog.is_member(room.id, user)))
+        .collect();
+    Ok(Json(RoomList { rooms }))
+}
+
+#[derive(Deserialize)]
+struct NewRoom {
+    name: String,
+    #[serde(default)]
+    private: bool,
+}
+
+/// `POST /api/rooms`: create a room; the creator is its first member.
+async fn create_room(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewRoom>,
+) -> Result<Response, ApiError> {
+    let user = current_user(&app, &headers)?;
+    let command = Command::CreateRoom { name: body.name, private: body.private, created_by: user, at_ms: now_ms() };
+    match app.writer.write(command).await? {
+        CommandOutput::Room(room) => Ok((StatusCode::CREATED, Json(RoomView::new(&room, true))).into_response()),
+        other => Err(ApiError::internal(format!("CreateRoom returned {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    /// Who to add; the caller when absent.
+    username: Option<String>,
+}
+
+/// `POST /api/rooms/{id}/members`: join a public room, or add someone to a private room
+/// the caller belongs to.
+async fn join_room(
+    State(app): State<AppState>,
+    Path(room_id): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let caller = current_user(&app, &headers)?;
+    let target = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<NewMember>(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+            .username
+    };
+    let command = {
+        let state = read_state(&app.state);
+        let catalog = &state.catalog;
+        let room = catalog.rooms.get(&room_id).ok_or_else(|| ApiError::not_found("no such room"))?;
+        if room.private && !catalog.is_member(room_id, caller) {
+            // Same answer as for a room that does not exist: do not reveal private rooms.
+            return Err(ApiError::not_found("no such room"));
+        }
+        let user = match target {
+            Some(username) => {
+                catalog.user_by_name(&username).map(|user| user.id).ok_or_else(|| ApiError::not_found("no such user"))?
+            }
+            None => caller,
+        };
+        if user != caller && !room.private {
+            return Err(ApiError::forbidden("people join public rooms themselves"));
+        }
+        Command::AddMember { room: room_id, user }
+    };
+    app.writer.write(command).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,109 @@
+//! Accounts and sessions: argon2id password hashes, and stateless session tokens signed
+//! with the catalog's HMAC key (so any control verifies a session without a lookup).
+//!
+//! A token is `base64url(user_id ‖ expires_ms) "." base64url(hmac_sha256)`. The browser
+//! gets it in an HttpOnly, SameSite=Lax cookie; API clients send it as a Bearer token.
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{header, HeaderMap};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::catalog::UserId;
+
+pub const SESSION_COOKIE: &str = "districhat_session";
+/// How long a login lasts.
+pub const SESSION_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Hashes a password with argon2id and a random salt (CPU-heavy: call off the runtime).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// Checks a password against a stored hash; a malformed hash never matches.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+/// Signs a session for `user`, valid until `expires_ms` (Unix milliseconds).
+pub fn sign_session(key: &[u8], user: UserId, expires_ms: u64) -> String {
+    let mut payload = [0u8; 16];
+    payload[..8].copy_from_slice(&user.to_be_bytes());
+    payload[8..].copy_from_slice(&expires_ms.to_be_bytes());
+    format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(mac(key, &payload)))
+}
+
+/// The user a token is for, if its signature is valid and it has not expired at `now_ms`.
+pub fn verify_session(key: &[u8], token: &str, now_ms: u64) -> Option<UserId> {
+    let (payload, signature) = token.split_once('.')?;
+    let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+    let mut check = HmacSha256::new_from_slice(key).ok()?;
+    check.update(&payload);
+    check.verify_slice(&signature).ok()?;
+    let payload: [u8; 16] = payload.try_into().ok()?;
+    let user = u64::from_be_bytes(payload[..8].try_into().ok()?);
+    let expires_ms = u64::from_be_bytes(payload[8..].try_into().ok()?);
+    (now_ms < expires_ms).then_some(user)
+}
+
+fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("hmac takes any key length"));
+    mac.update(payload);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The session token of a request: the Bearer token, else the session cookie.
+pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+}
+
+/// The `Set-Cookie` value for a new session.
+pub fn session_cookie(token: &str) -> String {
+    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}", SESSION_TTL_MS / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_verify_only_with_the_key_and_before_expiry() {
+        let token = sign_session(b"key", 42, 1_000);
+        assert_eq!(verify_session(b"key", &token, 999), Some(42));
+        assert_eq!(verify_session(b"key", &token, 1_000), None);
+        assert_eq!(verify_session(b"other", &token, 1), None);
+        assert_eq!(verify_session(b"key", "garbage", 1), None);
+        let mut tampered = token.clone();
+        tampered.insert(0, 'A');
+        assert_eq!(verify_session(b"key", &tampered, 1), None);
+    }
+
+    #[test]
+    fn session_token_comes_from_bearer_or_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, "a=b; districhat_session=tok; c=d".parse().unwrap());
+        assert_eq!(session_token(&headers), Some("tok"));
+        headers.insert(header::AUTHORIZATION, "Bearer bear".parse().unwrap());
+        assert_eq!(session_token(&headers), Some("bear"));
+    }
+}

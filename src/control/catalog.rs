@@ -1,0 +1,371 @@
+//! The catalog: the control plane's replicated state and its one `apply`.
+//!
+//! Every change to users, the token-signing key, the chat-node registry, rooms,
+//! memberships and room assignments is a [`Command`]. Commands travel through the Raft
+//! log (bincode) and [`Catalog::apply`] validates each one again on every member, so a
+//! duplicate username or a stale epoch is a typed [`CatalogError`] for the client,
+//! never a panic and never a silent overwrite. `apply` is deterministic: ids come from
+//! counters in the catalog and timestamps come inside the command.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub type UserId = u64;
+pub type RoomId = u64;
+pub type ChatNodeId = u64;
+
+/// A registered account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    /// argon2id PHC string; the plain password never enters the log.
+    pub password_hash: String,
+    pub created_at_ms: u64,
+}
+
+/// A chat room and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    /// Private rooms are readable and writable by members only.
+    pub private: bool,
+    pub created_by: UserId,
+    pub created_at_ms: u64,
+    /// The chat node that sequences this room; `None` until a node exists.
+    pub owner: Option<ChatNodeId>,
+    /// The chat node holding the second copy of the room's log.
+    pub replica: Option<ChatNodeId>,
+    /// Bumped on every reassignment, so a replica can fence a stale owner.
+    pub epoch: u64,
+}
+
+/// Whether a chat node may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// Registered, waiting for an admin's approval.
+    Pending,
+    Up,
+    Down,
+}
+
+/// A chat node in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatNode {
+    pub id: ChatNodeId,
+    pub name: String,
+    /// Where browsers connect (`ws://host:port/ws`).
+    pub ws_url: String,
+    /// Where other nodes open mesh links.
+    pub mesh_addr: String,
+    pub status: NodeStatus,
+    pub registered_at_ms: u64,
+}
+
+/// Catalog-wide values that are not rows of a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogMeta {
+    pub next_user_id: UserId,
+    pub next_room_id: RoomId,
+    pub next_node_id: ChatNodeId,
+    /// HMAC key for session and connection tokens, set once after bootstrap.
+    pub signing_key: Option<Vec<u8>>,
+}
+
+/// Every change the catalog accepts. A closed set: adding a change means adding a variant
+/// here and its validation in [`Catalog::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SetSigningKey { key: Vec<u8> },
+    CreateUser { username: String, password_hash: String, at_ms: u64 },
+    CreateRoom { name: String, private: bool, created_by: UserId, at_ms: u64 },
+    AddMember { room: RoomId, user: UserId },
+    RegisterNode { name: String, ws_url: String, mesh_addr: String, approved: bool, at_ms: u64 },
+    SetNodeStatus { node: ChatNodeId, status: NodeStatus },
+    /// Moves a room to a new owner/replica; `epoch` must be the room's current epoch.
+    AssignRoom { room: RoomId, owner: ChatNodeId, replica: Option<ChatNodeId>, epoch: u64 },
+}
+
+/// What a successful command returns to the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutput {
+    Done,
+    User(User),
+    Room(Room),
+    Node(ChatNode),
+}
+
+/// A command the catalog refused. Each variant has a stable [`code`](Self::code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the username {0:?} is taken")]
+    UsernameTaken(String),
+    #[error("usernames are 3 to 32 characters of a-z, 0-9, '_' and '-'")]
+    InvalidUsername,
+    #[error("a room named {0:?} exists")]
+    RoomExists(String),
+    #[error("room names are 1 to 64 characters of a-z, 0-9, '_' and '-'")]
+    InvalidRoomName,
+    #[error("no user with id {0}")]
+    UnknownUser(UserId),
+    #[error("no room with id {0}")]
+    UnknownRoom(RoomId),
+    #[error("no chat node with id {0}")]
+    UnknownNode(ChatNodeId),
+    #[error("a chat node named {0:?} is registered")]
+    NodeExists(String),
+    #[error("the room's epoch is {current}, the command expected {expected}")]
+    StaleEpoch { expected: u64, current: u64 },
+    #[error("the signing key is already set")]
+    SigningKeyAlreadySet,
+}
+
+impl CatalogError {
+    /// The stable machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UsernameTaken(_) => "username_taken",
+            Self::InvalidUsername => "invalid_username",
+            Self::RoomExists(_) => "room_exists",
+            Self::InvalidRoomName => "invalid_room_name",
+            Self::UnknownUser(_) => "unknown_user",
+            Self::UnknownRoom(_) => "unknown_room",
+            Self::UnknownNode(_) => "unknown_node",
+            Self::NodeExists(_) => "node_exists",
+            Self::StaleEpoch { .. } => "stale_epoch",
+            Self::SigningKeyAlreadySet => "signing_key_set",
+        }
+    }
+}
+
+/// The outcome of one applied command, stored as the Raft response.
+pub type CommandResult = Result<CommandOutput, CatalogError>;
+
+/// A row that `apply` changed, so the state machine can persist just that row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    Meta,
+    User(UserId),
+    Room(RoomId),
+    Member(RoomId, UserId),
+    Node(ChatNodeId),
+}
+
+/// The replicated catalog, held in memory on every member and persisted row by row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub meta: CatalogMeta,
+    pub users: BTreeMap<UserId, User>,
+    pub rooms: BTreeMap<RoomId, Room>,
+    /// (room, user) pairs.
+    pub members: BTreeSet<(RoomId, UserId)>,
+    pub nodes: BTreeMap<ChatNodeId, ChatNode>,
+    /// Index username → id, derived from `users` (see [`Catalog::rebuild_indexes`]).
+    #[serde(skip)]
+    usernames: BTreeMap<String, UserId>,
+    /// Index room name → id, derived from `rooms`.
+    #[serde(skip)]
+    room_names: BTreeMap<String, RoomId>,
+}
+
+impl Catalog {
+    /// Validates and applies one command, returning its result and the rows it changed.
+    pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Touched>) {
+        let mut touched = Vec::new();
+        let result = self.apply_inner(command, &mut touched);
+        (result, touched)
+    }
+
+    fn apply_inner(&mut self, command: Command, touched: &mut Vec<Touched>) -> CommandResult {
+        match command {
+            Command::SetSigningKey { key } => {
+                if self.meta.signing_key.is_some() {
+                    return Err(CatalogError::SigningKeyAlreadySet);
+                }
+                self.meta.signing_key = Some(key);
+                touched.push(Touched::Meta);
+                Ok(CommandOutput::Done)
+            }
+            Command::CreateUser { username, password_hash, at_ms } => {
+                if !valid_name(&username, 3, 32) {
+                    return Err(CatalogError::InvalidUsername);
+                }
+                if self.usernames.contains_key(&username) {
+                    return Err(CatalogError::UsernameTaken(username));
+                }
+                self.meta.next_user_id += 1;
+                let user = User { id: self.meta.next_user_id, username, password_hash, created_at_ms: at_ms };
+                self.usernames.insert(user.username.clone(), user.id);
+                self.users.insert(user.id, user.clone());
+                touched.extend([Touched::Meta, Touched::User(user.id)]);
+                Ok(CommandOutput::User(user))
+            }
+            Command::CreateRoom { name, private, created_by, at_ms } => {
+                if !valid_name(&name, 1, 64) {
+                    return Err(CatalogError::InvalidRoomName);
+                }
+                if !self.users.contains_key(&created_by) {
+                    return Err(CatalogError::UnknownUser(created_by));
+                }
+                if self.room_names.contains_key(&name) {
+                    return Err(CatalogError::RoomExists(name));
+                }
+                self.meta.next_room_id += 1;
+                let (owner, replica) = self.placement();
+                let room = Room {
+                    id: self.meta.next_room_id,
+                    name,
+                    private,
+                    created_by,
+                    created_at_ms: at_ms,
+                    owner,
+                    replica,
+                    epoch: u64::from(owner.is_some()),
+                };
+                self.room_names.insert(room.name.clone(), room.id);
+                self.rooms.insert(room.id, room.clone());
+                self.members.insert((room.id, created_by));
+                touched.extend([Touched::Meta, Touched::Room(room.id), Touched::Member(room.id, created_by)]);
+                Ok(CommandOutput::Room(room))
+            }
+            Command::AddMember { room, user } => {
+                if !self.rooms.contains_key(&room) {
+                    return Err(CatalogError::UnknownRoom(room));
+                }
+                if !self.users.contains_key(&user) {
+                    return Err(CatalogError::UnknownUser(user));
+                }
+                if self.members.insert((room, user)) {
+                    touched.push(Touched::Member(room, user));
+                }
+                Ok(CommandOutput::Done)
+            }
+            Command::RegisterNode { name, ws_url, mesh_addr, approved, at_ms } => {
+                if self.nodes.values().any(|node| node.name == name) {
+                    return Err(CatalogError::NodeExists(name));
+                }
+                self.meta.next_node_id += 1;
+                let status = if approved { NodeStatus::Up } else { NodeStatus::Pending };
+                let node =
+                    ChatNode { id: self.meta.next_node_id, name, ws_url, mesh_addr, status, registered_at_ms: at_ms };
+                self.nodes.insert(node.id, node.clone());
+                touched.extend([Touched::Meta, Touched::Node(node.id)]);
+                Ok(CommandOutput::Node(node))
+            }
+            Command::SetNodeStatus { node, status } => {
+                let entry = self.nodes.get_mut(&node).ok_or(CatalogError::UnknownNode(node))?;
+                entry.status = status;
+                touched.push(Touched::Node(node));
+                Ok(CommandOutput::Node(entry.clone()))
+            }
+            Command::AssignRoom { room, owner, replica, epoch } => {
+                for node in std::iter::once(owner).chain(replica) {
+                    if !self.nodes.contains_key(&node) {
+                        return Err(CatalogError::UnknownNode(node));
+                    }
+                }
+                let entry = self.rooms.get_mut(&room).ok_or(CatalogError::UnknownRoom(room))?;
+                if entry.epoch != epoch {
+                    return Err(CatalogError::StaleEpoch { expected: epoch, current: entry.epoch });
+                }
+                entry.owner = Some(owner);
+                entry.replica = replica;
+                entry.epoch += 1;
+                touched.push(Touched::Room(room));
+                Ok(CommandOutput::Room(entry.clone()))
+            }
+        }
+    }
+
+    /// Owner and replica for a new room: the healthy nodes owning the fewest rooms.
+    fn placement(&self) -> (Option<ChatNodeId>, Option<ChatNodeId>) {
+        let mut load: Vec<(usize, ChatNodeId)> = self
+            .nodes
+            .values()
+            .filter(|node| node.status == NodeStatus::Up)
+            .map(|node| (self.rooms.values().filter(|room| room.owner == Some(node.id)).count(), node.id))
+            .collect();
+        load.sort();
+        let mut ids = load.into_iter().map(|(_, id)| id);
+        (ids.next(), ids.next())
+    }
+
+    /// Recomputes the derived indexes after loading rows from disk or a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        self.usernames = self.users.values().map(|user| (user.username.clone(), user.id)).collect();
+        self.room_names = self.rooms.values().map(|room| (room.name.clone(), room.id)).collect();
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Option<&User> {
+        self.usernames.get(username).and_then(|id| self.users.get(id))
+    }
+
+    pub fn is_member(&self, room: RoomId, user: UserId) -> bool {
+        self.members.contains(&(room, user))
+    }
+
+    /// Rooms a user may see: every public room and the private rooms they belong to.
+    pub fn visible_rooms(&self, user: UserId) -> impl Iterator<Item = &Room> {
+        self.rooms.values().filter(move |room| !room.private || self.is_member(room.id, user))
+    }
+}
+
+/// Names are lowercase ASCII letters, digits, '_' and '-', within the given length.
+fn valid_name(name: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(catalog: &mut Catalog, name: &str) -> CommandResult {
+        let command = Command::CreateUser { username: name.into(), password_hash: "h".into(), at_ms: 1 };
+        catalog.apply(command).0
+    }
+
+    #[test]
+    fn duplicate_username_is_a_typed_error_and_changes_nothing() {
+        let mut catalog = Catalog::default();
+        assert!(user(&mut catalog, "alice").is_ok());
+        let before = catalog.clone();
+        let err = user(&mut catalog, "alice").unwrap_err();
+        assert_eq!(err.code(), "username_taken");
+        assert_eq!(catalog, before);
+        assert_eq!(user(&mut catalog, "A!").unwrap_err().code(), "invalid_username");
+    }
+
+    #[test]
+    fn rooms_are_unique_and_members_checked() {
+        let mut catalog = Catalog::default();
+        user(&mut catalog, "alice").unwrap();
+        let create = Command::CreateRoom { name: "general".into(), private: false, created_by: 1, at_ms: 1 };
+        assert!(catalog.apply(create.clone()).0.is_ok());
+        assert_eq!(catalog.apply(create).0.unwrap_err().code(), "room_exists");
+        assert!(catalog.is_member(1, 1));
+        let bad = Command::AddMember { room: 9, user: 1 };
+        assert_eq!(catalog.apply(bad).0.unwrap_err().code(), "unknown_room");
+    }
+
+    #[test]
+    fn assignment_is_fenced_by_epoch() {
+        let mut catalog = Catalog::default();
+        user(&mut catalog, "alice").unwrap();
+        for name in ["n1", "n2"] {
+            let command =
+                Command::RegisterNode { name: name.into(), ws_url: String::new(), mesh_addr: String::new(), approved: true, at_ms: 0 };
+            catalog.apply(command).0.unwrap();
+        }
+        let create = Command::CreateRoom { name: "r".into(), private: false, created_by: 1, at_ms: 1 };
+        let Ok(CommandOutput::Room(room)) = catalog.apply(create).0 else { panic!("room not created") };
+        assert_eq!((room.owner, room.replica, room.epoch), (Some(1), Some(2), 1));
+        let stale = Command::AssignRoom { room: room.id, owner: 2, replica: Some(1), epoch: 0 };
+        assert_eq!(catalog.apply(stale).0.unwrap_err().code(), "stale_epoch");
+        let fresh = Command::AssignRoom { room: room.id, owner: 2, replica: Some(1), epoch: 1 };
+        assert!(catalog.apply(fresh).0.is_ok());
+        assert_eq!(catalog.rooms[&room.id].epoch, 2);
+    }
+}

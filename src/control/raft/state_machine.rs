@@ -1,0 +1,301 @@
+//! The catalog state machine in RocksDB (openraft's v2 `RaftStateMachine`).
+//!
+//! The catalog lives in memory for reads ([`SharedCatalog`]) and is persisted row by row:
+//! one column family per table (`users`, `rooms`, `members`, `nodes`) plus `sm_meta`
+//! (catalog counters, last applied log id, last membership). Each `apply` call writes the
+//! rows it touched and the new applied log id in one atomic batch. Snapshots are the
+//! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
+//! member that fell behind the purged log.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
+};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::control::catalog::{Catalog, CommandOutput, CommandResult, Touched};
+use crate::store;
+
+pub const CF_USERS: &str = "users";
+pub const CF_ROOMS: &str = "rooms";
+pub const CF_MEMBERS: &str = "members";
+pub const CF_NODES: &str = "nodes";
+pub const CF_SM_META: &str = "sm_meta";
+
+const TABLES: [&str; 4] = [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES];
+const KEY_CATALOG_META: &[u8] = b"catalog_meta";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// The applied catalog shared between the state machine (writer) and the web handlers
+/// (readers). A `std` lock: it is never held across an `.await`.
+pub type SharedState = Arc<RwLock<CatalogState>>;
+
+/// The catalog and the log position it reflects, changed together under one lock so a
+/// snapshot never pairs data with the wrong log id.
+#[derive(Debug, Default)]
+pub struct CatalogState {
+    pub catalog: Catalog,
+    pub applied: AppliedState,
+}
+
+/// Where the state machine is: last applied log id and membership, persisted together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A snapshot as stored and shipped: its metadata and the bincode catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine of one control member.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    state: SharedState,
+    /// Makes snapshot ids unique within this process.
+    snapshot_counter: u64,
+}
+
+impl StateMachineStore {
+    /// Loads the catalog from disk: from its rows, or from the stored snapshot when that is
+    /// newer (rows written after the last fsync can be lost in a crash; the snapshot cannot).
+    pub fn open(db: Arc<DB>) -> Result<Self, StorageError> {
+        let mut machine = Self { db, state: Arc::default(), snapshot_counter: 0 };
+        let (catalog, applied) = machine.load_rows()?;
+        let snapshot = machine.stored_snapshot()?;
+        match snapshot {
+            Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => machine.install(snapshot)?,
+            _ => *machine.write_state() = CatalogState { catalog, applied },
+        }
+        Ok(machine)
+    }
+
+    /// The applied catalog, for readers.
+    pub fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
+        write_state(&self.state)
+    }
+
+    fn load_rows(&self) -> Result<(Catalog, AppliedState), StorageError> {
+        let mut catalog = Catalog::default();
+        let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_read)?;
+        if let Some(bytes) = self.db.get_cf(meta_cf, KEY_CATALOG_META).map_err(sm_read)? {
+            catalog.meta = store::decode(&bytes).map_err(sm_read)?;
+        }
+        let applied = match self.db.get_cf(meta_cf, KEY_APPLIED).map_err(sm_read)? {
+            Some(bytes) => store::decode(&bytes).map_err(sm_read)?,
+            None => AppliedState::default(),
+        };
+        for (key, value) in self.scan(CF_USERS)? {
+            catalog.users.insert(store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+        }
+        for (key, value) in self.scan(CF_ROOMS)? {
+            catalog.rooms.insert(store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+        }
+        for (key, _) in self.scan(CF_MEMBERS)? {
+            catalog.members.insert(store::key_pair(&key).map_err(sm_read)?);
+        }
+        for (key, value) in self.scan(CF_NODES)? {
+            catalog.nodes.insert(store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+        }
+        catalog.rebuild_indexes();
+        Ok((catalog, applied))
+    }
+
+    fn scan(&self, table: &'static str) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+        let cf = store::cf(&self.db, table).map_err(sm_read)?;
+        self.db.iterator_cf(cf, IteratorMode::Start).map(|item| item.map_err(sm_read)).collect()
+    }
+
+    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let cf = store::cf(&self.db, CF_SM_META).map_err(sm_read)?;
+        match self.db.get_cf(cf, KEY_SNAPSHOT).map_err(sm_read)? {
+            Some(bytes) => Ok(Some(store::decode(&bytes).map_err(sm_read)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds the current value (or the deletion) of every touched row to `batch`.
+    fn persist_rows(&self, catalog: &Catalog, touched: &[Touched], batch: &mut WriteBatch) -> Result<(), StorageError> {
+        for row in touched {
+            let (table, key, value) = match *row {
+                Touched::Meta => (CF_SM_META, KEY_CATALOG_META.to_vec(), Some(store::encode(&catalog.meta))),
+                Touched::User(id) => (CF_USERS, store::u64_key(id).to_vec(), catalog.users.get(&id).map(store::encode)),
+                Touched::Room(id) => (CF_ROOMS, store::u64_key(id).to_vec(), catalog.rooms.get(&id).map(store::encode)),
+                Touched::Node(id) => (CF_NODES, store::u64_key(id).to_vec(), catalog.nodes.get(&id).map(store::encode)),
+                Touched::Member(room, user) => {
+                    let present = catalog.is_member(room, user).then(|| Ok(Vec::new()));
+                    (CF_MEMBERS, store::pair_key(room, user).to_vec(), present)
+                }
+            };
+            let cf = store::cf(&self.db, table).map_err(sm_write)?;
+            match value {
+                Some(bytes) => batch.put_cf(cf, key, bytes.map_err(sm_write)?),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the in-memory and on-disk catalog with a snapshot's.
+    fn install(&mut self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
+        let mut catalog: Catalog = store::decode(&snapshot.data).map_err(snap_read)?;
+        catalog.rebuild_indexes();
+        let applied = AppliedState {
+            last_applied: snapshot.meta.last_log_id,
+            membership: snapshot.meta.last_membership.clone(),
+        };
+        let mut batch = WriteBatch::default();
+        for table in TABLES {
+            let cf = store::cf(&self.db, table).map_err(sm_write)?;
+            for (key, _) in self.scan(table)? {
+                batch.delete_cf(cf, key);
+            }
+        }
+        let mut touched = vec![Touched::Meta];
+        touched.extend(catalog.users.keys().map(|id| Touched::User(*id)));
+        touched.extend(catalog.rooms.keys().map(|id| Touched::Room(*id)));
+        touched.extend(catalog.nodes.keys().map(|id| Touched::Node(*id)));
+        touched.extend(catalog.members.iter().map(|(room, user)| Touched::Member(*room, *user)));
+        self.persist_rows(&catalog, &touched, &mut batch)?;
+        let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
+        batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
+        batch.put_cf(meta_cf, KEY_SNAPSHOT, store::encode(&snapshot).map_err(sm_write)?);
+        self.write_synced(batch)?;
+        *self.write_state() = CatalogState { catalog, applied };
+        Ok(())
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options).map_err(sm_write)
+    }
+}
+
+/// Locks the state for reading. A poisoned lock is still consistent: `Catalog::apply`
+/// validates before it mutates and never panics in between.
+pub fn read_state(state: &SharedState) -> std::sync::RwLockReadGuard<'_, CatalogState> {
+    state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_state(state: &SharedState) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
+    state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sm_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, ErrorVerb::Read, AnyError::new(&e)).into()
+}
+
+fn sm_write(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, ErrorVerb::Write, AnyError::new(&e)).into()
+}
+
+fn snap_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), ErrorVerb::Read, AnyError::new(&e)).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Data and log position are read under one lock, so they always match.
+        let (data, applied) = {
+            let state = read_state(&self.state);
+            (store::encode(&state.catalog).map_err(snap_read)?, state.applied.clone())
+        };
+        self.snapshot_counter += 1;
+        let snapshot_id = match applied.last_applied {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_counter),
+            None => format!("empty-{}", self.snapshot_counter),
+        };
+        let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, KEY_SNAPSHOT, store::encode(&stored).map_err(sm_write)?);
+        self.write_synced(batch)?;
+        metrics::counter!("districhat_raft_snapshots_built_total").increment(1);
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = read_state(&self.state);
+        Ok((state.applied.last_applied, state.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut touched = Vec::new();
+        let mut state = write_state(&self.state);
+        for entry in entries {
+            state.applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => results.push(Ok(CommandOutput::Done)),
+                EntryPayload::Normal(command) => {
+                    let (result, rows) = state.catalog.apply(command);
+                    touched.extend(rows);
+                    results.push(result);
+                }
+                EntryPayload::Membership(membership) => {
+                    state.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    results.push(Ok(CommandOutput::Done));
+                }
+            }
+        }
+        let mut batch = WriteBatch::default();
+        self.persist_rows(&state.catalog, &touched, &mut batch)?;
+        let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
+        batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&state.applied).map_err(sm_write)?);
+        drop(state);
+        // Not fsynced: the log is durable, and a lost row batch is re-applied from it on
+        // restart (or the newer stored snapshot is loaded; see `open`).
+        self.db.write(batch).map_err(sm_write)?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        self.install(stored)?;
+        metrics::counter!("districhat_raft_snapshots_installed_total").increment(1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self
+            .stored_snapshot()?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}

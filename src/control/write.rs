@@ -1,0 +1,167 @@
+//! Catalog writes from any member. A write goes to the local Raft if this member leads;
+//! otherwise it is forwarded to the leader over `/internal/write` (bincode, cluster
+//! secret). Across a leader change it retries, bounded by [`WRITE_DEADLINE`], so a
+//! client never sees "not leader" — at worst a typed `unavailable`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{CatalogError, Command, CommandOutput, CommandResult};
+use super::raft::types::{MemberId, Raft};
+use super::secret::{ClusterSecret, SECRET_HEADER};
+use crate::store;
+
+/// How long a write keeps trying to find a leader before it gives up.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a write did not produce a catalog result.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Rejected(#[from] CatalogError),
+    #[error("the control plane has no reachable leader: {0}")]
+    Unavailable(String),
+}
+
+/// What `/internal/write` answers: the command's result, or why the leader could not run it.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Applied(CommandResult),
+    /// The receiver is not (or no longer) the leader; the sender should look again.
+    NotLeader,
+    Failed(String),
+}
+
+/// Proposes catalog commands, forwarding to the leader as needed.
+#[derive(Clone)]
+pub struct Writer {
+    pub raft: Raft,
+    pub client: reqwest::Client,
+    pub secret: ClusterSecret,
+    /// Label for this member's metrics.
+    pub member: MemberId,
+}
+
+impl Writer {
+    /// Applies `command` through Raft and returns its result.
+    #[tracing::instrument(skip_all, fields(member = self.member))]
+    pub async fn write(&self, command: Command) -> Result<CommandOutput, WriteError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let last_error = match self.attempt(&command).await {
+                Attempt::Done(result) => return result.map_err(WriteError::Rejected),
+                Attempt::Retry(reason) => reason,
+                Attempt::Fail(reason) => return Err(WriteError::Unavailable(reason)),
+            };
+            if Instant::now() + backoff > deadline {
+                return Err(WriteError::Unavailable(last_error));
+            }
+            tracing::debug!(reason = %last_error, "write not placed yet; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn attempt(&self, command: &Command) -> Attempt {
+        match self.write_local(command.clone()).await {
+            Ok(result) => Attempt::Done(result),
+            Err(LocalFailure::NotLeader(Some(addr))) => self.forward(&addr, command).await,
+            Err(LocalFailure::NotLeader(None)) => Attempt::Retry("no leader is known yet".into()),
+            Err(LocalFailure::Other(reason)) => Attempt::Fail(reason),
+        }
+    }
+
+    /// Runs the command on this member's Raft, which succeeds only on the leader.
+    async fn write_local(&self, command: Command) -> Result<CommandResult, LocalFailure> {
+        let started = Instant::now();
+        match self.raft.client_write(command).await {
+            Ok(response) => {
+                metrics::histogram!("districhat_raft_commit_seconds", "member" => self.member.to_string())
+                    .record(started.elapsed().as_secs_f64());
+                Ok(response.data)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(LocalFailure::NotLeader(forward.leader_node.map(|node| node.addr)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(LocalFailure::Other(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(LocalFailure::Other(format!("this member's raft stopped: {e}"))),
+        }
+    }
+
+    /// Sends the command to the leader at `addr`. Only a connection that could not be made
+    /// is retried blindly: any other failure may hide a write that did commit.
+    async fn forward(&self, addr: &str, command: &Command) -> Attempt {
+        let body = match store::encode(command) {
+            Ok(body) => body,
+            Err(e) => return Attempt::Fail(format!("cannot encode the command: {e}")),
+        };
+        let sent = self
+            .client
+            .post(format!("http://{addr}/internal/write"))
+            .header(SECRET_HEADER, self.secret.expose())
+            .timeout(WRITE_DEADLINE)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => return Attempt::Fail(format!("the leader at {addr} answered {}", response.status())),
+            Err(e) if e.is_connect() => return Attempt::Retry(format!("leader {addr} unreachable: {e}")),
+            Err(e) => return Attempt::Fail(format!("forwarding to {addr} failed: {e}")),
+        };
+        let reply = match response.bytes().await.map(|bytes| store::decode::<ForwardReply>(&bytes)) {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return Attempt::Fail(format!("undecodable reply from {addr}: {e}")),
+            Err(e) => return Attempt::Fail(format!("reading the reply from {addr} failed: {e}")),
+        };
+        match reply {
+            ForwardReply::Applied(result) => Attempt::Done(result),
+            ForwardReply::NotLeader => Attempt::Retry(format!("{addr} is no longer the leader")),
+            ForwardReply::Failed(reason) => Attempt::Fail(reason),
+        }
+    }
+}
+
+enum Attempt {
+    Done(CommandResult),
+    Retry(String),
+    Fail(String),
+}
+
+enum LocalFailure {
+    /// Not the leader; the leader's address if known.
+    NotLeader(Option<String>),
+    Other(String),
+}
+
+/// `POST /internal/write`: a follower forwarding a command to this (leading) member.
+pub async fn internal_write(State(writer): State<Writer>, headers: HeaderMap, body: Bytes) -> Response {
+    if !writer.secret.matches(&headers) {
+        return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
+    }
+    let command: Command = match store::decode(&body) {
+        Ok(command) => command,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable command: {e}")).into_response(),
+    };
+    let reply = match writer.write_local(command).await {
+        Ok(result) => ForwardReply::Applied(result),
+        Err(LocalFailure::NotLeader(_)) => ForwardReply::NotLeader,
+        Err(LocalFailure::Other(reason)) => ForwardReply::Failed(reason),
+    };
+    match store::encode(&reply) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a forwarded write's reply");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The `districhat` binary: parses the command line, sets up logging and calls one
+//! function per subcommand. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use districhat::config::ControlConfig;
+use districhat::control::secret::SECRET_HEADER;
+use districhat::{control, dev, status, telemetry};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "districhat", version, about = "A distributed real-time chat system")]
+struct Cli {
+    /// Log one JSON object per line instead of human-readable lines.
+    #[arg(long, global = true, env = "DISTRICHAT_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control-plane member (an openraft member serving the catalog and the API).
+    Control {
+        /// The member's TOML config (id, listen, data_dir, cluster_secret, peers).
+        #[arg(long)]
+        config: PathBuf,
+        /// Bootstrap the group with the config's peers if it is not bootstrapped yet.
+        #[arg(long)]
+        init: bool,
+        /// Overrides the config's cluster secret.
+        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Bootstrap a group through one of its members (idempotent).
+    Init {
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// Show leader, term and members.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run 3 controls in this process on 127.0.0.1:7000-7002, data under ./data/dev.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 7000)]
+        port: u16,
+        #[arg(long, default_value = "data/dev")]
+        data_dir: PathBuf,
+    },
+    /// Operator actions on the control plane.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Add a control member online: it joins as a learner, catches up, becomes a voter.
+    AddMember {
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The new member's id (from its config).
+        #[arg(long)]
+        id: u64,
+        /// The new member's address (host:port).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a control member from the group.
+    RemoveMember {
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.log_json);
+    match cli.command {
+        Command::Control { config, init, secret } => run_control(config, init, secret).await,
+        Command::Init { control, secret } => {
+            let reply = admin_request(reqwest::Method::POST, &control, "/api/admin/init", &secret, None).await?;
+            println!("{reply}");
+            Ok(())
+        }
+        Command::Status { control, json } => {
+            let status = status::fetch(&control).await.with_context(|| format!("asking {control}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{}", status::render(&status));
+            }
+            Ok(())
+        }
+        Command::Dev { host, port, data_dir } => run_dev(&host, port, &data_dir).await,
+        Command::Admin { action } => run_admin(action).await,
+    }
+}
+
+async fn run_control(config_path: PathBuf, init: bool, secret: Option<String>) -> anyhow::Result<()> {
+    let mut config = ControlConfig::load(&config_path)?;
+    if let Some(secret) = secret {
+        config.cluster_secret = secret;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let peers = config.peers.clone();
+    let handle = control::start(config, listener).await?;
+    if init {
+        handle.initialize(&peers).await?;
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_dev(host: &str, port: u16, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let controls = dev::start(host, port, data_dir).await?;
+    println!("DistriChat dev cluster is up: http://{host}:{port}");
+    println!("  controls: {}", controls.iter().map(|c| c.url()).collect::<Vec<_>>().join(", "));
+    println!("  data:     {}", data_dir.display());
+    println!("  press Ctrl-C to stop");
+    shutdown_signal().await;
+    for control in controls {
+        control.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
+    let reply = match action {
+        AdminAction::AddMember { control, secret, id, addr } => {
+            let body = serde_json::json!({"id": id, "addr": addr});
+            admin_request(reqwest::Method::POST, &control, "/api/admin/members", &secret, Some(body)).await?
+        }
+        AdminAction::RemoveMember { control, secret, id } => {
+            let path = format!("/api/admin/members/{id}");
+            admin_request(reqwest::Method::DELETE, &control, &path, &secret, None).await?
+        }
+    };
+    println!("{reply}");
+    Ok(())
+}
+
+/// Sends an admin request with the cluster secret; a non-2xx answer is an error.
+async fn admin_request(
+    method: reqwest::Method,
+    control: &str,
+    path: &str,
+    secret: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let mut request = client.request(method, format!("{}{path}", control.trim_end_matches('/'))).header(SECRET_HEADER, secret);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| format!("reaching {control}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    anyhow::ensure!(status.is_success(), "{control} answered {status}: {text}");
+    Ok(text)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,101 @@
+//! RocksDB helpers shared by the control plane and (later) the chat nodes.
+//!
+//! Everything that opens a database goes through [`open`], so every store gets the same
+//! options (column families created on demand, WAL on, bounded memory) and the same
+//! encoding rules: values are bincode (serde, standard config), integer keys are
+//! big-endian so that a key range is an ordered scan.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Errors of the storage layer. Callers wrap them into their own area's error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("encoding a value failed: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("decoding a stored value failed: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+    #[error("stored key has {0} bytes, expected 8")]
+    BadKey(usize),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens (creating if needed) the database at `path` with the given column families.
+pub fn open(path: &Path, column_families: &[&'static str]) -> Result<Arc<DB>> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    // A control's catalog is small: keep RocksDB's own memory modest.
+    options.set_max_background_jobs(2);
+    options.set_write_buffer_size(8 * 1024 * 1024);
+    let descriptors = column_families
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+    Ok(Arc::new(db))
+}
+
+/// Looks up a column family that [`open`] created.
+pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or(StoreError::MissingColumnFamily(name))
+}
+
+/// Encodes a value with bincode (serde, standard configuration).
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    Ok(bincode::serde::encode_to_vec(value, bincode::config::standard())?)
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    Ok(value)
+}
+
+/// A big-endian key, so that numeric order is byte order.
+pub fn u64_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Two big-endian ids, for composite keys such as room ‖ user.
+pub fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+/// Reads a key written by [`u64_key`].
+pub fn key_u64(bytes: &[u8]) -> Result<u64> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::BadKey(bytes.len()))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+/// Reads a key written by [`pair_key`].
+pub fn key_pair(bytes: &[u8]) -> Result<(u64, u64)> {
+    if bytes.len() != 16 {
+        return Err(StoreError::BadKey(bytes.len()));
+    }
+    Ok((key_u64(&bytes[..8])?, key_u64(&bytes[8..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_numerically() {
+        assert!(u64_key(2) < u64_key(256));
+        assert!(pair_key(1, u64::MAX) < pair_key(2, 0));
+        assert_eq!(key_pair(&pair_key(7, 9)).ok(), Some((7, 9)));
+        assert!(key_u64(&[1, 2]).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! A member that was down for thousands of writes catches up through a snapshot.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{tuning, wait_for, Api, TestCluster};
+use districhat::config::RaftTuning;
+use futures_util::stream::{self, StreamExt};
+use serde_json::json;
+
+const WRITES: usize = 3_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_catches_up_through_a_snapshot() {
+    let tuning = RaftTuning { snapshot_every: 200, keep_logs: 0, ..tuning() };
+    let mut cluster = TestCluster::start(3, tuning).await;
+    let leader = cluster.wait_ready().await;
+    let lagging = (leader + 1) % 3;
+    let api = Api::logged_in(&cluster.url(leader), "snap").await;
+    cluster.wait_converged().await;
+    cluster.stop(lagging).await;
+    let last_seen = cluster.catalog(leader).rooms.len();
+    assert_eq!(last_seen, 0);
+
+    let url = Arc::new(cluster.url(leader));
+    let statuses: Vec<u16> = stream::iter(0..WRITES)
+        .map(|i| {
+            let (api, url) = (api.clone(), url.clone());
+            async move { api.post(&format!("{url}/api/rooms"), json!({"name": format!("s-{i}")})).await.map_or(0, |r| r.0) }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 201), "every write acked");
+
+    let purged = wait_for("the leader to purge its log behind a snapshot", Duration::from_secs(30), || async {
+        let metrics = cluster.member(leader).raft.metrics().borrow().clone();
+        metrics.purged.filter(|p| p.index > 2_000).map(|p| p.index)
+    })
+    .await;
+    cluster.restart(lagging).await;
+    let applied = cluster.wait_converged().await;
+    assert!(applied > purged, "caught up past the purged log ({applied} > {purged})");
+    let restarted = cluster.member(lagging).raft.metrics().borrow().clone();
+    assert!(
+        restarted.snapshot.is_some_and(|s| s.index >= purged),
+        "the restarted member holds a snapshot covering the purged log: {:?}",
+        restarted.snapshot
+    );
+    let expected = cluster.catalog(leader);
+    assert_eq!(expected.rooms.len(), WRITES);
+    assert_eq!(cluster.catalog(lagging), expected, "same catalog after catch-up");
+}
