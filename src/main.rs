@@ -173,7 +173,8 @@ async fn admin_request(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
-    let mut request = client.request(method, format!("{}{path}", control.trim_end_matches('/'))).header(SECRET_HEADER, secret);
+    let mut request =
+        client.request(method, format!("{}{path}", control.trim_end_matches('/'))).header(SECRET_HEADER, secret);
     if let Some(body) = body {
         request = request.json(&body);
     }

@@ -39,10 +39,11 @@ pub async fn fetch(control: &str) -> anyhow::Result<Status> {
     let view: ClusterView = client.get(format!("{base}/api/cluster")).send().await?.error_for_status()?.json().await?;
     let mut members = Vec::new();
     for member in &view.members {
-        let own: Option<ClusterView> = match client.get(format!("http://{}/api/cluster?local=true", member.addr)).send().await {
-            Ok(response) => response.json().await.ok(),
-            Err(_) => None,
-        };
+        let own: Option<ClusterView> =
+            match client.get(format!("http://{}/api/cluster?local=true", member.addr)).send().await {
+                Ok(response) => response.json().await.ok(),
+                Err(_) => None,
+            };
         let applied = own.as_ref().map(|own| own.applied);
         members.push(MemberStatus {
             id: member.id,

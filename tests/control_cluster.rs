@@ -18,7 +18,8 @@ async fn three_members_elect_one_leader_and_agree_on_the_catalog() {
 
     let api = Api::logged_in(&cluster.url(leader), "alice").await;
     for i in 0..20 {
-        let (status, body) = api.post(&format!("{}/api/rooms", cluster.url(i % 3)), json!({"name": format!("room-{i}")})).await.unwrap();
+        let (status, body) =
+            api.post(&format!("{}/api/rooms", cluster.url(i % 3)), json!({"name": format!("room-{i}")})).await.unwrap();
         assert_eq!(status, 201, "{body}");
     }
     cluster.wait_converged().await;
@@ -34,7 +35,8 @@ async fn a_write_sent_to_a_follower_lands() {
     let leader = cluster.wait_ready().await;
     let follower = (leader + 1) % 3;
     let api = Api::logged_in(&cluster.url(follower), "bob").await;
-    let (status, body) = api.post(&format!("{}/api/rooms", cluster.url(follower)), json!({"name": "lobby"})).await.unwrap();
+    let (status, body) =
+        api.post(&format!("{}/api/rooms", cluster.url(follower)), json!({"name": "lobby"})).await.unwrap();
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["name"], "lobby");
     cluster.wait_converged().await;
@@ -55,11 +57,16 @@ async fn bad_input_gets_typed_errors_and_the_member_stays_healthy() {
 
     Api::logged_in(&base, "carol").await;
     let api = Api::new();
-    let (status, body) =
-        api.post(&format!("{base}/api/users"), json!({"username": "carol", "password": "another password"})).await.unwrap();
+    let (status, body) = api
+        .post(&format!("{base}/api/users"), json!({"username": "carol", "password": "another password"}))
+        .await
+        .unwrap();
     assert_eq!((status, body["code"].as_str()), (409, Some("username_taken")), "{body}");
 
-    let (status, body) = api.post(&format!("{base}/api/users"), json!({"username": "Bad Name!", "password": "long enough"})).await.unwrap();
+    let (status, body) = api
+        .post(&format!("{base}/api/users"), json!({"username": "Bad Name!", "password": "long enough"}))
+        .await
+        .unwrap();
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_username")), "{body}");
 
     let check = |response: reqwest::Response, status: u16, code: &'static str| async move {
@@ -76,8 +83,7 @@ async fn bad_input_gets_typed_errors_and_the_member_stays_healthy() {
         .await
         .unwrap();
     check(malformed, 400, "invalid_json").await;
-    let missing_field =
-        http.post(format!("{base}/api/users")).json(&json!({"username": "dave"})).send().await.unwrap();
+    let missing_field = http.post(format!("{base}/api/users")).json(&json!({"username": "dave"})).send().await.unwrap();
     check(missing_field, 400, "invalid_request").await;
     let huge = format!("{{\"username\": \"{}\", \"password\": \"x\"}}", "a".repeat(200_000));
     let oversized = http
@@ -96,12 +102,19 @@ async fn bad_input_gets_typed_errors_and_the_member_stays_healthy() {
     for rpc in ["append", "vote", "snapshot"] {
         let response = http.post(format!("{base}/raft/{rpc}")).body(vec![0u8; 16]).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 401, "raft {rpc} without the secret");
-        let wrong = http.post(format!("{base}/raft/{rpc}")).header(SECRET_HEADER, "wrong").body(vec![0u8; 16]).send().await.unwrap();
+        let wrong = http
+            .post(format!("{base}/raft/{rpc}"))
+            .header(SECRET_HEADER, "wrong")
+            .body(vec![0u8; 16])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(wrong.status().as_u16(), 401, "raft {rpc} with a wrong secret");
     }
     let forwarded = http.post(format!("{base}/internal/write")).body(vec![1u8; 8]).send().await.unwrap();
     assert_eq!(forwarded.status().as_u16(), 401);
-    let garbage = http.post(format!("{base}/raft/vote")).header(SECRET_HEADER, SECRET).body(vec![0xff; 3]).send().await.unwrap();
+    let garbage =
+        http.post(format!("{base}/raft/vote")).header(SECRET_HEADER, SECRET).body(vec![0xff; 3]).send().await.unwrap();
     assert_eq!(garbage.status().as_u16(), 400, "undecodable raft request");
 
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();

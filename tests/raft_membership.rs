@@ -63,7 +63,8 @@ async fn a_fourth_member_is_added_and_removed_under_writes() {
     })
     .await;
 
-    let removed = http.delete(format!("{follower_url}/api/admin/members/4")).header(SECRET_HEADER, SECRET).send().await.unwrap();
+    let removed =
+        http.delete(format!("{follower_url}/api/admin/members/4")).header(SECRET_HEADER, SECRET).send().await.unwrap();
     assert_eq!(removed.status().as_u16(), 200, "{}", removed.text().await.unwrap_or_default());
     let leader_raft = cluster.member(leader).raft.clone();
     wait_for("member 4 to be gone", Duration::from_secs(30), || async {

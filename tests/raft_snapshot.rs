@@ -25,14 +25,17 @@ async fn a_restarted_member_catches_up_through_a_snapshot() {
     assert_eq!(last_seen, 0);
 
     let url = Arc::new(cluster.url(leader));
-    let statuses: Vec<u16> = stream::iter(0..WRITES)
-        .map(|i| {
-            let (api, url) = (api.clone(), url.clone());
-            async move { api.post(&format!("{url}/api/rooms"), json!({"name": format!("s-{i}")})).await.map_or(0, |r| r.0) }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let statuses: Vec<u16> =
+        stream::iter(0..WRITES)
+            .map(|i| {
+                let (api, url) = (api.clone(), url.clone());
+                async move {
+                    api.post(&format!("{url}/api/rooms"), json!({"name": format!("s-{i}")})).await.map_or(0, |r| r.0)
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
     assert!(statuses.iter().all(|s| *s == 201), "every write acked");
 
     let purged = wait_for("the leader to purge its log behind a snapshot", Duration::from_secs(30), || async {

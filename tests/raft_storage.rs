@@ -22,6 +22,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
 }
 
 #[test]
-fn rocksdb_store_passes_the_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(RocksBuilder)
+fn rocksdb_store_passes_the_openraft_suite() {
+    if let Err(e) = Suite::test_all(RocksBuilder) {
+        panic!("storage conformance failed: {e}");
+    }
 }

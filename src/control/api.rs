@@ -17,12 +17,17 @@ use super::raft::state_machine::read_state;
 use super::{admin, cluster, raft, write, AppState};
 use crate::now_ms;
 
+/// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
+/// are far smaller (see `snapshot_max_chunk_size`).
+const INTERNAL_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Every route of a control member.
 pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route("/internal/write", post(write::internal_write))
         .with_state(state.writer.clone())
-        .merge(raft::network::routes(state.raft.clone(), state.secret.clone()));
+        .merge(raft::network::routes(state.raft.clone(), state.secret.clone()))
+        .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
     Router::new()
         .route("/healthz", get(cluster::healthz))
         .route("/metrics", get(cluster::metrics))
@@ -34,8 +39,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())
-        .merge(internal)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .merge(internal)
 }
 
 #[derive(Deserialize)]
@@ -84,11 +89,10 @@ async fn login(State(app): State<AppState>, ApiJson(body): ApiJson<Credentials>)
     let key = key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
     let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
     let password = body.password;
-    let verified = tokio::task::spawn_blocking(move || {
-        stored_hash.is_some_and(|hash| auth::verify_password(&password, &hash))
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let verified =
+        tokio::task::spawn_blocking(move || stored_hash.is_some_and(|hash| auth::verify_password(&password, &hash)))
+            .await
+            .map_err(ApiError::internal)?;
     let Some(user) = user.filter(|_| verified) else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password"));
     };
@@ -201,9 +205,10 @@ async fn join_room(
             return Err(ApiError::not_found("no such room"));
         }
         let user = match target {
-            Some(username) => {
-                catalog.user_by_name(&username).map(|user| user.id).ok_or_else(|| ApiError::not_found("no such user"))?
-            }
+            Some(username) => catalog
+                .user_by_name(&username)
+                .map(|user| user.id)
+                .ok_or_else(|| ApiError::not_found("no such user"))?,
             None => caller,
         };
         if user != caller && !room.private {

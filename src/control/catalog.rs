@@ -78,14 +78,42 @@ pub struct CatalogMeta {
 /// here and its validation in [`Catalog::apply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    SetSigningKey { key: Vec<u8> },
-    CreateUser { username: String, password_hash: String, at_ms: u64 },
-    CreateRoom { name: String, private: bool, created_by: UserId, at_ms: u64 },
-    AddMember { room: RoomId, user: UserId },
-    RegisterNode { name: String, ws_url: String, mesh_addr: String, approved: bool, at_ms: u64 },
-    SetNodeStatus { node: ChatNodeId, status: NodeStatus },
+    SetSigningKey {
+        key: Vec<u8>,
+    },
+    CreateUser {
+        username: String,
+        password_hash: String,
+        at_ms: u64,
+    },
+    CreateRoom {
+        name: String,
+        private: bool,
+        created_by: UserId,
+        at_ms: u64,
+    },
+    AddMember {
+        room: RoomId,
+        user: UserId,
+    },
+    RegisterNode {
+        name: String,
+        ws_url: String,
+        mesh_addr: String,
+        approved: bool,
+        at_ms: u64,
+    },
+    SetNodeStatus {
+        node: ChatNodeId,
+        status: NodeStatus,
+    },
     /// Moves a room to a new owner/replica; `epoch` must be the room's current epoch.
-    AssignRoom { room: RoomId, owner: ChatNodeId, replica: Option<ChatNodeId>, epoch: u64 },
+    AssignRoom {
+        room: RoomId,
+        owner: ChatNodeId,
+        replica: Option<ChatNodeId>,
+        epoch: u64,
+    },
 }
 
 /// What a successful command returns to the client that proposed it.
@@ -355,8 +383,13 @@ mod tests {
         let mut catalog = Catalog::default();
         user(&mut catalog, "alice").unwrap();
         for name in ["n1", "n2"] {
-            let command =
-                Command::RegisterNode { name: name.into(), ws_url: String::new(), mesh_addr: String::new(), approved: true, at_ms: 0 };
+            let command = Command::RegisterNode {
+                name: name.into(),
+                ws_url: String::new(),
+                mesh_addr: String::new(),
+                approved: true,
+                at_ms: 0,
+            };
             catalog.apply(command).0.unwrap();
         }
         let create = Command::CreateRoom { name: "r".into(), private: false, created_by: 1, at_ms: 1 };

@@ -110,7 +110,13 @@ fn local_view(app: &AppState) -> ClusterView {
                 (None, false) => None,
             };
             let healthy = is_leader.then(|| matched.is_some_and(|m| last_log.saturating_sub(m) <= HEALTHY_LAG));
-            MemberView { id: *id, addr: node.addr.clone(), role: role.into(), healthy, matched: matched.filter(|_| is_leader) }
+            MemberView {
+                id: *id,
+                addr: node.addr.clone(),
+                role: role.into(),
+                healthy,
+                matched: matched.filter(|_| is_leader),
+            }
         })
         .collect();
     ClusterView {

@@ -40,7 +40,7 @@ pub enum ControlError {
     #[error("cannot open storage in {dir}: {source}")]
     Storage { dir: String, source: raft::StorageOpenError },
     #[error("invalid raft settings: {0}")]
-    RaftConfig(#[from] ::openraft::ConfigError),
+    RaftConfig(String),
     #[error("raft failed to start: {0}")]
     RaftStart(String),
     #[error("cannot initialise the group: {0}")]
@@ -176,7 +176,7 @@ pub async fn initialize(raft: &Raft, config: &ControlConfig, peers: &[PeerConfig
     }
 }
 
-fn raft_config(config: &ControlConfig) -> Result<::openraft::Config, ::openraft::ConfigError> {
+fn raft_config(config: &ControlConfig) -> Result<::openraft::Config, ControlError> {
     let tuning = &config.raft;
     ::openraft::Config {
         cluster_name: "districhat".into(),
@@ -184,11 +184,13 @@ fn raft_config(config: &ControlConfig) -> Result<::openraft::Config, ::openraft:
         election_timeout_min: tuning.election_min_ms,
         election_timeout_max: tuning.election_max_ms,
         install_snapshot_timeout: 2_000,
+        snapshot_max_chunk_size: 1024 * 1024,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
         max_in_snapshot_log_to_keep: tuning.keep_logs,
         ..Default::default()
     }
     .validate()
+    .map_err(|e| ControlError::RaftConfig(e.to_string()))
 }
 
 /// Opens storage, waiting briefly if a previous incarnation in this process still holds

@@ -37,9 +37,7 @@ pub fn open(path: &Path, column_families: &[&'static str]) -> Result<Arc<DB>> {
     // A control's catalog is small: keep RocksDB's own memory modest.
     options.set_max_background_jobs(2);
     options.set_write_buffer_size(8 * 1024 * 1024);
-    let descriptors = column_families
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let descriptors = column_families.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
     let db = DB::open_cf_descriptors(&options, path, descriptors)?;
     Ok(Arc::new(db))
 }

@@ -42,6 +42,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` members, bootstraps them and waits for a leader.
     pub async fn start(n: usize, tuning: RaftTuning) -> Self {
+        init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
         for _ in 0..n {
@@ -112,16 +113,12 @@ impl TestCluster {
     /// Waits until every running member has applied the same index, and returns it.
     pub async fn wait_converged(&self) -> u64 {
         wait_for("members to apply the same index", Duration::from_secs(60), || async {
-            let applied: Vec<u64> = self
-                .running()
-                .map(|(_, m)| m.raft.metrics().borrow().last_applied.map_or(0, |id| id.index))
-                .collect();
-            let leader_last = self
-                .running()
-                .find_map(|(_, m)| {
-                    let metrics = m.raft.metrics().borrow().clone();
-                    (metrics.current_leader == Some(m.id)).then(|| metrics.last_log_index.unwrap_or(0))
-                })?;
+            let applied: Vec<u64> =
+                self.running().map(|(_, m)| m.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)).collect();
+            let leader_last = self.running().find_map(|(_, m)| {
+                let metrics = m.raft.metrics().borrow().clone();
+                (metrics.current_leader == Some(m.id)).then(|| metrics.last_log_index.unwrap_or(0))
+            })?;
             applied.iter().all(|a| *a == leader_last).then_some(leader_last)
         })
         .await
@@ -190,4 +187,14 @@ impl Api {
 /// Fast Raft timing for tests; fsync stays on (it is what the tests are about).
 pub fn tuning() -> RaftTuning {
     RaftTuning { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600, ..RaftTuning::default() }
+}
+
+/// Logs to the test's captured output when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }

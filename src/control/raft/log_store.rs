@@ -7,6 +7,9 @@
 //! one fsync (group commit). `save_vote` writes with a synchronous WAL write before it
 //! returns. With `fsync = false` the callback completes right after the write.
 
+// openraft's `StorageError` is large, and its traits require it: we return it as is.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
@@ -60,15 +63,21 @@ impl LogStore {
     }
 }
 
-/// One thread per store that fsyncs the WAL for every batch of waiting callbacks.
+/// One thread per store that fsyncs the WAL for every batch of waiting callbacks. It holds
+/// the database weakly, so the database closes when the stores are dropped, not whenever
+/// this thread happens to notice.
 fn spawn_syncer(db: Arc<DB>) -> mpsc::Sender<LogFlushed<TypeConfig>> {
     let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+    let db = Arc::downgrade(&db);
     let spawned = std::thread::Builder::new().name("raft-wal-sync".into()).spawn(move || {
         // Ends when every LogStore clone (every sender) is dropped.
         while let Ok(first) = rx.recv() {
             let mut waiting = vec![first];
             waiting.extend(rx.try_iter());
-            let outcome = db.flush_wal(true).map_err(|e| std::io::Error::other(e.to_string()));
+            let outcome = match db.upgrade() {
+                Some(db) => db.flush_wal(true).map_err(|e| std::io::Error::other(e.to_string())),
+                None => Err(std::io::Error::other("the database is closed")),
+            };
             metrics::counter!("districhat_raft_wal_syncs_total").increment(1);
             for callback in waiting {
                 let result = match &outcome {
@@ -183,9 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let cf = store::cf(&self.db, CF_LOG).map_err(write_err)?;
-        self.db
-            .delete_range_cf(cf, store::u64_key(log_id.index), store::u64_key(u64::MAX))
-            .map_err(write_err)?;
+        self.db.delete_range_cf(cf, store::u64_key(log_id.index), store::u64_key(u64::MAX)).map_err(write_err)?;
         // delete_range's end is exclusive: remove a possible entry at u64::MAX as well.
         self.db.delete_cf(cf, store::u64_key(u64::MAX)).map_err(write_err)?;
         Ok(())

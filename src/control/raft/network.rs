@@ -48,8 +48,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<MemberId, BasicNode, RaftError<E>>>;
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<MemberId, BasicNode, RaftError<E>>>;
 
 impl Peer {
     async fn call<Req, Resp, E>(&self, path: &str, request: &Req, ttl: Duration) -> RpcResult<Resp, E>

@@ -7,13 +7,14 @@
 //! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
 //! member that fell behind the purged log.
 
+// openraft's `StorageError` is large, and its traits require it: we return it as is.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
-};
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,9 @@ struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
+
+/// A raw key/value pair read from a table.
+type Row = (Box<[u8]>, Box<[u8]>);
 
 /// The state machine of one control member.
 #[derive(Clone)]
@@ -116,7 +120,7 @@ impl StateMachineStore {
         Ok((catalog, applied))
     }
 
-    fn scan(&self, table: &'static str) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+    fn scan(&self, table: &'static str) -> Result<Vec<Row>, StorageError> {
         let cf = store::cf(&self.db, table).map_err(sm_read)?;
         self.db.iterator_cf(cf, IteratorMode::Start).map(|item| item.map_err(sm_read)).collect()
     }
@@ -155,10 +159,8 @@ impl StateMachineStore {
     fn install(&mut self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
         let mut catalog: Catalog = store::decode(&snapshot.data).map_err(snap_read)?;
         catalog.rebuild_indexes();
-        let applied = AppliedState {
-            last_applied: snapshot.meta.last_log_id,
-            membership: snapshot.meta.last_membership.clone(),
-        };
+        let applied =
+            AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
         let mut batch = WriteBatch::default();
         for table in TABLES {
             let cf = store::cf(&self.db, table).map_err(sm_write)?;
