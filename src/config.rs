@@ -29,6 +29,14 @@ pub struct ControlConfig {
     /// Largest accepted HTTP request body, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// New chat nodes wait for an admin's approval (`districhat admin approve-node`)
+    /// before they serve; off by default, since the cluster secret already gates joining.
+    #[serde(default)]
+    pub require_node_approval: bool,
+    /// A chat node silent for this long is marked down and its rooms fail over. Nodes
+    /// heartbeat about once a second, so the default tolerates two lost heartbeats.
+    #[serde(default = "default_node_timeout_ms")]
+    pub node_timeout_ms: u64,
 }
 
 /// One member of the initial group.
@@ -71,6 +79,10 @@ fn default_max_body_bytes() -> usize {
     64 * 1024
 }
 
+fn default_node_timeout_ms() -> u64 {
+    3_000
+}
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,6 +110,8 @@ impl ControlConfig {
             peers: Vec::new(),
             raft: RaftTuning::default(),
             max_body_bytes: default_max_body_bytes(),
+            require_node_approval: false,
+            node_timeout_ms: default_node_timeout_ms(),
         }
     }
 }
@@ -124,6 +138,8 @@ mod tests {
         assert_eq!(config.peers, vec![PeerConfig { id: 1, addr: "127.0.0.1:7000".into() }]);
         assert_eq!(config.raft.snapshot_every, 10);
         assert!(config.raft.fsync);
+        assert!(!config.require_node_approval);
+        assert_eq!(config.node_timeout_ms, 3_000);
         assert!(toml::from_str::<ControlConfig>("id = 1\nbogus = 2").is_err());
     }
 }

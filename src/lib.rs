@@ -7,18 +7,59 @@
 //!   its RocksDB storage, HTTP network, REST API and admin endpoints.
 //! - [`store`]: RocksDB helpers (opening, encoding, big-endian keys).
 //! - [`telemetry`]: tracing and Prometheus metrics.
-//! - [`status`], [`dev`]: the `status` and `dev` subcommands.
+//! - [`node`]: a chat node — browser WebSockets, room owners with replicated logs, mesh.
+//! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
+//! - [`token`]: connection tokens (signed by controls, checked by nodes).
+//! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod dev;
+pub mod node;
+pub mod protocol;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod token;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Resolves once `shutdown` says stop (or its sender is gone). Use this in `select!`
+/// instead of `wait_for`, whose guard is not `Send`.
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
-use districhat::{control, dev, status, telemetry};
+use districhat::bench::chat::ChatBenchArgs;
+use districhat::bench::control::ControlBenchArgs;
+use districhat::{bench, control, dev, node, status, telemetry};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -35,6 +37,19 @@ enum Command {
         #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Run a chat node (browser WebSockets, room logs, mesh links).
+    Node {
+        /// The node's TOML config (name, listen, data_dir, controls, cluster_secret).
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides the config's cluster secret.
+        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Load the chat: WebSocket clients sending and receiving through the nodes.
+    Bench(ChatBenchArgs),
+    /// Load the control plane with concurrent catalog writes (room creations).
+    BenchControl(ControlBenchArgs),
     /// Bootstrap a group through one of its members (idempotent).
     Init {
         #[arg(long, default_value = "http://127.0.0.1:7000")]
@@ -81,6 +96,16 @@ enum AdminAction {
         #[arg(long)]
         addr: String,
     },
+    /// Approve a chat node that registered while approval is required.
+    ApproveNode {
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        control: String,
+        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The node's id (see `districhat status`).
+        #[arg(long)]
+        id: u64,
+    },
     /// Remove a control member from the group.
     RemoveMember {
         #[arg(long, default_value = "http://127.0.0.1:7000")]
@@ -98,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing(cli.log_json);
     match cli.command {
         Command::Control { config, init, secret } => run_control(config, init, secret).await,
+        Command::Node { config, secret } => node::run_from_config(&config, secret).await,
+        Command::Bench(args) => bench::chat::run(args).await,
+        Command::BenchControl(args) => bench::control::run(args).await,
         Command::Init { control, secret } => {
             let reply = admin_request(reqwest::Method::POST, &control, "/api/admin/init", &secret, None).await?;
             println!("{reply}");
@@ -130,7 +158,7 @@ async fn run_control(config_path: PathBuf, init: bool, secret: Option<String>) -
     if init {
         handle.initialize(&peers).await?;
     }
-    shutdown_signal().await;
+    districhat::shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())
@@ -142,7 +170,7 @@ async fn run_dev(host: &str, port: u16, data_dir: &std::path::Path) -> anyhow::R
     println!("  controls: {}", controls.iter().map(|c| c.url()).collect::<Vec<_>>().join(", "));
     println!("  data:     {}", data_dir.display());
     println!("  press Ctrl-C to stop");
-    shutdown_signal().await;
+    districhat::shutdown_signal().await;
     for control in controls {
         control.shutdown().await;
     }
@@ -154,6 +182,10 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
         AdminAction::AddMember { control, secret, id, addr } => {
             let body = serde_json::json!({"id": id, "addr": addr});
             admin_request(reqwest::Method::POST, &control, "/api/admin/members", &secret, Some(body)).await?
+        }
+        AdminAction::ApproveNode { control, secret, id } => {
+            let path = format!("/api/admin/nodes/{id}/approve");
+            admin_request(reqwest::Method::POST, &control, &path, &secret, None).await?
         }
         AdminAction::RemoveMember { control, secret, id } => {
             let path = format!("/api/admin/members/{id}");
@@ -183,32 +215,4 @@ async fn admin_request(
     let text = response.text().await?;
     anyhow::ensure!(status.is_success(), "{control} answered {status}: {text}");
     Ok(text)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
 }

@@ -71,7 +71,7 @@ pub async fn export_raft_metrics(raft: Raft, state: SharedState, mut shutdown: w
         }
         tokio::select! {
             changed = raft_metrics.changed() => if changed.is_err() { return },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = crate::stopped(&mut shutdown) => return,
         }
         // Raft publishes metrics on every step; a gauge refresh a few times a second is enough.
         tokio::time::sleep(Duration::from_millis(200)).await;

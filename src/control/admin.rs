@@ -1,6 +1,7 @@
-//! Operator endpoints, guarded by the cluster secret: bootstrap the group and change its
-//! membership online (a new member joins as a learner, catches up, then becomes a voter).
-//! Membership changes must run on the leader: another member relays the request there.
+//! Operator endpoints, guarded by the cluster secret: bootstrap the group, change its
+//! membership online (a new member joins as a learner, catches up, then becomes a voter),
+//! and approve chat nodes. Membership changes must run on the leader: another member
+//! relays the request there.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
 use super::api_error::{ApiError, ApiJson};
+use super::catalog::{ChatNodeId, Command, CommandOutput};
+use super::chat_api::NodeView;
+use super::raft::state_machine::read_state;
 use super::raft::types::MemberId;
 use super::secret::SECRET_HEADER;
 use super::AppState;
@@ -24,14 +28,27 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/init", post(init))
         .route("/api/admin/members", post(add_member))
         .route("/api/admin/members/{id}", delete(remove_member))
+        .route("/api/admin/nodes/{id}/approve", post(approve_node))
+}
+
+/// `POST /api/admin/nodes/{id}/approve`: a pending chat node may serve (idempotent).
+async fn approve_node(
+    State(app): State<AppState>,
+    Path(id): Path<ChatNodeId>,
+    headers: HeaderMap,
+) -> Result<Json<NodeView>, ApiError> {
+    require_secret(&app, &headers)?;
+    match app.writer.write(Command::ApproveNode { node: id }).await? {
+        CommandOutput::Node(node) => {
+            tracing::info!(node = node.id, name = %node.name, "chat node approved");
+            Ok(Json(NodeView::new(&read_state(&app.state).catalog, &node, None)))
+        }
+        other => Err(ApiError::internal(format!("ApproveNode returned {other:?}"))),
+    }
 }
 
 fn require_secret(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if app.secret.matches(headers) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the cluster secret is required"))
-    }
+    app.secret.require(headers)
 }
 
 /// `POST /api/admin/init`: bootstrap with the configured peers (idempotent).

@@ -73,8 +73,14 @@ impl From<CatalogError> for ApiError {
             | CatalogError::RoomExists(_)
             | CatalogError::NodeExists(_)
             | CatalogError::StaleEpoch { .. }
-            | CatalogError::SigningKeyAlreadySet => StatusCode::CONFLICT,
-            CatalogError::InvalidUsername | CatalogError::InvalidRoomName => StatusCode::BAD_REQUEST,
+            | CatalogError::SigningKeyAlreadySet
+            | CatalogError::NodePending(_) => StatusCode::CONFLICT,
+            CatalogError::InvalidUsername
+            | CatalogError::InvalidRoomName
+            | CatalogError::InvalidNodeName
+            | CatalogError::ReservedRoomName
+            | CatalogError::DmWithSelf => StatusCode::BAD_REQUEST,
+            CatalogError::DmMembersFixed => StatusCode::FORBIDDEN,
             CatalogError::UnknownUser(_) | CatalogError::UnknownRoom(_) | CatalogError::UnknownNode(_) => {
                 StatusCode::NOT_FOUND
             }

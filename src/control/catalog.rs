@@ -6,6 +6,12 @@
 //! duplicate username or a stale epoch is a typed [`CatalogError`] for the client,
 //! never a panic and never a silent overwrite. `apply` is deterministic: ids come from
 //! counters in the catalog and timestamps come inside the command.
+//!
+//! The chat-node lifecycle (registration, approval, failure, return) and the placement of
+//! rooms on nodes live in the [`nodes`] submodule: they are the part of `apply` that moves
+//! rooms between nodes.
+
+mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +48,22 @@ pub struct Room {
     pub epoch: u64,
 }
 
+/// Room names with this prefix belong to direct messages (`dm-{low id}-{high id}`);
+/// `CreateRoom` refuses them, so a room named so is always a DM.
+pub const DM_PREFIX: &str = "dm-";
+
+impl Room {
+    /// Whether this room is a direct-message room (private, exactly two members, closed).
+    pub fn is_dm(&self) -> bool {
+        self.private && self.name.starts_with(DM_PREFIX)
+    }
+}
+
+/// The name of the DM room between two users (the same whichever order they come in).
+pub fn dm_name(a: UserId, b: UserId) -> String {
+    format!("{DM_PREFIX}{}-{}", a.min(b), a.max(b))
+}
+
 /// Whether a chat node may serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeStatus {
@@ -58,7 +80,8 @@ pub struct ChatNode {
     pub name: String,
     /// Where browsers connect (`ws://host:port/ws`).
     pub ws_url: String,
-    /// Where other nodes open mesh links.
+    /// `host:port` of the node's HTTP server: other nodes open mesh links there and the
+    /// controls ask it for history (`/internal/rooms/{id}/messages`).
     pub mesh_addr: String,
     pub status: NodeStatus,
     pub registered_at_ms: u64,
@@ -96,6 +119,9 @@ pub enum Command {
         room: RoomId,
         user: UserId,
     },
+    /// A node announces itself. Idempotent per `name`: a known name keeps its id and gets
+    /// the new addresses; a `Down` node comes back `Up`, a `Pending` one stays pending.
+    /// `approved` is false when the cluster requires an admin's approval for new nodes.
     RegisterNode {
         name: String,
         ws_url: String,
@@ -103,6 +129,8 @@ pub enum Command {
         approved: bool,
         at_ms: u64,
     },
+    /// A raw status change by an operator; `Down` and `Pending` move the node's rooms away
+    /// exactly like [`Command::NodeDown`], `Up` brings it in like [`Command::NodeUp`].
     SetNodeStatus {
         node: ChatNodeId,
         status: NodeStatus,
@@ -114,6 +142,27 @@ pub enum Command {
         replica: Option<ChatNodeId>,
         epoch: u64,
     },
+    // New variants go last: commands are stored in the Raft log by variant index.
+    /// The leader's failure detector found the node silent: mark it `Down` and fail its
+    /// rooms over (the replica becomes owner, a new replica is picked; epoch + 1 each).
+    NodeDown {
+        node: ChatNodeId,
+    },
+    /// An admin approves a `Pending` node: it becomes `Up` and takes rooms.
+    ApproveNode {
+        node: ChatNodeId,
+    },
+    /// A `Down` node heartbeats again: it becomes `Up`, a candidate for new rooms and
+    /// replicas, and the replica of every room that has none.
+    NodeUp {
+        node: ChatNodeId,
+    },
+    /// The private room of exactly `a` and `b`, created on first use (idempotent).
+    CreateDm {
+        a: UserId,
+        b: UserId,
+        at_ms: u64,
+    },
 }
 
 /// What a successful command returns to the client that proposed it.
@@ -123,6 +172,18 @@ pub enum CommandOutput {
     User(User),
     Room(Room),
     Node(ChatNode),
+    /// The result of a [`Command::NodeDown`]: how many rooms changed owner and how many
+    /// got a new replica. Zero for a node that was not `Up`.
+    NodeDown {
+        node: ChatNode,
+        owners_moved: u64,
+        replicas_moved: u64,
+    },
+    /// The result of a [`Command::CreateDm`]; `created` is false when it existed already.
+    Dm {
+        room: Room,
+        created: bool,
+    },
 }
 
 /// A command the catalog refused. Each variant has a stable [`code`](Self::code).
@@ -142,12 +203,24 @@ pub enum CatalogError {
     UnknownRoom(RoomId),
     #[error("no chat node with id {0}")]
     UnknownNode(ChatNodeId),
+    /// No longer produced (registration is idempotent per name); kept so that the variant
+    /// indexes, which travel in bincode between members, stay stable.
     #[error("a chat node named {0:?} is registered")]
     NodeExists(String),
     #[error("the room's epoch is {current}, the command expected {expected}")]
     StaleEpoch { expected: u64, current: u64 },
     #[error("the signing key is already set")]
     SigningKeyAlreadySet,
+    #[error("chat node {0} is waiting for an admin's approval")]
+    NodePending(ChatNodeId),
+    #[error("node names are 1 to 64 characters of a-z, 0-9, '_' and '-'")]
+    InvalidNodeName,
+    #[error("room names starting with 'dm-' are kept for direct messages")]
+    ReservedRoomName,
+    #[error("a direct message needs someone other than yourself")]
+    DmWithSelf,
+    #[error("a direct-message room keeps its two members")]
+    DmMembersFixed,
 }
 
 impl CatalogError {
@@ -164,6 +237,11 @@ impl CatalogError {
             Self::NodeExists(_) => "node_exists",
             Self::StaleEpoch { .. } => "stale_epoch",
             Self::SigningKeyAlreadySet => "signing_key_set",
+            Self::NodePending(_) => "node_pending",
+            Self::InvalidNodeName => "invalid_node_name",
+            Self::ReservedRoomName => "reserved_room_name",
+            Self::DmWithSelf => "dm_with_self",
+            Self::DmMembersFixed => "dm_members_fixed",
         }
     }
 }
@@ -234,36 +312,24 @@ impl Catalog {
                 if !valid_name(&name, 1, 64) {
                     return Err(CatalogError::InvalidRoomName);
                 }
+                if name.starts_with(DM_PREFIX) {
+                    return Err(CatalogError::ReservedRoomName);
+                }
                 if !self.users.contains_key(&created_by) {
                     return Err(CatalogError::UnknownUser(created_by));
                 }
                 if self.room_names.contains_key(&name) {
                     return Err(CatalogError::RoomExists(name));
                 }
-                self.meta.next_room_id += 1;
-                let (owner, replica) = self.placement();
-                let room = Room {
-                    id: self.meta.next_room_id,
-                    name,
-                    private,
-                    created_by,
-                    created_at_ms: at_ms,
-                    owner,
-                    replica,
-                    epoch: u64::from(owner.is_some()),
-                };
-                self.room_names.insert(room.name.clone(), room.id);
-                self.rooms.insert(room.id, room.clone());
-                self.members.insert((room.id, created_by));
-                touched.extend([Touched::Meta, Touched::Room(room.id), Touched::Member(room.id, created_by)]);
-                Ok(CommandOutput::Room(room))
+                Ok(CommandOutput::Room(self.insert_room(name, private, created_by, at_ms, touched)))
             }
             Command::AddMember { room, user } => {
-                if !self.rooms.contains_key(&room) {
-                    return Err(CatalogError::UnknownRoom(room));
-                }
+                let entry = self.rooms.get(&room).ok_or(CatalogError::UnknownRoom(room))?;
                 if !self.users.contains_key(&user) {
                     return Err(CatalogError::UnknownUser(user));
+                }
+                if entry.is_dm() && !self.is_member(room, user) {
+                    return Err(CatalogError::DmMembersFixed);
                 }
                 if self.members.insert((room, user)) {
                     touched.push(Touched::Member(room, user));
@@ -271,23 +337,9 @@ impl Catalog {
                 Ok(CommandOutput::Done)
             }
             Command::RegisterNode { name, ws_url, mesh_addr, approved, at_ms } => {
-                if self.nodes.values().any(|node| node.name == name) {
-                    return Err(CatalogError::NodeExists(name));
-                }
-                self.meta.next_node_id += 1;
-                let status = if approved { NodeStatus::Up } else { NodeStatus::Pending };
-                let node =
-                    ChatNode { id: self.meta.next_node_id, name, ws_url, mesh_addr, status, registered_at_ms: at_ms };
-                self.nodes.insert(node.id, node.clone());
-                touched.extend([Touched::Meta, Touched::Node(node.id)]);
-                Ok(CommandOutput::Node(node))
+                self.register_node(name, ws_url, mesh_addr, approved, at_ms, touched)
             }
-            Command::SetNodeStatus { node, status } => {
-                let entry = self.nodes.get_mut(&node).ok_or(CatalogError::UnknownNode(node))?;
-                entry.status = status;
-                touched.push(Touched::Node(node));
-                Ok(CommandOutput::Node(entry.clone()))
-            }
+            Command::SetNodeStatus { node, status } => self.set_node_status(node, status, touched),
             Command::AssignRoom { room, owner, replica, epoch } => {
                 for node in std::iter::once(owner).chain(replica) {
                     if !self.nodes.contains_key(&node) {
@@ -304,20 +356,69 @@ impl Catalog {
                 touched.push(Touched::Room(room));
                 Ok(CommandOutput::Room(entry.clone()))
             }
+            Command::NodeDown { node } => self.node_down(node, NodeStatus::Down, touched),
+            Command::ApproveNode { node } => self.approve_node(node, touched),
+            Command::NodeUp { node } => self.node_up(node, touched),
+            Command::CreateDm { a, b, at_ms } => self.create_dm(a, b, at_ms, touched),
         }
     }
 
-    /// Owner and replica for a new room: the healthy nodes owning the fewest rooms.
-    fn placement(&self) -> (Option<ChatNodeId>, Option<ChatNodeId>) {
-        let mut load: Vec<(usize, ChatNodeId)> = self
-            .nodes
-            .values()
-            .filter(|node| node.status == NodeStatus::Up)
-            .map(|node| (self.rooms.values().filter(|room| room.owner == Some(node.id)).count(), node.id))
-            .collect();
-        load.sort();
-        let mut ids = load.into_iter().map(|(_, id)| id);
-        (ids.next(), ids.next())
+    /// The DM room of `a` and `b`: the existing one, or a new private room with both as
+    /// members, placed like any new room.
+    fn create_dm(&mut self, a: UserId, b: UserId, at_ms: u64, touched: &mut Vec<Touched>) -> CommandResult {
+        if a == b {
+            return Err(CatalogError::DmWithSelf);
+        }
+        for user in [a, b] {
+            if !self.users.contains_key(&user) {
+                return Err(CatalogError::UnknownUser(user));
+            }
+        }
+        let name = dm_name(a, b);
+        if let Some(room) = self.room_names.get(&name).and_then(|id| self.rooms.get(id)) {
+            // Only `CreateDm` makes `dm-` rooms, so this one is theirs; check it anyway.
+            let theirs = room.private && self.room_members(room.id).eq([a.min(b), a.max(b)]);
+            return if theirs {
+                Ok(CommandOutput::Dm { room: room.clone(), created: false })
+            } else {
+                Err(CatalogError::RoomExists(name))
+            };
+        }
+        let room = self.insert_room(name, true, a, at_ms, touched);
+        self.members.insert((room.id, b));
+        touched.push(Touched::Member(room.id, b));
+        Ok(CommandOutput::Dm { room, created: true })
+    }
+
+    /// Adds a (validated) room with its creator as first member, placed on the least-loaded
+    /// healthy nodes.
+    fn insert_room(
+        &mut self,
+        name: String,
+        private: bool,
+        created_by: UserId,
+        at_ms: u64,
+        touched: &mut Vec<Touched>,
+    ) -> Room {
+        self.meta.next_room_id += 1;
+        let loads = nodes::Loads::of(self);
+        let owner = loads.least(&[]);
+        let replica = owner.and_then(|owner| loads.least(&[owner]));
+        let room = Room {
+            id: self.meta.next_room_id,
+            name,
+            private,
+            created_by,
+            created_at_ms: at_ms,
+            owner,
+            replica,
+            epoch: u64::from(owner.is_some()),
+        };
+        self.room_names.insert(room.name.clone(), room.id);
+        self.rooms.insert(room.id, room.clone());
+        self.members.insert((room.id, created_by));
+        touched.extend([Touched::Meta, Touched::Room(room.id), Touched::Member(room.id, created_by)]);
+        room
     }
 
     /// Recomputes the derived indexes after loading rows from disk or a snapshot.
@@ -332,6 +433,16 @@ impl Catalog {
 
     pub fn is_member(&self, room: RoomId, user: UserId) -> bool {
         self.members.contains(&(room, user))
+    }
+
+    /// The members of a room, in id order.
+    pub fn room_members(&self, room: RoomId) -> impl Iterator<Item = UserId> + '_ {
+        self.members.range((room, UserId::MIN)..=(room, UserId::MAX)).map(|(_, user)| *user)
+    }
+
+    /// The node registered under `name`.
+    pub fn node_by_name(&self, name: &str) -> Option<&ChatNode> {
+        self.nodes.values().find(|node| node.name == name)
     }
 
     /// Rooms a user may see: every public room and the private rooms they belong to.
@@ -400,5 +511,31 @@ mod tests {
         let fresh = Command::AssignRoom { room: room.id, owner: 2, replica: Some(1), epoch: 1 };
         assert!(catalog.apply(fresh).0.is_ok());
         assert_eq!(catalog.rooms[&room.id].epoch, 2);
+    }
+
+    fn dm(catalog: &mut Catalog, a: UserId, b: UserId) -> CommandResult {
+        catalog.apply(Command::CreateDm { a, b, at_ms: 5 }).0
+    }
+
+    #[test]
+    fn a_dm_is_one_private_room_of_two_created_once() {
+        let mut catalog = Catalog::default();
+        for name in ["alice", "bob", "carol"] {
+            user(&mut catalog, name).unwrap();
+        }
+        let Ok(CommandOutput::Dm { room, created: true }) = dm(&mut catalog, 2, 1) else { panic!("dm not created") };
+        assert_eq!((room.name.as_str(), room.private, room.is_dm()), ("dm-1-2", true, true));
+        assert_eq!(catalog.room_members(room.id).collect::<Vec<_>>(), vec![1, 2]);
+        let Ok(CommandOutput::Dm { room: again, created: false }) = dm(&mut catalog, 1, 2) else { panic!("no dm") };
+        assert_eq!(again, room);
+        assert_eq!(catalog.rooms.len(), 1);
+
+        assert_eq!(dm(&mut catalog, 1, 1).unwrap_err().code(), "dm_with_self");
+        assert_eq!(dm(&mut catalog, 1, 9).unwrap_err().code(), "unknown_user");
+        let add = Command::AddMember { room: room.id, user: 3 };
+        assert_eq!(catalog.apply(add).0.unwrap_err().code(), "dm_members_fixed");
+        let squat = Command::CreateRoom { name: "dm-1-3".into(), private: false, created_by: 3, at_ms: 1 };
+        assert_eq!(catalog.apply(squat).0.unwrap_err().code(), "reserved_room_name");
+        assert_eq!(catalog.visible_rooms(3).count(), 0, "a third user does not see the dm");
     }
 }

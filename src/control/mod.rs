@@ -234,7 +234,7 @@ async fn ensure_signing_key(app: AppState, mut shutdown: watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = crate::stopped(&mut shutdown) => return,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The cluster secret: shared by controls and nodes, required on every internal API
-//! (Raft RPC, forwarded writes, admin operations).
+//! (Raft RPC, forwarded writes, the node API, admin operations).
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+
+use super::api_error::ApiError;
 
 /// The header internal callers put the secret in.
 pub const SECRET_HEADER: &str = "x-districhat-secret";
@@ -25,6 +27,15 @@ impl ClusterSecret {
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         let Some(given) = headers.get(SECRET_HEADER) else { return false };
         constant_time_eq(given.as_bytes(), self.0.as_bytes())
+    }
+
+    /// `Ok` when the request carries this secret, else the API's 401 `unauthorized`.
+    pub fn require(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.matches(headers) {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the cluster secret is required"))
+        }
     }
 }
 

@@ -1,0 +1,391 @@
+//! The chat-node part of [`Catalog::apply`]: the node lifecycle and where rooms live.
+//!
+//! Lifecycle: a node registers `Up` (or `Pending` when approval is required); an admin
+//! approves a pending node (`ApproveNode`); the leader's failure detector marks a silent
+//! node `Down` (`NodeDown`) and one that heartbeats again `Up` (`NodeUp`, or a new
+//! `RegisterNode`). A `Pending` node only leaves that state through an approval (or an
+//! operator's `SetNodeStatus Up`): neither a heartbeat nor a failure changes it.
+//!
+//! Placement, deterministic (rooms in id order, ties broken by node id):
+//! - *least-loaded* is the `Up` node owning the fewest rooms, then replicating the fewest,
+//!   then with the lowest id. Counting replicas as the second key spreads the replicas
+//!   a failover hands out instead of piling them on one node.
+//! - A new room: owner = least-loaded, replica = least-loaded other node (or none).
+//! - A node goes down: each room it owned moves to its replica (if that is `Up`) with a new
+//!   least-loaded replica other than the new owner; each room it replicated gets a new
+//!   replica. A room it owned *without* an `Up` replica stays with it: the only copy of
+//!   that room's log is on its disk, so the room waits for the node rather than starting
+//!   over empty on another one.
+//! - A node comes up: rooms without an owner (created while no node was up) are placed
+//!   like new rooms; every room without a replica gets this node as replica (its own
+//!   rooms get the least-loaded other node).
+//!
+//! Every room whose owner or replica changes gets `epoch + 1`, so replicas fence owners
+//! that missed the change.
+
+use std::collections::BTreeMap;
+
+use super::{
+    valid_name, Catalog, CatalogError, ChatNode, ChatNodeId, CommandOutput, CommandResult, NodeStatus, Room, Touched,
+};
+
+impl Catalog {
+    /// `RegisterNode`: idempotent per name (see [`super::Command::RegisterNode`]).
+    pub(super) fn register_node(
+        &mut self,
+        name: String,
+        ws_url: String,
+        mesh_addr: String,
+        approved: bool,
+        at_ms: u64,
+        touched: &mut Vec<Touched>,
+    ) -> CommandResult {
+        if !valid_name(&name, 1, 64) {
+            return Err(CatalogError::InvalidNodeName);
+        }
+        if let Some(id) = self.node_by_name(&name).map(|node| node.id) {
+            let mut was_down = false;
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.ws_url = ws_url;
+                node.mesh_addr = mesh_addr;
+                was_down = node.status == NodeStatus::Down;
+            }
+            touched.push(Touched::Node(id));
+            if was_down {
+                self.bring_up(id, touched);
+            }
+            return Ok(CommandOutput::Node(self.node(id)?.clone()));
+        }
+        self.meta.next_node_id += 1;
+        let id = self.meta.next_node_id;
+        let status = NodeStatus::Pending;
+        let node = ChatNode { id, name, ws_url, mesh_addr, status, registered_at_ms: at_ms };
+        self.nodes.insert(id, node);
+        touched.extend([Touched::Meta, Touched::Node(id)]);
+        if approved {
+            self.bring_up(id, touched);
+        }
+        Ok(CommandOutput::Node(self.node(id)?.clone()))
+    }
+
+    /// `SetNodeStatus`: routed through the same transitions as the specific commands.
+    pub(super) fn set_node_status(
+        &mut self,
+        node: ChatNodeId,
+        status: NodeStatus,
+        touched: &mut Vec<Touched>,
+    ) -> CommandResult {
+        match status {
+            NodeStatus::Up => {
+                if self.node(node)?.status != NodeStatus::Up {
+                    self.bring_up(node, touched);
+                }
+                Ok(CommandOutput::Node(self.node(node)?.clone()))
+            }
+            NodeStatus::Down => self.node_down(node, NodeStatus::Down, touched),
+            NodeStatus::Pending => {
+                if self.node(node)?.status == NodeStatus::Pending {
+                    return Ok(CommandOutput::Node(self.node(node)?.clone()));
+                }
+                // Out of service first (rooms move away), then back to waiting for approval.
+                self.take_out(node, NodeStatus::Pending, touched)
+            }
+        }
+    }
+
+    /// `NodeDown` (and `SetNodeStatus Down`): an `Up` node leaves and its rooms fail over.
+    /// A node that is not `Up` is left as it is (a second detection, a pending node).
+    pub(super) fn node_down(&mut self, node: ChatNodeId, to: NodeStatus, touched: &mut Vec<Touched>) -> CommandResult {
+        let current = self.node(node)?;
+        if current.status != NodeStatus::Up {
+            return Ok(CommandOutput::NodeDown { node: current.clone(), owners_moved: 0, replicas_moved: 0 });
+        }
+        self.take_out(node, to, touched)
+    }
+
+    /// `ApproveNode`: a pending node becomes `Up`; any other node is left as it is.
+    pub(super) fn approve_node(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
+        if self.node(node)?.status == NodeStatus::Pending {
+            self.bring_up(node, touched);
+        }
+        Ok(CommandOutput::Node(self.node(node)?.clone()))
+    }
+
+    /// `NodeUp`: a `Down` node is back. A pending node must be approved instead.
+    pub(super) fn node_up(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
+        match self.node(node)?.status {
+            NodeStatus::Pending => return Err(CatalogError::NodePending(node)),
+            NodeStatus::Down => self.bring_up(node, touched),
+            NodeStatus::Up => {}
+        }
+        Ok(CommandOutput::Node(self.node(node)?.clone()))
+    }
+
+    fn node(&self, node: ChatNodeId) -> Result<&ChatNode, CatalogError> {
+        self.nodes.get(&node).ok_or(CatalogError::UnknownNode(node))
+    }
+
+    /// Sets the node's status to `to` (not `Up`) and moves its rooms (see the module docs).
+    fn take_out(&mut self, node: ChatNodeId, to: NodeStatus, touched: &mut Vec<Touched>) -> CommandResult {
+        let Some(entry) = self.nodes.get_mut(&node) else { return Err(CatalogError::UnknownNode(node)) };
+        entry.status = to;
+        touched.push(Touched::Node(node));
+        let mut loads = Loads::of(self);
+        let (mut owners_moved, mut replicas_moved) = (0, 0);
+        for room in self.rooms.values_mut() {
+            if room.owner == Some(node) {
+                let Some(new_owner) = room.replica.filter(|replica| loads.is_up(*replica)) else { continue };
+                let replica = loads.least(&[new_owner]);
+                if loads.reassign(room, Some(new_owner), replica) {
+                    owners_moved += 1;
+                    touched.push(Touched::Room(room.id));
+                }
+            } else if room.replica == Some(node) {
+                let replica = loads.least(room.owner.as_slice());
+                if loads.reassign(room, room.owner, replica) {
+                    replicas_moved += 1;
+                    touched.push(Touched::Room(room.id));
+                }
+            }
+        }
+        Ok(CommandOutput::NodeDown { node: self.node(node)?.clone(), owners_moved, replicas_moved })
+    }
+
+    /// Marks the node `Up` and gives it the rooms that lack an owner or a replica.
+    fn bring_up(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) {
+        let Some(entry) = self.nodes.get_mut(&node) else { return };
+        entry.status = NodeStatus::Up;
+        touched.push(Touched::Node(node));
+        let mut loads = Loads::of(self);
+        for room in self.rooms.values_mut() {
+            let (owner, replica) = match (room.owner, room.replica) {
+                (None, _) => {
+                    let owner = loads.least(&[]);
+                    (owner, owner.and_then(|owner| loads.least(&[owner])))
+                }
+                (Some(owner), None) if owner != node => (Some(owner), Some(node)),
+                (Some(owner), None) => (Some(owner), loads.least(&[owner])),
+                (Some(_), Some(_)) => continue,
+            };
+            if loads.reassign(room, owner, replica) {
+                touched.push(Touched::Room(room.id));
+            }
+        }
+    }
+}
+
+/// Rooms owned and replicated per `Up` node, kept current while `apply` moves rooms, so a
+/// failover over many rooms stays linear and spreads its choices.
+pub(super) struct Loads(BTreeMap<ChatNodeId, (usize, usize)>);
+
+impl Loads {
+    pub(super) fn of(catalog: &Catalog) -> Self {
+        let mut loads: BTreeMap<ChatNodeId, (usize, usize)> = catalog
+            .nodes
+            .values()
+            .filter(|node| node.status == NodeStatus::Up)
+            .map(|node| (node.id, (0, 0)))
+            .collect();
+        for room in catalog.rooms.values() {
+            if let Some(load) = room.owner.and_then(|owner| loads.get_mut(&owner)) {
+                load.0 += 1;
+            }
+            if let Some(load) = room.replica.and_then(|replica| loads.get_mut(&replica)) {
+                load.1 += 1;
+            }
+        }
+        Self(loads)
+    }
+
+    /// The least-loaded `Up` node not in `exclude`.
+    pub(super) fn least(&self, exclude: &[ChatNodeId]) -> Option<ChatNodeId> {
+        self.0
+            .iter()
+            .filter(|(id, _)| !exclude.contains(id))
+            .min_by_key(|(id, load)| (**load, **id))
+            .map(|(id, _)| *id)
+    }
+
+    fn is_up(&self, node: ChatNodeId) -> bool {
+        self.0.contains_key(&node)
+    }
+
+    /// Gives `room` a new owner and replica (epoch + 1) unless they are what it has.
+    fn reassign(&mut self, room: &mut Room, owner: Option<ChatNodeId>, replica: Option<ChatNodeId>) -> bool {
+        if (room.owner, room.replica) == (owner, replica) {
+            return false;
+        }
+        for (node, owned) in [(room.owner, true), (room.replica, false)] {
+            if let Some(load) = node.and_then(|node| self.0.get_mut(&node)) {
+                let count = if owned { &mut load.0 } else { &mut load.1 };
+                *count = count.saturating_sub(1);
+            }
+        }
+        for (node, owned) in [(owner, true), (replica, false)] {
+            if let Some(load) = node.and_then(|node| self.0.get_mut(&node)) {
+                *(if owned { &mut load.0 } else { &mut load.1 }) += 1;
+            }
+        }
+        room.owner = owner;
+        room.replica = replica;
+        room.epoch += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Command;
+    use super::*;
+
+    fn register(catalog: &mut Catalog, name: &str, approved: bool) -> ChatNode {
+        let command = Command::RegisterNode {
+            name: name.into(),
+            ws_url: format!("ws://{name}/ws"),
+            mesh_addr: name.into(),
+            approved,
+            at_ms: 0,
+        };
+        match catalog.apply(command).0 {
+            Ok(CommandOutput::Node(node)) => node,
+            other => panic!("register {name}: {other:?}"),
+        }
+    }
+
+    /// A catalog with one user and `rooms` public rooms created after `nodes` registered.
+    fn setup(nodes: &[&str], rooms: usize) -> Catalog {
+        let mut catalog = Catalog::default();
+        let user = Command::CreateUser { username: "alice".into(), password_hash: "h".into(), at_ms: 0 };
+        catalog.apply(user).0.unwrap();
+        for name in nodes {
+            register(&mut catalog, name, true);
+        }
+        for i in 0..rooms {
+            let create = Command::CreateRoom { name: format!("r{i}"), private: false, created_by: 1, at_ms: 0 };
+            catalog.apply(create).0.unwrap();
+        }
+        catalog
+    }
+
+    /// (owner, replica, epoch) of every room, in id order.
+    fn placement(catalog: &Catalog) -> Vec<(Option<ChatNodeId>, Option<ChatNodeId>, u64)> {
+        catalog.rooms.values().map(|room| (room.owner, room.replica, room.epoch)).collect()
+    }
+
+    fn down(catalog: &mut Catalog, node: ChatNodeId) -> (u64, u64) {
+        match catalog.apply(Command::NodeDown { node }).0 {
+            Ok(CommandOutput::NodeDown { owners_moved, replicas_moved, .. }) => (owners_moved, replicas_moved),
+            other => panic!("node down: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registering_a_known_name_keeps_its_id_and_updates_its_address() {
+        let mut catalog = setup(&["n1"], 0);
+        let again = register(&mut catalog, "n1", true);
+        assert_eq!((again.id, again.status), (1, NodeStatus::Up));
+        let moved = Command::RegisterNode {
+            name: "n1".into(),
+            ws_url: "ws://new/ws".into(),
+            mesh_addr: "new".into(),
+            approved: true,
+            at_ms: 9,
+        };
+        let Ok(CommandOutput::Node(node)) = catalog.apply(moved).0 else { panic!("re-register failed") };
+        assert_eq!((node.id, node.mesh_addr.as_str(), node.registered_at_ms), (1, "new", 0));
+        assert_eq!(catalog.nodes.len(), 1);
+
+        down(&mut catalog, 1);
+        assert_eq!(register(&mut catalog, "n1", true).status, NodeStatus::Up, "a down node comes back up");
+        assert_eq!(register(&mut catalog, "n2", false).status, NodeStatus::Pending);
+        assert_eq!(register(&mut catalog, "n2", true).status, NodeStatus::Pending, "approval is not skipped");
+        let bad = Command::RegisterNode {
+            name: "N 1".into(),
+            ws_url: String::new(),
+            mesh_addr: String::new(),
+            approved: true,
+            at_ms: 0,
+        };
+        assert_eq!(catalog.apply(bad).0.unwrap_err().code(), "invalid_node_name");
+    }
+
+    #[test]
+    fn new_rooms_spread_over_the_least_loaded_nodes() {
+        let catalog = setup(&["n1", "n2", "n3"], 3);
+        // r0 → n1 (+n2); r1 → n3, the only node with nothing yet (+n2, owning nothing);
+        // r2 → n2, which owns nothing (+n1, fewer replicas than n3 and a lower id).
+        assert_eq!(placement(&catalog), vec![(Some(1), Some(2), 1), (Some(3), Some(2), 1), (Some(2), Some(1), 1)]);
+    }
+
+    #[test]
+    fn a_down_node_fails_its_rooms_over_to_their_replicas() {
+        let mut catalog = setup(&["n1", "n2", "n3"], 3);
+        assert_eq!(down(&mut catalog, 1), (1, 1));
+        assert_eq!(catalog.nodes[&1].status, NodeStatus::Down);
+        // r0 (n1, replica n2) moves to n2 and gets n3 as replica; r1 (n3 + n2) is untouched;
+        // r2 (n2, replica n1) gets n3, the only Up node other than its owner.
+        assert_eq!(placement(&catalog), vec![(Some(2), Some(3), 2), (Some(3), Some(2), 1), (Some(2), Some(3), 2)]);
+        assert_eq!(down(&mut catalog, 1), (0, 0), "a second detection changes nothing");
+
+        // With one node left, replicas become None; the last node's rooms have nowhere to go.
+        assert_eq!(down(&mut catalog, 2), (2, 1));
+        assert_eq!(placement(&catalog), vec![(Some(3), None, 3), (Some(3), None, 2), (Some(3), None, 3)]);
+        assert_eq!(down(&mut catalog, 3), (0, 0));
+        assert_eq!(placement(&catalog), vec![(Some(3), None, 3), (Some(3), None, 2), (Some(3), None, 3)]);
+    }
+
+    #[test]
+    fn a_returning_node_becomes_the_replica_of_rooms_without_one() {
+        let mut catalog = setup(&["n1", "n2"], 2);
+        down(&mut catalog, 1);
+        assert_eq!(placement(&catalog), vec![(Some(2), None, 2), (Some(2), None, 2)]);
+        let Ok(CommandOutput::Node(node)) = catalog.apply(Command::NodeUp { node: 1 }).0 else { panic!("no node") };
+        assert_eq!(node.status, NodeStatus::Up);
+        assert_eq!(placement(&catalog), vec![(Some(2), Some(1), 3), (Some(2), Some(1), 3)]);
+        let before = catalog.clone();
+        assert!(catalog.apply(Command::NodeUp { node: 1 }).0.is_ok(), "an Up node stays up");
+        assert_eq!(catalog, before);
+        assert_eq!(catalog.apply(Command::NodeUp { node: 7 }).0.unwrap_err().code(), "unknown_node");
+    }
+
+    #[test]
+    fn a_room_without_a_live_replica_waits_for_its_owner() {
+        let mut catalog = setup(&["n1"], 1);
+        register(&mut catalog, "n2", false);
+        assert_eq!(placement(&catalog), vec![(Some(1), None, 1)], "a pending node takes no rooms");
+        assert_eq!(down(&mut catalog, 1), (0, 0));
+        assert_eq!(placement(&catalog), vec![(Some(1), None, 1)]);
+        catalog.apply(Command::NodeUp { node: 1 }).0.unwrap();
+        assert_eq!(placement(&catalog), vec![(Some(1), None, 1)], "still no second node");
+    }
+
+    #[test]
+    fn approval_brings_a_pending_node_in_and_nothing_else_does() {
+        let mut catalog = setup(&[], 2);
+        assert_eq!(placement(&catalog), vec![(None, None, 0), (None, None, 0)], "no node yet");
+        register(&mut catalog, "n1", false);
+        assert_eq!(catalog.apply(Command::NodeUp { node: 1 }).0.unwrap_err().code(), "node_pending");
+        assert_eq!(down(&mut catalog, 1), (0, 0));
+        assert_eq!(catalog.nodes[&1].status, NodeStatus::Pending);
+        let Ok(CommandOutput::Node(node)) = catalog.apply(Command::ApproveNode { node: 1 }).0 else { panic!() };
+        assert_eq!(node.status, NodeStatus::Up);
+        assert_eq!(placement(&catalog), vec![(Some(1), None, 1), (Some(1), None, 1)], "ownerless rooms placed");
+        register(&mut catalog, "n2", true);
+        assert_eq!(placement(&catalog), vec![(Some(1), Some(2), 2), (Some(1), Some(2), 2)]);
+        assert_eq!(catalog.apply(Command::ApproveNode { node: 9 }).0.unwrap_err().code(), "unknown_node");
+    }
+
+    #[test]
+    fn set_node_status_follows_the_same_transitions() {
+        let mut catalog = setup(&["n1", "n2"], 1);
+        let down = Command::SetNodeStatus { node: 1, status: NodeStatus::Down };
+        assert!(matches!(catalog.apply(down).0, Ok(CommandOutput::NodeDown { owners_moved: 1, .. })));
+        assert_eq!(placement(&catalog), vec![(Some(2), None, 2)]);
+        let pending = Command::SetNodeStatus { node: 2, status: NodeStatus::Pending };
+        catalog.apply(pending).0.unwrap();
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::Pending);
+        let up = Command::SetNodeStatus { node: 1, status: NodeStatus::Up };
+        catalog.apply(up).0.unwrap();
+        assert_eq!(catalog.nodes[&1].status, NodeStatus::Up);
+    }
+}

@@ -1,0 +1,247 @@
+//! The internal API chat nodes call (JSON, cluster secret required, 401 without it):
+//!
+//! | method path | body → answer |
+//! |---|---|
+//! | `POST /internal/nodes/register` | [`RegisterNode`] → [`NodeRegistration`]; any member (a Raft write) |
+//! | `POST /internal/nodes/heartbeat` | [`Heartbeat`] → [`HeartbeatReply`]; the leader only |
+//! | `GET /internal/routes` | → [`RoutingTable`]; any member, from its applied catalog |
+//! | `GET /internal/nodes/loads` | → [`LoadsReply`]; the leader's heartbeat memory (for followers) |
+//!
+//! The routing table's version is the Raft applied index of the catalog it was read from:
+//! it only grows, and a heartbeat carrying an older version gets the whole table back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::api_error::{ApiError, ApiJson};
+use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
+use super::raft::state_machine::{read_state, CatalogState};
+use super::raft::types::MemberId;
+use super::secret::SECRET_HEADER;
+use super::AppState;
+use crate::now_ms;
+use crate::protocol::{
+    Heartbeat, HeartbeatReply, NodeLoad, NodeRegistration, NodeRoute, RegisterNode, RoomRoute, RoutingTable,
+};
+use crate::token;
+
+/// How long a follower waits for the leader's load figures before it does without.
+const LOADS_TIMEOUT: Duration = Duration::from_millis(300);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/internal/nodes/register", post(register))
+        .route("/internal/nodes/heartbeat", post(heartbeat))
+        .route("/internal/nodes/loads", get(loads))
+        .route("/internal/routes", get(routing))
+}
+
+/// `POST /internal/nodes/register`: a node announces (or re-announces) itself.
+async fn register(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegisterNode>,
+) -> Result<Json<NodeRegistration>, ApiError> {
+    app.secret.require(&headers)?;
+    if !valid_addr(&body.addr) {
+        return Err(ApiError::bad_request("invalid_addr", "addr must be host:port"));
+    }
+    let command = Command::RegisterNode {
+        name: body.name,
+        ws_url: format!("ws://{}/ws", body.addr),
+        mesh_addr: body.addr,
+        approved: !app.config.require_node_approval,
+        at_ms: now_ms(),
+    };
+    let node = match app.writer.write(command).await? {
+        CommandOutput::Node(node) => node,
+        other => return Err(ApiError::internal(format!("RegisterNode returned {other:?}"))),
+    };
+    let signing_key = read_state(&app.state).catalog.meta.signing_key.clone();
+    let signing_key = signing_key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
+    tracing::info!(node = node.id, name = %node.name, addr = %node.mesh_addr, status = ?node.status, "chat node registered");
+    // A pending node gets the token key too: it already holds the cluster secret, so the
+    // approval is an operator's gate, not a cryptographic one.
+    Ok(Json(NodeRegistration {
+        node_id: node.id,
+        approved: node.status != NodeStatus::Pending,
+        token_key: token::derive_token_key(&signing_key),
+    }))
+}
+
+/// `POST /internal/nodes/heartbeat`: the leader records the node's load (in memory) and
+/// answers with the routing table when the node's copy is outdated.
+async fn heartbeat(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(beat): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    app.secret.require(&headers)?;
+    let leader = leader(&app);
+    if leader.id != Some(app.id) {
+        return Ok(Json(HeartbeatReply::NotLeader { leader: leader.addr }));
+    }
+    let status = read_state(&app.state).catalog.nodes.get(&beat.node_id).map(|node| node.status);
+    let Some(status) = status else { return Ok(Json(HeartbeatReply::Unknown)) };
+    app.liveness.heartbeat(leader.term, beat.node_id, beat.load, Instant::now());
+    if status == NodeStatus::Down {
+        match app.writer.write(Command::NodeUp { node: beat.node_id }).await {
+            Ok(_) => tracing::info!(node = beat.node_id, "a chat node marked down heartbeats again: it is up"),
+            Err(e) => tracing::warn!(node = beat.node_id, error = %e, "could not mark a returning node up yet"),
+        }
+    }
+    let state = read_state(&app.state);
+    let routes = (beat.routes_version != version(&state)).then(|| routing_table(&state));
+    Ok(Json(HeartbeatReply::Ok { routes }))
+}
+
+/// `GET /internal/routes`: the whole routing table of this member's applied catalog.
+async fn routing(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<RoutingTable>, ApiError> {
+    app.secret.require(&headers)?;
+    Ok(Json(routing_table(&read_state(&app.state))))
+}
+
+/// What `GET /internal/nodes/loads` answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadsReply {
+    /// False when the answering member does not lead: its (empty) figures mean nothing.
+    pub leader: bool,
+    pub nodes: Vec<NodeSeen>,
+}
+
+/// One node's last heartbeat as the leader saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSeen {
+    pub id: ChatNodeId,
+    /// `None` until the node's first heartbeat to this leader.
+    pub load: Option<NodeLoad>,
+    /// Milliseconds since that heartbeat (or since the leader started counting the node).
+    pub last_seen_ms: u64,
+}
+
+/// `GET /internal/nodes/loads`: the leader's heartbeat memory.
+async fn loads(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<LoadsReply>, ApiError> {
+    app.secret.require(&headers)?;
+    let leader = leader(&app);
+    if leader.id != Some(app.id) {
+        return Ok(Json(LoadsReply::default()));
+    }
+    Ok(Json(LoadsReply { leader: true, nodes: local_loads(&app, leader.term).into_values().collect() }))
+}
+
+/// The latest heartbeat figures per node: this member's own memory when it leads, else the
+/// leader's (asked with a short timeout). Empty when neither can be had.
+pub async fn node_loads(app: &AppState) -> BTreeMap<ChatNodeId, NodeSeen> {
+    let leader = leader(app);
+    if leader.id == Some(app.id) {
+        return local_loads(app, leader.term);
+    }
+    let Some(addr) = leader.addr else { return BTreeMap::new() };
+    let asked = app
+        .client
+        .get(format!("http://{addr}/internal/nodes/loads"))
+        .header(SECRET_HEADER, app.secret.expose())
+        .timeout(LOADS_TIMEOUT)
+        .send()
+        .await;
+    let reply = match asked {
+        Ok(response) if response.status().is_success() => response.json::<LoadsReply>().await.ok(),
+        _ => None,
+    };
+    match reply {
+        Some(reply) if reply.leader => reply.nodes.into_iter().map(|seen| (seen.id, seen)).collect(),
+        _ => {
+            tracing::debug!(leader = %addr, "no load figures from the leader; using catalog order");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn local_loads(app: &AppState, term: u64) -> BTreeMap<ChatNodeId, NodeSeen> {
+    let now = Instant::now();
+    app.liveness
+        .snapshot(term)
+        .into_iter()
+        .map(|(id, seen)| {
+            let last_seen_ms = u64::try_from(now.duration_since(seen.at).as_millis()).unwrap_or(u64::MAX);
+            (id, NodeSeen { id, load: seen.load, last_seen_ms })
+        })
+        .collect()
+}
+
+/// Who leads, as this member knows it.
+pub struct LeaderInfo {
+    pub id: Option<MemberId>,
+    pub term: u64,
+    /// The leader's `host:port`.
+    pub addr: Option<String>,
+}
+
+pub fn leader(app: &AppState) -> LeaderInfo {
+    let metrics = app.raft.metrics();
+    let metrics = metrics.borrow();
+    let id = metrics.current_leader;
+    let addr = id.and_then(|leader| {
+        metrics.membership_config.nodes().find(|(member, _)| **member == leader).map(|(_, node)| node.addr.clone())
+    });
+    LeaderInfo { id, term: metrics.current_term, addr }
+}
+
+/// The routing-table version of a catalog: its Raft applied index.
+pub fn version(state: &CatalogState) -> u64 {
+    state.applied.last_applied.map_or(0, |log_id| log_id.index)
+}
+
+/// Every node and room of the catalog as nodes need them; members only for private rooms.
+pub fn routing_table(state: &CatalogState) -> RoutingTable {
+    let catalog = &state.catalog;
+    let nodes = catalog
+        .nodes
+        .values()
+        .map(|node| NodeRoute { id: node.id, addr: node.mesh_addr.clone(), up: node.status == NodeStatus::Up })
+        .collect();
+    let rooms = catalog
+        .rooms
+        .values()
+        .map(|room| RoomRoute {
+            id: room.id,
+            owner: room.owner,
+            replica: room.replica,
+            epoch: room.epoch,
+            private: room.private,
+            members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
+        })
+        .collect();
+    RoutingTable { version: version(state), nodes, rooms }
+}
+
+/// `host:port` with a non-empty host and a numeric port, nothing else.
+fn valid_addr(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    !host.is_empty()
+        && addr.len() <= 255
+        && port.parse::<u16>().is_ok_and(|port| port != 0)
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        for good in ["127.0.0.1:7100", "node-1.internal:80", "[::1]:7100"] {
+            assert!(valid_addr(good), "{good}");
+        }
+        for bad in ["", "127.0.0.1", ":7100", "host:0", "host:http", "a b:1", "host/x:1", "http://h:1"] {
+            assert!(!valid_addr(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The node's link to the control plane: registration at start, a heartbeat about once a
+//! second to the leader (carrying load, bringing back routing-table updates), and a full
+//! routing-table fetch when a lookup misses.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use super::config::NodeConfig;
+use super::Node;
+use crate::control::secret::{ClusterSecret, SECRET_HEADER};
+use crate::protocol::{Heartbeat, HeartbeatReply, NodeLoad, NodeRegistration, RegisterNode, RoutingTable};
+
+/// Registers (retrying across controls, and until approved) and returns the registration
+/// and the control that answered.
+pub async fn register(
+    http: &reqwest::Client,
+    config: &NodeConfig,
+    secret: &ClusterSecret,
+    addr: &str,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(NodeRegistration, String)> {
+    anyhow::ensure!(!config.controls.is_empty(), "the node config lists no controls");
+    let body = RegisterNode { name: config.name.clone(), addr: addr.to_string() };
+    let mut attempt = 0usize;
+    loop {
+        anyhow::ensure!(!*shutdown.borrow(), "stopped before registering");
+        let control = config.controls[attempt % config.controls.len()].trim_end_matches('/').to_string();
+        attempt += 1;
+        let sent = http
+            .post(format!("{control}/internal/nodes/register"))
+            .header(SECRET_HEADER, secret.expose())
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                let registration: NodeRegistration = response.json().await.context("undecodable registration")?;
+                if registration.approved {
+                    tracing::info!(node = registration.node_id, %control, "registered with the control plane");
+                    return Ok((registration, control));
+                }
+                if attempt % 10 == 1 {
+                    tracing::warn!(node = registration.node_id, "waiting for an admin to approve this node");
+                }
+            }
+            Ok(response) if response.status().as_u16() == 401 => {
+                anyhow::bail!("{control} refused the cluster secret")
+            }
+            Ok(response) => tracing::info!(%control, status = %response.status(), "registration not accepted yet"),
+            Err(e) => tracing::info!(%control, error = %e, "control not reachable for registration"),
+        }
+        tokio::time::sleep(Duration::from_millis(if attempt < 20 { 200 } else { 2_000 })).await;
+    }
+}
+
+/// Heartbeats to the leader until shutdown, applying routing updates from the replies.
+pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(1_000));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_messages = node.messages_total();
+    let mut last_tick = std::time::Instant::now();
+    let mut control_index = 0usize;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        let messages = node.messages_total();
+        let rate = (messages - last_messages) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
+        last_messages = messages;
+        last_tick = std::time::Instant::now();
+        let routes = node.routes();
+        let replicated = routes.rooms.values().filter(|room| room.replica == Some(node.id)).count();
+        let load = NodeLoad {
+            connections: node.connections.load(Ordering::Relaxed),
+            rooms_owned: node.owned_rooms() as u64,
+            rooms_replicated: replicated as u64,
+            messages_per_sec: rate,
+        };
+        metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
+        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version };
+        // Follow redirects to the leader a few times within one tick.
+        for _ in 0..3 {
+            let url = node.leader_url();
+            match send_heartbeat(&node, &url, &heartbeat).await {
+                Ok(HeartbeatReply::Ok { routes }) => {
+                    if let Some(table) = routes {
+                        node.apply_routes(table);
+                    }
+                    break;
+                }
+                Ok(HeartbeatReply::NotLeader { leader: Some(leader) }) => node.set_leader_url(format!("http://{leader}")),
+                Ok(HeartbeatReply::NotLeader { leader: None }) => break,
+                Ok(HeartbeatReply::Unknown) => {
+                    tracing::error!(node = node.id, "the control plane does not know this node; restart it to register");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "heartbeat failed; trying another control");
+                    control_index += 1;
+                    let next = &node.config.controls[control_index % node.config.controls.len()];
+                    node.set_leader_url(next.trim_end_matches('/').to_string());
+                }
+            }
+        }
+    }
+}
+
+async fn send_heartbeat(node: &Node, url: &str, heartbeat: &Heartbeat) -> anyhow::Result<HeartbeatReply> {
+    let response = node
+        .http
+        .post(format!("{url}/internal/nodes/heartbeat"))
+        .header(SECRET_HEADER, node.secret.expose())
+        .timeout(Duration::from_millis(800))
+        .json(heartbeat)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.json().await?)
+}
+
+/// The full routing table from any reachable control.
+pub async fn fetch_routes(node: &Node) -> anyhow::Result<RoutingTable> {
+    let mut urls = vec![node.leader_url()];
+    urls.extend(node.config.controls.iter().map(|c| c.trim_end_matches('/').to_string()));
+    let mut last_error = anyhow::anyhow!("no control configured");
+    for url in urls {
+        let fetched = node
+            .http
+            .get(format!("{url}/internal/routes"))
+            .header(SECRET_HEADER, node.secret.expose())
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        match fetched {
+            Ok(response) => return Ok(response.json().await?),
+            Err(e) => last_error = e.into(),
+        }
+    }
+    Err(last_error)
+}

@@ -1,0 +1,109 @@
+//! Local fan-out: which browser sessions on this node follow which room. The owner sends
+//! one batch of pre-serialised frames per node; the hub hands the same bytes to every
+//! local subscriber's queue. A subscriber whose queue is full is kicked (it reconnects and
+//! resumes with `since`) instead of silently missing frames.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use super::NodeError;
+use crate::protocol::{RoomId, Seq, StoredMessage};
+
+pub type SessionId = u64;
+
+/// What a session's writer receives besides the browser's own frames.
+pub enum Outbound {
+    /// A frame of a followed room; `seq` 0 for ephemeral frames (typing, presence).
+    Room { room: RoomId, seq: Seq, text: Utf8Bytes },
+    /// A finished frame for this session only (ack, error, history...).
+    Frame(String),
+    /// The result of a catch-up fetch for `room`.
+    CatchUp { room: RoomId, result: Result<(Vec<StoredMessage>, Seq), NodeError> },
+    /// The room's owner changed: fetch what may have been missed.
+    Resync { room: RoomId },
+}
+
+/// One local follower of a room.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub username: String,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Woken when the session fell behind and must be disconnected.
+    pub kick: Arc<Notify>,
+}
+
+/// Rooms → local subscribers. A std lock, never held across an await.
+#[derive(Default)]
+pub struct Hub {
+    rooms: Mutex<HashMap<RoomId, HashMap<SessionId, Subscriber>>>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, HashMap<SessionId, Subscriber>>> {
+        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a subscriber; returns the room's local users afterwards.
+    pub fn join(&self, room: RoomId, session: SessionId, subscriber: Subscriber) -> Vec<String> {
+        let mut rooms = self.lock();
+        let members = rooms.entry(room).or_default();
+        members.insert(session, subscriber);
+        users(members)
+    }
+
+    /// Removes a subscriber; returns the room's local users afterwards.
+    pub fn leave(&self, room: RoomId, session: SessionId) -> Vec<String> {
+        let mut rooms = self.lock();
+        let Some(members) = rooms.get_mut(&room) else { return Vec::new() };
+        members.remove(&session);
+        let left = users(members);
+        if members.is_empty() {
+            rooms.remove(&room);
+        }
+        left
+    }
+
+    /// The local users of a room.
+    pub fn users(&self, room: RoomId) -> Vec<String> {
+        self.lock().get(&room).map(users).unwrap_or_default()
+    }
+
+    /// Rooms with at least one local subscriber.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Hands the frames to every local subscriber of the room.
+    pub fn deliver(&self, room: RoomId, frames: Vec<(Seq, String)>) {
+        let frames: Vec<(Seq, Utf8Bytes)> = frames.into_iter().map(|(seq, text)| (seq, Utf8Bytes::from(text))).collect();
+        let subscribers: Vec<Subscriber> = self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        for subscriber in subscribers {
+            for (seq, text) in &frames {
+                let outbound = Outbound::Room { room, seq: *seq, text: text.clone() };
+                if subscriber.tx.try_send(outbound).is_err() {
+                    metrics::counter!("districhat_sessions_kicked_total").increment(1);
+                    subscriber.kick.notify_one();
+                    break;
+                }
+            }
+        }
+        metrics::counter!("districhat_frames_out_total").increment(frames.len() as u64);
+    }
+
+    /// Tells every local subscriber of the room to fetch what it may have missed.
+    pub fn resync(&self, room: RoomId) {
+        let subscribers: Vec<Subscriber> = self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        for subscriber in subscribers {
+            if subscriber.tx.try_send(Outbound::Resync { room }).is_err() {
+                subscriber.kick.notify_one();
+            }
+        }
+    }
+}
+
+fn users(members: &HashMap<SessionId, Subscriber>) -> Vec<String> {
+    members.values().map(|s| s.username.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+}

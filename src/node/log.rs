@@ -1,0 +1,176 @@
+//! A node's durable room logs in RocksDB.
+//!
+//! Column families: `messages` (room ‖ seq, big-endian → bincode [`StoredMessage`], so a
+//! range scan is history), `dedupe` (room ‖ sender ‖ client_id → seq, written with the
+//! message so a replica has it too) and `fences` (room → newest epoch seen, so a stale
+//! owner is refused). All calls block: async callers use `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use crate::protocol::{RoomId, Seq, StoredMessage, UserId};
+use crate::store::{self, StoreError};
+
+const CF_MESSAGES: &str = "messages";
+const CF_DEDUPE: &str = "dedupe";
+const CF_FENCES: &str = "fences";
+
+/// The room logs of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct RoomLog {
+    db: Arc<DB>,
+    fsync: bool,
+}
+
+impl RoomLog {
+    pub fn open(dir: &Path, fsync: bool) -> Result<Self, StoreError> {
+        Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES])?, fsync })
+    }
+
+    /// Appends messages (and their dedupe keys) in one atomic write, fsynced if configured.
+    pub fn append(&self, room: RoomId, messages: &[StoredMessage]) -> Result<(), StoreError> {
+        let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
+        let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
+        let mut batch = WriteBatch::default();
+        for message in messages {
+            batch.put_cf(messages_cf, store::pair_key(room, message.seq), store::encode(message)?);
+            batch.put_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id), message.seq.to_be_bytes());
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(self.fsync);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// The seq already given to (room, sender, client_id), if any.
+    pub fn dedupe(&self, room: RoomId, sender: UserId, client_id: &str) -> Result<Option<Seq>, StoreError> {
+        let cf = store::cf(&self.db, CF_DEDUPE)?;
+        match self.db.get_cf(cf, dedupe_key(room, sender, client_id))? {
+            Some(bytes) => Ok(Some(store::key_u64(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The highest seq stored for the room (0 when empty).
+    pub fn last_seq(&self, room: RoomId) -> Result<Seq, StoreError> {
+        let cf = store::cf(&self.db, CF_MESSAGES)?;
+        let upper = store::pair_key(room, u64::MAX);
+        let mut iter = self.db.iterator_cf(cf, IteratorMode::From(&upper, Direction::Reverse));
+        match iter.next() {
+            Some(item) => {
+                let (key, _) = item?;
+                let (key_room, seq) = store::key_pair(&key)?;
+                Ok(if key_room == room { seq } else { 0 })
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Up to `limit` messages with seq > `after`, ascending.
+    pub fn after(&self, room: RoomId, after: Seq, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let cf = store::cf(&self.db, CF_MESSAGES)?;
+        let start = store::pair_key(room, after.saturating_add(1));
+        let mut messages = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            if store::key_pair(&key)?.0 != room || messages.len() >= limit {
+                break;
+            }
+            messages.push(store::decode(&value)?);
+        }
+        Ok(messages)
+    }
+
+    /// Up to `limit` messages with seq < `before`, newest first.
+    pub fn before(&self, room: RoomId, before: Seq, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        if before == 0 {
+            return Ok(Vec::new());
+        }
+        let cf = store::cf(&self.db, CF_MESSAGES)?;
+        let start = store::pair_key(room, before - 1);
+        let mut messages = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Reverse)) {
+            let (key, value) = item?;
+            if store::key_pair(&key)?.0 != room || messages.len() >= limit {
+                break;
+            }
+            messages.push(store::decode(&value)?);
+        }
+        Ok(messages)
+    }
+
+    /// Deletes every message of the room with seq > `base` (and their dedupe keys).
+    pub fn truncate_after(&self, room: RoomId, base: Seq) -> Result<usize, StoreError> {
+        let doomed = self.after(room, base, usize::MAX)?;
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
+        let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
+        let mut batch = WriteBatch::default();
+        for message in &doomed {
+            batch.delete_cf(messages_cf, store::pair_key(room, message.seq));
+            batch.delete_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id));
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(doomed.len())
+    }
+
+    /// The newest epoch this node has accepted for the room (0: none).
+    pub fn fence(&self, room: RoomId) -> Result<u64, StoreError> {
+        let cf = store::cf(&self.db, CF_FENCES)?;
+        match self.db.get_cf(cf, store::u64_key(room))? {
+            Some(bytes) => store::key_u64(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// Raises the room's fence to `epoch` (durably).
+    pub fn set_fence(&self, room: RoomId, epoch: u64) -> Result<(), StoreError> {
+        let cf = store::cf(&self.db, CF_FENCES)?;
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.put_cf_opt(cf, store::u64_key(room), epoch.to_be_bytes(), &options)?;
+        Ok(())
+    }
+}
+
+/// room ‖ sender ‖ client_id.
+fn dedupe_key(room: RoomId, sender: UserId, client_id: &str) -> Vec<u8> {
+    let mut key = store::pair_key(room, sender).to_vec();
+    key.extend_from_slice(client_id.as_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: Seq) -> StoredMessage {
+        StoredMessage { seq, sender_id: 1, sender: "a".into(), text: format!("m{seq}"), ts: 0, client_id: format!("c{seq}") }
+    }
+
+    #[test]
+    fn log_scans_ranges_per_room_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        log.append(1, &(1..=5).map(message).collect::<Vec<_>>()).unwrap();
+        log.append(2, &[message(1)]).unwrap();
+        assert_eq!(log.last_seq(1).unwrap(), 5);
+        assert_eq!(log.last_seq(3).unwrap(), 0);
+        let seqs = |m: Vec<StoredMessage>| m.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(log.after(1, 2, 10).unwrap()), vec![3, 4, 5]);
+        assert_eq!(seqs(log.before(1, 4, 2).unwrap()), vec![3, 2]);
+        assert_eq!(log.dedupe(1, 1, "c3").unwrap(), Some(3));
+        assert_eq!(log.truncate_after(1, 3).unwrap(), 2);
+        assert_eq!(log.last_seq(1).unwrap(), 3);
+        assert_eq!(log.dedupe(1, 1, "c4").unwrap(), None);
+        assert_eq!(log.last_seq(2).unwrap(), 1);
+        log.set_fence(1, 4).unwrap();
+        assert_eq!(log.fence(1).unwrap(), 4);
+    }
+}

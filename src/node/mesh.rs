@@ -1,0 +1,238 @@
+//! Mesh links between chat nodes: long-lived WebSockets carrying bincode frames.
+//!
+//! Each node dials every peer it needs ([`Mesh`]); the dialer sends [`MeshEnvelope`]s and
+//! the listener answers [`MeshReply`]s on the same socket, so a pair of nodes that talk
+//! both ways holds two sockets, one per direction. A link reconnects by itself with
+//! backoff; requests in flight when it drops fail at once (callers retry idempotently).
+//! The listening side ([`serve_link`]) hands every request to the node's dispatcher.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message as AxumMessage, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::control::secret::{ClusterSecret, SECRET_HEADER};
+use crate::protocol::{MeshEnvelope, MeshReply, MeshRequest, MeshResponse, NodeId};
+use crate::store;
+
+/// Frames waiting for a link before senders see back-pressure.
+const LINK_QUEUE: usize = 8_192;
+
+/// Why a mesh request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("the link to node {0} is down")]
+    Disconnected(NodeId),
+    #[error("node {0} did not answer in time")]
+    Timeout(NodeId),
+    #[error("the link to node {0} is saturated")]
+    Saturated(NodeId),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<MeshResponse>>>>;
+
+/// One outgoing link. `pending` maps request ids to their waiting callers (a std lock,
+/// never held across an await).
+struct Link {
+    addr: String,
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+}
+
+/// The outgoing side of the mesh: one link per peer, created on first use.
+#[derive(Clone)]
+pub struct Mesh {
+    links: Arc<Mutex<HashMap<NodeId, Arc<Link>>>>,
+    next_id: Arc<AtomicU64>,
+    secret: ClusterSecret,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Mesh {
+    pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>) -> Self {
+        Self { links: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), secret, shutdown }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn request(
+        &self,
+        node: NodeId,
+        addr: &str,
+        request: MeshRequest,
+        timeout: Duration,
+    ) -> Result<MeshResponse, MeshError> {
+        let link = self.link(node, addr);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        lock(&link.pending).insert(id, reply_tx);
+        let frame = encode(&MeshEnvelope { id, request });
+        if link.tx.try_send(frame).is_err() {
+            lock(&link.pending).remove(&id);
+            return Err(MeshError::Saturated(node));
+        }
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(MeshError::Disconnected(node)),
+            Err(_) => {
+                lock(&link.pending).remove(&id);
+                Err(MeshError::Timeout(node))
+            }
+        }
+    }
+
+    /// Sends a request that wants no answer (deliveries, interest, typing).
+    pub fn notify(&self, node: NodeId, addr: &str, request: MeshRequest) -> Result<(), MeshError> {
+        let link = self.link(node, addr);
+        let frame = encode(&MeshEnvelope { id: 0, request });
+        link.tx.try_send(frame).map_err(|_| MeshError::Saturated(node))
+    }
+
+    /// The link to `node`, (re)created when it is new or its address changed.
+    fn link(&self, node: NodeId, addr: &str) -> Arc<Link> {
+        let mut links = lock(&self.links);
+        if let Some(link) = links.get(&node).filter(|link| link.addr == addr) {
+            return link.clone();
+        }
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default() });
+        tokio::spawn(run_link(node, link.addr.clone(), rx, link.pending.clone(), self.secret.clone(), self.shutdown.clone()));
+        links.insert(node, link.clone());
+        link
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Encoding our own frame types into a Vec cannot fail.
+    store::encode(value).unwrap_or_default()
+}
+
+/// Keeps one outgoing link connected until shutdown or until the [`Link`] is dropped.
+async fn run_link(
+    node: NodeId,
+    addr: String,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    pending: Pending,
+    secret: ClusterSecret,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match connect(&addr, &secret).await {
+            Ok(socket) => {
+                backoff = Duration::from_millis(50);
+                metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string()).set(1.0);
+                let (mut sink, mut stream) = socket.split();
+                loop {
+                    tokio::select! {
+                        frame = rx.recv() => match frame {
+                            Some(frame) => {
+                                if sink.send(Message::Binary(frame.into())).await.is_err() { break; }
+                            }
+                            None => return,
+                        },
+                        incoming = stream.next() => match incoming {
+                            Some(Ok(Message::Binary(bytes))) => match store::decode::<MeshReply>(&bytes) {
+                                Ok(reply) => {
+                                    if let Some(waiter) = lock(&pending).remove(&reply.id) {
+                                        let _ = waiter.send(reply.response);
+                                    }
+                                }
+                                Err(e) => tracing::warn!(peer = node, error = %e, "undecodable mesh reply"),
+                            },
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        },
+                        _ = crate::stopped(&mut shutdown) => return,
+                    }
+                }
+                metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string()).set(0.0);
+                tracing::info!(peer = node, %addr, "mesh link dropped; reconnecting");
+            }
+            Err(e) => tracing::debug!(peer = node, %addr, error = %e, "mesh link cannot connect"),
+        }
+        // Everyone waiting on this link learns now instead of at their timeout.
+        lock(&pending).clear();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+type ClientSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: &str, secret: &ClusterSecret) -> Result<ClientSocket, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("ws://{addr}/mesh").into_client_request()?;
+    if let Ok(value) = secret.expose().parse() {
+        request.headers_mut().insert(SECRET_HEADER, value);
+    }
+    let connecting = tokio_tungstenite::connect_async(request);
+    match tokio::time::timeout(Duration::from_secs(2), connecting).await {
+        Ok(result) => Ok(result?.0),
+        Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other("connect timed out"))),
+    }
+}
+
+/// What the listening side does with a request: `Some` for requests that want an answer.
+pub trait Dispatch: Clone + Send + Sync + 'static {
+    /// Handled in arrival order, on the link's task (must be quick).
+    fn handle_inline(&self, request: MeshRequest);
+    /// Handled concurrently; the answer goes back on the link.
+    fn handle(&self, request: MeshRequest) -> impl std::future::Future<Output = MeshResponse> + Send;
+}
+
+/// Serves one incoming link: decodes envelopes, dispatches them, writes the replies.
+pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdown: watch::Receiver<bool>) {
+    let (mut sink, mut stream) = socket.split();
+    let (reply_tx, mut reply_rx) = mpsc::channel::<MeshReply>(LINK_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = reply_rx.recv().await {
+            if sink.send(AxumMessage::Binary(encode(&reply).into())).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let incoming = tokio::select! {
+            incoming = stream.next() => incoming,
+            _ = crate::stopped(&mut shutdown) => break,
+        };
+        let bytes = match incoming {
+            Some(Ok(AxumMessage::Binary(bytes))) => bytes,
+            Some(Ok(AxumMessage::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => continue,
+        };
+        let envelope: MeshEnvelope = match store::decode(&bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable mesh frame");
+                continue;
+            }
+        };
+        if envelope.id == 0 {
+            dispatch.handle_inline(envelope.request);
+            continue;
+        }
+        let (dispatch, reply_tx) = (dispatch.clone(), reply_tx.clone());
+        tokio::spawn(async move {
+            let response = dispatch.handle(envelope.request).await;
+            let _ = reply_tx.send(MeshReply { id: envelope.id, response }).await;
+        });
+    }
+    drop(reply_tx);
+    writer.abort();
+}

@@ -1,0 +1,576 @@
+//! A chat node: browser WebSockets, the rooms it owns (sequencer + durable log copied to
+//! a replica), the replica copies of other nodes' rooms, and mesh links to other nodes.
+//!
+//! [`start`] registers with the control plane, opens the room log, starts the heartbeat
+//! and the HTTP server (`/ws`, `/mesh`, `/internal/...`) and returns a [`NodeHandle`].
+//! The shared [`Node`] is what every part holds: routing table, owners, hub, mesh, log.
+
+pub mod config;
+mod control_link;
+mod http;
+pub mod hub;
+pub mod log;
+pub mod mesh;
+pub mod owner;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use self::config::NodeConfig;
+use self::hub::Hub;
+use self::log::RoomLog;
+use self::mesh::{Dispatch, Mesh};
+use self::owner::{blocking, OwnerCommand, OwnerHandle, Sent};
+use crate::control::secret::ClusterSecret;
+use crate::protocol::{
+    MeshRequest, MeshResponse, NodeId, NodeRoute, RoomId, RoomRoute, RoutingTable, Seq, StoredMessage, UserId,
+};
+
+/// A failure on the message path, with the stable code browsers see.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("this room is for its members only")]
+    Forbidden,
+    #[error("no such room")]
+    UnknownRoom,
+    #[error("the sender's epoch is stale")]
+    StaleEpoch,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Forbidden => "forbidden",
+            Self::UnknownRoom => "unknown_room",
+            Self::StaleEpoch => "stale_epoch",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The error a peer answered with (or a protocol mismatch).
+    pub fn from_response(response: MeshResponse) -> Self {
+        match response {
+            MeshResponse::Error { code, message } => match code.as_str() {
+                "forbidden" => Self::Forbidden,
+                "unknown_room" => Self::UnknownRoom,
+                "stale_epoch" => Self::StaleEpoch,
+                "unavailable" => Self::Unavailable(message),
+                _ => Self::Internal(message),
+            },
+            other => Self::Internal(format!("unexpected mesh answer {other:?}")),
+        }
+    }
+
+    fn into_response(self) -> MeshResponse {
+        MeshResponse::Error { code: self.code().into(), message: self.to_string() }
+    }
+}
+
+impl From<mesh::MeshError> for NodeError {
+    fn from(e: mesh::MeshError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// The routing table as lookups.
+#[derive(Debug, Default)]
+pub struct Routes {
+    pub version: u64,
+    pub rooms: HashMap<RoomId, RoomRoute>,
+    pub nodes: HashMap<NodeId, NodeRoute>,
+}
+
+impl From<RoutingTable> for Routes {
+    fn from(table: RoutingTable) -> Self {
+        Self {
+            version: table.version,
+            rooms: table.rooms.into_iter().map(|room| (room.id, room)).collect(),
+            nodes: table.nodes.into_iter().map(|node| (node.id, node)).collect(),
+        }
+    }
+}
+
+/// Shared state of a running node.
+pub struct NodeInner {
+    pub id: NodeId,
+    pub name: String,
+    /// `host:port` others reach this node at.
+    pub addr: String,
+    pub config: NodeConfig,
+    pub log: RoomLog,
+    pub mesh: Mesh,
+    pub hub: Hub,
+    pub http: reqwest::Client,
+    pub secret: ClusterSecret,
+    /// HMAC key for connection tokens (from registration).
+    pub token_key: RwLock<Vec<u8>>,
+    routes: RwLock<Arc<Routes>>,
+    /// Rooms this node owns now, one sequencer task each.
+    owners: Mutex<HashMap<RoomId, OwnerHandle>>,
+    /// Serialises routing refreshes triggered by lookups that missed.
+    refresh: tokio::sync::Mutex<std::time::Instant>,
+    /// The control member believed to lead (`http://host:port`).
+    leader_url: Mutex<String>,
+    pub connections: AtomicU64,
+    messages: AtomicU64,
+    next_session: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A cheap handle on the node's shared state.
+#[derive(Clone)]
+pub struct Node(Arc<NodeInner>);
+
+impl Deref for Node {
+    type Target = NodeInner;
+    fn deref(&self) -> &NodeInner {
+        &self.0
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub node: Node,
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    pub fn id(&self) -> NodeId {
+        self.node.id
+    }
+
+    /// `ws://ADDR/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.node.addr)
+    }
+
+    /// Stops everything: listener, sessions, mesh links, owners, heartbeats.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.node.owners_lock().clear();
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!(node = self.node.id, "node stopped");
+    }
+}
+
+/// Runs a node from its config file until Ctrl-C / SIGTERM.
+pub async fn run_from_config(config: &Path, secret: Option<String>) -> anyhow::Result<()> {
+    let mut config = NodeConfig::load(config)?;
+    if let Some(secret) = secret {
+        config.cluster_secret = secret;
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let listener = TcpListener::bind(&config.listen).await?;
+    let handle = start(config, listener).await?;
+    crate::shutdown_signal().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Starts a node on `listener`: registers, opens its log, serves.
+pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<NodeHandle> {
+    crate::telemetry::install_metrics();
+    let addr = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build()?;
+    let secret = ClusterSecret::new(config.cluster_secret.as_str());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (registration, leader_url) =
+        control_link::register(&http, &config, &secret, &advertise, shutdown_rx.clone()).await?;
+    let dir = config.data_dir.clone();
+    let fsync = config.replication.fsync;
+    let log = tokio::task::spawn_blocking(move || RoomLog::open(&dir, fsync)).await??;
+    let node = Node(Arc::new(NodeInner {
+        id: registration.node_id,
+        name: config.name.clone(),
+        addr: advertise,
+        mesh: Mesh::new(secret.clone(), shutdown_rx.clone()),
+        config,
+        log,
+        hub: Hub::default(),
+        http,
+        secret,
+        token_key: RwLock::new(registration.token_key),
+        routes: RwLock::default(),
+        owners: Mutex::default(),
+        refresh: tokio::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1)),
+        leader_url: Mutex::new(leader_url),
+        connections: AtomicU64::new(0),
+        messages: AtomicU64::new(0),
+        next_session: AtomicU64::new(1),
+        shutdown: shutdown_rx.clone(),
+    }));
+    let router = http::router(node.clone());
+    let mut stop = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the node's HTTP server stopped");
+        }
+    });
+    let heartbeat = tokio::spawn(control_link::heartbeat_loop(node.clone(), shutdown_rx));
+    // Learn the rooms before taking traffic.
+    if let Err(e) = node.refresh_routes().await {
+        tracing::warn!(error = %e, "no routing table yet; the heartbeat will bring it");
+    }
+    tracing::info!(node = node.id, name = %node.name, addr = %node.addr, "chat node started");
+    Ok(NodeHandle { node, addr, shutdown, tasks: vec![server, heartbeat] })
+}
+
+impl Node {
+    fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, OwnerHandle>> {
+        self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn room(&self, room: RoomId) -> Option<RoomRoute> {
+        self.routes().rooms.get(&room).cloned()
+    }
+
+    pub fn owner_of(&self, room: RoomId) -> Option<NodeId> {
+        self.routes().rooms.get(&room).and_then(|route| route.owner)
+    }
+
+    pub fn replica_of(&self, room: RoomId) -> Option<NodeId> {
+        self.routes().rooms.get(&room).and_then(|route| route.replica)
+    }
+
+    fn node_addr(&self, node: NodeId) -> Option<String> {
+        self.routes().nodes.get(&node).map(|route| route.addr.clone())
+    }
+
+    pub fn count_messages(&self, n: u64) {
+        self.messages.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn messages_total(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn owned_rooms(&self) -> usize {
+        self.owners_lock().len()
+    }
+
+    pub fn leader_url(&self) -> String {
+        self.leader_url.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_leader_url(&self, url: String) {
+        *self.leader_url.lock().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    /// Sends a mesh request to another node by id.
+    pub async fn mesh_request(
+        &self,
+        node: NodeId,
+        request: MeshRequest,
+        timeout: Duration,
+    ) -> Result<MeshResponse, NodeError> {
+        let addr = self.node_addr(node).ok_or_else(|| NodeError::Unavailable(format!("node {node} is unknown")))?;
+        Ok(self.mesh.request(node, &addr, request, timeout).await?)
+    }
+
+    /// Delivers frames of a room to a node's sessions (locally or over the mesh).
+    pub fn deliver_to(&self, node: NodeId, room: RoomId, frames: Vec<(Seq, String)>) {
+        if node == self.id {
+            self.hub.deliver(room, frames);
+            return;
+        }
+        let Some(addr) = self.node_addr(node) else { return };
+        if let Err(e) = self.mesh.notify(node, &addr, MeshRequest::Deliver { room, frames }) {
+            tracing::warn!(peer = node, room, error = %e, "delivery dropped; the peer's sessions will resync");
+        }
+    }
+
+    /// Access check for a user on a room, refreshing the routing table once on a miss.
+    pub async fn check_access(&self, room: RoomId, user: UserId) -> Result<(), NodeError> {
+        let allowed = |route: &RoomRoute| !route.private || route.members.contains(&user);
+        match self.room(room) {
+            Some(route) if allowed(&route) => return Ok(()),
+            _ => {
+                let _ = self.refresh_routes().await;
+            }
+        }
+        match self.room(room) {
+            Some(route) if allowed(&route) => Ok(()),
+            Some(_) => Err(NodeError::Forbidden),
+            None => Err(NodeError::UnknownRoom),
+        }
+    }
+
+    /// Sends a chat message through the room's owner.
+    #[tracing::instrument(skip(self, username, text), fields(node = self.id))]
+    pub async fn send_message(
+        &self,
+        room: RoomId,
+        user_id: UserId,
+        username: String,
+        client_id: String,
+        text: String,
+    ) -> Result<Sent, NodeError> {
+        let owner = self.owner_of(room).ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        if owner == self.id {
+            return self.send_local(room, user_id, username, client_id, text).await;
+        }
+        let request = MeshRequest::Send { room, user_id, username, client_id, text };
+        match self.mesh_request(owner, request, Duration::from_secs(10)).await? {
+            MeshResponse::Sent { seq, ts, duplicate } => Ok(Sent { seq, ts, duplicate }),
+            other => Err(NodeError::from_response(other)),
+        }
+    }
+
+    async fn send_local(
+        &self,
+        room: RoomId,
+        user_id: UserId,
+        username: String,
+        client_id: String,
+        text: String,
+    ) -> Result<Sent, NodeError> {
+        let tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(OwnerCommand::Send { user_id, username, client_id, text, reply })
+            .await
+            .map_err(|_| NodeError::Unavailable("the room moved; retry".into()))?;
+        match tokio::time::timeout(Duration::from_secs(10), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Unavailable("the room moved; retry".into())),
+            Err(_) => Err(NodeError::Unavailable("the room's owner is slow; retry".into())),
+        }
+    }
+
+    /// Reads messages of a room from its owner, or its replica if the owner fails.
+    /// Returns (messages, has_more, last_seq).
+    pub async fn fetch(
+        &self,
+        room: RoomId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+        let route = self.room(room).ok_or(NodeError::UnknownRoom)?;
+        let mut last_error = NodeError::Unavailable("the room has no owner or replica".into());
+        for holder in [route.owner, route.replica].into_iter().flatten() {
+            let result = if holder == self.id {
+                self.fetch_local(room, after, before, limit).await
+            } else {
+                let request = MeshRequest::Fetch { room, after, before, limit };
+                match self.mesh_request(holder, request, Duration::from_secs(5)).await {
+                    Ok(MeshResponse::Messages { messages, has_more, last_seq }) => Ok((messages, has_more, last_seq)),
+                    Ok(other) => Err(NodeError::from_response(other)),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(found) => return Ok(found),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Reads this node's copy of a room's log.
+    pub async fn fetch_local(
+        &self,
+        room: RoomId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+        let log = self.log.clone();
+        let limit = limit as usize;
+        blocking(move || {
+            let last_seq = log.last_seq(room)?;
+            let mut messages = match (after, before) {
+                (Some(after), _) => log.after(room, after, limit + 1)?,
+                (None, before) => log.before(room, before.unwrap_or(u64::MAX), limit + 1)?,
+            };
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            Ok((messages, has_more, last_seq))
+        })
+        .await
+    }
+
+    /// Tells the room's owner which local users follow it.
+    pub fn send_interest(&self, room: RoomId, users: Vec<String>) {
+        let Some(owner) = self.owner_of(room) else { return };
+        let command = MeshRequest::Interest { room, node: self.id, users };
+        self.to_owner(owner, room, command);
+    }
+
+    pub fn send_typing(&self, room: RoomId, username: String) {
+        let Some(owner) = self.owner_of(room) else { return };
+        self.to_owner(owner, room, MeshRequest::Typing { room, username });
+    }
+
+    fn to_owner(&self, owner: NodeId, room: RoomId, request: MeshRequest) {
+        if owner == self.id {
+            self.handle_inline(request);
+        } else if let Some(addr) = self.node_addr(owner) {
+            if let Err(e) = self.mesh.notify(owner, &addr, request) {
+                tracing::warn!(peer = owner, room, error = %e, "could not reach the room's owner");
+            }
+        }
+    }
+
+    /// Fetches the whole routing table from the control plane (at most every 250 ms).
+    pub async fn refresh_routes(&self) -> anyhow::Result<()> {
+        let mut last = self.refresh.lock().await;
+        if last.elapsed() < Duration::from_millis(250) {
+            return Ok(());
+        }
+        *last = std::time::Instant::now();
+        let table = control_link::fetch_routes(self).await?;
+        self.apply_routes(table);
+        Ok(())
+    }
+
+    /// Installs a newer routing table and acts on it: starts or stops owners, and makes
+    /// the sessions of rooms whose owner changed re-announce themselves and resync.
+    pub fn apply_routes(&self, table: RoutingTable) {
+        let new = Arc::new(Routes::from(table));
+        let old = {
+            let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if new.version < routes.version {
+                return;
+            }
+            std::mem::replace(&mut *routes, new.clone())
+        };
+        {
+            let mut owners = self.owners_lock();
+            owners.retain(|room, handle| {
+                new.rooms.get(room).is_some_and(|route| route.owner == Some(self.id) && route.epoch == handle.epoch)
+            });
+            for route in new.rooms.values() {
+                if route.owner == Some(self.id) && !owners.contains_key(&route.id) {
+                    owners.insert(route.id, owner::spawn(self.clone(), route.id, route.epoch));
+                }
+            }
+        }
+        for room in self.hub.rooms() {
+            let before = old.rooms.get(&room).map(|r| (r.owner, r.epoch));
+            let after = new.rooms.get(&room).map(|r| (r.owner, r.epoch));
+            if before != after {
+                self.send_interest(room, self.hub.users(room));
+                self.hub.resync(room);
+            }
+        }
+        metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(self.owned_rooms() as f64);
+    }
+}
+
+impl Dispatch for Node {
+    fn handle_inline(&self, request: MeshRequest) {
+        match request {
+            MeshRequest::Deliver { room, frames } => self.hub.deliver(room, frames),
+            MeshRequest::Interest { room, node, users } => {
+                if let Some(owner) = self.owners_lock().get(&room) {
+                    let _ = owner.tx.try_send(OwnerCommand::Interest { node, users });
+                }
+            }
+            MeshRequest::Typing { room, username } => {
+                if let Some(owner) = self.owners_lock().get(&room) {
+                    let _ = owner.tx.try_send(OwnerCommand::Typing { username });
+                }
+            }
+            other => tracing::warn!(request = ?other, "a request that wants an answer came without an id"),
+        }
+    }
+
+    async fn handle(&self, request: MeshRequest) -> MeshResponse {
+        let result = match request {
+            MeshRequest::Send { room, user_id, username, client_id, text } => self
+                .send_local(room, user_id, username, client_id, text)
+                .await
+                .map(|sent| MeshResponse::Sent { seq: sent.seq, ts: sent.ts, duplicate: sent.duplicate }),
+            MeshRequest::Replicate { room, epoch, messages } => self.store_replica(room, epoch, messages).await,
+            MeshRequest::Adopt { room, epoch, base } => self.adopt(room, epoch, base).await,
+            MeshRequest::Fetch { room, after, before, limit } => self
+                .fetch_local(room, after, before, limit.min(1_000))
+                .await
+                .map(|(messages, has_more, last_seq)| MeshResponse::Messages { messages, has_more, last_seq }),
+            other => {
+                self.handle_inline(other);
+                Err(NodeError::Internal("this request takes no answer".into()))
+            }
+        };
+        result.unwrap_or_else(NodeError::into_response)
+    }
+}
+
+impl Node {
+    /// Replica side of replication: refuse a stale epoch, else store durably.
+    #[tracing::instrument(skip(self, messages), fields(node = self.id, count = messages.len()))]
+    async fn store_replica(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        messages: Vec<StoredMessage>,
+    ) -> Result<MeshResponse, NodeError> {
+        let log = self.log.clone();
+        blocking(move || {
+            let fence = log.fence(room)?;
+            if epoch < fence {
+                return Ok(Err(NodeError::StaleEpoch));
+            }
+            if epoch > fence {
+                log.set_fence(room, epoch)?;
+            }
+            log.append(room, &messages)?;
+            Ok(Ok(MeshResponse::Stored { seq: messages.last().map_or(0, |m| m.seq) }))
+        })
+        .await?
+    }
+
+    /// A new owner makes this node its replica at `epoch`.
+    async fn adopt(&self, room: RoomId, epoch: u64, base: Seq) -> Result<MeshResponse, NodeError> {
+        let log = self.log.clone();
+        blocking(move || {
+            if epoch < log.fence(room)? {
+                return Ok(Err(NodeError::StaleEpoch));
+            }
+            log.set_fence(room, epoch)?;
+            let dropped = log.truncate_after(room, base)?;
+            if dropped > 0 {
+                tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
+            }
+            Ok(Ok(MeshResponse::Adopted { last_seq: log.last_seq(room)? }))
+        })
+        .await?
+    }
+}

@@ -1,0 +1,301 @@
+//! The owner of one room: its sequencer. One task per owned room receives sends (from
+//! local sessions and, over the mesh, from other nodes), gives each the next `seq`,
+//! writes the batch to the room log, copies it to the replica, and only then acknowledges
+//! and fans out ONE pre-serialised frame batch per subscribed node. Several sends waiting
+//! at once form one batch: one fsync and one replication round trip (group commit).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Node, NodeError};
+use crate::now_ms;
+use crate::protocol::{
+    ChatMessage, MeshRequest, MeshResponse, NodeId, RoomId, Seq, ServerFrame, StoredMessage, UserId,
+};
+
+/// Most sends one batch takes.
+const MAX_BATCH: usize = 256;
+/// How long the owner waits for its replica.
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What an owner task is asked to do.
+pub enum OwnerCommand {
+    Send {
+        user_id: UserId,
+        username: String,
+        client_id: String,
+        text: String,
+        reply: oneshot::Sender<Result<Sent, NodeError>>,
+    },
+    /// Node `node` has these users following the room (empty: unfollow).
+    Interest { node: NodeId, users: Vec<String> },
+    Typing { username: String },
+}
+
+/// An acknowledged send.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub seq: Seq,
+    pub ts: u64,
+    pub duplicate: bool,
+}
+
+/// The node's handle on a running owner task.
+pub struct OwnerHandle {
+    pub epoch: u64,
+    pub tx: mpsc::Sender<OwnerCommand>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for OwnerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts owning `room` at `epoch`.
+pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
+    let (tx, rx) = mpsc::channel(4_096);
+    let task = tokio::spawn(async move {
+        let mut owner = Owner { node, room, epoch, next_seq: 1, interest: HashMap::new() };
+        let ready = match owner.start().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(room, epoch, error = %e, "cannot take ownership of the room yet");
+                false
+            }
+        };
+        owner.run(rx, ready).await;
+    });
+    OwnerHandle { epoch, tx, task: task.abort_handle() }
+}
+
+struct Owner {
+    node: Node,
+    room: RoomId,
+    epoch: u64,
+    next_seq: Seq,
+    /// Subscribed nodes and their users, for fan-out and presence.
+    interest: HashMap<NodeId, Vec<String>>,
+}
+
+impl Owner {
+    /// Continues the sequence from the local log and makes the replica adopt this epoch:
+    /// it drops entries this owner never had and receives the ones it lacks.
+    async fn start(&mut self) -> Result<(), NodeError> {
+        let (room, epoch) = (self.room, self.epoch);
+        let log = self.node.log.clone();
+        let last = blocking(move || {
+            if log.fence(room)? < epoch {
+                log.set_fence(room, epoch)?;
+            }
+            log.last_seq(room)
+        })
+        .await?;
+        self.next_seq = last + 1;
+        self.sync_replica(last).await?;
+        tracing::info!(room, epoch, last_seq = last, "owning the room");
+        Ok(())
+    }
+
+    async fn sync_replica(&mut self, base: Seq) -> Result<(), NodeError> {
+        let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
+        let adopt = MeshRequest::Adopt { room: self.room, epoch: self.epoch, base };
+        let mut replica_last = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
+            MeshResponse::Adopted { last_seq } => last_seq,
+            other => return Err(NodeError::from_response(other)),
+        };
+        while replica_last < base {
+            let (log, room, from) = (self.node.log.clone(), self.room, replica_last);
+            let messages = blocking(move || log.after(room, from, 1_000)).await?;
+            let Some(last) = messages.last().map(|m| m.seq) else { break };
+            let copy = MeshRequest::Replicate { room: self.room, epoch: self.epoch, messages };
+            match self.node.mesh_request(replica, copy, REPLICATION_TIMEOUT).await? {
+                MeshResponse::Stored { .. } => replica_last = last,
+                other => return Err(NodeError::from_response(other)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
+        let mut commands = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut commands, MAX_BATCH).await > 0 {
+            let mut sends = Vec::new();
+            for command in commands.drain(..) {
+                match command {
+                    OwnerCommand::Send { user_id, username, client_id, text, reply } => {
+                        sends.push(PendingSend { user_id, username, client_id, text, reply })
+                    }
+                    OwnerCommand::Interest { node, users } => self.set_interest(node, users),
+                    OwnerCommand::Typing { username } => {
+                        let frame = ServerFrame::Typing { room: self.room, user: username };
+                        self.fan_out(vec![(0, frame_json(&frame))]);
+                    }
+                }
+            }
+            if sends.is_empty() {
+                continue;
+            }
+            if !ready {
+                // Taking over failed (replica unreachable?): try again before taking sends.
+                ready = self.start().await.is_ok();
+                if !ready {
+                    fail_all(sends, NodeError::Unavailable("the room's replica is not reachable yet".into()));
+                    continue;
+                }
+            }
+            self.commit(sends).await;
+        }
+    }
+
+    /// Sequences, persists, replicates, acknowledges and fans out one batch.
+    #[tracing::instrument(skip_all, fields(room = self.room, epoch = self.epoch, batch = sends.len()))]
+    async fn commit(&mut self, sends: Vec<PendingSend>) {
+        if self.node.replica_of(self.room).is_none() && self.node.config.replication.min_copies >= 2 {
+            fail_all(sends, NodeError::Unavailable("no second node holds this room; retry shortly".into()));
+            return;
+        }
+        let base = self.next_seq - 1;
+        let ts = now_ms();
+        let mut messages: Vec<StoredMessage> = Vec::new();
+        let mut outcomes: Vec<(PendingSend, Sent)> = Vec::new();
+        let mut in_batch: HashMap<(UserId, String), Seq> = HashMap::new();
+        for send in sends {
+            let key = (send.user_id, send.client_id.clone());
+            let earlier = match in_batch.get(&key) {
+                Some(seq) => Some(*seq),
+                None => {
+                    let (log, room, user, client_id) =
+                        (self.node.log.clone(), self.room, send.user_id, send.client_id.clone());
+                    match blocking(move || log.dedupe(room, user, &client_id)).await {
+                        Ok(found) => found,
+                        Err(e) => {
+                            let _ = send.reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(seq) = earlier {
+                outcomes.push((send, Sent { seq, ts, duplicate: true }));
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            in_batch.insert(key, seq);
+            messages.push(StoredMessage {
+                seq,
+                sender_id: send.user_id,
+                sender: send.username.clone(),
+                text: send.text.clone(),
+                ts,
+                client_id: send.client_id.clone(),
+            });
+            outcomes.push((send, Sent { seq, ts, duplicate: false }));
+        }
+        if !messages.is_empty() {
+            if let Err(e) = self.persist_and_replicate(&messages).await {
+                tracing::warn!(room = self.room, error = %e, "batch not acknowledged; rolling back");
+                self.rollback(base).await;
+                for (send, _) in outcomes {
+                    let _ = send.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        metrics::counter!("districhat_messages_acked_total").increment(messages.len() as u64);
+        self.node.count_messages(messages.len() as u64);
+        for (send, sent) in outcomes {
+            let _ = send.reply.send(Ok(sent));
+        }
+        let frames: Vec<(Seq, String)> =
+            messages.iter().map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m))))).collect();
+        if !frames.is_empty() {
+            self.fan_out(frames);
+        }
+    }
+
+    async fn persist_and_replicate(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
+        let (log, room, batch) = (self.node.log.clone(), self.room, messages.to_vec());
+        blocking(move || log.append(room, &batch)).await?;
+        let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
+        let request = MeshRequest::Replicate { room: self.room, epoch: self.epoch, messages: messages.to_vec() };
+        match self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await? {
+            MeshResponse::Stored { .. } => Ok(()),
+            other => Err(NodeError::from_response(other)),
+        }
+    }
+
+    /// Forgets a batch that did not reach the replica, so the sequence has no holes there.
+    async fn rollback(&mut self, base: Seq) {
+        let (log, room) = (self.node.log.clone(), self.room);
+        if let Err(e) = blocking(move || log.truncate_after(room, base)).await {
+            tracing::error!(room, error = %e, "cannot roll back an unreplicated batch");
+        }
+        self.next_seq = base + 1;
+    }
+
+    fn set_interest(&mut self, node: NodeId, users: Vec<String>) {
+        if users.is_empty() {
+            self.interest.remove(&node);
+        } else {
+            self.interest.insert(node, users);
+        }
+        let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
+        let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
+        self.fan_out(vec![(0, frame_json(&frame))]);
+    }
+
+    /// One delivery per subscribed node, carrying the same serialised frames.
+    fn fan_out(&self, frames: Vec<(Seq, String)>) {
+        for node in self.interest.keys() {
+            self.node.deliver_to(*node, self.room, frames.clone());
+        }
+    }
+}
+
+struct PendingSend {
+    user_id: UserId,
+    username: String,
+    client_id: String,
+    text: String,
+    reply: oneshot::Sender<Result<Sent, NodeError>>,
+}
+
+fn fail_all(sends: Vec<PendingSend>, error: NodeError) {
+    for send in sends {
+        let _ = send.reply.send(Err(error.clone()));
+    }
+}
+
+/// The browser view of a stored message.
+pub fn chat_message(room: RoomId, m: &StoredMessage) -> ChatMessage {
+    ChatMessage {
+        room,
+        seq: m.seq,
+        id: format!("{room}:{}", m.seq),
+        sender: m.sender.clone(),
+        sender_id: m.sender_id,
+        text: m.text.clone(),
+        ts: m.ts,
+        client_id: Some(m.client_id.clone()),
+    }
+}
+
+/// Serialises a server frame (our own types cannot fail to serialise).
+pub fn frame_json(frame: &ServerFrame) -> String {
+    serde_json::to_string(frame).unwrap_or_default()
+}
+
+/// Runs a blocking RocksDB call off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, NodeError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| NodeError::Internal(e.to_string())),
+        Err(e) => Err(NodeError::Internal(format!("storage task failed: {e}"))),
+    }
+}

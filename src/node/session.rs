@@ -1,0 +1,370 @@
+//! One browser WebSocket: authentication (`hello` with a connection token checked
+//! locally), subscriptions with resume (`since`), sends with idempotent retries, typing,
+//! history, and limits. Everything a session owns lives in this one task; fetches and
+//! sends run in spawned tasks that post their results back to the session's queue, so
+//! per-room order and "never twice" are decided in one place.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use tokio::sync::{mpsc, Notify};
+
+use super::hub::{Outbound, Subscriber};
+use super::owner::{chat_message, frame_json};
+use super::{Node, NodeError};
+use crate::now_ms;
+use crate::protocol::{ClientFrame, ConnectionClaims, RoomId, Seq, ServerFrame};
+
+/// Frames a session may have queued before it counts as lagging.
+const QUEUE: usize = 4_096;
+/// Messages fetched per catch-up page.
+const CATCH_UP_PAGE: u32 = 500;
+const KNOWN_TYPES: [&str; 6] = ["hello", "subscribe", "unsubscribe", "send", "typing", "history"];
+
+/// Per-room state of one session.
+struct Subscription {
+    /// Highest seq sent to the browser.
+    last: Seq,
+    /// While catching up: live frames held back until the catch-up is written.
+    held: Option<Vec<(Seq, Utf8Bytes)>>,
+}
+
+struct Session {
+    node: Node,
+    id: u64,
+    user: Option<ConnectionClaims>,
+    rooms: HashMap<RoomId, Subscription>,
+    tx: mpsc::Sender<Outbound>,
+    kick: Arc<Notify>,
+    /// Token bucket for sends.
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Runs a browser session until the socket closes, it lags, or the node stops.
+pub async fn run(node: Node, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let kick = Arc::new(Notify::new());
+    let burst = f64::from(node.config.limits.sends_per_sec) * 2.0;
+    let mut session = Session {
+        id: node.next_session_id(),
+        node: node.clone(),
+        user: None,
+        rooms: HashMap::new(),
+        tx,
+        kick: kick.clone(),
+        tokens: burst,
+        refilled: Instant::now(),
+    };
+    node.connections.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!("districhat_connections").increment(1.0);
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        let outgoing: Vec<Message> = tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => session.on_text(&text).await,
+                Some(Ok(Message::Binary(_))) => vec![error("bad_frame", "frames are JSON text", None)],
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => continue,
+            },
+            outbound = rx.recv() => match outbound {
+                Some(outbound) => session.on_outbound(outbound),
+                None => break,
+            },
+            _ = kick.notified() => {
+                let _ = socket.send(error("lagging", "this connection fell behind; reconnect and resume", None)).await;
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 4008, reason: "lagging".into() }))).await;
+                break;
+            }
+            _ = crate::stopped(&mut shutdown) => break,
+        };
+        metrics::counter!("districhat_frames_out_total").increment(outgoing.len() as u64);
+        let mut failed = false;
+        for message in outgoing {
+            if socket.send(message).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            break;
+        }
+    }
+    session.leave_all();
+    node.connections.fetch_sub(1, Ordering::Relaxed);
+    metrics::gauge!("districhat_connections").decrement(1.0);
+}
+
+fn text(frame: &ServerFrame) -> Message {
+    Message::Text(frame_json(frame).into())
+}
+
+fn error(code: &str, message: &str, reference: Option<String>) -> Message {
+    text(&ServerFrame::Error { code: code.into(), message: message.into(), r#ref: reference })
+}
+
+fn node_error(e: &NodeError, reference: Option<String>) -> Message {
+    error(e.code(), &e.to_string(), reference)
+}
+
+impl Session {
+    /// Parses and handles one browser frame; returns the frames to write back now.
+    async fn on_text(&mut self, raw: &str) -> Vec<Message> {
+        metrics::counter!("districhat_frames_in_total").increment(1);
+        if raw.len() > self.node.config.limits.max_frame_bytes {
+            return vec![error("frame_too_large", "the frame exceeds the size limit", None)];
+        }
+        let value: serde_json::Value = match serde_json::from_str(raw) {
+            Ok(value) => value,
+            Err(e) => return vec![error("invalid_json", &e.to_string(), None)],
+        };
+        let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+        if !KNOWN_TYPES.contains(&kind.as_str()) {
+            return vec![error("unknown_type", &format!("unknown frame type {kind:?}"), None)];
+        }
+        let frame: ClientFrame = match serde_json::from_value(value) {
+            Ok(frame) => frame,
+            Err(e) => return vec![error("bad_frame", &e.to_string(), None)],
+        };
+        if let ClientFrame::Hello { token } = frame {
+            return vec![self.hello(&token)];
+        }
+        let Some(user) = self.user.clone() else {
+            return vec![error("unauthorized", "say hello with a connection token first", None)];
+        };
+        match frame {
+            ClientFrame::Hello { .. } => Vec::new(),
+            ClientFrame::Subscribe { room, since } => self.subscribe(&user, room, since).await,
+            ClientFrame::Unsubscribe { room } => {
+                self.leave(room);
+                Vec::new()
+            }
+            ClientFrame::Send { room, client_id, text } => self.send(&user, room, client_id, text).await,
+            ClientFrame::Typing { room } => {
+                if self.rooms.contains_key(&room) {
+                    self.node.send_typing(room, user.username.clone());
+                    Vec::new()
+                } else {
+                    vec![error("not_subscribed", "subscribe to the room first", Some(room.to_string()))]
+                }
+            }
+            ClientFrame::History { room, before, limit } => self.history(&user, room, before, limit).await,
+        }
+    }
+
+    fn hello(&mut self, token: &str) -> Message {
+        let key = self.node.token_key.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match crate::token::verify(&key, token, now_ms()) {
+            Some(claims) => {
+                let welcome =
+                    ServerFrame::Welcome { user: claims.username.clone(), user_id: claims.user_id, node: self.node.id };
+                self.user = Some(claims);
+                text(&welcome)
+            }
+            None => error("unauthorized", "the connection token is invalid or expired; get a new one", None),
+        }
+    }
+
+    async fn subscribe(&mut self, user: &ConnectionClaims, room: RoomId, since: Option<Seq>) -> Vec<Message> {
+        if let Err(e) = self.node.check_access(room, user.user_id).await {
+            return vec![node_error(&e, Some(room.to_string()))];
+        }
+        if !self.rooms.contains_key(&room) && self.rooms.len() >= self.node.config.limits.max_subscriptions {
+            return vec![error("too_many_subscriptions", "unsubscribe from a room first", Some(room.to_string()))];
+        }
+        let subscriber = Subscriber { username: user.username.clone(), tx: self.tx.clone(), kick: self.kick.clone() };
+        let users = self.node.hub.join(room, self.id, subscriber);
+        self.node.send_interest(room, users);
+        let subscription = self.rooms.entry(room).or_insert(Subscription { last: since.unwrap_or(0), held: None });
+        subscription.last = since.unwrap_or(subscription.last);
+        subscription.held = Some(Vec::new());
+        let after = since.map(|_| subscription.last);
+        self.catch_up(room, after);
+        Vec::new()
+    }
+
+    /// Fetches the messages after `after` (all pages), or only the room's last seq when
+    /// `after` is `None`, and posts the result back to this session.
+    fn catch_up(&self, room: RoomId, after: Option<Seq>) {
+        let (node, tx) = (self.node.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = async {
+                let Some(mut cursor) = after else {
+                    let (_, _, last_seq) = node.fetch(room, Some(u64::MAX - 1), None, 0).await?;
+                    return Ok((Vec::new(), last_seq));
+                };
+                let mut all = Vec::new();
+                loop {
+                    let (messages, has_more, last_seq) = node.fetch(room, Some(cursor), None, CATCH_UP_PAGE).await?;
+                    cursor = messages.last().map_or(cursor, |m| m.seq);
+                    all.extend(messages);
+                    if !has_more {
+                        return Ok((all, last_seq.max(cursor)));
+                    }
+                }
+            }
+            .await;
+            let _ = tx.send(Outbound::CatchUp { room, result }).await;
+        });
+    }
+
+    fn leave(&mut self, room: RoomId) {
+        if self.rooms.remove(&room).is_some() {
+            let users = self.node.hub.leave(room, self.id);
+            self.node.send_interest(room, users);
+        }
+    }
+
+    fn leave_all(&mut self) {
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for room in rooms {
+            self.leave(room);
+        }
+    }
+
+    async fn send(&mut self, user: &ConnectionClaims, room: RoomId, client_id: String, body: String) -> Vec<Message> {
+        let limits = &self.node.config.limits;
+        let reference = Some(client_id.clone());
+        if client_id.is_empty() || client_id.len() > 128 {
+            return vec![error("bad_frame", "client_id must be 1 to 128 bytes", reference)];
+        }
+        if body.trim().is_empty() {
+            return vec![error("bad_frame", "the message is empty", reference)];
+        }
+        if body.chars().count() > limits.max_text_chars {
+            return vec![error("text_too_long", &format!("messages are at most {} characters", limits.max_text_chars), reference)];
+        }
+        let rate = f64::from(limits.sends_per_sec);
+        self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * rate).min(rate * 2.0);
+        self.refilled = Instant::now();
+        if self.tokens < 1.0 {
+            return vec![error("rate_limited", "too many messages; slow down", reference)];
+        }
+        self.tokens -= 1.0;
+        if let Err(e) = self.node.check_access(room, user.user_id).await {
+            return vec![node_error(&e, reference)];
+        }
+        let (node, tx, user) = (self.node.clone(), self.tx.clone(), user.clone());
+        tokio::spawn(async move {
+            let result = node.send_message(room, user.user_id, user.username, client_id.clone(), body).await;
+            let frame = match result {
+                Ok(sent) => frame_json(&ServerFrame::Ack { client_id, room, seq: sent.seq }),
+                Err(e) => frame_json(&ServerFrame::Error { code: e.code().into(), message: e.to_string(), r#ref: Some(client_id) }),
+            };
+            let _ = tx.send(Outbound::Frame(frame)).await;
+        });
+        Vec::new()
+    }
+
+    async fn history(
+        &mut self,
+        user: &ConnectionClaims,
+        room: RoomId,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    ) -> Vec<Message> {
+        if let Err(e) = self.node.check_access(room, user.user_id).await {
+            return vec![node_error(&e, Some(room.to_string()))];
+        }
+        let (node, tx) = (self.node.clone(), self.tx.clone());
+        let limit = limit.unwrap_or(50).clamp(1, 200);
+        tokio::spawn(async move {
+            let frame = match node.fetch(room, None, before, limit).await {
+                Ok((messages, has_more, _)) => {
+                    let messages = messages.iter().map(|m| chat_message(room, m)).collect();
+                    frame_json(&ServerFrame::History { room, messages, has_more })
+                }
+                Err(e) => frame_json(&ServerFrame::Error { code: e.code().into(), message: e.to_string(), r#ref: Some(room.to_string()) }),
+            };
+            let _ = tx.send(Outbound::Frame(frame)).await;
+        });
+        Vec::new()
+    }
+
+    /// Handles something queued for this session; returns the frames to write.
+    fn on_outbound(&mut self, outbound: Outbound) -> Vec<Message> {
+        match outbound {
+            Outbound::Frame(frame) => vec![Message::Text(frame.into())],
+            Outbound::Room { room, seq, text } => self.on_room_frame(room, seq, text),
+            Outbound::CatchUp { room, result } => self.on_catch_up(room, result),
+            Outbound::Resync { room } => {
+                if let Some(subscription) = self.rooms.get_mut(&room) {
+                    if subscription.held.is_none() {
+                        subscription.held = Some(Vec::new());
+                        let last = subscription.last;
+                        self.catch_up(room, Some(last));
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_room_frame(&mut self, room: RoomId, seq: Seq, text: Utf8Bytes) -> Vec<Message> {
+        let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
+        if let Some(held) = &mut subscription.held {
+            if seq > 0 {
+                held.push((seq, text));
+            }
+            return Vec::new();
+        }
+        if seq == 0 {
+            return vec![Message::Text(text)];
+        }
+        if seq <= subscription.last {
+            return Vec::new();
+        }
+        if seq > subscription.last + 1 {
+            // A gap: hold this frame and fetch what is missing first.
+            subscription.held = Some(vec![(seq, text)]);
+            let last = subscription.last;
+            self.catch_up(room, Some(last));
+            return Vec::new();
+        }
+        subscription.last = seq;
+        vec![Message::Text(text)]
+    }
+
+    fn on_catch_up(&mut self, room: RoomId, result: Result<(Vec<crate::protocol::StoredMessage>, Seq), NodeError>) -> Vec<Message> {
+        let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
+        let (messages, last_seq) = match result {
+            Ok(found) => found,
+            Err(e) => {
+                // Stay subscribed; the next owner change or gap retries the catch-up.
+                let held = subscription.held.take().unwrap_or_default();
+                let mut out = vec![node_error(&e, Some(room.to_string()))];
+                out.extend(release(subscription, held));
+                return out;
+            }
+        };
+        let mut out = Vec::new();
+        for message in messages {
+            if message.seq > subscription.last {
+                subscription.last = message.seq;
+                out.push(text(&ServerFrame::Message(chat_message(room, &message))));
+            }
+        }
+        // Without `since` only the last seq was fetched: live messages start after it.
+        subscription.last = subscription.last.max(last_seq);
+        out.push(text(&ServerFrame::Subscribed { room, seq: subscription.last }));
+        let held = subscription.held.take().unwrap_or_default();
+        out.extend(release(subscription, held));
+        out
+    }
+}
+
+/// Writes held live frames that follow on from `last`, in seq order, once each.
+fn release(subscription: &mut Subscription, mut held: Vec<(Seq, Utf8Bytes)>) -> Vec<Message> {
+    held.sort_by_key(|(seq, _)| *seq);
+    let mut out = Vec::new();
+    for (seq, text) in held {
+        if seq == subscription.last + 1 {
+            subscription.last = seq;
+            out.push(Message::Text(text));
+        }
+    }
+    out
+}

@@ -1,0 +1,241 @@
+//! Wire types, no logic: browser WebSocket frames (JSON, tagged by `type`), mesh frames
+//! between chat nodes (bincode), and the internal control ↔ node API (JSON over HTTP,
+//! cluster secret required). docs/PROTOCOL.md shows an example of every browser frame.
+
+use serde::{Deserialize, Serialize};
+
+pub type UserId = u64;
+pub type RoomId = u64;
+pub type NodeId = u64;
+pub type Seq = u64;
+
+// ---------------------------------------------------------------------------------------
+// Browser ↔ node (WebSocket `/ws`, JSON text frames)
+// ---------------------------------------------------------------------------------------
+
+/// A frame a browser sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// First frame: the connection token from `GET /api/token`.
+    Hello { token: String },
+    /// Start receiving a room; with `since`, first every message after that seq.
+    Subscribe {
+        room: RoomId,
+        #[serde(default)]
+        since: Option<Seq>,
+    },
+    Unsubscribe { room: RoomId },
+    /// Post a message. `client_id` makes retries idempotent.
+    Send { room: RoomId, client_id: String, text: String },
+    Typing { room: RoomId },
+    /// Older messages, newest first, before `before` (exclusive).
+    History {
+        room: RoomId,
+        #[serde(default)]
+        before: Option<Seq>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+}
+
+/// A stored or live chat message as browsers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room: RoomId,
+    pub seq: Seq,
+    /// `"{room}:{seq}"`, unique in the cluster.
+    pub id: String,
+    pub sender: String,
+    pub sender_id: UserId,
+    pub text: String,
+    /// Milliseconds since the Unix epoch, set by the room's owner.
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// A frame a node sends to a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome { user: String, user_id: UserId, node: NodeId },
+    /// Subscribed; every message up to `seq` has been sent, live ones follow.
+    Subscribed { room: RoomId, seq: Seq },
+    Message(ChatMessage),
+    Ack { client_id: String, room: RoomId, seq: Seq },
+    /// Who is in the room now (full list, on every change).
+    Presence { room: RoomId, users: Vec<String> },
+    Typing { room: RoomId, user: String },
+    History { room: RoomId, messages: Vec<ChatMessage>, has_more: bool },
+    Error {
+        code: String,
+        message: String,
+        /// The `client_id` or room the error is about, when there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// Node ↔ control (HTTP JSON, header `x-districhat-secret`)
+// ---------------------------------------------------------------------------------------
+
+/// `POST /internal/nodes/register`: a node announces itself (again after a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterNode {
+    /// Stable name from the node's config (`n1`); re-registering keeps the id.
+    pub name: String,
+    /// `host:port` that browsers (`ws://ADDR/ws`) and other nodes (`/mesh`) reach.
+    pub addr: String,
+}
+
+/// The answer to [`RegisterNode`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node_id: NodeId,
+    /// `false` while an admin has not approved the node: it must not serve yet.
+    pub approved: bool,
+    /// HMAC key for connection tokens (derived from the catalog's signing key).
+    pub token_key: Vec<u8>,
+}
+
+/// What a node reports about itself once a second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub connections: u64,
+    pub rooms_owned: u64,
+    pub rooms_replicated: u64,
+    pub messages_per_sec: f64,
+}
+
+/// `POST /internal/nodes/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    pub load: NodeLoad,
+    /// Version of the routing table the node holds (0 = none).
+    pub routes_version: u64,
+}
+
+/// The answer to a [`Heartbeat`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HeartbeatReply {
+    /// Accepted by the leader; `routes` is set when the node's version is outdated.
+    Ok { routes: Option<RoutingTable> },
+    /// The receiver is not the leader; send heartbeats to `leader` (`host:port`).
+    NotLeader { leader: Option<String> },
+    /// The node is unknown (or was removed): register again.
+    Unknown,
+}
+
+/// Where every room lives, as of one catalog version (the Raft applied index).
+/// Also served whole by `GET /internal/routes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    pub version: u64,
+    pub nodes: Vec<NodeRoute>,
+    pub rooms: Vec<RoomRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRoute {
+    pub id: NodeId,
+    pub addr: String,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRoute {
+    pub id: RoomId,
+    pub owner: Option<NodeId>,
+    pub replica: Option<NodeId>,
+    pub epoch: u64,
+    pub private: bool,
+    /// Members, listed for private rooms only (public rooms are open to every user).
+    pub members: Vec<UserId>,
+}
+
+/// A node's answer to `GET /internal/rooms/{id}/messages?before=&limit=` (history for the
+/// control's REST API; the control has already checked access).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub messages: Vec<ChatMessage>,
+    pub has_more: bool,
+}
+
+/// The connection token's contents (signed by the control, checked by nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionClaims {
+    pub user_id: UserId,
+    pub username: String,
+    /// Milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Node ↔ node (WebSocket `/mesh`, bincode binary frames)
+// ---------------------------------------------------------------------------------------
+
+/// A message as a room's log stores and replicates it (the room is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub sender: String,
+    pub text: String,
+    pub ts: u64,
+    /// The sender's idempotency key; with (room, sender_id) it forms the dedupe key.
+    pub client_id: String,
+}
+
+/// A frame the dialing node sends on a mesh link. `id` 0 means no reply is wanted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshEnvelope {
+    pub id: u64,
+    pub request: MeshRequest,
+}
+
+/// What one node asks of another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeshRequest {
+    /// To the room's owner: sequence, persist, replicate and acknowledge a message.
+    Send { room: RoomId, user_id: UserId, username: String, client_id: String, text: String },
+    /// To the room's replica: store these messages (in seq order). Refused when `epoch`
+    /// is older than the newest epoch the replica has seen for the room.
+    Replicate { room: RoomId, epoch: u64, messages: Vec<StoredMessage> },
+    /// To a new replica from a new owner: adopt `epoch`, drop everything after `base`
+    /// (entries past it never reached the owner, so they were never acknowledged), and
+    /// answer with the last seq kept.
+    Adopt { room: RoomId, epoch: u64, base: Seq },
+    /// To the owner: these users of node `node` follow the room (empty: none any more).
+    Interest { room: RoomId, node: NodeId, users: Vec<String> },
+    /// To the owner: someone is typing.
+    Typing { room: RoomId, username: String },
+    /// To the owner (or replica): messages after `after` (ascending) or before `before`
+    /// (newest first), at most `limit`.
+    Fetch { room: RoomId, after: Option<Seq>, before: Option<Seq>, limit: u32 },
+    /// Owner to a subscribed node: pre-serialised browser frames for the room. `seq` is
+    /// the message seq for `message` frames and 0 for ephemeral ones (typing, presence).
+    Deliver { room: RoomId, frames: Vec<(Seq, String)> },
+}
+
+/// The answer to a [`MeshEnvelope`] with a non-zero id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshReply {
+    pub id: u64,
+    pub response: MeshResponse,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeshResponse {
+    /// The message's seq; `duplicate` when the client_id was seen before.
+    Sent { seq: Seq, ts: u64, duplicate: bool },
+    /// The replica stored everything up to `seq`.
+    Stored { seq: Seq },
+    /// The replica's last seq after adopting.
+    Adopted { last_seq: Seq },
+    Messages { messages: Vec<StoredMessage>, has_more: bool, last_seq: Seq },
+    Error { code: String, message: String },
+}
