@@ -1,5 +1,5 @@
-//! `districhat dev`: the embedded default cluster — three control members in one process,
-//! each on its own port and data directory, bootstrapped and ready.
+//! `districhat dev`: the embedded default cluster — three control members and two chat
+//! nodes in one process, each on its own port and data directory, bootstrapped and ready.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,9 +8,45 @@ use tokio::net::TcpListener;
 
 use crate::config::{ControlConfig, PeerConfig};
 use crate::control::{self, ControlHandle};
+use crate::node::config::NodeConfig;
+use crate::node::{self as chat_node, NodeHandle};
 
 /// The secret of the dev cluster; it only ever listens on loopback.
 pub const DEV_SECRET: &str = "districhat-dev-secret";
+
+/// The running dev cluster.
+pub struct DevCluster {
+    pub controls: Vec<ControlHandle>,
+    pub nodes: Vec<NodeHandle>,
+}
+
+impl DevCluster {
+    pub async fn shutdown(self) {
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+        for control in self.controls {
+            control.shutdown().await;
+        }
+    }
+}
+
+/// Starts the controls (`port`..`port+2`), then two chat nodes (`port+100`, `port+101`).
+pub async fn start_with_nodes(host: &str, port: u16, data_dir: &Path) -> anyhow::Result<DevCluster> {
+    let controls = start(host, port, data_dir).await?;
+    let control_urls: Vec<String> = controls.iter().map(ControlHandle::url).collect();
+    let mut nodes = Vec::new();
+    for i in 0..2u16 {
+        let name = format!("n{}", i + 1);
+        let addr = format!("{host}:{}", port + 100 + i);
+        let dir = data_dir.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let config = NodeConfig::new(&name, &addr, dir, control_urls.clone(), DEV_SECRET);
+        let listener = TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        nodes.push(chat_node::start(config, listener).await?);
+    }
+    Ok(DevCluster { controls, nodes })
+}
 
 /// Starts three controls on `host:port`, `port+1`, `port+2` with data under `data_dir`,
 /// bootstraps them and waits until they have a leader.

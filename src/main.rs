@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run 3 controls in this process on 127.0.0.1:7000-7002, data under ./data/dev.
+    /// Run 3 controls (127.0.0.1:7000-7002) and 2 chat nodes (7100-7101) in this process.
     Dev {
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -165,15 +165,14 @@ async fn run_control(config_path: PathBuf, init: bool, secret: Option<String>) -
 }
 
 async fn run_dev(host: &str, port: u16, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let controls = dev::start(host, port, data_dir).await?;
+    let cluster = dev::start_with_nodes(host, port, data_dir).await?;
     println!("DistriChat dev cluster is up: http://{host}:{port}");
-    println!("  controls: {}", controls.iter().map(|c| c.url()).collect::<Vec<_>>().join(", "));
+    println!("  controls: {}", cluster.controls.iter().map(|c| c.url()).collect::<Vec<_>>().join(", "));
+    println!("  nodes:    {}", cluster.nodes.iter().map(|n| n.ws_url()).collect::<Vec<_>>().join(", "));
     println!("  data:     {}", data_dir.display());
     println!("  press Ctrl-C to stop");
     districhat::shutdown_signal().await;
-    for control in controls {
-        control.shutdown().await;
-    }
+    cluster.shutdown().await;
     Ok(())
 }
 

@@ -1,11 +1,14 @@
-//! `districhat status`: the control plane at a glance — leader, term, and every member's
-//! role, health and applied index — as a table or as JSON.
+//! `districhat status`: the cluster at a glance — leader, term, every control member's
+//! role, health and applied index, and every chat node's status, load and rooms — as
+//! tables or as JSON. Nodes come from the public, read-only `GET /api/nodes`, so status
+//! needs no secret.
 
 use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
+use crate::control::chat_api::{NodeView, NodesView};
 use crate::control::cluster::ClusterView;
 use crate::control::raft::types::MemberId;
 
@@ -16,6 +19,8 @@ pub struct Status {
     pub term: u64,
     pub applied: u64,
     pub members: Vec<MemberStatus>,
+    /// The chat-node registry (empty if the control could not say).
+    pub nodes: Vec<NodeView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,10 +60,21 @@ pub async fn fetch(control: &str) -> anyhow::Result<Status> {
             lag: applied.map(|applied| view.applied.saturating_sub(applied)),
         });
     }
-    Ok(Status { leader: view.leader, term: view.term, applied: view.applied, members })
+    let nodes = match fetch_nodes(&client, base).await {
+        Ok(view) => view.nodes,
+        Err(e) => {
+            tracing::warn!(error = %e, "the control did not list its chat nodes");
+            Vec::new()
+        }
+    };
+    Ok(Status { leader: view.leader, term: view.term, applied: view.applied, members, nodes })
 }
 
-/// The human rendering: a summary line and a table of members.
+async fn fetch_nodes(client: &reqwest::Client, base: &str) -> reqwest::Result<NodesView> {
+    client.get(format!("{base}/api/nodes")).send().await?.error_for_status()?.json().await
+}
+
+/// The human rendering: a summary line, a table of members and one of chat nodes.
 pub fn render(status: &Status) -> String {
     let leader = status.leader.map_or_else(|| "none".to_string(), |id| id.to_string());
     let mut table = Table::new();
@@ -77,5 +93,34 @@ pub fn render(status: &Status) -> String {
             cell(member.lag),
         ]);
     }
-    format!("leader: {leader}   term: {}   applied: {}\n{table}", status.term, status.applied)
+    let summary = format!("leader: {leader}   term: {}   applied: {}", status.term, status.applied);
+    if status.nodes.is_empty() {
+        return format!("{summary}\n{table}\nchat nodes: none registered");
+    }
+    format!("{summary}\n{table}\n{}", nodes_table(&status.nodes))
+}
+
+/// The chat nodes: status, load from their last heartbeat, and rooms from the catalog.
+fn nodes_table(nodes: &[NodeView]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["node", "name", "address", "status", "connections", "rooms owned", "rooms replicated", "msg/s"]);
+    for node in nodes {
+        let (connections, rate) = match &node.load {
+            Some(load) => (load.connections.to_string(), format!("{:.1}", load.messages_per_sec)),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let status = if node.status == "up" { node.status.clone() } else { node.status.to_uppercase() };
+        table.add_row([
+            node.id.to_string(),
+            node.name.clone(),
+            node.addr.clone(),
+            status,
+            connections,
+            node.rooms_owned.to_string(),
+            node.rooms_replicated.to_string(),
+            rate,
+        ]);
+    }
+    table
 }

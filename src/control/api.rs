@@ -1,4 +1,5 @@
-//! The control's HTTP router and the public REST API: accounts, sessions and rooms.
+//! The control's HTTP router and the public REST API: accounts, sessions and rooms (the
+//! chat-node parts — tokens, nodes, DMs, history — are in [`chat_api`](super::chat_api)).
 //! Reads are answered from this member's applied catalog; writes go through
 //! [`Writer`](super::write::Writer), which forwards to the leader.
 
@@ -14,7 +15,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::auth;
 use super::catalog::{Command, CommandOutput, Room, UserId};
 use super::raft::state_machine::read_state;
-use super::{admin, cluster, raft, write, AppState};
+use super::{admin, chat_api, cluster, nodes, raft, write, AppState};
 use crate::now_ms;
 
 /// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
@@ -36,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions", post(login))
         .route("/api/rooms", get(list_rooms).post(create_room))
         .route("/api/rooms/{id}/members", post(join_room))
+        .merge(chat_api::routes())
+        .merge(nodes::routes())
         .merge(admin::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())
@@ -111,23 +114,28 @@ pub fn current_user(app: &AppState, headers: &HeaderMap) -> Result<UserId, ApiEr
     state.catalog.users.contains_key(&user).then_some(user).ok_or_else(ApiError::unauthorized)
 }
 
+/// A room as the API shows it.
 #[derive(Serialize)]
-struct RoomView {
+pub(super) struct RoomView {
     id: u64,
     name: String,
     private: bool,
+    /// A direct-message room (private, exactly two members, named `dm-{id}-{id}`).
+    dm: bool,
     owner: Option<u64>,
     replica: Option<u64>,
     epoch: u64,
+    /// Whether the caller is a member.
     member: bool,
 }
 
 impl RoomView {
-    fn new(room: &Room, member: bool) -> Self {
+    pub(super) fn new(room: &Room, member: bool) -> Self {
         Self {
             id: room.id,
             name: room.name.clone(),
             private: room.private,
+            dm: room.is_dm(),
             owner: room.owner,
             replica: room.replica,
             epoch: room.epoch,

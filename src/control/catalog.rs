@@ -440,6 +440,24 @@ impl Catalog {
         self.members.range((room, UserId::MIN)..=(room, UserId::MAX)).map(|(_, user)| *user)
     }
 
+    /// Rooms owned and replicated per registered node.
+    pub fn node_room_counts(&self) -> BTreeMap<ChatNodeId, (u64, u64)> {
+        let mut counts: BTreeMap<ChatNodeId, (u64, u64)> = self.nodes.keys().map(|id| (*id, (0, 0))).collect();
+        for room in self.rooms.values() {
+            if let Some(count) = room.owner.and_then(|owner| counts.get_mut(&owner)) {
+                count.0 += 1;
+            }
+            if let Some(count) = room.replica.and_then(|replica| counts.get_mut(&replica)) {
+                count.1 += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn room_by_name(&self, name: &str) -> Option<&Room> {
+        self.room_names.get(name).and_then(|id| self.rooms.get(id))
+    }
+
     /// The node registered under `name`.
     pub fn node_by_name(&self, name: &str) -> Option<&ChatNode> {
         self.nodes.values().find(|node| node.name == name)

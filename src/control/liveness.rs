@@ -84,7 +84,10 @@ impl Liveness {
         if in_grace {
             return Vec::new();
         }
-        up.iter().copied().filter(|node| memory.seen.get(node).is_some_and(|s| now.duration_since(s.at) >= timeout)).collect()
+        up.iter()
+            .copied()
+            .filter(|node| memory.seen.get(node).is_some_and(|s| now.duration_since(s.at) >= timeout))
+            .collect()
     }
 
     /// Forgets everything: this member no longer leads.
@@ -166,16 +169,7 @@ fn export_node_metrics(app: &AppState, member: &str) {
         let count = catalog.nodes.values().filter(|node| node.status == status).count();
         metrics::gauge!("districhat_nodes", "member" => member.to_string(), "status" => label).set(count as f64);
     }
-    let mut rooms: BTreeMap<ChatNodeId, (u64, u64)> = catalog.nodes.keys().map(|id| (*id, (0, 0))).collect();
-    for room in catalog.rooms.values() {
-        if let Some(counts) = room.owner.and_then(|owner| rooms.get_mut(&owner)) {
-            counts.0 += 1;
-        }
-        if let Some(counts) = room.replica.and_then(|replica| rooms.get_mut(&replica)) {
-            counts.1 += 1;
-        }
-    }
-    for (node, (owned, replicated)) in rooms {
+    for (node, (owned, replicated)) in catalog.node_room_counts() {
         let node = node.to_string();
         metrics::gauge!("districhat_node_rooms_owned", "member" => member.to_string(), "node" => node.clone())
             .set(owned as f64);

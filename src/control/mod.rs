@@ -1,16 +1,20 @@
 //! The control plane: one member of the openraft group that replicates the catalog.
 //!
 //! [`start`] takes a bound listener and a config, opens RocksDB, starts Raft, the HTTP
-//! server (REST API, Raft RPC, internal and admin routes, metrics) and the background
-//! tasks, and returns a [`ControlHandle`] to initialise or stop it. Binding outside is what
-//! lets tests run members on port 0.
+//! server (REST API, Raft RPC, the chat-node API, admin routes, metrics) and the
+//! background tasks (signing key, Raft gauges, the chat-node failure detector), and
+//! returns a [`ControlHandle`] to initialise or stop it. Binding outside is what lets
+//! tests run members on port 0.
 
 pub mod admin;
 pub mod api;
 pub mod api_error;
 pub mod auth;
 pub mod catalog;
+pub mod chat_api;
 pub mod cluster;
+pub mod liveness;
+pub mod nodes;
 pub mod raft;
 pub mod secret;
 pub mod write;
@@ -27,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::catalog::{CatalogError, Command};
+use self::liveness::Liveness;
 use self::raft::network::HttpNetwork;
 use self::raft::state_machine::{read_state, SharedState};
 use self::raft::types::{MemberId, Raft};
@@ -59,6 +64,8 @@ pub struct AppState {
     pub config: Arc<ControlConfig>,
     pub client: reqwest::Client,
     pub secret: ClusterSecret,
+    /// Chat-node heartbeats as the leader saw them (in memory, never replicated).
+    pub liveness: Liveness,
 }
 
 /// A running control member.
@@ -101,6 +108,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         config: config.clone(),
         client,
         secret,
+        liveness: Liveness::default(),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = api::router(app_state.clone());
@@ -119,6 +127,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
     let tasks = vec![
         server,
         tokio::spawn(ensure_signing_key(app_state.clone(), shutdown_rx.clone())),
+        tokio::spawn(liveness::detect_failures(app_state.clone(), shutdown_rx.clone())),
         tokio::spawn(crate::telemetry::export_raft_metrics(raft.clone(), state.clone(), shutdown_rx)),
     ];
     tracing::info!(member = config.id, %addr, "control member started");

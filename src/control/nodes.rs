@@ -65,7 +65,8 @@ async fn register(
         other => return Err(ApiError::internal(format!("RegisterNode returned {other:?}"))),
     };
     let signing_key = read_state(&app.state).catalog.meta.signing_key.clone();
-    let signing_key = signing_key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
+    let signing_key =
+        signing_key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
     tracing::info!(node = node.id, name = %node.name, addr = %node.mesh_addr, status = ?node.status, "chat node registered");
     // A pending node gets the token key too: it already holds the cluster secret, so the
     // approval is an operator's gate, not a cryptographic one.

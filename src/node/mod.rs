@@ -448,10 +448,12 @@ impl Node {
         }
     }
 
-    /// Fetches the whole routing table from the control plane (at most every 250 ms).
+    /// Fetches the whole routing table from the control plane. Callers that miss at the
+    /// same time share one fetch: whoever finds a fetch that started after it asked is done.
     pub async fn refresh_routes(&self) -> anyhow::Result<()> {
+        let asked = std::time::Instant::now();
         let mut last = self.refresh.lock().await;
-        if last.elapsed() < Duration::from_millis(250) {
+        if *last > asked {
             return Ok(());
         }
         *last = std::time::Instant::now();

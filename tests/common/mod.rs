@@ -198,3 +198,4 @@ pub fn init_logs() {
             .try_init();
     }
 }
+pub mod chat;

@@ -14,8 +14,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{timeout, Instant, Interval, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header::ORIGIN, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -59,8 +57,6 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// The control's base URL (no trailing slash).
     pub control: String,
-    /// Origin header for the WebSocket upgrade, as a page served by the control sends it.
-    pub origin: Option<HeaderValue>,
     /// Random per run, so `client_id`s never collide with an earlier run's dedupe index.
     pub run_id: u32,
     pub clients: usize,
@@ -148,6 +144,7 @@ pub async fn run(
         acked_ids: HashMap::new(),
         connections: 0,
         resubscribe_at: None,
+        paused_until: None,
         drain_missing: None,
         reported: Reported::default(),
         outcome: ClientOutcome { room, ..ClientOutcome::default() },
@@ -167,6 +164,8 @@ struct Pending {
     retry_at: Option<Instant>,
     /// Out of attempts: no longer in flight, but a late ack still counts.
     abandoned: bool,
+    /// The scheduled retry follows `rate_limited`: it does not use up an attempt.
+    free_retry: bool,
 }
 
 /// Which one-time counters this client has already bumped.
@@ -204,7 +203,10 @@ enum Event {
     Welcome,
     Subscribed,
     /// An `error` frame not about one of our pending sends.
-    Error { code: String, about: About },
+    Error {
+        code: String,
+        about: About,
+    },
 }
 
 /// What an `error` frame's `ref` points at.
@@ -233,6 +235,8 @@ struct Client {
     connections: usize,
     /// A resubscription scheduled after the node refused or lost our subscription.
     resubscribe_at: Option<Instant>,
+    /// After `rate_limited`: no new sends before this instant.
+    paused_until: Option<Instant>,
     /// In the drain phase: owed seqs not received yet.
     drain_missing: Option<BTreeSet<Seq>>,
     reported: Reported,
@@ -297,12 +301,10 @@ impl Client {
         self.connections += 1;
         let node = tally::pick_node(&nodes, self.index, attempt)
             .ok_or_else(|| Failure::new("no_nodes", "GET /api/token listed no node"))?;
-        let mut request =
-            node.ws_url.as_str().into_client_request().map_err(|e| Failure::new("connect", e.to_string()))?;
-        if let Some(origin) = &self.shared.origin {
-            request.headers_mut().insert(ORIGIN, origin.clone());
-        }
-        let (mut ws, _) = timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, None, true))
+        // No Origin header: nodes accept non-browser clients without one (they still need
+        // a valid token), while a browser Origin must match the node's configured controls.
+        let connecting = tokio_tungstenite::connect_async_with_config(node.ws_url.as_str(), None, true);
+        let (mut ws, _) = timeout(STEP_TIMEOUT, connecting)
             .await
             .map_err(|_| Failure::new("connect", format!("{}: timed out", node.ws_url)))?
             .map_err(|e| Failure::new("connect", format!("{}: {e}", node.ws_url)))?;
@@ -315,7 +317,7 @@ impl Client {
                 Event::Error { code, about: About::Room | About::Nothing } => {
                     return Err(Failure::new("hello_refused", code))
                 }
-                Event::Subscribed | Event::Other => {}
+                Event::Subscribed | Event::Error { about: About::Other, .. } | Event::Other => {}
             }
         }
 
@@ -548,8 +550,15 @@ impl Client {
         tally::bump(&mut self.outcome.errors, &code, 1);
         tracing::debug!(client = self.index, %code, %message, ?about, "error frame");
         if let Some(pending) = about.as_deref().and_then(|client_id| self.pending.get_mut(client_id)) {
-            if tally::retryable(&code) && pending.attempts < MAX_ATTEMPTS {
-                pending.retry_at = Some(Instant::now() + tally::retry_delay(&code, pending.attempts));
+            let rate_limited = code == "rate_limited";
+            if rate_limited || (tally::retryable(&code) && pending.attempts < MAX_ATTEMPTS) {
+                let retry_at = Instant::now() + tally::retry_delay(&code, pending.attempts);
+                pending.retry_at = Some(retry_at);
+                pending.free_retry = rate_limited;
+                if rate_limited {
+                    // The node limits sends per connection: slow down, as a browser would.
+                    self.paused_until = Some(self.paused_until.map_or(retry_at, |until| until.max(retry_at)));
+                }
             } else if tally::retryable(&code) {
                 pending.abandoned = true;
             } else if let Some(client_id) = about {
@@ -566,9 +575,11 @@ impl Client {
         Event::Error { code, about }
     }
 
-    /// Whether a new message may be sent (load phase, messages left).
+    /// Whether a new message may be sent (load phase, messages left, not paused).
     fn may_send(&self) -> bool {
-        matches!(*self.phase.borrow(), Phase::Load(_)) && self.next_message < self.shared.messages
+        matches!(*self.phase.borrow(), Phase::Load(_))
+            && self.next_message < self.shared.messages
+            && self.paused_until.is_none_or(|until| until <= Instant::now())
     }
 
     /// Sends awaiting an ack that are still being tried.
@@ -586,7 +597,15 @@ impl Client {
         let frame = ClientFrame::Send { room: self.outcome.room, client_id: client_id.clone(), text: text.clone() };
         self.pending.insert(
             client_id,
-            Pending { text, first_sent: now, last_sent: now, attempts: 1, retry_at: None, abandoned: false },
+            Pending {
+                text,
+                first_sent: now,
+                last_sent: now,
+                attempts: 1,
+                retry_at: None,
+                abandoned: false,
+                free_retry: false,
+            },
         );
         self.outcome.sent += 1;
         send_frame(ws, &frame).await
@@ -612,8 +631,9 @@ impl Client {
                 continue;
             }
             let retry_due = pending.retry_at.is_some_and(|at| at <= now);
-            let timed_out = pending.retry_at.is_none() && now.saturating_duration_since(pending.last_sent) >= ACK_TIMEOUT;
-            if (retry_due || timed_out) && pending.attempts >= MAX_ATTEMPTS {
+            let timed_out =
+                pending.retry_at.is_none() && now.saturating_duration_since(pending.last_sent) >= ACK_TIMEOUT;
+            if (retry_due || timed_out) && pending.attempts >= MAX_ATTEMPTS && !pending.free_retry {
                 pending.abandoned = true;
             } else if retry_due || timed_out {
                 due.push(client_id.clone());
@@ -635,9 +655,10 @@ impl Client {
         let Some(pending) = self.pending.get_mut(&client_id) else { return Ok(()) };
         pending.retry_at = None;
         pending.last_sent = Instant::now();
-        if counts {
+        if counts && !pending.free_retry {
             pending.attempts += 1;
         }
+        pending.free_retry = false;
         self.outcome.retries += 1;
         let frame = ClientFrame::Send { room: self.outcome.room, client_id, text: pending.text.clone() };
         send_frame(ws, &frame).await

@@ -117,11 +117,6 @@ impl RoomTracker {
         }
     }
 
-    /// Whether `seq` has been received.
-    pub fn has_seen(&self, seq: Seq) -> bool {
-        self.seen.contains(&seq)
-    }
-
     /// The acked seqs owed to this subscriber (after its subscription point) that it has
     /// not received. Before any subscription every acked seq is missing.
     pub fn missing<'a>(&'a self, acked: &'a BTreeSet<Seq>) -> impl Iterator<Item = Seq> + 'a {
@@ -234,25 +229,18 @@ pub fn send_offset(period: Duration, index: usize, clients: usize) -> Duration {
 /// Error codes after which a send is retried with the same `client_id` (the owner
 /// deduplicates, so a retry never shows twice).
 pub fn retryable(code: &str) -> bool {
-    matches!(code, "unavailable" | "rate_limited" | "unknown_room" | "internal")
+    matches!(code, "unavailable" | "rate_limited" | "unknown_room" | "stale_epoch" | "internal")
 }
 
 /// How long to wait before retry number `attempt` (1 = the first retry) after `code`.
 pub fn retry_delay(code: &str, attempt: u32) -> Duration {
-    let backoff = Duration::from_millis(100).saturating_mul(1 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(2));
+    let backoff =
+        Duration::from_millis(100).saturating_mul(1 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(2));
     if code == "rate_limited" {
         backoff.max(Duration::from_secs(1))
     } else {
         backoff
     }
-}
-
-/// `scheme://host:port` of a URL: the Origin a browser sends when a page served by the
-/// control opens a WebSocket to a node.
-pub fn origin_of(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    (!scheme.is_empty() && !authority.is_empty()).then(|| format!("{scheme}://{authority}"))
 }
 
 /// Adds `n` to the count of `code`.
@@ -336,7 +324,6 @@ mod tests {
         tracker.observe(5, None);
         assert_eq!(tracker.missing(&acked).collect::<Vec<_>>(), vec![4]);
         assert_eq!(tracker.owed(&acked), 3);
-        assert!(tracker.has_seen(5) && !tracker.has_seen(4));
     }
 
     #[test]
@@ -405,14 +392,6 @@ mod tests {
         assert_eq!(retry_delay("unavailable", 3), Duration::from_millis(400));
         assert_eq!(retry_delay("unavailable", 60), Duration::from_secs(2));
         assert_eq!(retry_delay("rate_limited", 1), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn origin_is_scheme_and_authority() {
-        assert_eq!(origin_of("http://127.0.0.1:7000").as_deref(), Some("http://127.0.0.1:7000"));
-        assert_eq!(origin_of("https://chat.example/x?y").as_deref(), Some("https://chat.example"));
-        assert_eq!(origin_of("127.0.0.1:7000"), None);
-        assert_eq!(origin_of("http://"), None);
     }
 
     #[test]

@@ -180,12 +180,8 @@ pub(super) struct Loads(BTreeMap<ChatNodeId, (usize, usize)>);
 
 impl Loads {
     pub(super) fn of(catalog: &Catalog) -> Self {
-        let mut loads: BTreeMap<ChatNodeId, (usize, usize)> = catalog
-            .nodes
-            .values()
-            .filter(|node| node.status == NodeStatus::Up)
-            .map(|node| (node.id, (0, 0)))
-            .collect();
+        let mut loads: BTreeMap<ChatNodeId, (usize, usize)> =
+            catalog.nodes.values().filter(|node| node.status == NodeStatus::Up).map(|node| (node.id, (0, 0))).collect();
         for room in catalog.rooms.values() {
             if let Some(load) = room.owner.and_then(|owner| loads.get_mut(&owner)) {
                 load.0 += 1;
@@ -199,11 +195,7 @@ impl Loads {
 
     /// The least-loaded `Up` node not in `exclude`.
     pub(super) fn least(&self, exclude: &[ChatNodeId]) -> Option<ChatNodeId> {
-        self.0
-            .iter()
-            .filter(|(id, _)| !exclude.contains(id))
-            .min_by_key(|(id, load)| (**load, **id))
-            .map(|(id, _)| *id)
+        self.0.iter().filter(|(id, _)| !exclude.contains(id)).min_by_key(|(id, load)| (**load, **id)).map(|(id, _)| *id)
     }
 
     fn is_up(&self, node: ChatNodeId) -> bool {

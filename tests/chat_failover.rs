@@ -1,0 +1,201 @@
+//! A room's owner node dies under load: the replica takes over, clients reconnect and
+//! retry with the same client_ids, and nothing acknowledged is lost or doubled. Also: a
+//! replica refuses an owner whose epoch is stale.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::chat::{token, ChatCluster, WsClient};
+use common::{Api, SECRET};
+use districhat::control::secret::ClusterSecret;
+use districhat::node::mesh::Mesh;
+use districhat::protocol::{MeshRequest, MeshResponse, StoredMessage};
+use serde_json::{json, Value};
+
+const CLIENTS: usize = 4;
+const PER_CLIENT: usize = 250;
+const KILL_AFTER: usize = 300;
+
+/// What one client saw: its acked (client_id → seq) and every seq it received.
+struct Outcome {
+    acked: BTreeMap<String, u64>,
+    received: Vec<u64>,
+}
+
+async fn connect_any(api: &Api, base: &str, preferred: &str) -> WsClient {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (token, nodes) = token(api, base).await;
+        let mut urls = vec![preferred.to_string()];
+        urls.extend(nodes.iter().filter_map(|n| n["ws_url"].as_str().map(str::to_string)));
+        for url in urls {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url.as_str())).await;
+            if let Ok(Ok(_)) = attempt {
+                return WsClient::connect(&url, &token).await;
+            }
+        }
+        assert!(Instant::now() < deadline, "no node accepted a connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_client(
+    api: Api,
+    base: String,
+    ws_url: String,
+    room: u64,
+    index: usize,
+    acked_total: Arc<AtomicUsize>,
+) -> Outcome {
+    let mut outcome = Outcome { acked: BTreeMap::new(), received: Vec::new() };
+    let mut ws = connect_any(&api, &base, &ws_url).await;
+    ws.subscribe(room, None).await;
+    let mut last_seen = 0u64;
+    for i in 0..PER_CLIENT {
+        let client_id = format!("c{index}-{i}");
+        let started = Instant::now();
+        'retry: loop {
+            assert!(started.elapsed() < Duration::from_secs(60), "{client_id} never acknowledged");
+            ws.send(
+                json!({"type": "send", "room": room, "client_id": client_id, "text": format!("message {client_id}")}),
+            )
+            .await;
+            loop {
+                let Some(frame) = ws.next(Duration::from_secs(5)).await else {
+                    // Closed or silent: reconnect (to any node) and resume from what we saw.
+                    ws = connect_any(&api, &base, &ws_url).await;
+                    let (missed, _) = ws.subscribe(room, Some(last_seen)).await;
+                    for message in missed {
+                        record(&mut outcome, &mut last_seen, &message);
+                    }
+                    continue 'retry;
+                };
+                match frame["type"].as_str() {
+                    Some("message") => record(&mut outcome, &mut last_seen, &frame),
+                    Some("ack") if frame["client_id"] == client_id.as_str() => {
+                        outcome.acked.insert(client_id.clone(), frame["seq"].as_u64().expect("seq"));
+                        acked_total.fetch_add(1, Ordering::SeqCst);
+                        break 'retry;
+                    }
+                    Some("error") if frame["ref"] == client_id.as_str() => {
+                        assert_eq!(frame["code"], "unavailable", "{frame}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'retry;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    outcome
+}
+
+fn record(outcome: &mut Outcome, last_seen: &mut u64, message: &Value) {
+    let seq = message["seq"].as_u64().expect("seq");
+    outcome.received.push(seq);
+    *last_seen = (*last_seen).max(seq);
+}
+
+/// Every message of the room via the REST history, oldest first.
+async fn full_history(api: &Api, base: &str, room: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut url = format!("{base}/api/rooms/{room}/messages?limit=200");
+        if let Some(before) = before {
+            url.push_str(&format!("&before={before}"));
+        }
+        let response = api.http.get(url).bearer_auth(api.token.as_deref().unwrap()).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let page: Value = response.json().await.unwrap();
+        let messages = page["messages"].as_array().cloned().unwrap_or_default();
+        before = messages.last().and_then(|m| m["seq"].as_u64());
+        all.extend(messages);
+        if page["has_more"] != true {
+            break;
+        }
+    }
+    all.reverse();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
+    let mut cluster = ChatCluster::start(3).await;
+    let api = Api::logged_in(&cluster.url(), "loadgen").await;
+    let room = cluster.create_room(&api, "busy", false).await;
+    let (room, owner, replica) =
+        (room["id"].as_u64().unwrap(), room["owner"].as_u64().unwrap(), room["replica"].as_u64().unwrap());
+    let owner_index = cluster.index_of(owner);
+    let replica_index = cluster.index_of(replica);
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for index in 0..CLIENTS {
+        let node = if index % 2 == 0 { owner_index } else { replica_index };
+        let ws_url = cluster.node(node).ws_url();
+        clients.push(tokio::spawn(run_client(api.clone(), cluster.url(), ws_url, room, index, acked_total.clone())));
+    }
+    common::wait_for("load before the kill", Duration::from_secs(60), || async {
+        (acked_total.load(Ordering::SeqCst) >= KILL_AFTER).then_some(())
+    })
+    .await;
+    cluster.stop_node(owner_index).await;
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for client in clients {
+        let outcome = client.await.expect("client task");
+        let unique: BTreeSet<u64> = outcome.received.iter().copied().collect();
+        assert_eq!(unique.len(), outcome.received.len(), "a client saw a message twice");
+        assert!(outcome.received.windows(2).all(|w| w[0] < w[1]), "a client saw messages out of order");
+        acked.extend(outcome.acked);
+    }
+    assert_eq!(acked.len(), CLIENTS * PER_CLIENT);
+
+    let history = full_history(&api, &cluster.url(), room).await;
+    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "history is gapless and in order");
+    let by_client_id: BTreeMap<String, u64> =
+        history.iter().map(|m| (m["client_id"].as_str().unwrap().to_string(), m["seq"].as_u64().unwrap())).collect();
+    assert_eq!(by_client_id.len(), history.len(), "no message stored twice");
+    for (client_id, seq) in &acked {
+        assert_eq!(by_client_id.get(client_id), Some(seq), "acked {client_id} at seq {seq} is in history at that seq");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_an_owner_with_a_stale_epoch() {
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "fencer").await;
+    let room = cluster.create_room(&api, "fenced", false).await;
+    let (room_id, replica, epoch) =
+        (room["id"].as_u64().unwrap(), room["replica"].as_u64().unwrap(), room["epoch"].as_u64().unwrap());
+    // One acknowledged message proves the owner has made the replica adopt its epoch.
+    let (token, _) = token(&api, &cluster.url()).await;
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &token).await;
+    ws.send(json!({"type": "send", "room": room_id, "client_id": "real", "text": "real"})).await;
+    ws.expect("ack").await;
+
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mesh = Mesh::new(ClusterSecret::new(SECRET), stop_rx);
+    let replica_addr = cluster.node(cluster.index_of(replica)).node.addr.clone();
+    let forged = StoredMessage {
+        seq: 2,
+        sender_id: 1,
+        sender: "ghost".into(),
+        text: "forged".into(),
+        ts: 0,
+        client_id: "forged".into(),
+    };
+    let request = MeshRequest::Replicate { room: room_id, epoch: epoch - 1, messages: vec![forged] };
+    let answer = mesh.request(replica, &replica_addr, request, Duration::from_secs(5)).await.expect("replica answers");
+    match answer {
+        MeshResponse::Error { code, .. } => assert_eq!(code, "stale_epoch"),
+        other => panic!("a stale owner was accepted: {other:?}"),
+    }
+    let history = full_history(&api, &cluster.url(), room_id).await;
+    assert!(history.iter().all(|m| m["text"] != "forged"), "the forged message is nowhere");
+}

@@ -1,0 +1,216 @@
+//! Chat through real nodes: one order for everyone, resume without gaps, private rooms
+//! on every path, and bad input answered with codes while the connection lives on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chat::{token, ChatCluster, WsClient};
+use common::Api;
+use serde_json::{json, Value};
+
+fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+}
+
+/// Reads `count` message frames (ignoring acks and others).
+async fn read_messages(client: &mut WsClient, count: usize) -> Vec<Value> {
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let frame = client
+            .next(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {count} messages", messages.len()));
+        if frame["type"] == "message" {
+            messages.push(frame);
+        }
+    }
+    messages
+}
+
+/// Reads until the ack of `client_id`.
+async fn expect_ack(client: &mut WsClient, client_id: &str) -> Value {
+    loop {
+        let frame = client.next(Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no ack for {client_id}"));
+        if frame["type"] == "ack" && frame["client_id"] == client_id {
+            return frame;
+        }
+        assert_ne!(frame["type"], "error", "{frame}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_nodes_see_one_sequence() {
+    let cluster = ChatCluster::start(2).await;
+    let alice = Api::logged_in(&cluster.url(), "alice").await;
+    let bob = Api::logged_in(&cluster.url(), "bob").await;
+    let room = cluster.create_room(&alice, "general", false).await["id"].as_u64().unwrap();
+    let (alice_token, _) = token(&alice, &cluster.url()).await;
+    let (bob_token, _) = token(&bob, &cluster.url()).await;
+    let mut a = WsClient::connect(&cluster.node(0).ws_url(), &alice_token).await;
+    let mut b = WsClient::connect(&cluster.node(1).ws_url(), &bob_token).await;
+    a.subscribe(room, None).await;
+    b.subscribe(room, None).await;
+    for i in 0..20 {
+        a.send(json!({"type": "send", "room": room, "client_id": format!("a{i}"), "text": format!("from alice {i}")}))
+            .await;
+        b.send(json!({"type": "send", "room": room, "client_id": format!("b{i}"), "text": format!("from bob {i}")}))
+            .await;
+    }
+    let seen_a = read_messages(&mut a, 40).await;
+    let seen_b = read_messages(&mut b, 40).await;
+    assert_eq!(seqs(&seen_a), (1..=40).collect::<Vec<_>>());
+    assert_eq!(seen_a, seen_b, "both clients see the same messages in the same order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_with_since_and_gets_exactly_what_it_missed() {
+    let cluster = ChatCluster::start(2).await;
+    let reader = Api::logged_in(&cluster.url(), "reader").await;
+    let writer = Api::logged_in(&cluster.url(), "writer").await;
+    let room = cluster.create_room(&reader, "resume", false).await["id"].as_u64().unwrap();
+    let (reader_token, _) = token(&reader, &cluster.url()).await;
+    let (writer_token, _) = token(&writer, &cluster.url()).await;
+    let mut w = WsClient::connect(&cluster.node(1).ws_url(), &writer_token).await;
+    w.subscribe(room, None).await;
+    let mut r = WsClient::connect(&cluster.node(0).ws_url(), &reader_token).await;
+    r.subscribe(room, None).await;
+    w.send(json!({"type": "send", "room": room, "client_id": "first", "text": "before the break"})).await;
+    expect_ack(&mut w, "first").await;
+    let first = read_messages(&mut r, 1).await;
+    let last_seen = first[0]["seq"].as_u64().unwrap();
+    drop(r);
+    for i in 0..50 {
+        w.send(json!({"type": "send", "room": room, "client_id": format!("gap{i}"), "text": format!("missed {i}")}))
+            .await;
+        assert_eq!(w.expect("ack").await["client_id"], format!("gap{i}"));
+    }
+    let mut r = WsClient::connect(&cluster.node(0).ws_url(), &reader_token).await;
+    let (missed, subscribed_at) = r.subscribe(room, Some(last_seen)).await;
+    assert_eq!(seqs(&missed), (last_seen + 1..=last_seen + 50).collect::<Vec<_>>());
+    assert_eq!(missed[0]["text"], "missed 0");
+    assert_eq!(subscribed_at, last_seen + 50);
+    w.send(json!({"type": "send", "room": room, "client_id": "live", "text": "live again"})).await;
+    let live = read_messages(&mut r, 1).await;
+    assert_eq!(live[0]["seq"], last_seen + 51);
+    assert_eq!(live[0]["text"], "live again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_rooms_refuse_non_members_on_every_path() {
+    let cluster = ChatCluster::start(2).await;
+    let owner = Api::logged_in(&cluster.url(), "insider").await;
+    let outsider = Api::logged_in(&cluster.url(), "outsider").await;
+    let room = cluster.create_room(&owner, "secret", true).await["id"].as_u64().unwrap();
+    let (owner_token, _) = token(&owner, &cluster.url()).await;
+    let mut member = WsClient::connect(&cluster.node(0).ws_url(), &owner_token).await;
+    member.subscribe(room, None).await;
+    member.send(json!({"type": "send", "room": room, "client_id": "s1", "text": "members only"})).await;
+    member.expect("ack").await;
+
+    let (outsider_token, _) = token(&outsider, &cluster.url()).await;
+    for node in 0..2 {
+        let mut ws = WsClient::connect(&cluster.node(node).ws_url(), &outsider_token).await;
+        for frame in [
+            json!({"type": "subscribe", "room": room}),
+            json!({"type": "send", "room": room, "client_id": "x", "text": "let me in"}),
+            json!({"type": "history", "room": room}),
+        ] {
+            ws.send(frame.clone()).await;
+            let error = ws.expect("error").await;
+            assert_eq!(error["code"], "forbidden", "{frame} on node {node}: {error}");
+        }
+    }
+    let response = outsider
+        .http
+        .get(format!("{}/api/rooms/{room}/messages", cluster.url()))
+        .bearer_auth(outsider.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "forbidden");
+    let response = owner
+        .http
+        .get(format!("{}/api/rooms/{room}/messages", cluster.url()))
+        .bearer_auth(owner.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["messages"][0]["text"], "members only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_codes_and_the_connection_lives_on() {
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "fuzzer").await;
+    let room = cluster.create_room(&api, "noise", false).await["id"].as_u64().unwrap();
+    let (token, _) = token(&api, &cluster.url()).await;
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &token).await;
+    ws.subscribe(room, None).await;
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{{\"type\":\"send\",\"room\":{room},\"client_id\":\"big\",\"text\":\"{}\"}}", "x".repeat(40_000)),
+            "frame_too_large",
+        ),
+        ("{not json".to_string(), "invalid_json"),
+        (json!({"type": "dance"}).to_string(), "unknown_type"),
+        (json!({"type": "send", "room": room}).to_string(), "bad_frame"),
+        (json!({"type": "send", "room": 999_999, "client_id": "u", "text": "hello?"}).to_string(), "unknown_room"),
+        (
+            json!({"type": "send", "room": room, "client_id": "long", "text": "y".repeat(5_000)}).to_string(),
+            "text_too_long",
+        ),
+    ];
+    for (frame, code) in cases {
+        ws.send_raw(frame).await;
+        let error = ws.expect("error").await;
+        assert_eq!(error["code"], code, "{error}");
+    }
+    // A flood over the per-connection rate: some sends are refused with rate_limited.
+    for i in 0..300 {
+        ws.send(json!({"type": "send", "room": room, "client_id": format!("flood{i}"), "text": "flood"})).await;
+    }
+    let mut limited = 0;
+    let mut acked = 0;
+    while limited + acked < 300 {
+        let frame = ws.next(Duration::from_secs(15)).await.expect("an answer to every flood send");
+        match frame["type"].as_str() {
+            Some("ack") => acked += 1,
+            Some("error") => {
+                assert_eq!(frame["code"], "rate_limited", "{frame}");
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(limited > 0 && acked > 0, "limited {limited}, acked {acked}");
+    // Still usable after all of that: keep trying until the bucket has refilled.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        assert!(attempt < 200, "the connection never accepted a send again");
+        let client_id = format!("after{attempt}");
+        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "still here"})).await;
+        let answer = loop {
+            let frame = ws.next(Duration::from_secs(15)).await.expect("the connection still answers");
+            let answers = (frame["type"] == "ack" && frame["client_id"] == client_id.as_str())
+                || (frame["type"] == "error" && frame["ref"] == client_id.as_str());
+            if answers {
+                break frame;
+            }
+        };
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert_eq!(answer["code"], "rate_limited", "{answer}");
+        // Give the token bucket a moment; this waits on the node's rate, not on our speed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = reqwest::get(format!("http://{}/healthz", cluster.node(0).node.addr)).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}

@@ -1,0 +1,178 @@
+//! Chat-node helpers for integration tests: a cluster of real controls and real nodes on
+//! port 0, and a small WebSocket client that speaks the browser protocol.
+
+use std::time::{Duration, Instant};
+
+use districhat::node::config::NodeConfig;
+use districhat::node::{self, NodeHandle};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{tuning, wait_for, Api, TestCluster, SECRET};
+
+/// Controls plus chat nodes, all in this process.
+pub struct ChatCluster {
+    pub controls: TestCluster,
+    pub nodes: Vec<Option<NodeHandle>>,
+    pub node_configs: Vec<NodeConfig>,
+}
+
+impl ChatCluster {
+    /// Starts 3 controls and `nodes` chat nodes, and waits until every node is up in the
+    /// catalog (so new rooms get an owner and a replica).
+    pub async fn start(nodes: usize) -> Self {
+        let controls = TestCluster::start(3, tuning()).await;
+        let urls: Vec<String> = (0..3).map(|i| controls.url(i)).collect();
+        let mut cluster = Self { controls, nodes: Vec::new(), node_configs: Vec::new() };
+        for i in 0..nodes {
+            let dir = cluster.controls.dir.path().join(format!("n{}", i + 1));
+            let config = NodeConfig::new(&format!("n{}", i + 1), "127.0.0.1:0", dir, urls.clone(), SECRET);
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+            let mut config = config;
+            config.advertise = Some(listener.local_addr().expect("addr").to_string());
+            cluster.nodes.push(Some(node::start(config.clone(), listener).await.expect("start node")));
+            cluster.node_configs.push(config);
+        }
+        cluster.wait_nodes_up(nodes).await;
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        self.controls.url(0)
+    }
+
+    pub fn node(&self, i: usize) -> &NodeHandle {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    /// Index of the running node with this id.
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).expect("node with that id")
+    }
+
+    pub async fn wait_nodes_up(&self, count: usize) {
+        let url = self.url();
+        wait_for("chat nodes to be up in the catalog", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let nodes: Value = reqwest::get(format!("{url}/api/nodes")).await.ok()?.json().await.ok()?;
+                let list =
+                    nodes.get("nodes").and_then(Value::as_array).cloned().or_else(|| nodes.as_array().cloned())?;
+                let up =
+                    list.iter().filter(|n| n["status"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("up"))).count();
+                (up >= count).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Stops node `i` (listener, sessions, links and tasks dropped).
+    pub async fn stop_node(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("node running");
+        node.shutdown().await;
+    }
+
+    /// Creates a room as `api`'s user and waits until every running node routes it.
+    pub async fn create_room(&self, api: &Api, name: &str, private: bool) -> Value {
+        let (status, room) = api
+            .post(&format!("{}/api/rooms", self.url()), json!({"name": name, "private": private}))
+            .await
+            .expect("create");
+        assert_eq!(status, 201, "create room: {room}");
+        assert!(room["owner"].is_u64() && room["replica"].is_u64(), "room placed on two nodes: {room}");
+        room
+    }
+}
+
+/// A connection token and the node list, as the browser gets them.
+pub async fn token(api: &Api, base: &str) -> (String, Vec<Value>) {
+    let response = api
+        .http
+        .get(format!("{base}/api/token"))
+        .bearer_auth(api.token.as_deref().expect("logged in"))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("token json");
+    let nodes = body["nodes"].as_array().cloned().unwrap_or_default();
+    (body["token"].as_str().expect("token").to_string(), nodes)
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A browser-protocol client.
+pub struct WsClient {
+    socket: Socket,
+    pub user: String,
+}
+
+impl WsClient {
+    /// Connects to `ws_url` and says hello with `token`.
+    pub async fn connect(ws_url: &str, token: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws connect");
+        let mut client = Self { socket, user: String::new() };
+        client.send(json!({"type": "hello", "token": token})).await;
+        let welcome = client.expect("welcome").await;
+        client.user = welcome["user"].as_str().unwrap_or_default().to_string();
+        client
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.socket.send(Message::Text(frame.to_string().into())).await.expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        self.socket.send(Message::Text(text.into())).await.expect("ws send");
+    }
+
+    /// The next JSON frame, or `None` after `timeout` or when the socket closes.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads frames until one of type `kind` (others are dropped); panics after 15 s.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(frame) = self.next(Duration::from_millis(200)).await {
+                if frame["type"] == kind {
+                    return frame;
+                }
+            }
+        }
+        panic!("no {kind} frame within 15 s");
+    }
+
+    /// Subscribes and returns the messages sent before `subscribed`, plus its seq.
+    pub async fn subscribe(&mut self, room: u64, since: Option<u64>) -> (Vec<Value>, u64) {
+        let mut frame = json!({"type": "subscribe", "room": room});
+        if let Some(since) = since {
+            frame["since"] = json!(since);
+        }
+        self.send(frame).await;
+        let mut messages = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let Some(frame) = self.next(Duration::from_millis(200)).await else { continue };
+            match frame["type"].as_str() {
+                Some("message") => messages.push(frame),
+                Some("subscribed") => return (messages, frame["seq"].as_u64().unwrap_or(0)),
+                Some("error") => panic!("subscribe failed: {frame}"),
+                _ => {}
+            }
+        }
+        panic!("not subscribed within 15 s");
+    }
+}
