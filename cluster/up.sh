@@ -99,8 +99,13 @@ start_process c3 control --config cluster/c3.toml
 # /healthz on a control is 200 once a leader is elected.
 wait_http "$CONTROL_URL/healthz"
 
-# Nodes (later milestone): start_process n1 node --config cluster/n1.toml ...
-# then wait until they show up as healthy.
+# Chat nodes register with the control plane as they start.
+start_process n1 node --config cluster/n1.toml
+start_process n2 node --config cluster/n2.toml
+start_process n3 node --config cluster/n3.toml
+wait_http "http://127.0.0.1:7100/healthz"
+wait_http "http://127.0.0.1:7101/healthz"
+wait_http "http://127.0.0.1:7102/healthz"
 
 echo
 "$BIN" status --control "$CONTROL_URL"

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use districhat::config::ControlConfig;
-use districhat::control::secret::SECRET_HEADER;
 use districhat::bench::chat::ChatBenchArgs;
 use districhat::bench::control::ControlBenchArgs;
+use districhat::config::ControlConfig;
+use districhat::control::secret::SECRET_HEADER;
 use districhat::{bench, control, dev, node, status, telemetry};
 use tokio::net::TcpListener;
 

@@ -18,17 +18,27 @@ pub type Seq = u64;
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// First frame: the connection token from `GET /api/token`.
-    Hello { token: String },
+    Hello {
+        token: String,
+    },
     /// Start receiving a room; with `since`, first every message after that seq.
     Subscribe {
         room: RoomId,
         #[serde(default)]
         since: Option<Seq>,
     },
-    Unsubscribe { room: RoomId },
+    Unsubscribe {
+        room: RoomId,
+    },
     /// Post a message. `client_id` makes retries idempotent.
-    Send { room: RoomId, client_id: String, text: String },
-    Typing { room: RoomId },
+    Send {
+        room: RoomId,
+        client_id: String,
+        text: String,
+    },
+    Typing {
+        room: RoomId,
+    },
     /// Older messages, newest first, before `before` (exclusive).
     History {
         room: RoomId,
@@ -59,15 +69,36 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Welcome { user: String, user_id: UserId, node: NodeId },
+    Welcome {
+        user: String,
+        user_id: UserId,
+        node: NodeId,
+    },
     /// Subscribed; every message up to `seq` has been sent, live ones follow.
-    Subscribed { room: RoomId, seq: Seq },
+    Subscribed {
+        room: RoomId,
+        seq: Seq,
+    },
     Message(ChatMessage),
-    Ack { client_id: String, room: RoomId, seq: Seq },
+    Ack {
+        client_id: String,
+        room: RoomId,
+        seq: Seq,
+    },
     /// Who is in the room now (full list, on every change).
-    Presence { room: RoomId, users: Vec<String> },
-    Typing { room: RoomId, user: String },
-    History { room: RoomId, messages: Vec<ChatMessage>, has_more: bool },
+    Presence {
+        room: RoomId,
+        users: Vec<String>,
+    },
+    Typing {
+        room: RoomId,
+        user: String,
+    },
+    History {
+        room: RoomId,
+        messages: Vec<ChatMessage>,
+        has_more: bool,
+    },
     Error {
         code: String,
         message: String,
@@ -231,11 +262,26 @@ pub struct MeshReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshResponse {
     /// The message's seq; `duplicate` when the client_id was seen before.
-    Sent { seq: Seq, ts: u64, duplicate: bool },
+    Sent {
+        seq: Seq,
+        ts: u64,
+        duplicate: bool,
+    },
     /// The replica stored everything up to `seq`.
-    Stored { seq: Seq },
+    Stored {
+        seq: Seq,
+    },
     /// The replica's last seq after adopting.
-    Adopted { last_seq: Seq },
-    Messages { messages: Vec<StoredMessage>, has_more: bool, last_seq: Seq },
-    Error { code: String, message: String },
+    Adopted {
+        last_seq: Seq,
+    },
+    Messages {
+        messages: Vec<StoredMessage>,
+        has_more: bool,
+        last_seq: Seq,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
 }

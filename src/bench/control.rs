@@ -87,7 +87,12 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("bench-{run_id:08x}-{writer}-{i}");
                 let sent = Instant::now();
-                let result = client.post(format!("{base}/api/rooms")).bearer_auth(&token).json(&json!({"name": name})).send().await;
+                let result = client
+                    .post(format!("{base}/api/rooms"))
+                    .bearer_auth(&token)
+                    .json(&json!({"name": name}))
+                    .send()
+                    .await;
                 match result {
                     Ok(response) if response.status().as_u16() == 201 => {
                         let done = Instant::now();

@@ -15,7 +15,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::auth;
 use super::catalog::{Command, CommandOutput, Room, UserId};
 use super::raft::state_machine::read_state;
-use super::{admin, chat_api, cluster, nodes, raft, write, AppState};
+use super::{admin, chat_api, cluster, nodes, raft, web, write, AppState};
 use crate::now_ms;
 
 /// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat_api::routes())
         .merge(nodes::routes())
         .merge(admin::routes())
+        .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -17,6 +17,7 @@ pub mod liveness;
 pub mod nodes;
 pub mod raft;
 pub mod secret;
+pub mod web;
 pub mod write;
 
 use std::collections::BTreeMap;

@@ -83,6 +83,11 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
         };
         metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
         let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version };
+        // Re-announce followed rooms: an owner that learned of its room after our first
+        // announcement (routing tables arrive at different times) hears of us now.
+        for room in node.hub.rooms() {
+            node.send_interest(room, node.hub.users(room));
+        }
         // Follow redirects to the leader a few times within one tick.
         for _ in 0..3 {
             let url = node.leader_url();
@@ -93,10 +98,15 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                     }
                     break;
                 }
-                Ok(HeartbeatReply::NotLeader { leader: Some(leader) }) => node.set_leader_url(format!("http://{leader}")),
+                Ok(HeartbeatReply::NotLeader { leader: Some(leader) }) => {
+                    node.set_leader_url(format!("http://{leader}"))
+                }
                 Ok(HeartbeatReply::NotLeader { leader: None }) => break,
                 Ok(HeartbeatReply::Unknown) => {
-                    tracing::error!(node = node.id, "the control plane does not know this node; restart it to register");
+                    tracing::error!(
+                        node = node.id,
+                        "the control plane does not know this node; restart it to register"
+                    );
                     break;
                 }
                 Err(e) => {

@@ -30,9 +30,7 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
     let max = node.config.limits.max_frame_bytes;
     // Frames a little over the limit still arrive, so the session can answer
     // `frame_too_large` instead of the socket being cut.
-    upgrade
-        .max_message_size(max.saturating_mul(4).max(64 * 1024))
-        .on_upgrade(move |socket| session::run(node, socket))
+    upgrade.max_message_size(max.saturating_mul(4).max(64 * 1024)).on_upgrade(move |socket| session::run(node, socket))
 }
 
 /// Browsers must come from a page of the cluster: a control, this node, or a configured
@@ -43,7 +41,11 @@ fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
     let host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
     node.config.allowed_origins.iter().any(|allowed| allowed.trim_end_matches('/') == origin.trim_end_matches('/'))
         || host == node.addr
-        || node.config.controls.iter().any(|control| control.split_once("://").map_or(control.as_str(), |(_, h)| h).trim_end_matches('/') == host)
+        || node
+            .config
+            .controls
+            .iter()
+            .any(|control| control.split_once("://").map_or(control.as_str(), |(_, h)| h).trim_end_matches('/') == host)
 }
 
 async fn mesh_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
@@ -76,7 +78,9 @@ async fn history(
             let messages = messages.iter().map(|m| chat_message(room, m)).collect();
             Json(HistoryPage { messages, has_more }).into_response()
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"code": e.code(), "message": e.to_string()})))
-            .into_response(),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"code": e.code(), "message": e.to_string()})))
+                .into_response()
+        }
     }
 }

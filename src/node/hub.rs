@@ -39,7 +39,13 @@ pub struct Subscriber {
 #[derive(Default)]
 pub struct Hub {
     rooms: Mutex<HashMap<RoomId, HashMap<SessionId, Subscriber>>>,
+    /// The newest presence frame per room, for sessions that subscribe later (the owner
+    /// announces presence only when it changes).
+    presence: Mutex<HashMap<RoomId, Utf8Bytes>>,
 }
+
+/// How a serialised presence frame starts (serde writes the tag first).
+const PRESENCE_PREFIX: &str = "{\"type\":\"presence\"";
 
 impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, HashMap<SessionId, Subscriber>>> {
@@ -76,10 +82,22 @@ impl Hub {
         self.lock().keys().copied().collect()
     }
 
+    /// The room's newest presence frame, if one was seen.
+    pub fn presence(&self, room: RoomId) -> Option<Utf8Bytes> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned()
+    }
+
     /// Hands the frames to every local subscriber of the room.
     pub fn deliver(&self, room: RoomId, frames: Vec<(Seq, String)>) {
-        let frames: Vec<(Seq, Utf8Bytes)> = frames.into_iter().map(|(seq, text)| (seq, Utf8Bytes::from(text))).collect();
-        let subscribers: Vec<Subscriber> = self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let frames: Vec<(Seq, Utf8Bytes)> =
+            frames.into_iter().map(|(seq, text)| (seq, Utf8Bytes::from(text))).collect();
+        if let Some((_, presence)) =
+            frames.iter().rev().find(|(seq, text)| *seq == 0 && text.starts_with(PRESENCE_PREFIX))
+        {
+            self.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(room, presence.clone());
+        }
+        let subscribers: Vec<Subscriber> =
+            self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
         for subscriber in subscribers {
             for (seq, text) in &frames {
                 let outbound = Outbound::Room { room, seq: *seq, text: text.clone() };
@@ -95,7 +113,8 @@ impl Hub {
 
     /// Tells every local subscriber of the room to fetch what it may have missed.
     pub fn resync(&self, room: RoomId) {
-        let subscribers: Vec<Subscriber> = self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let subscribers: Vec<Subscriber> =
+            self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
         for subscriber in subscribers {
             if subscriber.tx.try_send(Outbound::Resync { room }).is_err() {
                 subscriber.kick.notify_one();

@@ -151,7 +151,14 @@ mod tests {
     use super::*;
 
     fn message(seq: Seq) -> StoredMessage {
-        StoredMessage { seq, sender_id: 1, sender: "a".into(), text: format!("m{seq}"), ts: 0, client_id: format!("c{seq}") }
+        StoredMessage {
+            seq,
+            sender_id: 1,
+            sender: "a".into(),
+            text: format!("m{seq}"),
+            ts: 0,
+            client_id: format!("c{seq}"),
+        }
     }
 
     #[test]

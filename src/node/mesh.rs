@@ -101,7 +101,14 @@ impl Mesh {
         }
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default() });
-        tokio::spawn(run_link(node, link.addr.clone(), rx, link.pending.clone(), self.secret.clone(), self.shutdown.clone()));
+        tokio::spawn(run_link(
+            node,
+            link.addr.clone(),
+            rx,
+            link.pending.clone(),
+            self.secret.clone(),
+            self.shutdown.clone(),
+        ));
         links.insert(node, link.clone());
         link
     }

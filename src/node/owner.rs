@@ -30,8 +30,13 @@ pub enum OwnerCommand {
         reply: oneshot::Sender<Result<Sent, NodeError>>,
     },
     /// Node `node` has these users following the room (empty: unfollow).
-    Interest { node: NodeId, users: Vec<String> },
-    Typing { username: String },
+    Interest {
+        node: NodeId,
+        users: Vec<String>,
+    },
+    Typing {
+        username: String,
+    },
 }
 
 /// An acknowledged send.
@@ -129,7 +134,7 @@ impl Owner {
                     OwnerCommand::Send { user_id, username, client_id, text, reply } => {
                         sends.push(PendingSend { user_id, username, client_id, text, reply })
                     }
-                    OwnerCommand::Interest { node, users } => self.set_interest(node, users),
+                    OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
                     OwnerCommand::Typing { username } => {
                         let frame = ServerFrame::Typing { room: self.room, user: username };
                         self.fan_out(vec![(0, frame_json(&frame))]);
@@ -238,15 +243,32 @@ impl Owner {
         self.next_seq = base + 1;
     }
 
-    fn set_interest(&mut self, node: NodeId, users: Vec<String>) {
+    /// Records which users of `node` follow the room. A node that just started following
+    /// gets the room's newest message, so its sessions notice anything they missed while
+    /// the owner moved; presence is re-announced only when it changed.
+    async fn set_interest(&mut self, node: NodeId, users: Vec<String>) {
+        let before: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
+        let newcomer = !users.is_empty() && !self.interest.contains_key(&node);
         if users.is_empty() {
             self.interest.remove(&node);
         } else {
             self.interest.insert(node, users);
         }
+        if newcomer && self.next_seq > 1 {
+            let (log, room, last) = (self.node.log.clone(), self.room, self.next_seq - 1);
+            if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
+                let frames: Vec<(Seq, String)> = newest
+                    .iter()
+                    .map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m)))))
+                    .collect();
+                self.node.deliver_to(node, self.room, frames);
+            }
+        }
         let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
-        let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
-        self.fan_out(vec![(0, frame_json(&frame))]);
+        if everyone != before {
+            let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
+            self.fan_out(vec![(0, frame_json(&frame))]);
+        }
     }
 
     /// One delivery per subscribed node, carrying the same serialised frames.

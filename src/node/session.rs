@@ -235,7 +235,11 @@ impl Session {
             return vec![error("bad_frame", "the message is empty", reference)];
         }
         if body.chars().count() > limits.max_text_chars {
-            return vec![error("text_too_long", &format!("messages are at most {} characters", limits.max_text_chars), reference)];
+            return vec![error(
+                "text_too_long",
+                &format!("messages are at most {} characters", limits.max_text_chars),
+                reference,
+            )];
         }
         let rate = f64::from(limits.sends_per_sec);
         self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * rate).min(rate * 2.0);
@@ -252,7 +256,11 @@ impl Session {
             let result = node.send_message(room, user.user_id, user.username, client_id.clone(), body).await;
             let frame = match result {
                 Ok(sent) => frame_json(&ServerFrame::Ack { client_id, room, seq: sent.seq }),
-                Err(e) => frame_json(&ServerFrame::Error { code: e.code().into(), message: e.to_string(), r#ref: Some(client_id) }),
+                Err(e) => frame_json(&ServerFrame::Error {
+                    code: e.code().into(),
+                    message: e.to_string(),
+                    r#ref: Some(client_id),
+                }),
             };
             let _ = tx.send(Outbound::Frame(frame)).await;
         });
@@ -277,7 +285,11 @@ impl Session {
                     let messages = messages.iter().map(|m| chat_message(room, m)).collect();
                     frame_json(&ServerFrame::History { room, messages, has_more })
                 }
-                Err(e) => frame_json(&ServerFrame::Error { code: e.code().into(), message: e.to_string(), r#ref: Some(room.to_string()) }),
+                Err(e) => frame_json(&ServerFrame::Error {
+                    code: e.code().into(),
+                    message: e.to_string(),
+                    r#ref: Some(room.to_string()),
+                }),
             };
             let _ = tx.send(Outbound::Frame(frame)).await;
         });
@@ -328,7 +340,11 @@ impl Session {
         vec![Message::Text(text)]
     }
 
-    fn on_catch_up(&mut self, room: RoomId, result: Result<(Vec<crate::protocol::StoredMessage>, Seq), NodeError>) -> Vec<Message> {
+    fn on_catch_up(
+        &mut self,
+        room: RoomId,
+        result: Result<(Vec<crate::protocol::StoredMessage>, Seq), NodeError>,
+    ) -> Vec<Message> {
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
         let (messages, last_seq) = match result {
             Ok(found) => found,
@@ -352,6 +368,9 @@ impl Session {
         out.push(text(&ServerFrame::Subscribed { room, seq: subscription.last }));
         let held = subscription.held.take().unwrap_or_default();
         out.extend(release(subscription, held));
+        if let Some(presence) = self.node.hub.presence(room) {
+            out.push(Message::Text(presence));
+        }
         out
     }
 }

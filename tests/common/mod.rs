@@ -198,4 +198,5 @@ pub fn init_logs() {
             .try_init();
     }
 }
+pub mod browser;
 pub mod chat;

@@ -24,8 +24,11 @@ use crate::protocol::{ChatMessage, ClientFrame, NodeId, RoomId, Seq, ServerFrame
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A send without an ack for this long is sent again (same `client_id`).
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Sends of one message (first + retries) before it is given up as unacked.
-const MAX_ATTEMPTS: u32 = 6;
+/// Sends of one message (first + retries) before it is given up as unacked; with the
+/// backoff of [`tally::retry_delay`] the retries span ~15 s, longer than a room failover.
+const MAX_ATTEMPTS: u32 = 12;
+/// Bound on asking one control for a connection token.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection attempts in a row that may fail before the client gives up.
 const MAX_CONNECT_FAILURES: u32 = 8;
 /// Connections a client may lose over a run before it gives up.
@@ -55,8 +58,9 @@ pub enum Phase {
 /// cross-client records.
 pub struct Shared {
     pub http: reqwest::Client,
-    /// The control's base URL (no trailing slash).
-    pub control: String,
+    /// Control base URLs (no trailing slash) to ask for connection tokens: the one
+    /// given first, then the other members, so reconnects survive a control's death.
+    pub controls: Vec<String>,
     /// Random per run, so `client_id`s never collide with an earlier run's dedupe index.
     pub run_id: u32,
     pub clients: usize,
@@ -295,8 +299,7 @@ impl Client {
     async fn connect(&mut self) -> Result<Ws, Failure> {
         let shared = self.shared.clone();
         let _slot = shared.setup_slots.acquire().await.map_err(|e| Failure::new("setup", e.to_string()))?;
-        let (token, nodes) =
-            timeout(STEP_TIMEOUT, self.fetch_token()).await.map_err(|_| Failure::new("token", "timed out"))??;
+        let (token, nodes) = self.fetch_token().await?;
         let attempt = self.connections;
         self.connections += 1;
         let node = tally::pick_node(&nodes, self.index, attempt)
@@ -346,14 +349,27 @@ impl Client {
         }
     }
 
-    /// `GET /api/token` with our Bearer token: a connection token and the node list.
+    /// `GET /api/token` with our Bearer token — a connection token and the node list —
+    /// from the first control that answers.
     async fn fetch_token(&self) -> Result<(String, Vec<NodeInfo>), Failure> {
+        let mut last = Failure::new("token", "no control to ask");
+        for control in &self.shared.controls {
+            match timeout(TOKEN_TIMEOUT, self.fetch_token_from(control)).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(failure)) => last = failure,
+                Err(_) => last = Failure::new("token", format!("{control}: timed out")),
+            }
+        }
+        Err(last)
+    }
+
+    async fn fetch_token_from(&self, control: &str) -> Result<(String, Vec<NodeInfo>), Failure> {
         #[derive(serde::Deserialize)]
         struct TokenReply {
             token: String,
             nodes: Vec<NodeInfo>,
         }
-        let url = format!("{}/api/token", self.shared.control);
+        let url = format!("{control}/api/token");
         let response = self
             .shared
             .http
@@ -361,13 +377,13 @@ impl Client {
             .bearer_auth(&self.bearer)
             .send()
             .await
-            .map_err(|e| Failure::new("token", e.to_string()))?;
+            .map_err(|e| Failure::new("token", format!("{url}: {e}")))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             return Err(Failure::new("token", format!("{url} answered {status}: {body}")));
         }
-        let reply: TokenReply = response.json().await.map_err(|e| Failure::new("token", e.to_string()))?;
+        let reply: TokenReply = response.json().await.map_err(|e| Failure::new("token", format!("{url}: {e}")))?;
         Ok((reply.token, reply.nodes))
     }
 

@@ -188,6 +188,8 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&report));
     }
+    // Usable as a check: lost, duplicated or reordered messages fail the command.
+    anyhow::ensure!(report.correct(), "the run lost, duplicated or reordered messages");
     Ok(())
 }
 
@@ -210,9 +212,10 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     progress.set_position(0);
     let rooms = create_rooms(&http, &control, &bearers[0], run_id, args.rooms, &progress).await?;
 
+    let controls = cluster_controls(&http, &control).await;
     let shared = Arc::new(Shared {
         http,
-        control,
+        controls,
         run_id,
         clients: args.clients,
         messages: args.messages,
@@ -499,6 +502,33 @@ async fn create_rooms(
         .buffered(REGISTER_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// `control` first, then the other members `GET /api/cluster` lists (best effort: just
+/// `control` when it does not answer).
+async fn cluster_controls(http: &reqwest::Client, control: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Cluster {
+        members: Vec<Member>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Member {
+        addr: String,
+    }
+    let mut controls = vec![control.to_string()];
+    let reply = http.get(format!("{control}/api/cluster")).timeout(Duration::from_secs(5)).send().await;
+    let cluster = match reply {
+        Ok(response) if response.status().is_success() => response.json::<Cluster>().await.ok(),
+        _ => None,
+    };
+    let scheme = control.split_once("://").map_or("http", |(scheme, _)| scheme);
+    for member in cluster.map(|cluster| cluster.members).unwrap_or_default() {
+        let url = format!("{scheme}://{}", member.addr.trim_end_matches('/'));
+        if !controls.contains(&url) {
+            controls.push(url);
+        }
+    }
+    controls
 }
 
 /// Polls `done` until it holds (true) or `limit` passes (false).

@@ -1,0 +1,400 @@
+//! The browser client end to end: real headless Chromium (via chromedriver) against 3
+//! controls and 3 chat nodes in this process. Two people register through the forms, join
+//! one room from pages connected to different nodes (`?node=ID`), and see each other's
+//! messages in one order; markup in a message stays text; the node one page is connected
+//! to (the room's owner) is stopped, the page reconnects elsewhere and resends, and every
+//! message shows exactly once; a DM is visible to its two members only; a wrong password
+//! and a form without its CSRF token are refused; failed logins are rate limited.
+//! Screenshots of the pages go to `$CARGO_TARGET_DIR/screenshots/`.
+//!
+//! Three nodes, not two: with the default `min_copies = 2` a room whose second node is
+//! gone refuses sends, so the conversation could not go on after a node stops.
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::{screenshot_dir, Browser, Driver, ENTER};
+use common::chat::ChatCluster;
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery";
+const MARKUP: &str = "<img src=x onerror=alert(1)>";
+/// Failover (detection ~3 s, reassignment, reconnect) on a slow machine.
+const FAILOVER_WAIT: Duration = Duration::from_secs(40);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_chat_across_nodes_through_a_node_failure() {
+    let mut cluster = ChatCluster::start(3).await;
+    let base = cluster.url();
+    let driver = Driver::start().await;
+    let alice = driver.session("alice").await;
+    let bob = driver.session("bob").await;
+
+    // (a) Two people register through the form and meet in one room, on different nodes.
+    register(&alice, &base, "alice").await;
+    register(&bob, &base, "bob").await;
+    let room = create_room(&alice, &base, "lobby").await;
+    join_room(&bob, &base, room).await;
+    let placed = cluster.controls.catalog(0).rooms[&room].clone();
+    let (owner, replica) = (placed.owner.expect("room has an owner"), placed.replica.expect("room has a replica"));
+    assert_ne!(owner, replica);
+    open_room(&alice, &base, room, owner).await;
+    open_room(&bob, &base, room, replica).await;
+
+    let mut expected = Vec::new();
+    for i in 1..=3 {
+        for page in [&alice, &bob] {
+            let text = format!("{} says hello #{i}", page.name);
+            send(page, &text).await;
+            expected.push(text);
+        }
+    }
+    let seen = same_conversation(&alice, &bob, &expected).await;
+    for (_, sender, text) in &seen {
+        assert!(text.starts_with(sender.as_str()), "{text:?} is shown as sent by {sender}");
+    }
+
+    // (b) Markup in a message is shown as text; no element is made from it.
+    send(&bob, MARKUP).await;
+    expected.push(MARKUP.to_string());
+    same_conversation(&alice, &bob, &expected).await;
+    for page in [&alice, &bob] {
+        let images = page.js("return document.querySelectorAll('img').length", vec![]).await;
+        assert_eq!(images, json!(0), "{}: an <img> was created from message text", page.name);
+        assert!(!page.alert_open().await, "{}: an alert ran", page.name);
+    }
+
+    // (c) The node Alice's page is connected to — the room's owner — stops.
+    let lost_before = reconnects(&alice).await;
+    cluster.stop_node(cluster.index_of(owner)).await;
+    alice
+        .wait_js(
+            "the page to notice the lost connection",
+            &format!("Number(document.getElementById('conn-state').dataset.reconnects) > {lost_before}"),
+        )
+        .await;
+    let during = "alice writes while reconnecting".to_string();
+    send(&alice, &during).await;
+    expected.push(during);
+    alice
+        .wait_js_for(
+            "a connection to another node",
+            &format!(
+                "(s => s.dataset.state === 'connected' && s.dataset.node !== '' && s.dataset.node !== '{owner}')(document.getElementById('conn-state'))"
+            ),
+            FAILOVER_WAIT,
+        )
+        .await;
+    wait_delivered(&alice, &expected, FAILOVER_WAIT).await;
+    for i in 1..=2 {
+        for page in [&bob, &alice] {
+            let text = format!("{} after the failover #{i}", page.name);
+            send(page, &text).await;
+            expected.push(text);
+        }
+    }
+    let after = same_conversation(&alice, &bob, &expected).await;
+    let seqs: Vec<u64> = after.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(seqs, (1..=expected.len() as u64).collect::<Vec<_>>(), "one message per seq, no gaps");
+
+    // (f) Screenshots of the room page, desktop and 375 px wide.
+    let shots = screenshot_dir();
+    alice.viewport(1280, 800, false).await;
+    settle(&alice).await;
+    alice.screenshot(&shots.join("room-desktop.png")).await;
+    alice.viewport(375, 740, true).await;
+    settle(&alice).await;
+    let overflow = alice.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await;
+    assert!(overflow.as_i64().is_some_and(|px| px <= 0), "the room page scrolls sideways at 375 px: {overflow}");
+    alice.screenshot(&shots.join("room-375.png")).await;
+    alice.goto(&format!("{base}/app")).await;
+    connected(&alice).await;
+    alice.screenshot(&shots.join("dashboard-375.png")).await;
+    alice.viewport(1280, 800, false).await;
+    settle(&alice).await;
+    alice.screenshot(&shots.join("dashboard-desktop.png")).await;
+    alice.goto(&format!("{base}/nodes")).await;
+    alice
+        .wait_js(
+            "the nodes page to refresh itself",
+            "Number(document.getElementById('cluster-updated').dataset.refreshes) >= 2",
+        )
+        .await;
+    alice
+        .wait_js("the stopped node shown down", "document.querySelector('#nodes-body tr[data-status=\"down\"]')")
+        .await;
+    alice.screenshot(&shots.join("nodes-desktop.png")).await;
+
+    // (d) A DM is visible to both people and refused to a third.
+    alice.goto(&format!("{base}/app")).await;
+    alice.type_into("#dm-username", "bob").await;
+    alice.click("#dm-form button[type=submit]").await;
+    alice.wait_js("the DM page", "location.pathname.startsWith('/rooms/')").await;
+    let dm = room_id(&alice.path().await);
+    connected(&alice).await;
+    let secret = "just between us".to_string();
+    send(&alice, &secret).await;
+    wait_delivered(&alice, std::slice::from_ref(&secret), Duration::from_secs(15)).await;
+    bob.goto(&format!("{base}/app")).await;
+    let dm_link = format!("#my-dms a[data-room-id=\"{dm}\"]");
+    assert_eq!(bob.text(&format!("{dm_link} .room-name")).await.as_deref(), Some("@alice"));
+    bob.wait_js(
+        "an unread count on the DM",
+        &format!("document.querySelector('{dm_link} .badge').textContent === '1'"),
+    )
+    .await;
+    bob.click(&dm_link).await;
+    bob.wait_js("the DM page", &format!("location.pathname === '/rooms/{dm}'")).await;
+    wait_delivered(&bob, std::slice::from_ref(&secret), Duration::from_secs(15)).await;
+
+    bob.click("form[action=\"/logout\"] button").await;
+    bob.wait_js("the home page after logging out", "location.pathname === '/'").await;
+    let mut carol = bob;
+    carol.name = "carol".into();
+    register(&carol, &base, "carol").await;
+    carol.goto(&format!("{base}/rooms/{dm}")).await;
+    assert_eq!(carol.text("#error-code").await.as_deref(), Some("forbidden"));
+    assert!(carol.text("h1").await.is_some_and(|h1| h1.starts_with("403")));
+    let carol_api = api_login(&base, "carol").await;
+    let history = carol_api.get(format!("{base}/api/rooms/{dm}/messages")).send().await.expect("history");
+    assert_eq!(history.status().as_u16(), 403);
+    let body: Value = history.json().await.expect("json error");
+    assert_eq!(body["code"], "forbidden");
+
+    // (e) A wrong password shows an error; a form without its CSRF token gets 403.
+    carol.goto(&format!("{base}/app")).await;
+    carol.click("form[action=\"/logout\"] button").await;
+    carol.wait_js("the home page after logging out", "location.pathname === '/'").await;
+    carol.goto(&format!("{base}/login")).await;
+    carol.type_into("#username", "alice").await;
+    carol.type_into("#password", "not the password").await;
+    carol.click("#login-form button[type=submit]").await;
+    carol
+        .wait_js(
+            "the wrong-password error",
+            "(f => f && f.textContent.includes('Wrong username or password'))(document.getElementById('flash'))",
+        )
+        .await;
+    assert_eq!(carol.path().await, "/login");
+    carol.js("document.querySelector('#login-form input[name=csrf]').remove()", vec![]).await;
+    carol.type_into("#username", "alice").await;
+    carol.type_into("#password", PASSWORD).await;
+    carol.click("#login-form button[type=submit]").await;
+    carol
+        .wait_js("the CSRF refusal", "(e => e && e.textContent === 'csrf')(document.getElementById('error-code'))")
+        .await;
+    assert!(carol.text("h1").await.is_some_and(|h1| h1.starts_with("403")));
+    csrf_refused_over_http(&base).await;
+
+    alice.close().await;
+    carol.close().await;
+
+    // Last: it locks 127.0.0.1 out of logins for a minute.
+    failed_logins_are_rate_limited(&base).await;
+}
+
+/// Registers `name` through the form; the page lands on the dashboard, logged in.
+async fn register(page: &Browser, base: &str, name: &str) {
+    page.goto(&format!("{base}/register")).await;
+    page.type_into("#username", name).await;
+    page.type_into("#password", PASSWORD).await;
+    page.type_into("#confirm", PASSWORD).await;
+    page.click("#register-form button[type=submit]").await;
+    page.wait_js("the dashboard after registering", "location.pathname === '/app'").await;
+    let flash = page.text("#flash").await.unwrap_or_default();
+    assert!(flash.contains(&format!("Welcome, {name}")), "{name}: {flash:?}");
+}
+
+/// Creates a room from the dashboard form; returns its id.
+async fn create_room(page: &Browser, base: &str, name: &str) -> u64 {
+    page.goto(&format!("{base}/app")).await;
+    page.type_into("#room-name", name).await;
+    page.click("#create-room-form button[type=submit]").await;
+    page.wait_js("the new room's page", "location.pathname.startsWith('/rooms/')").await;
+    room_id(&page.path().await)
+}
+
+/// Joins a public room with its Join button on the dashboard.
+async fn join_room(page: &Browser, base: &str, room: u64) {
+    page.goto(&format!("{base}/app")).await;
+    page.click(&format!("button[data-join=\"{room}\"]")).await;
+    page.wait_js("the joined room's page", &format!("location.pathname === '/rooms/{room}'")).await;
+}
+
+/// Opens the room page preferring `node`, and waits until it is connected there and
+/// subscribed.
+async fn open_room(page: &Browser, base: &str, room: u64, node: u64) {
+    page.goto(&format!("{base}/rooms/{room}?node={node}")).await;
+    page.wait_js(
+        &format!("a connection to node {node}"),
+        &format!("(s => s.dataset.state === 'connected' && s.dataset.node === '{node}')(document.getElementById('conn-state'))"),
+    )
+    .await;
+    page.wait_js(
+        "the room to be loaded",
+        "document.getElementById('history-state').textContent !== 'Loading messages…'",
+    )
+    .await;
+}
+
+async fn connected(page: &Browser) {
+    page.wait_js("a connection", "document.getElementById('conn-state').dataset.state === 'connected'").await;
+}
+
+/// Types `text` and presses Enter.
+async fn send(page: &Browser, text: &str) {
+    page.type_into("#message-input", &format!("{text}{ENTER}")).await;
+    page.wait_js("the composer to be cleared", "document.getElementById('message-input').value === ''").await;
+}
+
+/// The confirmed messages on a page, in page order: (seq, sender, text).
+async fn messages(page: &Browser) -> Vec<(u64, String, String)> {
+    let rows = page
+        .js(
+            "return Array.from(document.querySelectorAll('#message-list li.msg[data-seq]'), li => \
+             [Number(li.dataset.seq), li.querySelector('.sender').textContent, li.querySelector('.text').textContent]);",
+            vec![],
+        )
+        .await;
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_u64().expect("seq"),
+                row[1].as_str().expect("sender").into(),
+                row[2].as_str().expect("text").into(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every text of `expected` is shown confirmed and nothing is pending/failed.
+async fn wait_delivered(page: &Browser, expected: &[String], timeout: Duration) {
+    let expression = format!(
+        "(want => {{ const shown = Array.from(document.querySelectorAll('#message-list li.msg[data-seq] .text'), e => e.textContent); \
+         return want.every(t => shown.includes(t)) && !document.querySelector('#message-list li.pending, #message-list li.failed'); }})({})",
+        json!(expected)
+    );
+    page.wait_js_for(&format!("{} messages delivered", expected.len()), &expression, timeout).await;
+}
+
+/// Waits until both pages show exactly `expected` (each once), and checks that they show
+/// it in the same order, sorted by seq. Returns the conversation.
+async fn same_conversation(a: &Browser, b: &Browser, expected: &[String]) -> Vec<(u64, String, String)> {
+    for page in [a, b] {
+        wait_delivered(page, expected, Duration::from_secs(20)).await;
+    }
+    let (left, right) = (messages(a).await, messages(b).await);
+    assert_eq!(left, right, "both pages show the same messages in the same order");
+    assert_eq!(left.len(), expected.len(), "each message exactly once: {left:?}");
+    assert!(left.windows(2).all(|pair| pair[0].0 < pair[1].0), "shown in seq order: {left:?}");
+    let mut texts: Vec<&str> = left.iter().map(|(_, _, text)| text.as_str()).collect();
+    texts.sort_unstable();
+    let mut want: Vec<&str> = expected.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(texts, want);
+    left
+}
+
+async fn reconnects(page: &Browser) -> u64 {
+    let value = page.js("return Number(document.getElementById('conn-state').dataset.reconnects)", vec![]).await;
+    value.as_u64().expect("a reconnect count")
+}
+
+/// Lets layout and paint catch up after a viewport change (two animation frames).
+async fn settle(page: &Browser) {
+    page.js("window.__settled = false; requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = true; }));", vec![])
+        .await;
+    page.wait_js("a repaint", "window.__settled === true").await;
+}
+
+fn room_id(path: &str) -> u64 {
+    path.trim_start_matches("/rooms/").split(['?', '/']).next().and_then(|id| id.parse().ok()).expect("a room path")
+}
+
+/// An HTTP client logged in as `name` through the JSON API (Bearer token).
+async fn api_login(base: &str, name: &str) -> reqwest::Client {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/sessions"))
+        .json(&json!({"username": name, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("session json");
+    let token = body["token"].as_str().expect("token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+    reqwest::Client::builder().default_headers(headers).build().expect("client")
+}
+
+/// A logged-in form POST without the token: 403 `csrf`, as a page or as JSON.
+async fn csrf_refused_over_http(base: &str) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/sessions"))
+        .json(&json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    let token = response.json::<Value>().await.expect("json")["token"].as_str().expect("token").to_string();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let post = |accept: &'static str| {
+        http.post(format!("{base}/rooms"))
+            .header("cookie", format!("districhat_session={token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", accept)
+            .body("name=forged")
+    };
+    let page = post("text/html").send().await.expect("post");
+    assert_eq!(page.status().as_u16(), 403);
+    assert!(page.text().await.expect("body").contains("csrf"));
+    let api = post("application/json").send().await.expect("post");
+    assert_eq!(api.status().as_u16(), 403);
+    assert_eq!(api.json::<Value>().await.expect("json")["code"], "csrf");
+    let forged = post("text/html").body("name=forged&csrf=AAAA").send().await.expect("post");
+    assert_eq!(forged.status().as_u16(), 403, "a wrong token is no better");
+}
+
+/// Failed logins from one address are cut off at 5 a minute with 429, even for a
+/// correct password; cookies get `Secure` behind a TLS proxy.
+async fn failed_logins_are_rate_limited(base: &str) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let login_page =
+        http.get(format!("{base}/login")).header("x-forwarded-proto", "https").send().await.expect("login page");
+    let cookie = login_page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.starts_with("districhat_csrf="))
+        .expect("an anonymous csrf cookie")
+        .to_string();
+    assert!(cookie.contains("; Secure"), "over TLS cookies are Secure: {cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let binding = cookie.split(';').next().expect("cookie pair").to_string();
+    let html = login_page.text().await.expect("html");
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("csrf field");
+    let attempt = |username: &str, password: &str| {
+        http.post(format!("{base}/login"))
+            .header("cookie", binding.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("username={username}&password={}&csrf={csrf}", password.replace(' ', "+")))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let status = attempt("mallory", "guess").await.expect("login").status().as_u16();
+        statuses.push(status);
+        if status == 429 {
+            break;
+        }
+    }
+    assert_eq!(statuses.first(), Some(&401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "locked after at most 5 failures: {statuses:?}");
+    let locked = attempt("alice", PASSWORD).await.expect("login");
+    assert_eq!(locked.status().as_u16(), 429, "the address stays locked, even with the right password");
+    assert!(locked.headers().contains_key("retry-after"));
+    assert!(locked.text().await.expect("html").contains("Too many failed logins"));
+}
