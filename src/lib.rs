@@ -16,6 +16,7 @@ pub mod bench;
 pub mod config;
 pub mod control;
 pub mod dev;
+pub mod drill;
 pub mod node;
 pub mod protocol;
 pub mod status;

@@ -10,7 +10,8 @@ use districhat::bench::chat::ChatBenchArgs;
 use districhat::bench::control::ControlBenchArgs;
 use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
-use districhat::{bench, control, dev, node, status, telemetry};
+use districhat::drill::DrillArgs;
+use districhat::{bench, control, dev, drill, node, status, telemetry};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -50,6 +51,8 @@ enum Command {
     Bench(ChatBenchArgs),
     /// Load the control plane with concurrent catalog writes (room creations).
     BenchControl(ControlBenchArgs),
+    /// Kill a leader or a node of a running local cluster and measure recovery and loss.
+    Drill(DrillArgs),
     /// Bootstrap a group through one of its members (idempotent).
     Init {
         #[arg(long, default_value = "http://127.0.0.1:7000")]
@@ -126,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Node { config, secret } => node::run_from_config(&config, secret).await,
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
+        Command::Drill(args) => drill::run(args).await,
         Command::Init { control, secret } => {
             let reply = admin_request(reqwest::Method::POST, &control, "/api/admin/init", &secret, None).await?;
             println!("{reply}");

@@ -288,7 +288,9 @@
 
     autosize() {
       this.input.style.height = 'auto';
-      this.input.style.height = Math.min(this.input.scrollHeight, 160) + 'px';
+      const wanted = this.input.scrollHeight + 2;
+      this.input.style.height = Math.min(wanted, 160) + 'px';
+      this.input.style.overflowY = wanted > 160 ? 'auto' : 'hidden';
     }
 
     submit() {

@@ -12,10 +12,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::browser::{screenshot_dir, Browser, Driver, ENTER};
-use common::chat::ChatCluster;
+use common::chat::{token, ChatCluster, WsClient};
+use common::Api;
 use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery";
@@ -81,7 +82,8 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
         .wait_js_for(
             "a connection to another node",
             &format!(
-                "(s => s.dataset.state === 'connected' && s.dataset.node !== '' && s.dataset.node !== '{owner}')(document.getElementById('conn-state'))"
+                "(s => s.dataset.state === 'connected' && s.dataset.node !== '' && s.dataset.node !== '{owner}')\
+                 (document.getElementById('conn-state'))"
             ),
             FAILOVER_WAIT,
         )
@@ -152,6 +154,13 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     bob.wait_js("the home page after logging out", "location.pathname === '/'").await;
     let mut carol = bob;
     carol.name = "carol".into();
+    carol.goto(&format!("{base}/register")).await;
+    carol.type_into("#username", "alice").await;
+    carol.type_into("#password", PASSWORD).await;
+    carol.type_into("#confirm", PASSWORD).await;
+    carol.click("#register-form button[type=submit]").await;
+    carol.wait_js("the taken-username error", "(f => f && f.textContent.includes('is taken'))(document.getElementById('flash'))").await;
+    assert_eq!(carol.path().await, "/register");
     register(&carol, &base, "carol").await;
     carol.goto(&format!("{base}/rooms/{dm}")).await;
     assert_eq!(carol.text("#error-code").await.as_deref(), Some("forbidden"));
@@ -177,6 +186,9 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
         )
         .await;
     assert_eq!(carol.path().await, "/login");
+    carol.viewport(375, 740, true).await;
+    settle(&carol).await;
+    carol.screenshot(&shots.join("login-error-375.png")).await;
     carol.js("document.querySelector('#login-form input[name=csrf]').remove()", vec![]).await;
     carol.type_into("#username", "alice").await;
     carol.type_into("#password", PASSWORD).await;
@@ -187,11 +199,66 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     assert!(carol.text("h1").await.is_some_and(|h1| h1.starts_with("403")));
     csrf_refused_over_http(&base).await;
 
+    // Scrolling up loads older messages page by page, until the first one.
+    long_history_scrolls_back(&alice, &cluster, &base).await;
+
     alice.close().await;
     carol.close().await;
 
     // Last: it locks 127.0.0.1 out of logins for a minute.
     failed_logins_are_rate_limited(&base).await;
+}
+
+/// 120 messages posted over a plain WebSocket; the room page shows the newest, and
+/// scrolling up brings back every older one, in order, once.
+async fn long_history_scrolls_back(page: &Browser, cluster: &ChatCluster, base: &str) {
+    const COUNT: u64 = 120;
+    let mut api = Api::new();
+    let session = reqwest::Client::new()
+        .post(format!("{base}/api/sessions"))
+        .json(&json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    api.token = session.json::<Value>().await.expect("json")["token"].as_str().map(str::to_string);
+    let room = cluster.create_room(&api, "archive", false).await["id"].as_u64().expect("room id");
+    let (connection_token, nodes) = token(&api, base).await;
+    let mut ws = WsClient::connect(nodes[0]["ws_url"].as_str().expect("ws url"), &connection_token).await;
+    for i in 1..=COUNT {
+        let seq = send_acked(&mut ws, json!({"type": "send", "room": room, "client_id": format!("h{i}"), "text": format!("archived {i}")})).await;
+        assert_eq!(seq, i);
+    }
+    page.goto(&format!("{base}/rooms/{room}")).await;
+    connected(page).await;
+    page.wait_js("the newest page of history", "document.querySelectorAll('#message-list li[data-seq]').length >= 50").await;
+    let all = format!(
+        "(m => {{ m.scrollTop = 0; return document.querySelectorAll('#message-list li[data-seq]').length === {COUNT}; }})\
+         (document.getElementById('messages'))"
+    );
+    page.wait_js("every older page after scrolling up", &all).await;
+    let shown = messages(page).await;
+    let seqs: Vec<u64> = shown.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(seqs, (1..=COUNT).collect::<Vec<_>>());
+    assert!(shown.iter().all(|(seq, _, text)| *text == format!("archived {seq}")));
+    page.wait_js("the start of the room", "document.getElementById('history-state').textContent.includes('start')").await;
+}
+
+/// Sends `frame` until it is acknowledged (a brand-new room is `unknown_room` to a node
+/// for up to a heartbeat); returns the seq.
+async fn send_acked(ws: &mut WsClient, frame: Value) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        ws.send(frame.clone()).await;
+        while let Some(reply) = ws.next(Duration::from_secs(2)).await {
+            match reply["type"].as_str() {
+                Some("ack") if reply["client_id"] == frame["client_id"] => return reply["seq"].as_u64().expect("seq"),
+                Some("error") if reply["ref"] == frame["client_id"] => break,
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "no ack for {frame} within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Registers `name` through the form; the page lands on the dashboard, logged in.
@@ -228,7 +295,9 @@ async fn open_room(page: &Browser, base: &str, room: u64, node: u64) {
     page.goto(&format!("{base}/rooms/{room}?node={node}")).await;
     page.wait_js(
         &format!("a connection to node {node}"),
-        &format!("(s => s.dataset.state === 'connected' && s.dataset.node === '{node}')(document.getElementById('conn-state'))"),
+        &format!(
+            "(s => s.dataset.state === 'connected' && s.dataset.node === '{node}')(document.getElementById('conn-state'))"
+        ),
     )
     .await;
     page.wait_js(
@@ -273,8 +342,10 @@ async fn messages(page: &Browser) -> Vec<(u64, String, String)> {
 /// Waits until every text of `expected` is shown confirmed and nothing is pending/failed.
 async fn wait_delivered(page: &Browser, expected: &[String], timeout: Duration) {
     let expression = format!(
-        "(want => {{ const shown = Array.from(document.querySelectorAll('#message-list li.msg[data-seq] .text'), e => e.textContent); \
-         return want.every(t => shown.includes(t)) && !document.querySelector('#message-list li.pending, #message-list li.failed'); }})({})",
+        "(want => {{ \
+         const shown = Array.from(document.querySelectorAll('#message-list li.msg[data-seq] .text'), e => e.textContent); \
+         return want.every(t => shown.includes(t)) \
+           && !document.querySelector('#message-list li.pending, #message-list li.failed'); }})({})",
         json!(expected)
     );
     page.wait_js_for(&format!("{} messages delivered", expected.len()), &expression, timeout).await;
@@ -305,8 +376,9 @@ async fn reconnects(page: &Browser) -> u64 {
 
 /// Lets layout and paint catch up after a viewport change (two animation frames).
 async fn settle(page: &Browser) {
-    page.js("window.__settled = false; requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = true; }));", vec![])
-        .await;
+    let script = "window.__settled = false; \
+                  requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = true; }));";
+    page.js(script, vec![]).await;
     page.wait_js("a repaint", "window.__settled === true").await;
 }
 

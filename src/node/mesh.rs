@@ -7,7 +7,7 @@
 //! The listening side ([`serve_link`]) hands every request to the node's dispatcher.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ struct Link {
     addr: String,
     tx: mpsc::Sender<Vec<u8>>,
     pending: Pending,
+    /// False once a connection attempt failed, until one succeeds: requests then fail at
+    /// once instead of waiting out their timeout in the queue.
+    reachable: Arc<AtomicBool>,
 }
 
 /// The outgoing side of the mesh: one link per peer, created on first use.
@@ -68,6 +71,9 @@ impl Mesh {
         timeout: Duration,
     ) -> Result<MeshResponse, MeshError> {
         let link = self.link(node, addr);
+        if !link.reachable.load(Ordering::Relaxed) {
+            return Err(MeshError::Disconnected(node));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&link.pending).insert(id, reply_tx);
@@ -100,15 +106,10 @@ impl Mesh {
             return link.clone();
         }
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default() });
-        tokio::spawn(run_link(
-            node,
-            link.addr.clone(),
-            rx,
-            link.pending.clone(),
-            self.secret.clone(),
-            self.shutdown.clone(),
-        ));
+        let reachable = Arc::new(AtomicBool::new(true));
+        let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default(), reachable: reachable.clone() });
+        let state = LinkState { node, addr: link.addr.clone(), pending: link.pending.clone(), reachable };
+        tokio::spawn(run_link(state, rx, self.secret.clone(), self.shutdown.clone()));
         links.insert(node, link.clone());
         link
     }
@@ -123,15 +124,22 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     store::encode(value).unwrap_or_default()
 }
 
-/// Keeps one outgoing link connected until shutdown or until the [`Link`] is dropped.
-async fn run_link(
+/// What a link's task shares with the [`Link`].
+struct LinkState {
     node: NodeId,
     addr: String,
-    mut rx: mpsc::Receiver<Vec<u8>>,
     pending: Pending,
+    reachable: Arc<AtomicBool>,
+}
+
+/// Keeps one outgoing link connected until shutdown or until the [`Link`] is dropped.
+async fn run_link(
+    state: LinkState,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     secret: ClusterSecret,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let LinkState { node, addr, pending, reachable } = state;
     let mut backoff = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
@@ -140,6 +148,7 @@ async fn run_link(
         match connect(&addr, &secret).await {
             Ok(socket) => {
                 backoff = Duration::from_millis(50);
+                reachable.store(true, Ordering::Relaxed);
                 metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string()).set(1.0);
                 let (mut sink, mut stream) = socket.split();
                 loop {
@@ -168,7 +177,10 @@ async fn run_link(
                 metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string()).set(0.0);
                 tracing::info!(peer = node, %addr, "mesh link dropped; reconnecting");
             }
-            Err(e) => tracing::debug!(peer = node, %addr, error = %e, "mesh link cannot connect"),
+            Err(e) => {
+                reachable.store(false, Ordering::Relaxed);
+                tracing::debug!(peer = node, %addr, error = %e, "mesh link cannot connect");
+            }
         }
         // Everyone waiting on this link learns now instead of at their timeout.
         lock(&pending).clear();

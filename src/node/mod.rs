@@ -346,9 +346,16 @@ impl Node {
             return self.send_local(room, user_id, username, client_id, text).await;
         }
         let request = MeshRequest::Send { room, user_id, username, client_id, text };
-        match self.mesh_request(owner, request, Duration::from_secs(10)).await? {
-            MeshResponse::Sent { seq, ts, duplicate } => Ok(Sent { seq, ts, duplicate }),
-            other => Err(NodeError::from_response(other)),
+        match self.mesh_request(owner, request, Duration::from_secs(10)).await {
+            Ok(MeshResponse::Sent { seq, ts, duplicate }) => Ok(Sent { seq, ts, duplicate }),
+            Ok(other) => Err(NodeError::from_response(other)),
+            Err(e) => {
+                // The owner may be gone: learn of a reassignment now rather than at the
+                // next heartbeat, so the client's retry goes to the new owner.
+                let node = self.clone();
+                tokio::spawn(async move { node.refresh_routes().await });
+                Err(e)
+            }
         }
     }
 
@@ -360,7 +367,12 @@ impl Node {
         client_id: String,
         text: String,
     ) -> Result<Sent, NodeError> {
-        let tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        let mut tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        if tx.is_none() {
+            // Asked as owner before our routing table says so: it may just be stale.
+            let _ = self.refresh_routes().await;
+            tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        }
         let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
         let (reply, answer) = oneshot::channel();
         tx.send(OwnerCommand::Send { user_id, username, client_id, text, reply })

@@ -147,7 +147,8 @@ pub async fn login(
     };
     if let Err(wait) = web.limiter.check(&keys, Instant::now()) {
         let message = format!(
-            "Too many failed logins ({MAX_FAILURES} in a minute) for this account or address. Wait {} seconds and try again.",
+            "Too many failed logins ({MAX_FAILURES} in a minute) for this account or address. \
+             Wait {} seconds and try again.",
             wait.as_secs()
         );
         let mut response = refuse(visitor, StatusCode::TOO_MANY_REQUESTS, message);

@@ -1,0 +1,181 @@
+//! The drill's view of a local cluster: its members and nodes (asked over HTTP, any
+//! control will do), and its processes (pid files, configs and logs on disk).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+/// A process of the cluster the drill may kill.
+pub struct Victim {
+    pub name: String,
+    pub addr: String,
+}
+
+/// Where a drill room lives.
+pub struct RoomInfo {
+    pub id: u64,
+    pub owner: u64,
+    pub replica: u64,
+}
+
+pub struct Cluster {
+    pub http: reqwest::Client,
+    control: String,
+    dir: PathBuf,
+    configs: PathBuf,
+    /// Control member id → process name, from the configs (`id = N` in `<name>.toml`).
+    control_names: BTreeMap<u64, String>,
+}
+
+impl Cluster {
+    pub fn new(control: &str, dir: &Path, configs: &Path) -> anyhow::Result<Self> {
+        let mut control_names = BTreeMap::new();
+        for entry in std::fs::read_dir(configs).with_context(|| format!("reading {}", configs.display()))? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let config: Value = toml::from_str(&std::fs::read_to_string(&path)?)?;
+            if let (Some(id), Some(stem)) = (config.get("id").and_then(Value::as_u64), path.file_stem()) {
+                control_names.insert(id, stem.to_string_lossy().into_owned());
+            }
+        }
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?,
+            control: control.trim_end_matches('/').to_string(),
+            dir: dir.to_path_buf(),
+            configs: configs.to_path_buf(),
+            control_names,
+        })
+    }
+
+    pub fn control(&self) -> &str {
+        &self.control
+    }
+
+    /// GETs `path` from the first control that answers.
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let mut urls = vec![self.control.clone()];
+        if let Ok(cluster) = self.http.get(format!("{}/api/cluster", self.control)).send().await {
+            if let Ok(view) = cluster.json::<Value>().await {
+                urls.extend(members(&view).into_iter().map(|(_, addr)| format!("http://{addr}")));
+            }
+        }
+        let mut last = anyhow::anyhow!("no control answered {path}");
+        for url in urls {
+            match self.http.get(format!("{url}{path}")).send().await.and_then(reqwest::Response::error_for_status) {
+                Ok(response) => return Ok(response.json().await?),
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn control_urls(&self) -> anyhow::Result<Vec<String>> {
+        let view = self.get("/api/cluster").await?;
+        Ok(members(&view).into_iter().map(|(_, addr)| format!("http://{addr}")).collect())
+    }
+
+    pub async fn leader(&self) -> anyhow::Result<Victim> {
+        let view = self.get("/api/cluster").await?;
+        let leader = view["leader"].as_u64().context("the cluster has no leader")?;
+        let addr = members(&view).into_iter().find(|(id, _)| *id == leader).map(|(_, a)| a).context("leader address")?;
+        let name = self.control_names.get(&leader).cloned().unwrap_or_else(|| format!("c{leader}"));
+        Ok(Victim { name, addr })
+    }
+
+    pub async fn node(&self, id: u64) -> anyhow::Result<Victim> {
+        let nodes = self.get("/api/nodes").await?;
+        let node = nodes["nodes"].as_array().into_iter().flatten().find(|n| n["id"] == id).context("no such node")?;
+        Ok(Victim {
+            name: node["name"].as_str().context("node name")?.to_string(),
+            addr: node["addr"].as_str().context("node addr")?.to_string(),
+        })
+    }
+
+    pub async fn create_room(&self, token: &str, name: &str) -> anyhow::Result<RoomInfo> {
+        let response =
+            self.http.post(format!("{}/api/rooms", self.control)).bearer_auth(token).json(&json!({"name": name})).send().await?;
+        let room: Value = response.json().await?;
+        Ok(RoomInfo {
+            id: room["id"].as_u64().with_context(|| format!("room not created: {room}"))?,
+            owner: room["owner"].as_u64().context("the room has no owner (are nodes up?)")?,
+            replica: room["replica"].as_u64().context("the room has no replica (two nodes needed)")?,
+        })
+    }
+
+    /// SIGKILLs the process `name` and waits until it is gone.
+    pub async fn kill(&self, name: &str) -> anyhow::Result<()> {
+        let pid_file = self.dir.join(format!("{name}.pid"));
+        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
+        let pid = pid.trim().to_string();
+        let status = std::process::Command::new("kill").args(["-9", &pid]).status()?;
+        anyhow::ensure!(status.success(), "kill -9 {pid} ({name}) failed");
+        wait("the killed process to exit", Duration::from_secs(10), || async {
+            let alive = std::process::Command::new("kill").args(["-0", &pid]).status().is_ok_and(|s| s.success());
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+            !alive || zombie
+        })
+        .await
+    }
+
+    /// Starts `name` again from its config, appending to its log, and records its pid.
+    pub async fn restart(&self, name: &str, role: &str) -> anyhow::Result<()> {
+        let log_dir = self.dir.join(name);
+        std::fs::create_dir_all(&log_dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{role}.log")))?;
+        let config = self.configs.join(format!("{name}.toml"));
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args([role, "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("restarting {name}"))?;
+        std::fs::write(self.dir.join(format!("{name}.pid")), child.id().to_string())?;
+        Ok(())
+    }
+
+    pub async fn wait_control_healthy(&self, addr: &str) -> anyhow::Result<()> {
+        let url = format!("http://{addr}/healthz");
+        wait("the restarted control to be healthy", Duration::from_secs(60), || async {
+            self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await
+    }
+
+    pub async fn wait_node_up(&self, id: u64) -> anyhow::Result<()> {
+        wait("the restarted node to be up", Duration::from_secs(60), || async {
+            let Ok(nodes) = self.get("/api/nodes").await else { return false };
+            nodes["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["status"] == "up")
+        })
+        .await
+    }
+}
+
+fn members(view: &Value) -> Vec<(u64, String)> {
+    view["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["id"].as_u64()?, m["addr"].as_str()?.to_string())))
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it is true, or fails after `timeout`.
+pub async fn wait<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
