@@ -26,6 +26,12 @@ const FAILOVER_WAIT: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_chat_across_nodes_through_a_node_failure() {
+    let shots = screenshot_dir();
+    for stale in std::fs::read_dir(&shots).into_iter().flatten().flatten() {
+        if stale.file_name().to_string_lossy().starts_with("failed-") {
+            let _ = std::fs::remove_file(stale.path());
+        }
+    }
     let mut cluster = ChatCluster::start(3).await;
     let base = cluster.url();
     let driver = Driver::start().await;
@@ -101,7 +107,6 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     assert_eq!(seqs, (1..=expected.len() as u64).collect::<Vec<_>>(), "one message per seq, no gaps");
 
     // (f) Screenshots of the room page, desktop and 375 px wide.
-    let shots = screenshot_dir();
     alice.viewport(1280, 800, false).await;
     settle(&alice).await;
     alice.screenshot(&shots.join("room-desktop.png")).await;

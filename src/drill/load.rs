@@ -107,9 +107,16 @@ impl Load {
                 loop {
                     attempts += 1;
                     let last_attempt = Instant::now();
-                    let sent = http.post(format!("{control}/api/rooms")).bearer_auth(&token).json(&json!({"name": name})).send().await;
+                    let sent = http
+                        .post(format!("{control}/api/rooms"))
+                        .bearer_auth(&token)
+                        .json(&json!({"name": name}))
+                        .send()
+                        .await;
                     let (status, body) = match sent {
-                        Ok(response) => (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null)),
+                        Ok(response) => {
+                            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+                        }
                         Err(_) => (0, Value::Null),
                     };
                     // A `room_exists` after a failed attempt means that attempt committed.
@@ -156,7 +163,8 @@ impl Load {
                     }
                     let Some(socket) = ws.as_mut() else { continue };
                     let last_attempt = Instant::now();
-                    let frame = json!({"type": "send", "room": room, "client_id": client_id, "text": format!("drill {i}")});
+                    let frame =
+                        json!({"type": "send", "room": room, "client_id": client_id, "text": format!("drill {i}")});
                     if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
                         ws = None;
                         continue;
@@ -219,12 +227,15 @@ async fn connect(
     last_seen: &mut u64,
     state: &Shared,
 ) -> Option<Ws> {
-    let body: Value = http.get(format!("{control}/api/token")).bearer_auth(token).send().await.ok()?.json().await.ok()?;
+    let body: Value =
+        http.get(format!("{control}/api/token")).bearer_auth(token).send().await.ok()?.json().await.ok()?;
     let ws_token = body["token"].as_str()?.to_string();
-    let mut urls: Vec<String> = body["nodes"].as_array()?.iter().filter_map(|n| n["ws_url"].as_str().map(str::to_string)).collect();
+    let mut urls: Vec<String> =
+        body["nodes"].as_array()?.iter().filter_map(|n| n["ws_url"].as_str().map(str::to_string)).collect();
     urls.sort_by_key(|url| url.contains(avoid));
     for url in urls {
-        let Ok(Ok((mut socket, _))) = tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url.as_str())).await
+        let Ok(Ok((mut socket, _))) =
+            tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url.as_str())).await
         else {
             continue;
         };
@@ -238,7 +249,10 @@ async fn connect(
         // Wait for `subscribed`, taking the missed messages on the way.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await else { break };
+            let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+            else {
+                break;
+            };
             let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             match frame["type"].as_str() {
                 Some("message") => note_delivery(&frame, last_seen, state),
@@ -259,7 +273,12 @@ pub struct Check {
 }
 
 /// Every acknowledged room exists exactly once.
-pub async fn check_rooms(http: &reqwest::Client, control: &str, token: &str, report: &LoadReport) -> anyhow::Result<Check> {
+pub async fn check_rooms(
+    http: &reqwest::Client,
+    control: &str,
+    token: &str,
+    report: &LoadReport,
+) -> anyhow::Result<Check> {
     let rooms: Value = http.get(format!("{control}/api/rooms")).bearer_auth(token).send().await?.json().await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for room in rooms["rooms"].as_array().into_iter().flatten() {

@@ -113,7 +113,12 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<DrillReport> {
 /// Kill the Raft leader under a stream of catalog writes.
 async fn leader_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::Result<Round> {
     let leader = cluster.leader().await?;
-    let survivor = cluster.control_urls().await?.into_iter().find(|url| !url.ends_with(&leader.addr)).context("no other control")?;
+    let survivor = cluster
+        .control_urls()
+        .await?
+        .into_iter()
+        .find(|url| !url.ends_with(&leader.addr))
+        .context("no other control")?;
     let prefix = format!("drill-{:08x}-{round}", rand::random::<u32>());
     let load = Load::control(cluster.http.clone(), survivor.clone(), token.to_string(), prefix);
     load.wait_acks(20).await?;
@@ -134,7 +139,13 @@ async fn node_round(cluster: &Cluster, token: &str, round: usize, scenario: Scen
     let room = cluster.create_room(token, &format!("drill-{:08x}-{round}", rand::random::<u32>())).await?;
     let victim_id = if scenario == Scenario::KillNode { room.owner } else { room.replica };
     let victim = cluster.node(victim_id).await?;
-    let load = Load::chat(cluster.http.clone(), cluster.control().to_string(), token.to_string(), room.id, victim.addr.clone());
+    let load = Load::chat(
+        cluster.http.clone(),
+        cluster.control().to_string(),
+        token.to_string(),
+        room.id,
+        victim.addr.clone(),
+    );
     load.wait_acks(20).await?;
     let killed_at = Instant::now();
     cluster.kill(&victim.name).await?;
@@ -181,6 +192,10 @@ pub fn render(report: &DrillReport) -> String {
         report.recovery_min_ms,
         report.recovery_median_ms,
         report.recovery_max_ms,
-        if report.ok { "nothing lost, doubled or reordered" } else { "ACKNOWLEDGED WRITES WERE LOST, DOUBLED OR REORDERED" }
+        if report.ok {
+            "nothing lost, doubled or reordered"
+        } else {
+            "ACKNOWLEDGED WRITES WERE LOST, DOUBLED OR REORDERED"
+        }
     )
 }

@@ -82,7 +82,8 @@ impl Cluster {
     pub async fn leader(&self) -> anyhow::Result<Victim> {
         let view = self.get("/api/cluster").await?;
         let leader = view["leader"].as_u64().context("the cluster has no leader")?;
-        let addr = members(&view).into_iter().find(|(id, _)| *id == leader).map(|(_, a)| a).context("leader address")?;
+        let addr =
+            members(&view).into_iter().find(|(id, _)| *id == leader).map(|(_, a)| a).context("leader address")?;
         let name = self.control_names.get(&leader).cloned().unwrap_or_else(|| format!("c{leader}"));
         Ok(Victim { name, addr })
     }
@@ -97,8 +98,13 @@ impl Cluster {
     }
 
     pub async fn create_room(&self, token: &str, name: &str) -> anyhow::Result<RoomInfo> {
-        let response =
-            self.http.post(format!("{}/api/rooms", self.control)).bearer_auth(token).json(&json!({"name": name})).send().await?;
+        let response = self
+            .http
+            .post(format!("{}/api/rooms", self.control))
+            .bearer_auth(token)
+            .json(&json!({"name": name}))
+            .send()
+            .await?;
         let room: Value = response.json().await?;
         Ok(RoomInfo {
             id: room["id"].as_u64().with_context(|| format!("room not created: {room}"))?,
