@@ -7,6 +7,7 @@
 //   messages (newest at the bottom, older ones loaded when scrolling up), typing and
 //   presence; elsewhere it only counts unread messages.
 // - "nodes": refreshes the cluster tables from /api/cluster and /api/nodes every 2 s.
+// - any page: forms with data-confirm="question" ask before they submit (admin actions).
 //
 // Connection: a lost socket is retried with exponential backoff and jitter on the NEXT
 // node of a freshly fetched list; each room resumes with `since` = the last seq seen, and
@@ -703,6 +704,13 @@
     }
 
     poll();
+  }
+
+  // Forms that change the cluster ask first (an inline onsubmit would break the CSP).
+  for (const form of document.querySelectorAll('form[data-confirm]')) {
+    form.addEventListener('submit', (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
   }
 
   if (page === 'room' || page === 'dashboard') {

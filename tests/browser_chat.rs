@@ -132,6 +132,11 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
         .wait_js("the stopped node shown down", "document.querySelector('#nodes-body tr[data-status=\"down\"]')")
         .await;
     alice.screenshot(&shots.join("nodes-desktop.png")).await;
+    alice.goto(&format!("{base}/admin")).await;
+    alice
+        .wait_js("the admin page (alice registered first)", "document.querySelectorAll('#users-body tr').length === 2")
+        .await;
+    alice.screenshot(&shots.join("admin-desktop.png")).await;
 
     // (d) A DM is visible to both people and refused to a third.
     alice.goto(&format!("{base}/app")).await;
@@ -164,12 +169,19 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     carol.type_into("#password", PASSWORD).await;
     carol.type_into("#confirm", PASSWORD).await;
     carol.click("#register-form button[type=submit]").await;
-    carol.wait_js("the taken-username error", "(f => f && f.textContent.includes('is taken'))(document.getElementById('flash'))").await;
+    carol
+        .wait_js(
+            "the taken-username error",
+            "(f => f && f.textContent.includes('is taken'))(document.getElementById('flash'))",
+        )
+        .await;
     assert_eq!(carol.path().await, "/register");
     register(&carol, &base, "carol").await;
     carol.goto(&format!("{base}/rooms/{dm}")).await;
     assert_eq!(carol.text("#error-code").await.as_deref(), Some("forbidden"));
     assert!(carol.text("h1").await.is_some_and(|h1| h1.starts_with("403")));
+    carol.goto(&format!("{base}/admin")).await;
+    assert_eq!(carol.text("#error-code").await.as_deref(), Some("forbidden"), "only the first user is admin");
     let carol_api = api_login(&base, "carol").await;
     let history = carol_api.get(format!("{base}/api/rooms/{dm}/messages")).send().await.expect("history");
     assert_eq!(history.status().as_u16(), 403);
@@ -230,12 +242,17 @@ async fn long_history_scrolls_back(page: &Browser, cluster: &ChatCluster, base: 
     let (connection_token, nodes) = token(&api, base).await;
     let mut ws = WsClient::connect(nodes[0]["ws_url"].as_str().expect("ws url"), &connection_token).await;
     for i in 1..=COUNT {
-        let seq = send_acked(&mut ws, json!({"type": "send", "room": room, "client_id": format!("h{i}"), "text": format!("archived {i}")})).await;
+        let seq = send_acked(
+            &mut ws,
+            json!({"type": "send", "room": room, "client_id": format!("h{i}"), "text": format!("archived {i}")}),
+        )
+        .await;
         assert_eq!(seq, i);
     }
     page.goto(&format!("{base}/rooms/{room}")).await;
     connected(page).await;
-    page.wait_js("the newest page of history", "document.querySelectorAll('#message-list li[data-seq]').length >= 50").await;
+    page.wait_js("the newest page of history", "document.querySelectorAll('#message-list li[data-seq]').length >= 50")
+        .await;
     let all = format!(
         "(m => {{ m.scrollTop = 0; return document.querySelectorAll('#message-list li[data-seq]').length === {COUNT}; }})\
          (document.getElementById('messages'))"
@@ -245,7 +262,8 @@ async fn long_history_scrolls_back(page: &Browser, cluster: &ChatCluster, base: 
     let seqs: Vec<u64> = shown.iter().map(|(seq, _, _)| *seq).collect();
     assert_eq!(seqs, (1..=COUNT).collect::<Vec<_>>());
     assert!(shown.iter().all(|(seq, _, text)| *text == format!("archived {seq}")));
-    page.wait_js("the start of the room", "document.getElementById('history-state').textContent.includes('start')").await;
+    page.wait_js("the start of the room", "document.getElementById('history-state').textContent.includes('start')")
+        .await;
 }
 
 /// Sends `frame` until it is acknowledged (a brand-new room is `unknown_room` to a node

@@ -15,6 +15,8 @@ const SECRET: &str = "drill-test-secret";
 /// The processes of a test cluster; killed when dropped.
 struct ProcessCluster {
     _dir: tempfile::TempDir,
+    /// The processes started here (the drill starts replacements of its own).
+    children: Vec<std::process::Child>,
     data: PathBuf,
     configs: PathBuf,
     control_url: String,
@@ -32,6 +34,10 @@ impl Drop for ProcessCluster {
                 }
             }
         }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -39,7 +45,8 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-fn spawn(data: &Path, configs: &Path, name: &str, role: &str, extra: &[&str]) {
+/// Starts a process in the background; `Drop for ProcessCluster` kills it by pid file.
+fn spawn(data: &Path, configs: &Path, name: &str, role: &str, extra: &[&str]) -> std::process::Child {
     let log = std::fs::File::create(data.join(format!("{name}.log"))).expect("log file");
     let child = Command::new(BIN)
         .args([role, "--config"])
@@ -51,6 +58,7 @@ fn spawn(data: &Path, configs: &Path, name: &str, role: &str, extra: &[&str]) {
         .spawn()
         .expect("spawn");
     std::fs::write(data.join(format!("{name}.pid")), child.id().to_string()).expect("pid file");
+    child
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -93,7 +101,8 @@ impl ProcessCluster {
             std::fs::write(configs.join(format!("n{i}.toml")), config).unwrap();
             node_addrs.push(addr);
         }
-        let cluster = Self {
+        let mut cluster = Self {
+            children: Vec::new(),
             control_url: format!("http://127.0.0.1:{}", control_ports[0]),
             data,
             configs,
@@ -102,7 +111,8 @@ impl ProcessCluster {
         };
         for i in 1..=3 {
             let extra: &[&str] = if i == 1 { &["--init"] } else { &[] };
-            spawn(&cluster.data, &cluster.configs, &format!("c{i}"), "control", extra);
+            let child = spawn(&cluster.data, &cluster.configs, &format!("c{i}"), "control", extra);
+            cluster.children.push(child);
         }
         let healthz = format!("{}/healthz", cluster.control_url);
         wait_until("a leader", Duration::from_secs(60), async || {
@@ -110,7 +120,8 @@ impl ProcessCluster {
         })
         .await;
         for i in 1..=3 {
-            spawn(&cluster.data, &cluster.configs, &format!("n{i}"), "node", &[]);
+            let child = spawn(&cluster.data, &cluster.configs, &format!("n{i}"), "node", &[]);
+            cluster.children.push(child);
         }
         let nodes = format!("{}/api/nodes", cluster.control_url);
         wait_until("three nodes up", Duration::from_secs(60), async || {
@@ -162,7 +173,7 @@ async fn drills_recover_without_loss_and_operators_see_the_cluster() {
     let cluster = ProcessCluster::start().await;
 
     let status = cluster.run(&["status", "--json"]);
-    assert!(status.status.success());
+    assert!(status.status.success(), "status failed: {}", String::from_utf8_lossy(&status.stderr));
     let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
     let members = status["members"].as_array().expect("members");
     assert_eq!(members.len(), 3);
