@@ -30,7 +30,13 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
     let max = node.config.limits.max_frame_bytes;
     // Frames a little over the limit still arrive, so the session can answer
     // `frame_too_large` instead of the socket being cut.
-    upgrade.max_message_size(max.saturating_mul(4).max(64 * 1024)).on_upgrade(move |socket| session::run(node, socket))
+    // Small socket buffers: most browsers sit idle, and tungstenite's defaults (128 KiB
+    // each way) would cost over 100 KiB per idle connection.
+    upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_message_size(max.saturating_mul(4).max(64 * 1024))
+        .on_upgrade(move |socket| session::run(node, socket))
 }
 
 /// Browsers must come from a page of the cluster: a control, this node, or a configured
