@@ -55,10 +55,8 @@ enum Command {
     Drill(DrillArgs),
     /// Bootstrap a group through one of its members (idempotent).
     Init {
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        control: String,
-        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
-        secret: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Show leader, term and members.
     Status {
@@ -84,14 +82,21 @@ enum Command {
     },
 }
 
+/// Which control an admin command talks to, and the secret it proves itself with.
+#[derive(clap::Args)]
+struct AdminTarget {
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    control: String,
+    #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
 #[derive(Subcommand)]
 enum AdminAction {
     /// Add a control member online: it joins as a learner, catches up, becomes a voter.
     AddMember {
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        control: String,
-        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
-        secret: String,
+        #[command(flatten)]
+        target: AdminTarget,
         /// The new member's id (from its config).
         #[arg(long)]
         id: u64,
@@ -101,20 +106,16 @@ enum AdminAction {
     },
     /// Approve a chat node that registered while approval is required.
     ApproveNode {
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        control: String,
-        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
-        secret: String,
+        #[command(flatten)]
+        target: AdminTarget,
         /// The node's id (see `districhat status`).
         #[arg(long)]
         id: u64,
     },
     /// Remove a control member from the group.
     RemoveMember {
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        control: String,
-        #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
-        secret: String,
+        #[command(flatten)]
+        target: AdminTarget,
         #[arg(long)]
         id: u64,
     },
@@ -130,8 +131,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
         Command::Drill(args) => drill::run(args).await,
-        Command::Init { control, secret } => {
-            let reply = admin_request(reqwest::Method::POST, &control, "/api/admin/init", &secret, None).await?;
+        Command::Init { target } => {
+            let reply = admin_request(reqwest::Method::POST, &target, "/api/admin/init", None).await?;
             println!("{reply}");
             Ok(())
         }
@@ -182,17 +183,15 @@ async fn run_dev(host: &str, port: u16, data_dir: &std::path::Path) -> anyhow::R
 
 async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
     let reply = match action {
-        AdminAction::AddMember { control, secret, id, addr } => {
+        AdminAction::AddMember { target, id, addr } => {
             let body = serde_json::json!({"id": id, "addr": addr});
-            admin_request(reqwest::Method::POST, &control, "/api/admin/members", &secret, Some(body)).await?
+            admin_request(reqwest::Method::POST, &target, "/api/admin/members", Some(body)).await?
         }
-        AdminAction::ApproveNode { control, secret, id } => {
-            let path = format!("/api/admin/nodes/{id}/approve");
-            admin_request(reqwest::Method::POST, &control, &path, &secret, None).await?
+        AdminAction::ApproveNode { target, id } => {
+            admin_request(reqwest::Method::POST, &target, &format!("/api/admin/nodes/{id}/approve"), None).await?
         }
-        AdminAction::RemoveMember { control, secret, id } => {
-            let path = format!("/api/admin/members/{id}");
-            admin_request(reqwest::Method::DELETE, &control, &path, &secret, None).await?
+        AdminAction::RemoveMember { target, id } => {
+            admin_request(reqwest::Method::DELETE, &target, &format!("/api/admin/members/{id}"), None).await?
         }
     };
     println!("{reply}");
@@ -202,14 +201,13 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
 /// Sends an admin request with the cluster secret; a non-2xx answer is an error.
 async fn admin_request(
     method: reqwest::Method,
-    control: &str,
+    target: &AdminTarget,
     path: &str,
-    secret: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
-    let mut request =
-        client.request(method, format!("{}{path}", control.trim_end_matches('/'))).header(SECRET_HEADER, secret);
+    let control = target.control.trim_end_matches('/');
+    let mut request = client.request(method, format!("{control}{path}")).header(SECRET_HEADER, &target.secret);
     if let Some(body) = body {
         request = request.json(&body);
     }

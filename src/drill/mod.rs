@@ -122,6 +122,8 @@ async fn leader_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::R
     let prefix = format!("drill-{:08x}-{round}", rand::random::<u32>());
     let load = Load::control(cluster.http.clone(), survivor.clone(), token.to_string(), prefix);
     load.wait_acks(20).await?;
+    // Leadership may have moved while the load warmed up: kill whoever leads now.
+    let leader = cluster.leader().await?;
     let killed_at = Instant::now();
     cluster.kill(&leader.name).await?;
     load.wait_success_after(killed_at, Duration::from_secs(30)).await?;
