@@ -144,3 +144,22 @@ async fn status_shows_three_members_and_one_leader() {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logins_are_rate_limited_after_repeated_wrong_passwords() {
+    let cluster = TestCluster::start(3, tuning()).await;
+    let leader = cluster.wait_ready().await;
+    let base = cluster.url(leader);
+    Api::logged_in(&base, "target").await;
+    let api = Api::new();
+    for _ in 0..5 {
+        let (status, body) = api
+            .post(&format!("{base}/api/sessions"), json!({"username": "target", "password": "wrong guess"}))
+            .await
+            .unwrap();
+        assert_eq!((status, body["code"].as_str()), (401, Some("invalid_credentials")), "{body}");
+    }
+    let right = json!({"username": "target", "password": "correct horse battery"});
+    let (status, body) = api.post(&format!("{base}/api/sessions"), right).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "{body}");
+}

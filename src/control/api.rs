@@ -4,11 +4,14 @@
 //! [`Writer`](super::write::Writer), which forwards to the leader.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::api_error::{ApiError, ApiJson};
@@ -24,6 +27,7 @@ const INTERNAL_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Every route of a control member.
 pub fn router(state: AppState) -> Router {
+    let web_state = web::WebState::default();
     let internal = Router::new()
         .route("/internal/write", post(write::internal_write))
         .with_state(state.writer.clone())
@@ -34,13 +38,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(cluster::metrics))
         .route("/api/cluster", get(cluster::cluster))
         .route("/api/users", post(register))
-        .route("/api/sessions", post(login))
+        .route("/api/sessions", post(login).layer(Extension(web_state.clone())))
         .route("/api/rooms", get(list_rooms).post(create_room))
         .route("/api/rooms/{id}/members", post(join_room))
         .merge(chat_api::routes())
         .merge(nodes::routes())
         .merge(admin::routes())
-        .merge(web::routes())
+        .merge(web::routes(web_state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -85,7 +89,20 @@ struct SessionView {
 }
 
 /// `POST /api/sessions`: log in; sets the session cookie and returns the token.
-async fn login(State(app): State<AppState>, ApiJson(body): ApiJson<Credentials>) -> Result<Response, ApiError> {
+async fn login(
+    State(app): State<AppState>,
+    Extension(web): Extension<web::WebState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    // The same per-user and per-address limit as the login form.
+    let addr = web::account::client_addr(peer.map(|Extension(ConnectInfo(addr))| addr), &headers);
+    let keys = web::limiter::keys(body.username.trim(), addr);
+    if let Err(wait) = web.limiter.check(&keys, Instant::now()) {
+        let message = format!("too many failed logins; retry in {} s", wait.as_secs().max(1));
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message));
+    }
     let (user, key) = {
         let state = read_state(&app.state);
         (state.catalog.user_by_name(&body.username).cloned(), state.catalog.meta.signing_key.clone())
@@ -97,9 +114,16 @@ async fn login(State(app): State<AppState>, ApiJson(body): ApiJson<Credentials>)
         tokio::task::spawn_blocking(move || stored_hash.is_some_and(|hash| auth::verify_password(&password, &hash)))
             .await
             .map_err(ApiError::internal)?;
+    let known = user.is_some();
     let Some(user) = user.filter(|_| verified) else {
+        // Only wrong passwords count: a user this member has not applied yet (a login
+        // racing its own registration through another member) is not an attack.
+        if known {
+            web.limiter.failed(&keys, Instant::now());
+        }
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password"));
     };
+    web.limiter.clear(&keys[0]);
     let token = auth::sign_session(&key, user.id, now_ms() + auth::SESSION_TTL_MS);
     let body = SessionView { token: token.clone(), user: UserView { id: user.id, username: user.username } };
     Ok(([(header::SET_COOKIE, auth::session_cookie(&token))], Json(body)).into_response())

@@ -194,7 +194,7 @@ fn local_path(next: Option<&str>) -> String {
 
 /// The client's address: the peer, or — when the peer is a proxy on this host — the last
 /// hop the proxy recorded in `X-Forwarded-For`.
-fn client_addr(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+pub(crate) fn client_addr(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
     let peer = peer.map(|addr| addr.ip());
     if peer.is_some_and(|ip| ip.is_loopback()) {
         let forwarded = headers

@@ -28,7 +28,7 @@
 //! - Pages send a strict Content-Security-Policy (scripts and styles from this origin only,
 //!   WebSockets to any node), so user text can only ever be text.
 
-mod account;
+pub(crate) mod account;
 mod assets;
 pub mod csrf;
 mod error;
@@ -65,8 +65,9 @@ pub struct WebState {
     pub limiter: Arc<LoginLimiter>,
 }
 
-/// The pages, forms and static files. Merged into the control's router.
-pub fn routes() -> Router<AppState> {
+/// The pages, forms and static files. Merged into the control's router; `state` is shared
+/// with the JSON login so both paths count failures together.
+pub fn routes(state: WebState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::home))
         .route("/register", get(account::register_page).post(account::register))
@@ -85,7 +86,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/members", post(ops::add_member))
         .route("/admin/members/{id}/remove", post(ops::remove_member))
         .route("/static/{file}", get(assets::serve))
-        .layer(Extension(WebState::default()))
+        .layer(Extension(state))
         .layer(axum::middleware::map_response(security_headers))
 }
 
