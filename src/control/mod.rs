@@ -173,6 +173,11 @@ pub async fn initialize(raft: &Raft, config: &ControlConfig, peers: &[PeerConfig
     } else {
         peers.iter().map(|peer| (peer.id, BasicNode { addr: peer.addr.clone() })).collect()
     };
+    // Asking first keeps openraft from logging an error on every ordinary restart.
+    if raft.is_initialized().await.unwrap_or(false) {
+        tracing::info!(member = config.id, "already part of a raft group; nothing to bootstrap");
+        return Ok(());
+    }
     match raft.initialize(members).await {
         Ok(()) => {
             tracing::info!(member = config.id, "bootstrapped a new raft group");
