@@ -221,6 +221,16 @@ pub struct StoredMessage {
     pub client_id: String,
 }
 
+/// A message on its way to its room's owner, before it has a seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub user_id: UserId,
+    pub username: String,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    pub text: String,
+}
+
 /// A frame the dialing node sends on a mesh link. `id` 0 means no reply is wanted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshEnvelope {
@@ -232,7 +242,7 @@ pub struct MeshEnvelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshRequest {
     /// To the room's owner: sequence, persist, replicate and acknowledge a message.
-    Send { room: RoomId, user_id: UserId, username: String, client_id: String, text: String },
+    Send { room: RoomId, message: Outgoing },
     /// To the room's replica: store these messages (in seq order). Refused when `epoch`
     /// is older than the newest epoch the replica has seen for the room.
     Replicate { room: RoomId, epoch: u64, messages: Vec<StoredMessage> },

@@ -33,7 +33,7 @@ use self::mesh::{Dispatch, Mesh};
 use self::owner::{blocking, OwnerCommand, OwnerHandle, Sent};
 use crate::control::secret::ClusterSecret;
 use crate::protocol::{
-    MeshRequest, MeshResponse, NodeId, NodeRoute, RoomId, RoomRoute, RoutingTable, Seq, StoredMessage, UserId,
+    MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, RoomId, RoomRoute, RoutingTable, Seq, StoredMessage, UserId,
 };
 
 /// A failure on the message path, with the stable code browsers see.
@@ -332,20 +332,13 @@ impl Node {
     }
 
     /// Sends a chat message through the room's owner.
-    #[tracing::instrument(skip(self, username, text), fields(node = self.id))]
-    pub async fn send_message(
-        &self,
-        room: RoomId,
-        user_id: UserId,
-        username: String,
-        client_id: String,
-        text: String,
-    ) -> Result<Sent, NodeError> {
+    #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id))]
+    pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
         let owner = self.owner_of(room).ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
         if owner == self.id {
-            return self.send_local(room, user_id, username, client_id, text).await;
+            return self.send_local(room, message).await;
         }
-        let request = MeshRequest::Send { room, user_id, username, client_id, text };
+        let request = MeshRequest::Send { room, message };
         match self.mesh_request(owner, request, Duration::from_secs(10)).await {
             Ok(MeshResponse::Sent { seq, ts, duplicate }) => Ok(Sent { seq, ts, duplicate }),
             Ok(other) => Err(NodeError::from_response(other)),
@@ -359,14 +352,7 @@ impl Node {
         }
     }
 
-    async fn send_local(
-        &self,
-        room: RoomId,
-        user_id: UserId,
-        username: String,
-        client_id: String,
-        text: String,
-    ) -> Result<Sent, NodeError> {
+    async fn send_local(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
         let mut tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
         if tx.is_none() {
             // Asked as owner before our routing table says so: it may just be stale.
@@ -375,7 +361,7 @@ impl Node {
         }
         let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
         let (reply, answer) = oneshot::channel();
-        tx.send(OwnerCommand::Send { user_id, username, client_id, text, reply })
+        tx.send(OwnerCommand::Send { message, reply })
             .await
             .map_err(|_| NodeError::Unavailable("the room moved; retry".into()))?;
         match tokio::time::timeout(Duration::from_secs(10), answer).await {
@@ -528,8 +514,8 @@ impl Dispatch for Node {
 
     async fn handle(&self, request: MeshRequest) -> MeshResponse {
         let result = match request {
-            MeshRequest::Send { room, user_id, username, client_id, text } => self
-                .send_local(room, user_id, username, client_id, text)
+            MeshRequest::Send { room, message } => self
+                .send_local(room, message)
                 .await
                 .map(|sent| MeshResponse::Sent { seq: sent.seq, ts: sent.ts, duplicate: sent.duplicate }),
             MeshRequest::Replicate { room, epoch, messages } => self.store_replica(room, epoch, messages).await,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
-    ChatMessage, MeshRequest, MeshResponse, NodeId, RoomId, Seq, ServerFrame, StoredMessage, UserId,
+    ChatMessage, MeshRequest, MeshResponse, NodeId, Outgoing, RoomId, Seq, ServerFrame, StoredMessage, UserId,
 };
 
 /// Most sends one batch takes.
@@ -23,10 +23,7 @@ const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// What an owner task is asked to do.
 pub enum OwnerCommand {
     Send {
-        user_id: UserId,
-        username: String,
-        client_id: String,
-        text: String,
+        message: Outgoing,
         reply: oneshot::Sender<Result<Sent, NodeError>>,
     },
     /// Node `node` has these users following the room (empty: unfollow).
@@ -131,9 +128,7 @@ impl Owner {
             let mut sends = Vec::new();
             for command in commands.drain(..) {
                 match command {
-                    OwnerCommand::Send { user_id, username, client_id, text, reply } => {
-                        sends.push(PendingSend { user_id, username, client_id, text, reply })
-                    }
+                    OwnerCommand::Send { message, reply } => sends.push(PendingSend { message, reply }),
                     OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
                     OwnerCommand::Typing { username } => {
                         let frame = ServerFrame::Typing { room: self.room, user: username };
@@ -169,12 +164,12 @@ impl Owner {
         let mut outcomes: Vec<(PendingSend, Sent)> = Vec::new();
         let mut in_batch: HashMap<(UserId, String), Seq> = HashMap::new();
         for send in sends {
-            let key = (send.user_id, send.client_id.clone());
+            let key = (send.message.user_id, send.message.client_id.clone());
             let earlier = match in_batch.get(&key) {
                 Some(seq) => Some(*seq),
                 None => {
                     let (log, room, user, client_id) =
-                        (self.node.log.clone(), self.room, send.user_id, send.client_id.clone());
+                        (self.node.log.clone(), self.room, send.message.user_id, send.message.client_id.clone());
                     match blocking(move || log.dedupe(room, user, &client_id)).await {
                         Ok(found) => found,
                         Err(e) => {
@@ -193,11 +188,11 @@ impl Owner {
             in_batch.insert(key, seq);
             messages.push(StoredMessage {
                 seq,
-                sender_id: send.user_id,
-                sender: send.username.clone(),
-                text: send.text.clone(),
+                sender_id: send.message.user_id,
+                sender: send.message.username.clone(),
+                text: send.message.text.clone(),
                 ts,
-                client_id: send.client_id.clone(),
+                client_id: send.message.client_id.clone(),
             });
             outcomes.push((send, Sent { seq, ts, duplicate: false }));
         }
@@ -280,10 +275,7 @@ impl Owner {
 }
 
 struct PendingSend {
-    user_id: UserId,
-    username: String,
-    client_id: String,
-    text: String,
+    message: Outgoing,
     reply: oneshot::Sender<Result<Sent, NodeError>>,
 }
 

@@ -16,7 +16,7 @@ use super::hub::{Outbound, Subscriber};
 use super::owner::{chat_message, frame_json};
 use super::{Node, NodeError};
 use crate::now_ms;
-use crate::protocol::{ClientFrame, ConnectionClaims, RoomId, Seq, ServerFrame};
+use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, ServerFrame};
 
 /// Frames a session may have queued before it counts as lagging.
 const QUEUE: usize = 4_096;
@@ -253,7 +253,9 @@ impl Session {
         }
         let (node, tx, user) = (self.node.clone(), self.tx.clone(), user.clone());
         tokio::spawn(async move {
-            let result = node.send_message(room, user.user_id, user.username, client_id.clone(), body).await;
+            let message =
+                Outgoing { user_id: user.user_id, username: user.username, client_id: client_id.clone(), text: body };
+            let result = node.send_message(room, message).await;
             let frame = match result {
                 Ok(sent) => frame_json(&ServerFrame::Ack { client_id, room, seq: sent.seq }),
                 Err(e) => frame_json(&ServerFrame::Error {
