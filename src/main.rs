@@ -112,6 +112,15 @@ enum AdminAction {
         #[arg(long)]
         id: u64,
     },
+    /// Copy the database of the member `--control` names (a RocksDB checkpoint) into a
+    /// new directory on THAT member's filesystem; prints the Raft position it holds.
+    Backup {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Absolute directory on the member's host; must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove a control member from the group.
     RemoveMember {
         #[command(flatten)]
@@ -189,6 +198,10 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
         }
         AdminAction::ApproveNode { target, id } => {
             admin_request(reqwest::Method::POST, &target, &format!("/api/admin/nodes/{id}/approve"), None).await?
+        }
+        AdminAction::Backup { target, out } => {
+            let body = serde_json::json!({"dir": out});
+            admin_request(reqwest::Method::POST, &target, "/api/admin/backup", Some(body)).await?
         }
         AdminAction::RemoveMember { target, id } => {
             admin_request(reqwest::Method::DELETE, &target, &format!("/api/admin/members/{id}"), None).await?

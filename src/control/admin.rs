@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/members", post(add_member))
         .route("/api/admin/members/{id}", delete(remove_member))
         .route("/api/admin/nodes/{id}/approve", post(approve_node))
+        .route("/api/admin/backup", post(super::backup::create_backup))
 }
 
 /// `POST /api/admin/nodes/{id}/approve`: a pending chat node may serve (idempotent).

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod api_error;
 pub mod auth;
+pub mod backup;
 pub mod catalog;
 pub mod chat_api;
 pub mod cluster;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub secret: ClusterSecret,
     /// Chat-node heartbeats as the leader saw them (in memory, never replicated).
     pub liveness: Liveness,
+    /// Copies this member's database for `POST /api/admin/backup`.
+    pub checkpointer: raft::checkpoint::Checkpointer,
 }
 
 /// A running control member.
@@ -90,6 +93,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
     let config = Arc::new(ControlConfig { advertise: Some(advertise), ..config });
     let (log_store, state_machine) = open_storage_retrying(&config).await?;
     let state = state_machine.state();
+    let checkpointer = log_store.checkpointer();
     let secret = ClusterSecret::new(config.cluster_secret.as_str());
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
@@ -110,6 +114,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         client,
         secret,
         liveness: Liveness::default(),
+        checkpointer,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = api::router(app_state.clone());

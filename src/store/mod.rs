@@ -5,6 +5,8 @@
 //! encoding rules: values are bincode (serde, standard config), integer keys are
 //! big-endian so that a key range is an ordered scan.
 
+pub mod checkpoint;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -45,6 +45,11 @@ impl LogStore {
         Self { db, syncer }
     }
 
+    /// A handle that can copy this member's database (log and catalog) for a backup.
+    pub fn checkpointer(&self) -> super::checkpoint::Checkpointer {
+        super::checkpoint::Checkpointer::new(self.db.clone())
+    }
+
     fn get_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let cf = store::cf(&self.db, CF_STATE).map_err(read_err)?;
         match self.db.get_cf(cf, key).map_err(read_err)? {
@@ -95,6 +100,24 @@ fn spawn_syncer(db: Arc<DB>) -> mpsc::Sender<LogFlushed<TypeConfig>> {
     tx
 }
 
+/// The first and last log ids stored in `db` (also used to describe a backup).
+pub fn read_log_state(db: &DB) -> Result<LogState<TypeConfig>, StorageError> {
+    let cf = store::cf(db, CF_LOG).map_err(read_err)?;
+    let last = match db.iterator_cf(cf, IteratorMode::End).next() {
+        Some(item) => {
+            let (_, value) = item.map_err(read_err)?;
+            Some(store::decode::<Entry>(&value).map_err(read_err)?.log_id)
+        }
+        None => None,
+    };
+    let state_cf = store::cf(db, CF_STATE).map_err(read_err)?;
+    let last_purged_log_id: Option<LogId> = match db.get_cf(state_cf, KEY_LAST_PURGED).map_err(read_err)? {
+        Some(bytes) => Some(store::decode::<LogId>(&bytes).map_err(read_err)?),
+        None => None,
+    };
+    Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+}
+
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::Store, ErrorVerb::Read, AnyError::new(&e)).into()
 }
@@ -132,16 +155,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let cf = store::cf(&self.db, CF_LOG).map_err(read_err)?;
-        let last = match self.db.iterator_cf(cf, IteratorMode::End).next() {
-            Some(item) => {
-                let (_, value) = item.map_err(read_err)?;
-                Some(store::decode::<Entry>(&value).map_err(read_err)?.log_id)
-            }
-            None => None,
-        };
-        let last_purged_log_id: Option<LogId> = self.get_state(KEY_LAST_PURGED)?;
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        read_log_state(&self.db)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

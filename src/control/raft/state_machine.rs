@@ -85,6 +85,17 @@ impl StateMachineStore {
         Ok(machine)
     }
 
+    /// The catalog stored in `db`, read without writing anything (to describe a backup):
+    /// the same choice between rows and snapshot as [`Self::open`].
+    pub fn read_stored(db: Arc<DB>) -> Result<CatalogState, StorageError> {
+        let reader = Self { db, state: Arc::default(), snapshot_counter: 0 };
+        let (catalog, applied) = reader.load_rows()?;
+        match reader.stored_snapshot()? {
+            Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => decode_snapshot(&snapshot),
+            _ => Ok(CatalogState { catalog, applied }),
+        }
+    }
+
     /// The applied catalog, for readers.
     pub fn state(&self) -> SharedState {
         self.state.clone()
@@ -157,10 +168,7 @@ impl StateMachineStore {
 
     /// Replaces the in-memory and on-disk catalog with a snapshot's.
     fn install(&mut self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
-        let mut catalog: Catalog = store::decode(&snapshot.data).map_err(snap_read)?;
-        catalog.rebuild_indexes();
-        let applied =
-            AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
+        let CatalogState { catalog, applied } = decode_snapshot(&snapshot)?;
         let mut batch = WriteBatch::default();
         for table in TABLES {
             let cf = store::cf(&self.db, table).map_err(sm_write)?;
@@ -187,6 +195,15 @@ impl StateMachineStore {
         options.set_sync(true);
         self.db.write_opt(batch, &options).map_err(sm_write)
     }
+}
+
+/// The catalog and position a snapshot holds.
+fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
+    let mut catalog: Catalog = store::decode(&snapshot.data).map_err(snap_read)?;
+    catalog.rebuild_indexes();
+    let applied =
+        AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
+    Ok(CatalogState { catalog, applied })
 }
 
 /// Locks the state for reading. A poisoned lock is still consistent: `Catalog::apply`
