@@ -112,14 +112,17 @@ enum AdminAction {
         #[arg(long)]
         id: u64,
     },
-    /// Copy the database of the member `--control` names (a RocksDB checkpoint) into a
-    /// new directory on THAT member's filesystem; prints the Raft position it holds.
+    /// Copy the database of the member `--control` names (or of the chat node `--node`
+    /// names) as a RocksDB checkpoint into a new directory on THAT process's host.
     Backup {
         #[command(flatten)]
         target: AdminTarget,
-        /// Absolute directory on the member's host; must not exist yet.
+        /// Absolute directory on the process's host; must not exist yet.
         #[arg(long)]
         out: PathBuf,
+        /// Back up this chat node's room logs instead (http://host:port).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Remove a control member from the group.
     RemoveMember {
@@ -199,7 +202,11 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
         AdminAction::ApproveNode { target, id } => {
             admin_request(reqwest::Method::POST, &target, &format!("/api/admin/nodes/{id}/approve"), None).await?
         }
-        AdminAction::Backup { target, out } => {
+        AdminAction::Backup { mut target, out, node } => {
+            // A node answers the same request on the same path.
+            if let Some(node) = node {
+                target.control = node;
+            }
             let body = serde_json::json!({"dir": out});
             admin_request(reqwest::Method::POST, &target, "/api/admin/backup", Some(body)).await?
         }

@@ -8,10 +8,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use common::chat::{token, ChatCluster, WsClient};
 use common::{tuning, wait_for, Api, TestCluster, SECRET};
 use districhat::config::RaftTuning;
 use districhat::control;
 use districhat::control::secret::SECRET_HEADER;
+use districhat::node::log::RoomLog;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -90,6 +92,49 @@ async fn backups_refuse_relative_or_existing_targets_and_callers_without_the_sec
     assert_eq!(status, 201, "{reply}");
     let (status, reply) = backup(&api, &url, Some(SECRET), json!({"dir": fresh})).await;
     assert_eq!((status, reply["code"].as_str()), (409, Some("backup_target_exists")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_node_backup_holds_every_acked_message_of_its_rooms() {
+    const MESSAGES: u64 = 25;
+    let cluster = ChatCluster::start(2).await;
+    let alice = Api::logged_in(&cluster.url(), "alice").await;
+    let room = cluster.create_room(&alice, "general", false).await;
+    let (room_id, owner_id) = (room["id"].as_u64().expect("room id"), room["owner"].as_u64().expect("owner"));
+    let owner = cluster.node(cluster.index_of(owner_id));
+    let (alice_token, _) = token(&alice, &cluster.url()).await;
+    let mut socket = WsClient::connect(&owner.ws_url(), &alice_token).await;
+    socket.subscribe(room_id, None).await;
+    for i in 0..MESSAGES {
+        let client_id = format!("m{i}");
+        socket.send(json!({"type": "send", "room": room_id, "client_id": client_id, "text": "kept"})).await;
+        loop {
+            let frame = socket.next(Duration::from_secs(15)).await.expect("an ack");
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "ack" && frame["client_id"] == client_id.as_str() {
+                break;
+            }
+        }
+    }
+
+    let node_url = format!("http://{}", owner.addr);
+    let api = Api::new();
+    let dir = cluster.controls.dir.path().join("node-backup");
+    let (status, reply) = backup(&api, &node_url, None, json!({"dir": dir})).await;
+    assert_eq!((status, reply["code"].as_str()), (401, Some("unauthorized")));
+    let (status, reply) = backup(&api, &node_url, Some(SECRET), json!({"dir": "rel"})).await;
+    assert_eq!((status, reply["code"].as_str()), (400, Some("backup_path_relative")));
+    let (status, reply) = backup(&api, &node_url, Some(SECRET), json!({"dir": dir})).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["node"], json!(owner_id));
+    assert!(reply["bytes"].as_u64().is_some_and(|b| b > 0), "{reply}");
+    let (status, reply) = backup(&api, &node_url, Some(SECRET), json!({"dir": dir})).await;
+    assert_eq!((status, reply["code"].as_str()), (409, Some("backup_target_exists")));
+
+    let restored_dir = cluster.controls.dir.path().join("node-restored");
+    copy_flat_dir(&dir, &restored_dir);
+    let restored = RoomLog::open(&restored_dir, false).expect("open the restored copy");
+    assert_eq!(restored.last_seq(room_id).expect("last seq"), MESSAGES, "every acked message is in the backup");
 }
 
 /// Registers `count` users named `{prefix}-{i}`; each must be acked.

@@ -18,6 +18,7 @@ pub fn router(node: Node) -> Router {
         .route("/ws", get(browser_socket))
         .route("/mesh", get(mesh_socket))
         .route("/internal/rooms/{id}/messages", get(history))
+        .route("/api/admin/backup", axum::routing::post(super::backup::create_backup))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(crate::control::cluster::metrics))
         .with_state(node)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use crate::protocol::{RoomId, Seq, StoredMessage, UserId};
+use crate::store::checkpoint::{CheckpointError, CheckpointFiles};
 use crate::store::{self, StoreError};
 
 const CF_MESSAGES: &str = "messages";
@@ -27,6 +28,12 @@ pub struct RoomLog {
 impl RoomLog {
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, StoreError> {
         Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES])?, fsync })
+    }
+
+    /// Writes a consistent copy of every room log into `target` (a backup; see
+    /// [`store::checkpoint`]).
+    pub fn checkpoint(&self, target: &Path) -> Result<CheckpointFiles, CheckpointError> {
+        store::checkpoint::create(&self.db, target)
     }
 
     /// Appends messages (and their dedupe keys) in one atomic write, fsynced if configured.

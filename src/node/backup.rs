@@ -1,0 +1,51 @@
+//! `POST /api/admin/backup` on a chat node (cluster secret): writes a consistent copy of
+//! the node's room logs (messages, dedupe index, epoch fences) into a new directory on
+//! the node's own filesystem. The same request and errors as a control's backup
+//! ([`crate::control::backup`]). Ordinary node loss needs no backup (every acked message
+//! is on a replica); these copies are for losing owner and replica at once.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::control::api_error::{ApiError, ApiJson};
+use crate::control::backup::{backup_error, BackupRequest};
+use crate::protocol::NodeId;
+
+/// What a node backup wrote.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeBackupReply {
+    pub node: NodeId,
+    pub name: String,
+    /// Absolute directory on the node's filesystem.
+    pub path: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+pub async fn create_backup(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<BackupRequest>,
+) -> Result<(StatusCode, Json<NodeBackupReply>), ApiError> {
+    node.secret.require(&headers)?;
+    let log = node.log.clone();
+    let dir = request.dir.clone();
+    let written = tokio::task::spawn_blocking(move || log.checkpoint(&dir))
+        .await
+        .map_err(|e| ApiError::internal(format!("backup task: {e}")))?
+        .map_err(backup_error)?;
+    tracing::info!(node = node.id, path = %written.path.display(), bytes = written.bytes, "wrote a backup of the room logs");
+    Ok((
+        StatusCode::CREATED,
+        Json(NodeBackupReply {
+            node: node.id,
+            name: node.name.clone(),
+            path: written.path.display().to_string(),
+            files: written.files,
+            bytes: written.bytes,
+        }),
+    ))
+}
