@@ -112,8 +112,10 @@ enum AdminAction {
         #[arg(long)]
         id: u64,
     },
-    /// Copy the database of the member `--control` names (or of the chat node `--node`
-    /// names) as a RocksDB checkpoint into a new directory on THAT process's host.
+    /// Back up one control member's (or chat node's) database as a RocksDB checkpoint.
+    ///
+    /// The copy is written into a new directory on the host of the process asked
+    /// (`--control`, or `--node`), not where this command runs.
     Backup {
         #[command(flatten)]
         target: AdminTarget,

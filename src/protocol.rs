@@ -119,6 +119,9 @@ pub struct RegisterNode {
     pub name: String,
     /// `host:port` that browsers (`ws://ADDR/ws`) and other nodes (`/mesh`) reach.
     pub addr: String,
+    /// The URL browsers open instead of `ws://ADDR/ws`: a TLS proxy's `wss://…/ws`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ws_url: Option<String>,
 }
 
 /// The answer to [`RegisterNode`].

@@ -29,7 +29,7 @@ fn http() -> reqwest::Client {
 }
 
 async fn register(base: &str, name: &str, addr: &str) -> NodeRegistration {
-    let body = RegisterNode { name: name.into(), addr: addr.into() };
+    let body = RegisterNode { name: name.into(), addr: addr.into(), public_ws_url: None };
     let response = http()
         .post(format!("{base}/internal/nodes/register"))
         .header(SECRET_HEADER, SECRET)
@@ -391,4 +391,24 @@ async fn an_approval_gate_holds_new_nodes_until_an_admin_approves() {
     assert!(register(&base, "n1", "127.0.0.1:7101").await.approved);
     let missing = http().post(format!("{base}/api/admin/nodes/42/approve")).header(SECRET_HEADER, SECRET).send().await;
     assert_eq!(missing.unwrap().status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_tls_proxy_is_listed_with_its_public_websocket_url() {
+    let cluster = TestCluster::start(1, tuning()).await;
+    let base = cluster.url(0);
+    let public = "wss://chat.example.com/n1/ws";
+    let send = |url: &'static str| {
+        let body = RegisterNode { name: "n1".into(), addr: "127.0.0.1:7100".into(), public_ws_url: Some(url.into()) };
+        http().post(format!("{base}/internal/nodes/register")).header(SECRET_HEADER, SECRET).json(&body).send()
+    };
+    let refused = send("https://chat.example.com/n1/ws").await.expect("register");
+    assert_eq!(refused.status().as_u16(), 400);
+    assert_eq!(refused.json::<Value>().await.expect("error body")["code"], "invalid_ws_url");
+    assert_eq!(send(public).await.expect("register").status().as_u16(), 200);
+    let listed: Value =
+        http().get(format!("{base}/api/nodes")).send().await.expect("nodes").json().await.expect("json");
+    let list = listed.get("nodes").cloned().unwrap_or(listed);
+    let urls: Vec<&str> = list.as_array().expect("node list").iter().filter_map(|n| n["ws_url"].as_str()).collect();
+    assert_eq!(urls, vec![public]);
 }

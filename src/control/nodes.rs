@@ -53,9 +53,14 @@ async fn register(
     if !valid_addr(&body.addr) {
         return Err(ApiError::bad_request("invalid_addr", "addr must be host:port"));
     }
+    let ws_url = match body.public_ws_url {
+        Some(url) if valid_ws_url(&url) => url,
+        Some(_) => return Err(ApiError::bad_request("invalid_ws_url", "public_ws_url must be ws:// or wss://")),
+        None => format!("ws://{}/ws", body.addr),
+    };
     let command = Command::RegisterNode {
         name: body.name,
-        ws_url: format!("ws://{}/ws", body.addr),
+        ws_url,
         mesh_addr: body.addr,
         approved: !app.config.require_node_approval,
         at_ms: now_ms(),
@@ -224,6 +229,12 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
 }
 
 /// `host:port` with a non-empty host and a numeric port, nothing else.
+/// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only.
+fn valid_ws_url(url: &str) -> bool {
+    let rest = url.strip_prefix("wss://").or_else(|| url.strip_prefix("ws://"));
+    url.len() <= 255 && rest.is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic()))
+}
+
 fn valid_addr(addr: &str) -> bool {
     let Some((host, port)) = addr.rsplit_once(':') else { return false };
     !host.is_empty()
@@ -243,6 +254,16 @@ mod tests {
         }
         for bad in ["", "127.0.0.1", ":7100", "host:0", "host:http", "a b:1", "host/x:1", "http://h:1"] {
             assert!(!valid_addr(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_websocket_urls_are_ws_or_wss() {
+        for good in ["wss://chat.example.com/n1/ws", "ws://10.0.0.5:7100/ws"] {
+            assert!(valid_ws_url(good), "{good}");
+        }
+        for bad in ["", "wss://", "https://chat.example.com/ws", "wss://a b/ws", "javascript:alert(1)"] {
+            assert!(!valid_ws_url(bad), "{bad}");
         }
     }
 }

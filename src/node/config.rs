@@ -15,6 +15,11 @@ pub struct NodeConfig {
     /// Address browsers and nodes reach this node at; defaults to the bound address.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// The WebSocket URL browsers are given for this node, when they must not use
+    /// `ws://ADVERTISE/ws` (behind a TLS proxy: `wss://chat.example.com/n1/ws`). Other
+    /// nodes keep using `advertise` for mesh links.
+    #[serde(default)]
+    pub public_ws_url: Option<String>,
     /// RocksDB directory of this node's room logs.
     pub data_dir: PathBuf,
     /// Control members (`http://host:port`); any of them will do.
@@ -76,6 +81,7 @@ impl NodeConfig {
             name: name.into(),
             listen: listen.into(),
             advertise: None,
+            public_ws_url: None,
             data_dir,
             controls,
             cluster_secret: secret.into(),

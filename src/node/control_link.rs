@@ -23,7 +23,8 @@ pub async fn register(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(NodeRegistration, String)> {
     anyhow::ensure!(!config.controls.is_empty(), "the node config lists no controls");
-    let body = RegisterNode { name: config.name.clone(), addr: addr.to_string() };
+    let body =
+        RegisterNode { name: config.name.clone(), addr: addr.to_string(), public_ws_url: config.public_ws_url.clone() };
     let mut attempt = 0usize;
     loop {
         anyhow::ensure!(!*shutdown.borrow(), "stopped before registering");
