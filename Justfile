@@ -14,7 +14,7 @@ default:
 build:
     cargo build --release
 
-# Start controls c1-c3 in the background (configs in cluster/, data, logs and pids in data/cluster/)
+# Start controls c1-c3 and nodes n1-n3 in the background (configs in cluster/, data, logs and pids in data/cluster/)
 cluster: build
     cluster/up.sh
 
@@ -22,9 +22,16 @@ cluster: build
 cluster-down:
     cluster/down.sh
 
-# Show leader, term and members of the local cluster
+# Show leader, term, members and nodes of the local cluster (add --watch to refresh)
 cluster-status *ARGS:
     "{{BIN}}" status --control {{CONTROL}} {{ARGS}}
+
+# Rehearse failures on the running cluster: kill-leader, kill-node, kill-replica and restart-all (ROUNDS each)
+drill ROUNDS="3" *ARGS:
+    "{{BIN}}" drill kill-leader --rounds {{ROUNDS}} --control {{CONTROL}} {{ARGS}}
+    "{{BIN}}" drill kill-node --rounds {{ROUNDS}} --control {{CONTROL}} {{ARGS}}
+    "{{BIN}}" drill kill-replica --rounds {{ROUNDS}} --control {{CONTROL}} {{ARGS}}
+    "{{BIN}}" drill restart-all --rounds {{ROUNDS}} --control {{CONTROL}} {{ARGS}}
 
 # fmt check, build, tests and clippy (installs missing system packages)
 test:

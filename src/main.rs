@@ -58,13 +58,16 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Show leader, term and members.
+    /// Show leader, term, members and chat nodes.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:7000")]
         control: String,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (with --watch: one JSON object per line).
         #[arg(long)]
         json: bool,
+        /// Refresh every INTERVAL seconds until interrupted.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Run 3 controls (127.0.0.1:7000-7002) and 2 chat nodes (7100-7101) in this process.
     Dev {
@@ -150,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{reply}");
             Ok(())
         }
-        Command::Status { control, json } => {
+        Command::Status { control, json, watch: None } => {
             let status = status::fetch(&control).await.with_context(|| format!("asking {control}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -159,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Status { control, json, watch: Some(interval) } => status::watch(&control, json, interval).await,
         Command::Dev { host, port, data_dir } => run_dev(&host, port, &data_dir).await,
         Command::Admin { action } => run_admin(action).await,
     }

@@ -262,7 +262,9 @@ pub enum MeshRequest {
     Fetch { room: RoomId, after: Option<Seq>, before: Option<Seq>, limit: u32 },
     /// Owner to a subscribed node: pre-serialised browser frames for the room. `seq` is
     /// the message seq for `message` frames and 0 for ephemeral ones (typing, presence).
-    Deliver { room: RoomId, frames: Vec<(Seq, String)> },
+    /// `sequenced_ms` is when the owner sequenced live messages (wall clock, for the
+    /// delivery-latency histogram), 0 for catch-up and ephemeral frames.
+    Deliver { room: RoomId, frames: Vec<(Seq, String)>, sequenced_ms: u64 },
 }
 
 /// The answer to a [`MeshEnvelope`] with a non-zero id.

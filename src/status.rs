@@ -3,6 +3,7 @@
 //! tables or as JSON. Nodes come from the public, read-only `GET /api/nodes`, so status
 //! needs no secret.
 
+use std::io::Write;
 use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -123,4 +124,41 @@ fn nodes_table(nodes: &[NodeView]) -> Table {
         ]);
     }
     table
+}
+
+/// `status --watch`: asks again every `interval_secs` until Ctrl-C. The table redraws
+/// in place; a control that does not answer shows as an error line, not an exit, so an
+/// operator can watch a failover happen. With `json`, one compact object per line.
+pub async fn watch(control: &str, json: bool, interval_secs: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(interval_secs.is_finite() && interval_secs >= 0.1, "--watch needs an interval of at least 0.1 s");
+    let interval = Duration::from_secs_f64(interval_secs);
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let fetched = fetch(control).await;
+        let at = utc_time_of_day();
+        let screen = match (fetched, json) {
+            (Ok(status), true) => format!("{}\n", serde_json::to_string(&status)?),
+            (Ok(status), false) => {
+                format!("\x1b[2J\x1b[H{at}  (every {interval_secs} s, Ctrl-C to stop)\n{}\n", render(&status))
+            }
+            (Err(e), true) => format!("{}\n", serde_json::json!({"error": format!("{e:#}")})),
+            (Err(e), false) => format!("\x1b[2J\x1b[H{at}  asking {control} failed: {e:#}\n"),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(screen.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            return Ok(()); // The reader went away (a closed pipe): nothing left to do.
+        }
+        drop(stdout);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// The wall-clock time of day (UTC) as HH:MM:SS, without a date-time crate.
+fn utc_time_of_day() -> String {
+    let secs = crate::now_ms() / 1000;
+    format!("{:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }

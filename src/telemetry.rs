@@ -3,6 +3,7 @@
 //! recorder whose text `/metrics` serves. Members running in one process (dev, tests)
 //! share the recorder and are told apart by their `member` label.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -76,4 +77,40 @@ pub async fn export_raft_metrics(raft: Raft, state: SharedState, mut shutdown: w
         // Raft publishes metrics on every step; a gauge refresh a few times a second is enough.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Publishes the on-disk size of a RocksDB directory (SST files, WAL, manifest) as
+/// `districhat_rocksdb_size_bytes{db, instance}` every 15 s until shutdown. `db` says
+/// what it holds (`control`: Raft log + catalog, `node`: room logs).
+pub async fn export_rocksdb_size(
+    dir: PathBuf,
+    db: &'static str,
+    instance: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let gauge = metrics::gauge!("districhat_rocksdb_size_bytes", "db" => db, "instance" => instance);
+    loop {
+        let measured = dir.clone();
+        match tokio::task::spawn_blocking(move || directory_bytes(&measured)).await {
+            Ok(Ok(bytes)) => gauge.set(bytes as f64),
+            Ok(Err(e)) => tracing::debug!(dir = %dir.display(), error = %e, "cannot measure the RocksDB directory"),
+            Err(e) => tracing::debug!(error = %e, "the measuring task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The bytes of the regular files directly in `dir` (RocksDB keeps its files flat).
+fn directory_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let metadata = entry?.metadata()?;
+        if metadata.is_file() {
+            total += metadata.len();
+        }
+    }
+    Ok(total)
 }

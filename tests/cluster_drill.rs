@@ -1,6 +1,6 @@
 //! The real thing: controls and nodes as separate processes (as `just cluster` runs them),
-//! `districhat drill` killing the leader and a node for two rounds each, `status --json`,
-//! and `/metrics` on a control and a node.
+//! `districhat drill` killing the leader and a node for two rounds each and every process
+//! at once for one, `status --json`, and `/metrics` on a control and a node.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -142,11 +142,21 @@ impl ProcessCluster {
             .expect("run districhat")
     }
 
-    fn drill(&self, scenario: &str) -> Value {
+    fn drill(&self, scenario: &str, rounds: usize) -> Value {
         let data = self.data.display().to_string();
         let configs = self.configs.display().to_string();
-        let output =
-            self.run(&["drill", scenario, "--rounds", "2", "--json", "--cluster-dir", &data, "--configs", &configs]);
+        let rounds = rounds.to_string();
+        let output = self.run(&[
+            "drill",
+            scenario,
+            "--rounds",
+            &rounds,
+            "--json",
+            "--cluster-dir",
+            &data,
+            "--configs",
+            &configs,
+        ]);
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -157,10 +167,10 @@ impl ProcessCluster {
     }
 }
 
-fn assert_clean(report: &Value) {
+fn assert_clean(report: &Value, expected_rounds: usize) {
     assert_eq!(report["ok"], true, "{report}");
     let rounds = report["rounds"].as_array().expect("rounds");
-    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds.len(), expected_rounds);
     for round in rounds {
         assert!(round["recovery_ms"].as_f64().is_some_and(|ms| ms > 0.0), "recovery measured: {round}");
         assert!(round["acked"].as_u64().is_some_and(|n| n >= 40), "load ran through the round: {round}");
@@ -181,8 +191,9 @@ async fn drills_recover_without_loss_and_operators_see_the_cluster() {
     let nodes = status["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.iter().filter(|n| n["status"] == "up").count(), 3, "{status}");
 
-    assert_clean(&cluster.drill("kill-leader"));
-    assert_clean(&cluster.drill("kill-node"));
+    assert_clean(&cluster.drill("kill-leader", 2), 2);
+    assert_clean(&cluster.drill("kill-node", 2), 2);
+    assert_clean(&cluster.drill("restart-all", 1), 1);
 
     // The leader commits, so it has the commit-latency histogram.
     let status: Value = serde_json::from_slice(&cluster.run(&["status", "--json"]).stdout).expect("status --json");
@@ -196,11 +207,27 @@ async fn drills_recover_without_loss_and_operators_see_the_cluster() {
     for (text, names) in [
         (
             &control_metrics,
-            &["districhat_raft_term", "districhat_raft_applied_index", "districhat_raft_commit_seconds_bucket"][..],
+            &[
+                "districhat_raft_term",
+                "districhat_raft_leader",
+                "districhat_raft_applied_index",
+                "districhat_raft_commit_seconds_bucket",
+                "districhat_rocksdb_size_bytes{db=\"control\"",
+            ][..],
         ),
         (
             &node_metrics,
-            &["districhat_node_connections", "districhat_mesh_link_up", "districhat_messages_acked_total"][..],
+            &[
+                "districhat_node_connections",
+                "districhat_frames_in_total",
+                "districhat_frames_out_total",
+                "districhat_messages_acked_total",
+                "districhat_ack_seconds_bucket",
+                "districhat_delivery_seconds_bucket",
+                "districhat_mesh_link_up",
+                "districhat_mesh_queue_depth",
+                "districhat_rocksdb_size_bytes{db=\"node\"",
+            ][..],
         ),
     ] {
         for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {

@@ -134,7 +134,13 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         server,
         tokio::spawn(ensure_signing_key(app_state.clone(), shutdown_rx.clone())),
         tokio::spawn(liveness::detect_failures(app_state.clone(), shutdown_rx.clone())),
-        tokio::spawn(crate::telemetry::export_raft_metrics(raft.clone(), state.clone(), shutdown_rx)),
+        tokio::spawn(crate::telemetry::export_raft_metrics(raft.clone(), state.clone(), shutdown_rx.clone())),
+        tokio::spawn(crate::telemetry::export_rocksdb_size(
+            config.data_dir.clone(),
+            "control",
+            config.id.to_string(),
+            shutdown_rx,
+        )),
     ];
     tracing::info!(member = config.id, %addr, "control member started");
     Ok(ControlHandle { id: config.id, addr, raft, state, config, shutdown, tasks })

@@ -28,6 +28,9 @@ pub enum Scenario {
     KillNode,
     /// The chat node holding the drill room's replica (a new replica must be chosen).
     KillReplica,
+    /// Every control and every node at once (a power cut): everything acknowledged must
+    /// come back from disk.
+    RestartAll,
 }
 
 /// Flags of `districhat drill`.
@@ -93,6 +96,7 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<DrillReport> {
         let result = match args.scenario {
             Scenario::KillLeader => leader_round(&cluster, &token, round).await?,
             Scenario::KillNode | Scenario::KillReplica => node_round(&cluster, &token, round, args.scenario).await?,
+            Scenario::RestartAll => restart_all_round(&cluster, &token, round).await?,
         };
         eprintln!("round {round}: {} back after {:.0} ms", result.victim, result.recovery_ms);
         rounds.push(result);
@@ -158,6 +162,46 @@ async fn node_round(cluster: &Cluster, token: &str, round: usize, scenario: Scen
     let report = load.stop().await;
     let check = load::check_history(&cluster.http, cluster.control(), token, room.id, &report).await?;
     Ok(round_result(round, victim.name, killed_at, &report, check))
+}
+
+/// Kill every process under both loads (catalog writes and chat sends), start them all
+/// again, and check both: recovery is when both loads succeed again.
+async fn restart_all_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::Result<Round> {
+    let name = format!("drill-{:08x}-{round}", rand::random::<u32>());
+    let room = cluster.create_room(token, &name).await?;
+    let (http, control) = (cluster.http.clone(), cluster.control().to_string());
+    let writes = Load::control(http.clone(), control.clone(), token.to_string(), format!("{name}-w"));
+    let chat = Load::chat(http, control, token.to_string(), room.id, String::new());
+    writes.wait_acks(20).await?;
+    chat.wait_acks(20).await?;
+    let processes = cluster.processes();
+    for (name, _) in &processes {
+        cluster.kill(name).await?;
+    }
+    // Measured from when the last process died: until then the others still served.
+    let killed_at = Instant::now();
+    for (name, role) in &processes {
+        cluster.restart(name, role).await?;
+    }
+    writes.wait_success_after(killed_at, Duration::from_secs(120)).await?;
+    chat.wait_success_after(killed_at, Duration::from_secs(120)).await?;
+    cluster.wait_all_nodes_up().await?;
+    writes.wait_acks(writes.acked() + 20).await?;
+    chat.wait_acks(chat.acked() + 20).await?;
+    let (write_report, chat_report) = (writes.stop().await, chat.stop().await);
+    let write_check = load::check_rooms(&cluster.http, cluster.control(), token, &write_report).await?;
+    let chat_check = load::check_history(&cluster.http, cluster.control(), token, room.id, &chat_report).await?;
+    let writes_back = round_result(round, String::new(), killed_at, &write_report, write_check);
+    let chat_back = round_result(round, String::new(), killed_at, &chat_report, chat_check);
+    Ok(Round {
+        round,
+        victim: format!("all {}", processes.len()),
+        recovery_ms: writes_back.recovery_ms.max(chat_back.recovery_ms),
+        acked: writes_back.acked + chat_back.acked,
+        lost: writes_back.lost + chat_back.lost,
+        duplicated: writes_back.duplicated + chat_back.duplicated,
+        out_of_order: writes_back.out_of_order + chat_back.out_of_order,
+    })
 }
 
 fn round_result(round: usize, victim: String, killed_at: Instant, report: &LoadReport, check: load::Check) -> Round {

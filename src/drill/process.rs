@@ -28,19 +28,24 @@ pub struct Cluster {
     configs: PathBuf,
     /// Control member id → process name, from the configs (`id = N` in `<name>.toml`).
     control_names: BTreeMap<u64, String>,
+    /// Chat node process names: the configs with a `controls` list.
+    node_names: Vec<String>,
 }
 
 impl Cluster {
     pub fn new(control: &str, dir: &Path, configs: &Path) -> anyhow::Result<Self> {
-        let mut control_names = BTreeMap::new();
+        let (mut control_names, mut node_names) = (BTreeMap::new(), Vec::new());
         for entry in std::fs::read_dir(configs).with_context(|| format!("reading {}", configs.display()))? {
             let path = entry?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("toml") {
                 continue;
             }
             let config: Value = toml::from_str(&std::fs::read_to_string(&path)?)?;
-            if let (Some(id), Some(stem)) = (config.get("id").and_then(Value::as_u64), path.file_stem()) {
-                control_names.insert(id, stem.to_string_lossy().into_owned());
+            let Some(stem) = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()) else { continue };
+            if let Some(id) = config.get("id").and_then(Value::as_u64) {
+                control_names.insert(id, stem);
+            } else if config.get("controls").is_some() {
+                node_names.push(stem);
             }
         }
         Ok(Self {
@@ -49,6 +54,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             configs: configs.to_path_buf(),
             control_names,
+            node_names,
         })
     }
 
@@ -146,6 +152,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Every process of the cluster as (name, role): controls first, then nodes.
+    pub fn processes(&self) -> Vec<(String, &'static str)> {
+        let controls = self.control_names.values().map(|name| (name.clone(), "control"));
+        controls.chain(self.node_names.iter().map(|name| (name.clone(), "node"))).collect()
+    }
+
     pub async fn wait_control_healthy(&self, addr: &str) -> anyhow::Result<()> {
         let url = format!("http://{addr}/healthz");
         wait("the restarted control to be healthy", Duration::from_secs(60), || async {
@@ -158,6 +170,18 @@ impl Cluster {
         wait("the restarted node to be up", Duration::from_secs(60), || async {
             let Ok(nodes) = self.get("/api/nodes").await else { return false };
             nodes["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["status"] == "up")
+        })
+        .await
+    }
+}
+
+impl Cluster {
+    /// Waits until every registered chat node is up again.
+    pub async fn wait_all_nodes_up(&self) -> anyhow::Result<()> {
+        wait("every node to be up", Duration::from_secs(60), || async {
+            let Ok(nodes) = self.get("/api/nodes").await else { return false };
+            let nodes = nodes["nodes"].as_array().cloned().unwrap_or_default();
+            !nodes.is_empty() && nodes.iter().all(|n| n["status"] == "up")
         })
         .await
     }

@@ -87,8 +87,12 @@ impl Hub {
         self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned()
     }
 
-    /// Hands the frames to every local subscriber of the room.
-    pub fn deliver(&self, room: RoomId, frames: Vec<(Seq, String)>) {
+    /// Hands the frames to every local subscriber of the room and records, for live
+    /// messages (`sequenced_ms` > 0), the time since the owner sequenced them.
+    pub fn deliver(&self, room: RoomId, frames: Vec<(Seq, String)>, sequenced_ms: u64) {
+        let _span =
+            tracing::debug_span!("deliver", room, first_seq = frames.first().map_or(0, |f| f.0), count = frames.len())
+                .entered();
         let frames: Vec<(Seq, Utf8Bytes)> =
             frames.into_iter().map(|(seq, text)| (seq, Utf8Bytes::from(text))).collect();
         if let Some((_, presence)) =
@@ -109,6 +113,10 @@ impl Hub {
             }
         }
         metrics::counter!("districhat_frames_out_total").increment(frames.len() as u64);
+        if sequenced_ms > 0 {
+            let latency = crate::now_ms().saturating_sub(sequenced_ms) as f64 / 1000.0;
+            metrics::histogram!("districhat_delivery_seconds").record(latency);
+        }
     }
 
     /// Tells every local subscriber of the room to fetch what it may have missed.

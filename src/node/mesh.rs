@@ -140,6 +140,9 @@ async fn run_link(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let LinkState { node, addr, pending, reachable } = state;
+    let link_up = metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string());
+    // Frames queued for the peer behind the one being written.
+    let queue_depth = metrics::gauge!("districhat_mesh_queue_depth", "peer" => node.to_string());
     let mut backoff = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
@@ -149,12 +152,13 @@ async fn run_link(
             Ok(socket) => {
                 backoff = Duration::from_millis(50);
                 reachable.store(true, Ordering::Relaxed);
-                metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string()).set(1.0);
+                link_up.set(1.0);
                 let (mut sink, mut stream) = socket.split();
                 loop {
                     tokio::select! {
                         frame = rx.recv() => match frame {
                             Some(frame) => {
+                                queue_depth.set(rx.len() as f64);
                                 if sink.send(Message::Binary(frame.into())).await.is_err() { break; }
                             }
                             None => return,
@@ -174,7 +178,7 @@ async fn run_link(
                         _ = crate::stopped(&mut shutdown) => return,
                     }
                 }
-                metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string()).set(0.0);
+                link_up.set(0.0);
                 tracing::info!(peer = node, %addr, "mesh link dropped; reconnecting");
             }
             Err(e) => {

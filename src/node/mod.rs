@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use self::config::NodeConfig;
 use self::hub::Hub;
@@ -235,6 +236,8 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
             tracing::error!(error = %e, "the node's HTTP server stopped");
         }
     });
+    let dir = node.config.data_dir.clone();
+    tokio::spawn(crate::telemetry::export_rocksdb_size(dir, "node", node.name.clone(), shutdown_rx.clone()));
     let heartbeat = tokio::spawn(control_link::heartbeat_loop(node.clone(), shutdown_rx));
     // Learn the rooms before taking traffic.
     if let Err(e) = node.refresh_routes().await {
@@ -304,14 +307,15 @@ impl Node {
         Ok(self.mesh.request(node, &addr, request, timeout).await?)
     }
 
-    /// Delivers frames of a room to a node's sessions (locally or over the mesh).
-    pub fn deliver_to(&self, node: NodeId, room: RoomId, frames: Vec<(Seq, String)>) {
+    /// Delivers frames of a room to a node's sessions (locally or over the mesh);
+    /// `sequenced_ms` as in [`MeshRequest::Deliver`].
+    pub fn deliver_to(&self, node: NodeId, room: RoomId, frames: Vec<(Seq, String)>, sequenced_ms: u64) {
         if node == self.id {
-            self.hub.deliver(room, frames);
+            self.hub.deliver(room, frames, sequenced_ms);
             return;
         }
         let Some(addr) = self.node_addr(node) else { return };
-        if let Err(e) = self.mesh.notify(node, &addr, MeshRequest::Deliver { room, frames }) {
+        if let Err(e) = self.mesh.notify(node, &addr, MeshRequest::Deliver { room, frames, sequenced_ms }) {
             tracing::warn!(peer = node, room, error = %e, "delivery dropped; the peer's sessions will resync");
         }
     }
@@ -333,9 +337,10 @@ impl Node {
     }
 
     /// Sends a chat message through the room's owner.
-    #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id))]
+    #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id, owner))]
     pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
         let owner = self.owner_of(room).ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        tracing::Span::current().record("owner", owner);
         if owner == self.id {
             return self.send_local(room, message).await;
         }
@@ -498,7 +503,7 @@ impl Node {
 impl Dispatch for Node {
     fn handle_inline(&self, request: MeshRequest) {
         match request {
-            MeshRequest::Deliver { room, frames } => self.hub.deliver(room, frames),
+            MeshRequest::Deliver { room, frames, sequenced_ms } => self.hub.deliver(room, frames, sequenced_ms),
             MeshRequest::Interest { room, node, users } => {
                 if let Some(owner) = self.owners_lock().get(&room) {
                     let _ = owner.tx.try_send(OwnerCommand::Interest { node, users });
@@ -515,10 +520,14 @@ impl Dispatch for Node {
 
     async fn handle(&self, request: MeshRequest) -> MeshResponse {
         let result = match request {
-            MeshRequest::Send { room, message } => self
-                .send_local(room, message)
-                .await
-                .map(|sent| MeshResponse::Sent { seq: sent.seq, ts: sent.ts, duplicate: sent.duplicate }),
+            MeshRequest::Send { room, message } => {
+                let span = tracing::info_span!("owner_send", node = self.id, room, client_id = %message.client_id, seq = tracing::field::Empty);
+                let sent = self.send_local(room, message).instrument(span.clone()).await;
+                sent.map(|sent| {
+                    span.record("seq", sent.seq);
+                    MeshResponse::Sent { seq: sent.seq, ts: sent.ts, duplicate: sent.duplicate }
+                })
+            }
             MeshRequest::Replicate { room, epoch, messages } => self.store_replica(room, epoch, messages).await,
             MeshRequest::Adopt { room, epoch, base } => self.adopt(room, epoch, base).await,
             MeshRequest::Fetch { room, after, before, limit } => self
@@ -536,7 +545,12 @@ impl Dispatch for Node {
 
 impl Node {
     /// Replica side of replication: refuse a stale epoch, else store durably.
-    #[tracing::instrument(skip(self, messages), fields(node = self.id, count = messages.len()))]
+    #[tracing::instrument(skip(self, messages), fields(
+        node = self.id,
+        count = messages.len(),
+        first_seq = messages.first().map_or(0, |m| m.seq),
+        last_seq = messages.last().map_or(0, |m| m.seq),
+    ))]
     async fn store_replica(
         &self,
         room: RoomId,

@@ -132,7 +132,7 @@ impl Owner {
                     OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
                     OwnerCommand::Typing { username } => {
                         let frame = ServerFrame::Typing { room: self.room, user: username };
-                        self.fan_out(vec![(0, frame_json(&frame))]);
+                        self.fan_out(vec![(0, frame_json(&frame))], 0);
                     }
                 }
             }
@@ -152,7 +152,7 @@ impl Owner {
     }
 
     /// Sequences, persists, replicates, acknowledges and fans out one batch.
-    #[tracing::instrument(skip_all, fields(room = self.room, epoch = self.epoch, batch = sends.len()))]
+    #[tracing::instrument(skip_all, fields(room = self.room, epoch = self.epoch, batch = sends.len(), first_seq, last_seq))]
     async fn commit(&mut self, sends: Vec<PendingSend>) {
         if self.node.replica_of(self.room).is_none() && self.node.config.replication.min_copies >= 2 {
             fail_all(sends, NodeError::Unavailable("no second node holds this room; retry shortly".into()));
@@ -196,7 +196,13 @@ impl Owner {
             });
             outcomes.push((send, Sent { seq, ts, duplicate: false }));
         }
-        if !messages.is_empty() {
+        if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
+            let span = tracing::Span::current();
+            span.record("first_seq", first.seq);
+            span.record("last_seq", last.seq);
+            for message in &messages {
+                tracing::debug!(seq = message.seq, client_id = %message.client_id, "sequenced");
+            }
             if let Err(e) = self.persist_and_replicate(&messages).await {
                 tracing::warn!(room = self.room, error = %e, "batch not acknowledged; rolling back");
                 self.rollback(base).await;
@@ -213,8 +219,8 @@ impl Owner {
         }
         let frames: Vec<(Seq, String)> =
             messages.iter().map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m))))).collect();
-        if !frames.is_empty() {
-            self.fan_out(frames);
+        if let Some(first) = messages.first() {
+            self.fan_out(frames, first.ts);
         }
     }
 
@@ -256,20 +262,21 @@ impl Owner {
                     .iter()
                     .map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m)))))
                     .collect();
-                self.node.deliver_to(node, self.room, frames);
+                self.node.deliver_to(node, self.room, frames, 0);
             }
         }
         let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
         if everyone != before {
             let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
-            self.fan_out(vec![(0, frame_json(&frame))]);
+            self.fan_out(vec![(0, frame_json(&frame))], 0);
         }
     }
 
-    /// One delivery per subscribed node, carrying the same serialised frames.
-    fn fan_out(&self, frames: Vec<(Seq, String)>) {
+    /// One delivery per subscribed node, carrying the same serialised frames;
+    /// `sequenced_ms` as in [`MeshRequest::Deliver`](crate::protocol::MeshRequest::Deliver).
+    fn fan_out(&self, frames: Vec<(Seq, String)>, sequenced_ms: u64) {
         for node in self.interest.keys() {
-            self.node.deliver_to(*node, self.room, frames.clone());
+            self.node.deliver_to(*node, self.room, frames.clone(), sequenced_ms);
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::{mpsc, Notify};
+use tracing::Instrument;
 
 use super::hub::{Outbound, Subscriber};
 use super::owner::{chat_message, frame_json};
@@ -252,12 +253,19 @@ impl Session {
             return vec![node_error(&e, reference)];
         }
         let (node, tx, user) = (self.node.clone(), self.tx.clone(), user.clone());
-        tokio::spawn(async move {
+        let span =
+            tracing::info_span!("send", session = self.id, room, client_id = %client_id, seq = tracing::field::Empty);
+        let received = Instant::now();
+        let sending = async move {
             let message =
                 Outgoing { user_id: user.user_id, username: user.username, client_id: client_id.clone(), text: body };
             let result = node.send_message(room, message).await;
             let frame = match result {
-                Ok(sent) => frame_json(&ServerFrame::Ack { client_id, room, seq: sent.seq }),
+                Ok(sent) => {
+                    tracing::Span::current().record("seq", sent.seq);
+                    metrics::histogram!("districhat_ack_seconds").record(received.elapsed().as_secs_f64());
+                    frame_json(&ServerFrame::Ack { client_id, room, seq: sent.seq })
+                }
                 Err(e) => frame_json(&ServerFrame::Error {
                     code: e.code().into(),
                     message: e.to_string(),
@@ -265,7 +273,8 @@ impl Session {
                 }),
             };
             let _ = tx.send(Outbound::Frame(frame)).await;
-        });
+        };
+        tokio::spawn(sending.instrument(span));
         Vec::new()
     }
 
