@@ -80,15 +80,10 @@ pub async fn export_raft_metrics(raft: Raft, state: SharedState, mut shutdown: w
 }
 
 /// Publishes the on-disk size of a RocksDB directory (SST files, WAL, manifest) as
-/// `districhat_rocksdb_size_bytes{db, instance}` every 15 s until shutdown. `db` says
+/// `districhat_rocksdb_size_bytes{db, process}` every 15 s until shutdown. `db` says
 /// what it holds (`control`: Raft log + catalog, `node`: room logs).
-pub async fn export_rocksdb_size(
-    dir: PathBuf,
-    db: &'static str,
-    instance: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let gauge = metrics::gauge!("districhat_rocksdb_size_bytes", "db" => db, "instance" => instance);
+pub async fn export_rocksdb_size(dir: PathBuf, db: &'static str, process: String, mut shutdown: watch::Receiver<bool>) {
+    let gauge = metrics::gauge!("districhat_rocksdb_size_bytes", "db" => db, "process" => process);
     loop {
         let measured = dir.clone();
         match tokio::task::spawn_blocking(move || directory_bytes(&measured)).await {
