@@ -1,20 +1,22 @@
-//! The browser client end to end: real headless Chromium (via chromedriver) against 3
-//! controls and 3 chat nodes in this process. Two people register through the forms, join
-//! one room from pages connected to different nodes (`?node=ID`), and see each other's
-//! messages in one order; markup in a message stays text; the node one page is connected
-//! to (the room's owner) is stopped, the page reconnects elsewhere and resends, and every
-//! message shows exactly once; a DM is visible to its two members only; a wrong password
-//! and a form without its CSRF token are refused; failed logins are rate limited.
-//! Screenshots of the pages go to `$CARGO_TARGET_DIR/screenshots/`.
+//! The browser client end to end: real headless Chromium (chromedriver, driven with the
+//! `thirtyfour` crate) against 3 controls and 2 chat nodes in this process. Two people
+//! register through the forms, join one room from pages connected to different nodes
+//! (`?node=ID`), and see each other's messages in one order; markup in a message stays
+//! text; the node one page is connected to (the room's owner) is stopped, the page shows
+//! it is reconnecting, reconnects to the other node and resends, the conversation goes on,
+//! and every message shows exactly once on both pages; a DM is visible to its two members
+//! only; a wrong password and a form without its CSRF token are refused; failed logins
+//! are rate limited. Screenshots of the pages go to `$CARGO_TARGET_DIR/screenshots/`.
 //!
-//! Three nodes, not two: with the default `min_copies = 2` a room whose second node is
-//! gone refuses sends, so the conversation could not go on after a node stops.
+//! The nodes run with `replication.min_copies = 1`: with the default 2, a room whose only
+//! other node is gone refuses sends (`unavailable`), so with two nodes the conversation
+//! could not go on after one stops. Acked then means "on the surviving node's disk".
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::{screenshot_dir, Browser, Driver, ENTER};
+use common::browser::{enter, screenshot_dir, Browser, Driver, DESKTOP};
 use common::chat::{token, ChatCluster, WsClient};
 use common::Api;
 use serde_json::{json, Value};
@@ -32,11 +34,11 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
             let _ = std::fs::remove_file(stale.path());
         }
     }
-    let mut cluster = ChatCluster::start(3).await;
+    let mut cluster = ChatCluster::start_with(2, |node| node.replication.min_copies = 1).await;
     let base = cluster.url();
     let driver = Driver::start().await;
-    let alice = driver.session("alice").await;
-    let bob = driver.session("bob").await;
+    let alice = driver.session("alice", DESKTOP).await;
+    let bob = driver.session("bob", DESKTOP).await;
 
     // (a) Two people register through the form and meet in one room, on different nodes.
     register(&alice, &base, "alice").await;
@@ -74,6 +76,15 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
 
     // (c) The node Alice's page is connected to — the room's owner — stops.
     let lost_before = reconnects(&alice).await;
+    // Every state the connection line passes through, however briefly.
+    alice
+        .js(
+            "const s = document.getElementById('conn-state'); window.__states = []; \
+             new MutationObserver(() => window.__states.push(s.dataset.state + ' ' + s.textContent)) \
+               .observe(s, { attributes: true, childList: true, characterData: true, subtree: true });",
+            vec![],
+        )
+        .await;
     cluster.stop_node(cluster.index_of(owner)).await;
     alice
         .wait_js(
@@ -86,15 +97,20 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     expected.push(during);
     alice
         .wait_js_for(
-            "a connection to another node",
+            &format!("a connection to the other node, {replica}"),
             &format!(
-                "(s => s.dataset.state === 'connected' && s.dataset.node !== '' && s.dataset.node !== '{owner}')\
+                "(s => s.dataset.state === 'connected' && s.dataset.node === '{replica}')\
                  (document.getElementById('conn-state'))"
             ),
             FAILOVER_WAIT,
         )
         .await;
     wait_delivered(&alice, &expected, FAILOVER_WAIT).await;
+    let states = alice.js("return window.__states", vec![]).await;
+    let shown = |prefix: &str| {
+        states.as_array().is_some_and(|all| all.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with(prefix))))
+    };
+    assert!(shown("reconnecting Reconnecting"), "the page said it was reconnecting: {states}");
     for i in 1..=2 {
         for page in [&bob, &alice] {
             let text = format!("{} after the failover #{i}", page.name);
@@ -336,7 +352,7 @@ async fn connected(page: &Browser) {
 
 /// Types `text` and presses Enter.
 async fn send(page: &Browser, text: &str) {
-    page.type_into("#message-input", &format!("{text}{ENTER}")).await;
+    page.type_into("#message-input", &format!("{text}{}", enter())).await;
     page.wait_js("the composer to be cleared", "document.getElementById('message-input').value === ''").await;
 }
 
