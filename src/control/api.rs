@@ -126,7 +126,9 @@ async fn login(
     web.limiter.clear(&keys[0]);
     let token = auth::sign_session(&key, user.id, now_ms() + auth::SESSION_TTL_MS);
     let body = SessionView { token: token.clone(), user: UserView { id: user.id, username: user.username } };
-    Ok(([(header::SET_COOKIE, auth::session_cookie(&token))], Json(body)).into_response())
+    // `Secure` behind a TLS proxy, exactly like the form login's cookie.
+    let cookie = web::secure_cookie(auth::session_cookie(&token), &headers);
+    Ok(([(header::SET_COOKIE, cookie)], Json(body)).into_response())
 }
 
 /// The logged-in user of a request, or 401.

@@ -35,6 +35,11 @@ pub fn enter() -> char {
     Key::Enter.value()
 }
 
+/// Shift+Enter as typed by [`Browser::type_into`] (Shift is released after it).
+pub fn shift_enter() -> String {
+    [Key::Shift.value(), Key::Enter.value(), Key::Null.value()].iter().collect()
+}
+
 /// A running chromedriver.
 pub struct Driver {
     child: Child,

@@ -90,6 +90,12 @@ pub fn routes(state: WebState) -> Router<AppState> {
         .layer(axum::middleware::map_response(security_headers))
 }
 
+/// `cookie` with `; Secure` added when the request came over TLS (for the JSON login,
+/// which sets the same session cookie as the form).
+pub(crate) fn secure_cookie(cookie: String, headers: &axum::http::HeaderMap) -> String {
+    visitor::secure_suffix(cookie, visitor::came_over_tls(headers))
+}
+
 /// Headers every web answer carries. The CSP is what makes an injected `<img onerror>` or
 /// `<script>` inert even if some text ever reached the DOM as HTML.
 async fn security_headers(mut response: Response) -> Response {
