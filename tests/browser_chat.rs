@@ -181,6 +181,7 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     bob.click(&dm_link).await;
     bob.wait_js("the DM page", &format!("location.pathname === '/rooms/{dm}'")).await;
     wait_delivered(&bob, std::slice::from_ref(&secret), Duration::from_secs(15)).await;
+    read_marks_follow_the_user(&cluster, &alice, &base, (room, expected.len() as u64), dm).await;
 
     bob.click("form[action=\"/logout\"] button").await;
     bob.wait_js("the home page after logging out", "location.pathname === '/'").await;
@@ -247,6 +248,48 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
 
     // Last: it locks 127.0.0.1 out of logins for a minute.
     failed_logins_are_rate_limited(&base).await;
+}
+
+/// Read positions are kept per user on the server. Alice and Bob have read the whole
+/// lobby (`lobby.1` messages) and the DM: the marks reach every control's catalog (batched
+/// Raft writes), the API reports them, and a browser without local state — another
+/// device — shows Alice's rooms as read. Marks for a room one is not in are refused.
+async fn read_marks_follow_the_user(cluster: &ChatCluster, alice: &Browser, base: &str, lobby: (u64, u64), dm: u64) {
+    let catalog = cluster.controls.catalog(0);
+    let user = |name: &str| catalog.user_by_name(name).map(|user| user.id).expect("a registered user");
+    let (alice_id, bob_id) = (user("alice"), user("bob"));
+    for (who, room, seq) in
+        [(bob_id, dm, 1), (bob_id, lobby.0, lobby.1), (alice_id, lobby.0, lobby.1), (alice_id, dm, 1)]
+    {
+        common::wait_for("read marks in every control's catalog", Duration::from_secs(15), || async {
+            (0..3).all(|i| cluster.controls.catalog(i).read_marks.get(&(who, room)) == Some(&seq)).then_some(())
+        })
+        .await;
+    }
+    let bob_api = api_login(base, "bob").await;
+    let marks: Value =
+        bob_api.get(format!("{base}/api/read-marks")).send().await.expect("marks").json().await.expect("json");
+    assert_eq!(marks, json!({"marks": {lobby.0.to_string(): lobby.1, dm.to_string(): 1}}), "bob has read both");
+    let refused = bob_api
+        .post(format!("{base}/api/read-marks"))
+        .json(&json!({"marks": [{"room": dm + 1000, "seq": 1}]}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(refused.json::<Value>().await.expect("json")["code"], "forbidden");
+
+    alice.js("localStorage.clear()", vec![]).await;
+    alice.goto(&format!("{base}/app")).await;
+    connected(alice).await;
+    for (list, room) in [("my-rooms", lobby.0), ("my-dms", dm)] {
+        alice
+            .wait_js(
+                &format!("room {room} counted and shown as read on a fresh device"),
+                &format!("document.querySelector('#{list} a[data-room-id=\"{room}\"] .badge').textContent === '0'"),
+            )
+            .await;
+    }
 }
 
 /// 120 messages posted over a plain WebSocket; the room page shows the newest, and

@@ -51,6 +51,7 @@ pub use self::error::WebError;
 use self::limiter::LoginLimiter;
 use super::catalog::Catalog;
 use super::raft::state_machine::read_state;
+use super::read_marks::ReadMarks;
 use super::AppState;
 
 /// How long a form handler waits for this member to apply its own write, so the page it
@@ -63,6 +64,8 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 pub struct WebState {
     /// Failed logins per username and per client address.
     pub limiter: Arc<LoginLimiter>,
+    /// Read positions not yet in the catalog (the pages' unread badges include them).
+    pub read_marks: Arc<ReadMarks>,
 }
 
 /// The pages, forms and static files. Merged into the control's router; `state` is shared
