@@ -5,8 +5,10 @@
 //! text; the node one page is connected to (the room's owner) is stopped, the page shows
 //! it is reconnecting, reconnects to the other node and resends, the conversation goes on,
 //! and every message shows exactly once on both pages; a DM is visible to its two members
-//! only; a wrong password and a form without its CSRF token are refused; failed logins
-//! are rate limited. Screenshots of the pages go to `$CARGO_TARGET_DIR/screenshots/`.
+//! only; read positions are kept per user on the server, so a fresh browser shows read
+//! rooms as read; a wrong password and a form without its CSRF token are refused; failed
+//! logins are rate limited; nothing scrolls sideways at 375 px. Screenshots of the pages
+//! go to `$CARGO_TARGET_DIR/screenshots/`.
 //!
 //! The nodes run with `replication.min_copies = 1`: with the default 2, a room whose only
 //! other node is gone refuses sends (`unavailable`), so with two nodes the conversation
