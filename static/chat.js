@@ -20,7 +20,8 @@
 // same client_id after a reconnect (the owner de-duplicates), and is marked failed with a
 // Retry button if not acknowledged within 15 s.
 //
-// Unread counts: the last seq read per room is kept in localStorage, per user.
+// Unread counts: the last seq read per room is kept per user on the server (so every
+// device agrees) and in localStorage until it has been reported.
 //
 // All user text goes into the page through textContent / createTextNode, never as HTML.
 'use strict';
@@ -35,6 +36,8 @@
   const TYPING_SHOW_MS = 3500;
   const MAX_SUBSCRIPTIONS = 150;
   const NODES_REFRESH_MS = 2000;
+  const READ_REPORT_MS = 1000;
+  const READ_RETRY_MS = 5000;
   // Errors after which a send or a subscription is simply tried again.
   const RETRIABLE = new Set(['unavailable', 'internal', 'stale_epoch', 'rate_limited', 'not_subscribed', 'unknown_room']);
 
@@ -185,30 +188,74 @@
   }
 
   // ---------------------------------------------------------------------------------
-  // Unread counts (every listed room) and read positions (localStorage).
+  // Unread counts (every listed room) and read positions: kept per user on the server
+  // (rendered into the page as data-read-seq, reported with POST /api/read-marks at most
+  // once a second) and in localStorage (for marks not reported yet). The higher wins.
   // ---------------------------------------------------------------------------------
 
   class Unread {
     constructor(userId) {
       this.prefix = 'districhat.read.' + userId + '.';
       this.counts = new Map();
+      this.server = new Map(); // room -> seq read, as the server knows it
+      for (const badge of document.querySelectorAll('[data-unread-for][data-read-seq]')) {
+        this.server.set(Number(badge.dataset.unreadFor), Number(badge.dataset.readSeq) || 0);
+      }
+      this.outbox = new Map(); // room -> seq read, not reported yet
+      this.flushTimer = null;
+      window.addEventListener('pagehide', () => this.report(true));
     }
 
     readSeq(room) {
+      let local = 0;
       try {
-        return Number(localStorage.getItem(this.prefix + room)) || 0;
+        local = Number(localStorage.getItem(this.prefix + room)) || 0;
       } catch (e) {
-        return 0;
+        // Private mode without storage: the server's mark is all there is.
       }
+      return Math.max(local, this.server.get(room) || 0);
     }
 
     markRead(room, seq) {
-      try {
-        if (seq > this.readSeq(room)) localStorage.setItem(this.prefix + room, String(seq));
-      } catch (e) {
-        // Private mode without storage: counts just start from zero next time.
+      if (seq > this.readSeq(room)) {
+        try {
+          localStorage.setItem(this.prefix + room, String(seq));
+        } catch (e) {
+          // No storage: the report below still reaches the server.
+        }
+        this.outbox.set(room, seq);
+        this.scheduleReport(READ_REPORT_MS);
       }
       this.set(room, 0);
+    }
+
+    scheduleReport(delay) {
+      if (this.flushTimer === null) this.flushTimer = setTimeout(() => this.report(false), delay);
+    }
+
+    // Sends the marks read since the last report; `leaving`: the page is going away.
+    report(leaving) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = null;
+      if (this.outbox.size === 0) return;
+      const marks = Array.from(this.outbox, ([room, seq]) => ({ room, seq }));
+      this.outbox.clear();
+      const retry = () => {
+        for (const mark of marks) {
+          if (!(this.outbox.get(mark.room) >= mark.seq)) this.outbox.set(mark.room, mark.seq);
+        }
+        this.scheduleReport(READ_RETRY_MS);
+      };
+      fetch('/api/read-marks', {
+        method: 'POST',
+        credentials: 'same-origin',
+        keepalive: leaving,
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ marks }),
+      }).then((response) => {
+        if (response.status >= 500) retry();
+        else if (response.ok) for (const mark of marks) this.server.set(mark.room, Math.max(mark.seq, this.server.get(mark.room) || 0));
+      }, retry);
     }
 
     set(room, count) {

@@ -1,20 +1,24 @@
-//! The browser client end to end: real headless Chromium (via chromedriver) against 3
-//! controls and 3 chat nodes in this process. Two people register through the forms, join
-//! one room from pages connected to different nodes (`?node=ID`), and see each other's
-//! messages in one order; markup in a message stays text; the node one page is connected
-//! to (the room's owner) is stopped, the page reconnects elsewhere and resends, and every
-//! message shows exactly once; a DM is visible to its two members only; a wrong password
-//! and a form without its CSRF token are refused; failed logins are rate limited.
-//! Screenshots of the pages go to `$CARGO_TARGET_DIR/screenshots/`.
+//! The browser client end to end: real headless Chromium (chromedriver, driven with the
+//! `thirtyfour` crate) against 3 controls and 2 chat nodes in this process. Two people
+//! register through the forms, join one room from pages connected to different nodes
+//! (`?node=ID`), and see each other's messages in one order; markup in a message stays
+//! text; the node one page is connected to (the room's owner) is stopped, the page shows
+//! it is reconnecting, reconnects to the other node and resends, the conversation goes on,
+//! and every message shows exactly once on both pages; a DM is visible to its two members
+//! only; read positions are kept per user on the server, so a fresh browser shows read
+//! rooms as read; a wrong password and a form without its CSRF token are refused; failed
+//! logins are rate limited; nothing scrolls sideways at 375 px. Screenshots of the pages
+//! go to `$CARGO_TARGET_DIR/screenshots/`.
 //!
-//! Three nodes, not two: with the default `min_copies = 2` a room whose second node is
-//! gone refuses sends, so the conversation could not go on after a node stops.
+//! The nodes run with `replication.min_copies = 1`: with the default 2, a room whose only
+//! other node is gone refuses sends (`unavailable`), so with two nodes the conversation
+//! could not go on after one stops. Acked then means "on the surviving node's disk".
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::{screenshot_dir, Browser, Driver, ENTER};
+use common::browser::{enter, screenshot_dir, shift_enter, Browser, Driver, DESKTOP};
 use common::chat::{token, ChatCluster, WsClient};
 use common::Api;
 use serde_json::{json, Value};
@@ -32,11 +36,11 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
             let _ = std::fs::remove_file(stale.path());
         }
     }
-    let mut cluster = ChatCluster::start(3).await;
+    let mut cluster = ChatCluster::start_with(2, |node| node.replication.min_copies = 1).await;
     let base = cluster.url();
     let driver = Driver::start().await;
-    let alice = driver.session("alice").await;
-    let bob = driver.session("bob").await;
+    let alice = driver.session("alice", DESKTOP).await;
+    let bob = driver.session("bob", DESKTOP).await;
 
     // (a) Two people register through the form and meet in one room, on different nodes.
     register(&alice, &base, "alice").await;
@@ -72,8 +76,23 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
         assert!(!page.alert_open().await, "{}: an alert ran", page.name);
     }
 
+    // Shift+Enter starts a new line (Enter alone sends); a long word wraps at 375 px.
+    let two_lines = format!("two lines:\nthe-second-one-is-a-single-word-{}", "x".repeat(60));
+    send(&alice, &two_lines.replace('\n', &shift_enter())).await;
+    expected.push(two_lines);
+    same_conversation(&alice, &bob, &expected).await;
+
     // (c) The node Alice's page is connected to — the room's owner — stops.
     let lost_before = reconnects(&alice).await;
+    // Every state the connection line passes through, however briefly.
+    alice
+        .js(
+            "const s = document.getElementById('conn-state'); window.__states = []; \
+             new MutationObserver(() => window.__states.push(s.dataset.state + ' ' + s.textContent)) \
+               .observe(s, { attributes: true, childList: true, characterData: true, subtree: true });",
+            vec![],
+        )
+        .await;
     cluster.stop_node(cluster.index_of(owner)).await;
     alice
         .wait_js(
@@ -86,15 +105,20 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     expected.push(during);
     alice
         .wait_js_for(
-            "a connection to another node",
+            &format!("a connection to the other node, {replica}"),
             &format!(
-                "(s => s.dataset.state === 'connected' && s.dataset.node !== '' && s.dataset.node !== '{owner}')\
+                "(s => s.dataset.state === 'connected' && s.dataset.node === '{replica}')\
                  (document.getElementById('conn-state'))"
             ),
             FAILOVER_WAIT,
         )
         .await;
     wait_delivered(&alice, &expected, FAILOVER_WAIT).await;
+    let states = alice.js("return window.__states", vec![]).await;
+    let shown = |prefix: &str| {
+        states.as_array().is_some_and(|all| all.iter().any(|s| s.as_str().is_some_and(|s| s.starts_with(prefix))))
+    };
+    assert!(shown("reconnecting Reconnecting"), "the page said it was reconnecting: {states}");
     for i in 1..=2 {
         for page in [&bob, &alice] {
             let text = format!("{} after the failover #{i}", page.name);
@@ -112,11 +136,11 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     alice.screenshot(&shots.join("room-desktop.png")).await;
     alice.viewport(375, 740, true).await;
     settle(&alice).await;
-    let overflow = alice.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await;
-    assert!(overflow.as_i64().is_some_and(|px| px <= 0), "the room page scrolls sideways at 375 px: {overflow}");
+    no_sideways_scrolling(&alice, "the room page").await;
     alice.screenshot(&shots.join("room-375.png")).await;
     alice.goto(&format!("{base}/app")).await;
     connected(&alice).await;
+    no_sideways_scrolling(&alice, "the dashboard").await;
     alice.screenshot(&shots.join("dashboard-375.png")).await;
     alice.viewport(1280, 800, false).await;
     settle(&alice).await;
@@ -159,6 +183,7 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     bob.click(&dm_link).await;
     bob.wait_js("the DM page", &format!("location.pathname === '/rooms/{dm}'")).await;
     wait_delivered(&bob, std::slice::from_ref(&secret), Duration::from_secs(15)).await;
+    read_marks_follow_the_user(&cluster, &alice, &base, (room, expected.len() as u64), dm).await;
 
     bob.click("form[action=\"/logout\"] button").await;
     bob.wait_js("the home page after logging out", "location.pathname === '/'").await;
@@ -205,6 +230,7 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
     assert_eq!(carol.path().await, "/login");
     carol.viewport(375, 740, true).await;
     settle(&carol).await;
+    no_sideways_scrolling(&carol, "the login page").await;
     carol.screenshot(&shots.join("login-error-375.png")).await;
     carol.js("document.querySelector('#login-form input[name=csrf]').remove()", vec![]).await;
     carol.type_into("#username", "alice").await;
@@ -224,6 +250,48 @@ async fn browsers_chat_across_nodes_through_a_node_failure() {
 
     // Last: it locks 127.0.0.1 out of logins for a minute.
     failed_logins_are_rate_limited(&base).await;
+}
+
+/// Read positions are kept per user on the server. Alice and Bob have read the whole
+/// lobby (`lobby.1` messages) and the DM: the marks reach every control's catalog (batched
+/// Raft writes), the API reports them, and a browser without local state — another
+/// device — shows Alice's rooms as read. Marks for a room one is not in are refused.
+async fn read_marks_follow_the_user(cluster: &ChatCluster, alice: &Browser, base: &str, lobby: (u64, u64), dm: u64) {
+    let catalog = cluster.controls.catalog(0);
+    let user = |name: &str| catalog.user_by_name(name).map(|user| user.id).expect("a registered user");
+    let (alice_id, bob_id) = (user("alice"), user("bob"));
+    for (who, room, seq) in
+        [(bob_id, dm, 1), (bob_id, lobby.0, lobby.1), (alice_id, lobby.0, lobby.1), (alice_id, dm, 1)]
+    {
+        common::wait_for("read marks in every control's catalog", Duration::from_secs(15), || async {
+            (0..3).all(|i| cluster.controls.catalog(i).read_marks.get(&(who, room)) == Some(&seq)).then_some(())
+        })
+        .await;
+    }
+    let bob_api = api_login(base, "bob").await;
+    let marks: Value =
+        bob_api.get(format!("{base}/api/read-marks")).send().await.expect("marks").json().await.expect("json");
+    assert_eq!(marks, json!({"marks": {lobby.0.to_string(): lobby.1, dm.to_string(): 1}}), "bob has read both");
+    let refused = bob_api
+        .post(format!("{base}/api/read-marks"))
+        .json(&json!({"marks": [{"room": dm + 1000, "seq": 1}]}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(refused.json::<Value>().await.expect("json")["code"], "forbidden");
+
+    alice.js("localStorage.clear()", vec![]).await;
+    alice.goto(&format!("{base}/app")).await;
+    connected(alice).await;
+    for (list, room) in [("my-rooms", lobby.0), ("my-dms", dm)] {
+        alice
+            .wait_js(
+                &format!("room {room} counted and shown as read on a fresh device"),
+                &format!("document.querySelector('#{list} a[data-room-id=\"{room}\"] .badge').textContent === '0'"),
+            )
+            .await;
+    }
 }
 
 /// 120 messages posted over a plain WebSocket; the room page shows the newest, and
@@ -336,7 +404,7 @@ async fn connected(page: &Browser) {
 
 /// Types `text` and presses Enter.
 async fn send(page: &Browser, text: &str) {
-    page.type_into("#message-input", &format!("{text}{ENTER}")).await;
+    page.type_into("#message-input", &format!("{text}{}", enter())).await;
     page.wait_js("the composer to be cleared", "document.getElementById('message-input').value === ''").await;
 }
 
@@ -397,6 +465,19 @@ async fn reconnects(page: &Browser) -> u64 {
     value.as_u64().expect("a reconnect count")
 }
 
+/// Nothing on the page — the page itself or any element that clips or scrolls, such as
+/// the message list — has content wider than itself (tables scroll on purpose; visually
+/// hidden labels clip on purpose).
+async fn no_sideways_scrolling(page: &Browser, what: &str) {
+    let script = "const wide = [document.documentElement, ...document.querySelectorAll('body *')] \
+                    .filter(e => getComputedStyle(e).overflowX !== 'visible' || e === document.documentElement) \
+                    .filter(e => e.scrollWidth > e.clientWidth + 1 \
+                            && !e.closest('.table-wrap, .visually-hidden')); \
+                  return wide.map(e => e.tagName + (e.id ? '#' + e.id : '') + ' ' + e.scrollWidth + '>' + e.clientWidth);";
+    let wide = page.js(script, vec![]).await;
+    assert_eq!(wide, json!([]), "{what} scrolls sideways at 375 px");
+}
+
 /// Lets layout and paint catch up after a viewport change (two animation frames).
 async fn settle(page: &Browser) {
     let script = "window.__settled = false; \
@@ -425,14 +506,20 @@ async fn api_login(base: &str, name: &str) -> reqwest::Client {
     reqwest::Client::builder().default_headers(headers).build().expect("client")
 }
 
-/// A logged-in form POST without the token: 403 `csrf`, as a page or as JSON.
+/// A logged-in form POST without the token: 403 `csrf`, as a page or as JSON. (The JSON
+/// login behind a TLS proxy sets a `Secure`, HttpOnly, SameSite=Lax cookie.)
 async fn csrf_refused_over_http(base: &str) {
     let response = reqwest::Client::new()
         .post(format!("{base}/api/sessions"))
+        .header("x-forwarded-proto", "https")
         .json(&json!({"username": "alice", "password": PASSWORD}))
         .send()
         .await
         .expect("login");
+    let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    for flag in ["HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(cookie.split("; ").any(|part| part == flag), "the JSON login's cookie lacks {flag}: {cookie}");
+    }
     let token = response.json::<Value>().await.expect("json")["token"].as_str().expect("token").to_string();
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let post = |accept: &'static str| {

@@ -18,7 +18,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::auth;
 use super::catalog::{Command, CommandOutput, Room, UserId};
 use super::raft::state_machine::read_state;
-use super::{admin, chat_api, cluster, nodes, raft, web, write, AppState};
+use super::{admin, chat_api, cluster, nodes, raft, read_marks, web, write, AppState};
 use crate::now_ms;
 
 /// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", get(list_rooms).post(create_room))
         .route("/api/rooms/{id}/members", post(join_room))
         .merge(chat_api::routes())
+        .merge(read_marks::routes(web_state.read_marks.clone()))
         .merge(nodes::routes())
         .merge(admin::routes())
         .merge(web::routes(web_state))
@@ -126,7 +127,9 @@ async fn login(
     web.limiter.clear(&keys[0]);
     let token = auth::sign_session(&key, user.id, now_ms() + auth::SESSION_TTL_MS);
     let body = SessionView { token: token.clone(), user: UserView { id: user.id, username: user.username } };
-    Ok(([(header::SET_COOKIE, auth::session_cookie(&token))], Json(body)).into_response())
+    // `Secure` behind a TLS proxy, exactly like the form login's cookie.
+    let cookie = web::secure_cookie(auth::session_cookie(&token), &headers);
+    Ok(([(header::SET_COOKIE, cookie)], Json(body)).into_response())
 }
 
 /// The logged-in user of a request, or 401.

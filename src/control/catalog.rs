@@ -163,6 +163,20 @@ pub enum Command {
         b: UserId,
         at_ms: u64,
     },
+    /// Read positions, batched by a control (one write per flush, not one per message
+    /// read). A mark only moves forward, and only for a member of an existing room; the
+    /// others in the batch are skipped, not refused, so one stale mark cannot fail the rest.
+    MarkRead {
+        marks: Vec<ReadMark>,
+    },
+}
+
+/// `user` has read `room` up to and including message `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    pub user: UserId,
+    pub room: RoomId,
+    pub seq: u64,
 }
 
 /// What a successful command returns to the client that proposed it.
@@ -257,6 +271,7 @@ pub enum Touched {
     Room(RoomId),
     Member(RoomId, UserId),
     Node(ChatNodeId),
+    ReadMark(UserId, RoomId),
 }
 
 /// The replicated catalog, held in memory on every member and persisted row by row.
@@ -268,6 +283,9 @@ pub struct Catalog {
     /// (room, user) pairs.
     pub members: BTreeSet<(RoomId, UserId)>,
     pub nodes: BTreeMap<ChatNodeId, ChatNode>,
+    /// (user, room) → the newest seq the user has read there: unread counts that follow
+    /// the user across browsers and devices.
+    pub read_marks: BTreeMap<(UserId, RoomId), u64>,
     /// Index username → id, derived from `users` (see [`Catalog::rebuild_indexes`]).
     #[serde(skip)]
     usernames: BTreeMap<String, UserId>,
@@ -360,6 +378,16 @@ impl Catalog {
             Command::ApproveNode { node } => self.approve_node(node, touched),
             Command::NodeUp { node } => self.node_up(node, touched),
             Command::CreateDm { a, b, at_ms } => self.create_dm(a, b, at_ms, touched),
+            Command::MarkRead { marks } => {
+                for ReadMark { user, room, seq } in marks {
+                    let current = self.read_marks.get(&(user, room)).copied().unwrap_or(0);
+                    if seq > current && self.is_member(room, user) {
+                        self.read_marks.insert((user, room), seq);
+                        touched.push(Touched::ReadMark(user, room));
+                    }
+                }
+                Ok(CommandOutput::Done)
+            }
         }
     }
 
@@ -505,6 +533,24 @@ mod tests {
         assert!(catalog.is_member(1, 1));
         let bad = Command::AddMember { room: 9, user: 1 };
         assert_eq!(catalog.apply(bad).0.unwrap_err().code(), "unknown_room");
+    }
+
+    #[test]
+    fn read_marks_move_forward_for_members_only() {
+        let mut catalog = Catalog::default();
+        user(&mut catalog, "alice").unwrap();
+        user(&mut catalog, "bob").unwrap();
+        let create = Command::CreateRoom { name: "general".into(), private: true, created_by: 1, at_ms: 1 };
+        catalog.apply(create).0.unwrap();
+        let mark = |user, room, seq| ReadMark { user, room, seq };
+        let (result, touched) =
+            catalog.apply(Command::MarkRead { marks: vec![mark(1, 1, 5), mark(2, 1, 5), mark(1, 9, 1)] });
+        assert_eq!(result, Ok(CommandOutput::Done), "a batch with stale marks still applies");
+        assert_eq!(touched, vec![Touched::ReadMark(1, 1)], "non-members and unknown rooms are skipped");
+        let (_, touched) = catalog.apply(Command::MarkRead { marks: vec![mark(1, 1, 3)] });
+        assert!(touched.is_empty(), "marks never move back");
+        assert_eq!(catalog.read_marks.get(&(1, 1)), Some(&5));
+        assert_eq!(catalog.read_marks.len(), 1);
     }
 
     #[test]

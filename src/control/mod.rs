@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod liveness;
 pub mod nodes;
 pub mod raft;
+pub mod read_marks;
 pub mod secret;
 pub mod web;
 pub mod write;

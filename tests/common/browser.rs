@@ -1,19 +1,24 @@
-//! Real headless Chromium for browser tests, driven over the W3C WebDriver protocol.
+//! Real headless Chromium for browser tests, driven with the `thirtyfour` WebDriver crate.
 //!
-//! [`Driver`] starts `chromedriver --port=0` as a child process (in its own process group,
-//! so every Chromium it launches goes away with it) and reads the port it picked;
-//! [`Driver::session`] opens one browser per simulated person, each with its own profile
-//! directory, so cookies are separate. [`Browser`] is a small WebDriver client over
-//! reqwest (the handful of commands these tests use), and [`Browser::wait_js`] is the one
-//! way to wait: it polls a JavaScript expression every 50 ms until it is truthy, bounded.
+//! This module owns only what the crate does not: [`Driver`] starts `chromedriver` as a
+//! child process (in its own process group, so every Chromium it launches goes away with
+//! it) on a port it picks itself (`--port=0`; the port is read from its banner, so there
+//! is no window in which another process could take a port we chose); [`Driver::session`]
+//! opens one browser per simulated person, each with its own profile directory (separate
+//! cookies and storage) and a window size. [`Browser`] derefs to `thirtyfour::WebDriver`
+//! and adds the few conveniences these tests share: bounded waiting on a JavaScript
+//! condition ([`Browser::wait_js`], the one way to wait), viewport emulation, and
+//! screenshots to files.
 
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use thirtyfour::common::capabilities::chromium::ChromiumLikeCapabilities;
+use thirtyfour::{By, DesiredCapabilities, Key, WebDriver, WebElement};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -22,19 +27,28 @@ pub const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "chromedriver";
-/// The W3C WebDriver key for Enter.
-pub const ENTER: &str = "\u{E007}";
+/// A desktop window, in CSS pixels.
+pub const DESKTOP: (u32, u32) = (1280, 800);
+
+/// The key that ends a line typed with [`Browser::type_into`].
+pub fn enter() -> char {
+    Key::Enter.value()
+}
+
+/// Shift+Enter as typed by [`Browser::type_into`] (Shift is released after it).
+pub fn shift_enter() -> String {
+    [Key::Shift.value(), Key::Enter.value(), Key::Null.value()].iter().collect()
+}
 
 /// A running chromedriver.
 pub struct Driver {
     child: Child,
     url: String,
-    http: reqwest::Client,
     profiles: TempDir,
 }
 
 impl Driver {
-    /// Starts chromedriver on a port of its choosing and waits until it serves.
+    /// Starts chromedriver on a port of its choosing and waits until it says which.
     pub async fn start() -> Self {
         let mut child = Command::new(CHROMEDRIVER)
             .arg("--port=0")
@@ -58,28 +72,15 @@ impl Driver {
         .expect("chromedriver started within 30 s");
         // Keep draining its output so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("http client");
-        let driver = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            http,
-            profiles: tempfile::tempdir().expect("profiles dir"),
-        };
-        let status = format!("{}/status", driver.url);
-        super::wait_for("chromedriver to be ready", Duration::from_secs(30), || {
-            let request = driver.http.get(&status);
-            async move {
-                let status: Value = request.send().await.ok()?.json().await.ok()?;
-                status["value"]["ready"].as_bool().filter(|ready| *ready)
-            }
-        })
-        .await;
-        driver
+        Self { child, url: format!("http://127.0.0.1:{port}"), profiles: tempfile::tempdir().expect("profiles dir") }
     }
 
-    /// A new headless browser with its own profile (cookies, storage) named `name`.
-    pub async fn session(&self, name: &str) -> Browser {
+    /// A new headless browser named `name`, with its own profile and a `width` × `height`
+    /// window.
+    pub async fn session(&self, name: &str, (width, height): (u32, u32)) -> Browser {
         let profile = self.profiles.path().join(name);
+        let mut capabilities = DesiredCapabilities::chrome();
+        capabilities.set_binary(CHROMIUM).expect("binary capability");
         let args = [
             "--headless=new".to_string(),
             "--no-sandbox".into(),
@@ -90,21 +91,17 @@ impl Driver {
             "--disable-sync".into(),
             "--no-first-run".into(),
             "--disable-features=Translate,MediaRouter,OptimizationHints".into(),
-            "--window-size=1280,800".into(),
+            format!("--window-size={width},{height}"),
             format!("--user-data-dir={}", profile.display()),
         ];
-        let capabilities = json!({
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "pageLoadStrategy": "normal",
-                    "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
-                }
-            }
-        });
-        let reply = send(self.http.post(format!("{}/session", self.url)).json(&capabilities)).await;
-        let id = reply["sessionId"].as_str().expect("a session id").to_string();
-        Browser { http: self.http.clone(), base: format!("{}/session/{id}", self.url), name: name.to_string() }
+        for arg in &args {
+            capabilities.add_arg(arg).expect("chromium argument");
+        }
+        let driver = WebDriver::builder(&self.url, capabilities)
+            .request_timeout(Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: no browser session: {e}"));
+        Browser { driver, name: name.to_string() }
     }
 }
 
@@ -117,57 +114,66 @@ impl Drop for Driver {
     }
 }
 
-/// One browser session.
+/// One browser session, playing one person.
 pub struct Browser {
-    http: reqwest::Client,
-    /// `http://driver/session/ID`.
-    base: String,
-    /// Who this browser plays (for messages).
+    pub driver: WebDriver,
+    /// Who this browser plays (for failure messages and screenshot names).
     pub name: String,
+}
+
+impl Deref for Browser {
+    type Target = WebDriver;
+
+    fn deref(&self) -> &WebDriver {
+        &self.driver
+    }
 }
 
 impl Browser {
     pub async fn goto(&self, url: &str) {
-        self.post("/url", json!({ "url": url })).await;
+        self.driver.goto(url).await.unwrap_or_else(|e| panic!("{}: cannot open {url}: {e}", self.name));
     }
 
     /// Runs `script` (a function body; `arguments[i]` are `args`) and returns its value.
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.post("/execute/sync", json!({ "script": script, "args": args })).await
+        self.try_js(script, args).await.unwrap_or_else(|e| panic!("{}: script failed: {e}\n{script}", self.name))
     }
 
-    /// [`Self::js`], with a failure (say, the page is navigating) as an `Err`.
-    async fn try_js(&self, script: &str) -> Result<Value, String> {
-        let request =
-            self.http.post(format!("{}/execute/sync", self.base)).json(&json!({ "script": script, "args": [] }));
-        try_send(request).await
+    async fn try_js(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
+        let script = script.to_string();
+        match self.driver.execute(script, args).await {
+            Ok(value) => Ok(value.json().clone()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Polls `expression` (a JS expression) every 50 ms until it is truthy, for up to
-    /// `timeout`; returns its value.
+    /// `timeout`; returns its value. On timeout, panics with the page's state and a
+    /// screenshot (`failed-NAME.png`).
     pub async fn wait_js_for(&self, what: &str, expression: &str, timeout: Duration) -> Value {
         let script = format!("return ({expression});");
         let deadline = Instant::now() + timeout;
         loop {
             // While a form submission navigates, scripts may fail: that is "not yet".
-            let value = self.try_js(&script).await;
+            let value = self.try_js(&script, Vec::new()).await;
             if let Ok(value) = &value {
                 if truthy(value) {
                     return value.clone();
                 }
             }
             if Instant::now() >= deadline {
-                let url = self.js("return location.href", Vec::new()).await;
-                let state =
-                    self.js("const s = document.getElementById('conn-state'); return s && s.textContent", vec![]).await;
-                let flash =
-                    self.js("const f = document.getElementById('flash'); return f && f.textContent", vec![]).await;
-                let text = self.js("return document.body.innerText.slice(0, 600)", vec![]).await;
+                let state = self
+                    .js(
+                        "const text = id => { const e = document.getElementById(id); return e && e.textContent; }; \
+                         return [location.href, text('conn-state'), text('flash'), document.body.innerText.slice(0, 600)];",
+                        Vec::new(),
+                    )
+                    .await;
                 let shot = screenshot_dir().join(format!("failed-{}.png", self.name));
                 self.screenshot(&shot).await;
                 panic!(
-                    "{}: timed out after {timeout:?} waiting for {what} (`{expression}` was {value:?}); page {url}, \
-                     connection {state}, flash {flash}, screenshot {}, text: {text}",
+                    "{}: timed out after {timeout:?} waiting for {what} (`{expression}` was {value:?}); \
+                     [page, connection, flash, text] = {state}; screenshot {}",
                     self.name,
                     shot.display()
                 );
@@ -181,24 +187,22 @@ impl Browser {
         self.wait_js_for(what, expression, WAIT).await
     }
 
-    /// The element matching `css` (waits for it to exist).
-    pub async fn find(&self, css: &str) -> String {
-        let expression = format!("document.querySelector({})", json!(css));
-        self.wait_js(&format!("an element matching {css}"), &expression).await;
-        let element = self.post("/element", json!({ "using": "css selector", "value": css })).await;
-        element.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).expect("element id").to_string()
+    /// The element matching `css`, once it exists.
+    pub async fn find(&self, css: &str) -> WebElement {
+        self.wait_js(&format!("an element matching {css}"), &format!("document.querySelector({})", json!(css))).await;
+        self.driver.find(By::Css(css)).await.unwrap_or_else(|e| panic!("{}: {css}: {e}", self.name))
     }
 
     pub async fn click(&self, css: &str) {
         let element = self.find(css).await;
-        self.post(&format!("/element/{element}/click"), json!({})).await;
+        element.click().await.unwrap_or_else(|e| panic!("{}: cannot click {css}: {e}", self.name));
     }
 
-    /// Types `text` into the element (after clearing it); [`ENTER`] presses Enter.
+    /// Clears the element and types `text` into it, as keystrokes ([`enter`] presses Enter).
     pub async fn type_into(&self, css: &str, text: &str) {
         let element = self.find(css).await;
-        self.post(&format!("/element/{element}/clear"), json!({})).await;
-        self.post(&format!("/element/{element}/value"), json!({ "text": text })).await;
+        element.clear().await.unwrap_or_else(|e| panic!("{}: cannot clear {css}: {e}", self.name));
+        element.send_keys(text).await.unwrap_or_else(|e| panic!("{}: cannot type into {css}: {e}", self.name));
     }
 
     /// The text of the element matching `css` (`None` if there is none).
@@ -209,56 +213,37 @@ impl Browser {
         value.as_str().map(str::to_string)
     }
 
+    /// `location.pathname + location.search`.
     pub async fn path(&self) -> String {
         self.js("return location.pathname + location.search", Vec::new()).await.as_str().unwrap_or_default().to_string()
     }
 
     /// Whether a JavaScript dialog (alert, confirm) is open.
     pub async fn alert_open(&self) -> bool {
-        let response = self.http.get(format!("{}/alert/text", self.base)).send().await.expect("webdriver");
-        response.status().is_success()
+        self.driver.get_alert_text().await.is_ok()
     }
 
     /// Emulates a viewport of `width` × `height` CSS pixels (mobile: touch, meta viewport).
     pub async fn viewport(&self, width: u32, height: u32, mobile: bool) {
-        let params = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile });
-        self.post("/goog/cdp/execute", json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": params })).await;
+        self.driver
+            .cdp()
+            .emulation()
+            .set_device_metrics_override(width, height, 1.0, mobile)
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot emulate {width}×{height}: {e}", self.name));
     }
 
     /// A PNG of the viewport, written to `path`.
-    pub async fn screenshot(&self, path: &std::path::Path) {
-        let value = self.get("/screenshot").await;
-        let png = base64::engine::general_purpose::STANDARD.decode(value.as_str().expect("base64 png")).expect("png");
+    pub async fn screenshot(&self, path: &Path) {
+        let png = self.driver.screenshot_as_png().await.unwrap_or_else(|e| panic!("{}: no screenshot: {e}", self.name));
         std::fs::create_dir_all(path.parent().expect("a directory")).expect("screenshot dir");
         std::fs::write(path, png).expect("write screenshot");
     }
 
+    /// Ends the session (closes the browser).
     pub async fn close(self) {
-        let _ = self.http.delete(&self.base).send().await;
+        let _ = self.driver.quit().await;
     }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        send(self.http.get(format!("{}{path}", self.base))).await
-    }
-}
-
-/// Sends a WebDriver command; panics with the driver's error if it failed.
-async fn send(request: reqwest::RequestBuilder) -> Value {
-    try_send(request).await.unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn try_send(request: reqwest::RequestBuilder) -> Result<Value, String> {
-    let response = request.send().await.map_err(|e| format!("webdriver request failed: {e}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.map_err(|e| format!("webdriver answered no json: {e}"))?;
-    if !status.is_success() {
-        return Err(format!("webdriver answered {status}: {body}"));
-    }
-    Ok(body.get("value").cloned().unwrap_or(Value::Null))
 }
 
 /// JavaScript truthiness of a JSON value.

@@ -15,13 +15,14 @@ use state_machine::StateMachineStore;
 use crate::store::{self, StoreError};
 
 /// Every column family of a control member's database.
-pub const COLUMN_FAMILIES: [&str; 7] = [
+pub const COLUMN_FAMILIES: [&str; 8] = [
     log_store::CF_LOG,
     log_store::CF_STATE,
     state_machine::CF_USERS,
     state_machine::CF_ROOMS,
     state_machine::CF_MEMBERS,
     state_machine::CF_NODES,
+    state_machine::CF_READ_MARKS,
     state_machine::CF_SM_META,
 ];
 

@@ -1,7 +1,7 @@
 //! The catalog state machine in RocksDB (openraft's v2 `RaftStateMachine`).
 //!
 //! The catalog lives in memory for reads ([`SharedCatalog`]) and is persisted row by row:
-//! one column family per table (`users`, `rooms`, `members`, `nodes`) plus `sm_meta`
+//! one column family per table (`users`, `rooms`, `members`, `nodes`, `read_marks`) plus `sm_meta`
 //! (catalog counters, last applied log id, last membership). Each `apply` call writes the
 //! rows it touched and the new applied log id in one atomic batch. Snapshots are the
 //! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
@@ -10,6 +10,7 @@
 // openraft's `StorageError` is large, and its traits require it: we return it as is.
 #![allow(clippy::result_large_err)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
@@ -19,16 +20,19 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::control::catalog::{Catalog, CommandOutput, CommandResult, Touched};
+use crate::control::catalog::{
+    Catalog, CatalogMeta, ChatNode, ChatNodeId, CommandOutput, CommandResult, Room, RoomId, Touched, User, UserId,
+};
 use crate::store;
 
 pub const CF_USERS: &str = "users";
 pub const CF_ROOMS: &str = "rooms";
 pub const CF_MEMBERS: &str = "members";
 pub const CF_NODES: &str = "nodes";
+pub const CF_READ_MARKS: &str = "read_marks";
 pub const CF_SM_META: &str = "sm_meta";
 
-const TABLES: [&str; 4] = [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES];
+const TABLES: [&str; 5] = [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES, CF_READ_MARKS];
 const KEY_CATALOG_META: &[u8] = b"catalog_meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -127,6 +131,9 @@ impl StateMachineStore {
         for (key, value) in self.scan(CF_NODES)? {
             catalog.nodes.insert(store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
         }
+        for (key, value) in self.scan(CF_READ_MARKS)? {
+            catalog.read_marks.insert(store::key_pair(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+        }
         catalog.rebuild_indexes();
         Ok((catalog, applied))
     }
@@ -152,6 +159,10 @@ impl StateMachineStore {
                 Touched::User(id) => (CF_USERS, store::u64_key(id).to_vec(), catalog.users.get(&id).map(store::encode)),
                 Touched::Room(id) => (CF_ROOMS, store::u64_key(id).to_vec(), catalog.rooms.get(&id).map(store::encode)),
                 Touched::Node(id) => (CF_NODES, store::u64_key(id).to_vec(), catalog.nodes.get(&id).map(store::encode)),
+                Touched::ReadMark(user, room) => {
+                    let seq = catalog.read_marks.get(&(user, room)).map(store::encode);
+                    (CF_READ_MARKS, store::pair_key(user, room).to_vec(), seq)
+                }
                 Touched::Member(room, user) => {
                     let present = catalog.is_member(room, user).then(|| Ok(Vec::new()));
                     (CF_MEMBERS, store::pair_key(room, user).to_vec(), present)
@@ -181,6 +192,7 @@ impl StateMachineStore {
         touched.extend(catalog.rooms.keys().map(|id| Touched::Room(*id)));
         touched.extend(catalog.nodes.keys().map(|id| Touched::Node(*id)));
         touched.extend(catalog.members.iter().map(|(room, user)| Touched::Member(*room, *user)));
+        touched.extend(catalog.read_marks.keys().map(|(user, room)| Touched::ReadMark(*user, *room)));
         self.persist_rows(&catalog, &touched, &mut batch)?;
         let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
@@ -197,13 +209,39 @@ impl StateMachineStore {
     }
 }
 
-/// The catalog and position a snapshot holds.
+/// The catalog and position a snapshot holds. Snapshots written before read marks
+/// existed (no `read_marks` table) still load, with no marks.
 fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
-    let mut catalog: Catalog = store::decode(&snapshot.data).map_err(snap_read)?;
+    let mut catalog: Catalog = match store::decode(&snapshot.data) {
+        Ok(catalog) => catalog,
+        Err(e) => match store::decode::<CatalogBeforeReadMarks>(&snapshot.data) {
+            Ok(older) => older.into(),
+            Err(_) => return Err(snap_read(e)),
+        },
+    };
     catalog.rebuild_indexes();
     let applied =
         AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
     Ok(CatalogState { catalog, applied })
+}
+
+/// The snapshot format of the catalog before `read_marks` was added.
+#[derive(Serialize, Deserialize)]
+struct CatalogBeforeReadMarks {
+    meta: CatalogMeta,
+    users: BTreeMap<UserId, User>,
+    rooms: BTreeMap<RoomId, Room>,
+    members: BTreeSet<(RoomId, UserId)>,
+    nodes: BTreeMap<ChatNodeId, ChatNode>,
+}
+
+impl From<CatalogBeforeReadMarks> for Catalog {
+    fn from(older: CatalogBeforeReadMarks) -> Self {
+        let mut catalog = Catalog::default();
+        (catalog.meta, catalog.users, catalog.rooms) = (older.meta, older.users, older.rooms);
+        (catalog.members, catalog.nodes) = (older.members, older.nodes);
+        catalog
+    }
 }
 
 /// Locks the state for reading. A poisoned lock is still consistent: `Catalog::apply`
@@ -316,5 +354,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(self
             .stored_snapshot()?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_from_before_read_marks_still_load() {
+        let user = User { id: 1, username: "alice".into(), password_hash: "hash".into(), created_at_ms: 1 };
+        let older = CatalogBeforeReadMarks {
+            meta: CatalogMeta { next_user_id: 2, ..CatalogMeta::default() },
+            users: BTreeMap::from([(1, user)]),
+            rooms: BTreeMap::new(),
+            members: BTreeSet::new(),
+            nodes: BTreeMap::new(),
+        };
+        let meta = SnapshotMeta::default();
+        let snapshot = StoredSnapshot { meta, data: store::encode(&older).expect("encode") };
+        let state = decode_snapshot(&snapshot).expect("an older snapshot loads");
+        assert_eq!(state.catalog.users[&1].username, "alice");
+        assert!(state.catalog.read_marks.is_empty());
+        assert_eq!(state.catalog.meta.next_user_id, 2);
+
+        let garbage = StoredSnapshot { meta: SnapshotMeta::default(), data: vec![1, 2, 3] };
+        assert!(decode_snapshot(&garbage).is_err(), "anything else is still refused");
     }
 }

@@ -51,6 +51,7 @@ pub use self::error::WebError;
 use self::limiter::LoginLimiter;
 use super::catalog::Catalog;
 use super::raft::state_machine::read_state;
+use super::read_marks::ReadMarks;
 use super::AppState;
 
 /// How long a form handler waits for this member to apply its own write, so the page it
@@ -63,6 +64,8 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 pub struct WebState {
     /// Failed logins per username and per client address.
     pub limiter: Arc<LoginLimiter>,
+    /// Read positions not yet in the catalog (the pages' unread badges include them).
+    pub read_marks: Arc<ReadMarks>,
 }
 
 /// The pages, forms and static files. Merged into the control's router; `state` is shared
@@ -88,6 +91,12 @@ pub fn routes(state: WebState) -> Router<AppState> {
         .route("/static/{file}", get(assets::serve))
         .layer(Extension(state))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// `cookie` with `; Secure` added when the request came over TLS (for the JSON login,
+/// which sets the same session cookie as the form).
+pub(crate) fn secure_cookie(cookie: String, headers: &axum::http::HeaderMap) -> String {
+    visitor::secure_suffix(cookie, visitor::came_over_tls(headers))
 }
 
 /// Headers every web answer carries. The CSP is what makes an injected `<img onerror>` or

@@ -1,17 +1,21 @@
 //! The chat pages: home, the dashboard, a room (or DM), and the DM shortcut. They are
 //! rendered from this member's applied catalog; live content (messages, unread counts,
 //! presence, the connection state) is filled in by `static/chat.js` over one WebSocket.
+//! Each listed room carries the user's server-side read position (`data-read-seq`, see
+//! [`read_marks`](super::super::read_marks)), so unread counts are the same on every device.
 
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 
 use super::super::catalog::{dm_name, Catalog, Room, RoomId, UserId};
 use super::super::raft::state_machine::read_state;
+use super::super::read_marks::ReadMarks;
 use super::super::AppState;
 use super::visitor::{Layout, Visitor};
-use super::WebError;
+use super::{WebError, WebState};
 
 /// A room as the pages list it.
 pub struct RoomLink {
@@ -22,12 +26,16 @@ pub struct RoomLink {
     pub dm: bool,
     /// The room the page shows (highlighted in the sidebar).
     pub current: bool,
+    /// The newest seq the user has read here (server-side, any device); `chat.js` turns it
+    /// into the unread badge once it knows the room's newest seq.
+    pub read_seq: u64,
 }
 
 impl RoomLink {
     fn new(catalog: &Catalog, room: &Room, me: UserId, current: Option<RoomId>) -> Self {
         let label = if room.is_dm() { format!("@{}", dm_peer(catalog, room.id, me)) } else { room.name.clone() };
-        Self { id: room.id, label, private: room.private, dm: room.is_dm(), current: current == Some(room.id) }
+        let current = current == Some(room.id);
+        Self { id: room.id, label, private: room.private, dm: room.is_dm(), current, read_seq: 0 }
     }
 }
 
@@ -40,13 +48,22 @@ fn dm_peer(catalog: &Catalog, room: RoomId, me: UserId) -> String {
         .map_or_else(|| "unknown".to_string(), |user| user.username.clone())
 }
 
-/// The rooms and DMs `me` belongs to, each sorted by label.
-fn my_rooms(catalog: &Catalog, me: UserId, current: Option<RoomId>) -> (Vec<RoomLink>, Vec<RoomLink>) {
+/// The rooms and DMs `me` belongs to, each sorted by label, with `me`'s read positions.
+fn my_rooms(
+    catalog: &Catalog,
+    marks: &ReadMarks,
+    me: UserId,
+    current: Option<RoomId>,
+) -> (Vec<RoomLink>, Vec<RoomLink>) {
+    let read = marks.for_user(catalog, me);
     let (mut dms, mut rooms): (Vec<RoomLink>, Vec<RoomLink>) = catalog
         .rooms
         .values()
         .filter(|room| catalog.is_member(room.id, me))
-        .map(|room| RoomLink::new(catalog, room, me, current))
+        .map(|room| RoomLink {
+            read_seq: read.get(&room.id).copied().unwrap_or(0),
+            ..RoomLink::new(catalog, room, me, current)
+        })
         .partition(|link| link.dm);
     rooms.sort_by(|a, b| a.label.cmp(&b.label));
     dms.sort_by(|a, b| a.label.cmp(&b.label));
@@ -77,13 +94,17 @@ struct DashboardPage {
 }
 
 /// `GET /app`.
-pub async fn dashboard(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
+pub async fn dashboard(
+    State(app): State<AppState>,
+    Extension(web): Extension<WebState>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
     let visitor = Visitor::read(&app, &headers)?;
     let me = visitor.require_user("/app")?.id;
     let page = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;
-        let (rooms, dms) = my_rooms(catalog, me, None);
+        let (rooms, dms) = my_rooms(catalog, &web.read_marks, me, None);
         let mut public: Vec<RoomLink> = catalog
             .rooms
             .values()
@@ -113,6 +134,7 @@ struct RoomPage {
 /// room a user has not joined shows a join button instead of the conversation.
 pub async fn room(
     State(app): State<AppState>,
+    Extension(web): Extension<WebState>,
     Path(id): Path<RoomId>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
@@ -126,7 +148,7 @@ pub async fn room(
         if room.private && !member {
             return Err(WebError::forbidden("This room is private to its members."));
         }
-        let (rooms, dms) = my_rooms(catalog, me, Some(id));
+        let (rooms, dms) = my_rooms(catalog, &web.read_marks, me, Some(id));
         let link = RoomLink::new(catalog, room, me, Some(id));
         let title = link.label.clone();
         RoomPage {

@@ -147,7 +147,7 @@ pub fn secure_suffix(cookie: String, secure: bool) -> String {
 }
 
 /// TLS ends at a proxy in front of the control (nginx); it says so in `X-Forwarded-Proto`.
-fn came_over_tls(headers: &HeaderMap) -> bool {
+pub(crate) fn came_over_tls(headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")
         .and_then(|value| value.to_str().ok())
