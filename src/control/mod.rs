@@ -13,6 +13,7 @@ pub mod auth;
 pub mod catalog;
 pub mod chat_api;
 pub mod cluster;
+pub mod drain;
 pub mod liveness;
 pub mod nodes;
 pub mod raft;

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use self::config::NodeConfig;
 use self::hub::Hub;
-use self::log::RoomLog;
+use self::log::{Fenced, RoomLog};
 use self::mesh::{Dispatch, Mesh};
 use self::owner::{blocking, OwnerCommand, OwnerHandle, Sent};
 use crate::control::secret::ClusterSecret;
@@ -331,10 +331,33 @@ impl Node {
         }
     }
 
-    /// Sends a chat message through the room's owner.
+    /// Sends a chat message through the room's owner. When the owner answers that the room
+    /// is moving (a drain or failover under way), the routing table is refreshed and, if
+    /// the room has a new epoch now, the send goes to its owner once: the client's `client_id`
+    /// makes that safe (the new owner holds the dedupe index of every message the old one
+    /// got acknowledged).
     #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id))]
     pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
-        let owner = self.owner_of(room).ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        let placement = |route: RoomRoute| route.owner.map(|owner| (owner, route.epoch));
+        let (owner, epoch) = self
+            .room(room)
+            .and_then(placement)
+            .ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        let error = match self.send_via(owner, room, message.clone()).await {
+            Err(error @ (NodeError::Unavailable(_) | NodeError::StaleEpoch)) => error,
+            done => return done,
+        };
+        let _ = self.refresh_routes().await;
+        match self.room(room).and_then(placement) {
+            Some((new_owner, new_epoch)) if new_epoch != epoch => {
+                tracing::debug!(room, owner, new_owner, new_epoch, "the room moved during a send; sending again");
+                self.send_via(new_owner, room, message).await
+            }
+            _ => Err(error),
+        }
+    }
+
+    async fn send_via(&self, owner: NodeId, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
         if owner == self.id {
             return self.send_local(room, message).await;
         }
@@ -342,13 +365,7 @@ impl Node {
         match self.mesh_request(owner, request, Duration::from_secs(10)).await {
             Ok(MeshResponse::Sent { seq, ts, duplicate }) => Ok(Sent { seq, ts, duplicate }),
             Ok(other) => Err(NodeError::from_response(other)),
-            Err(e) => {
-                // The owner may be gone: learn of a reassignment now rather than at the
-                // next heartbeat, so the client's retry goes to the new owner.
-                let node = self.clone();
-                tokio::spawn(async move { node.refresh_routes().await });
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -543,34 +560,24 @@ impl Node {
         messages: Vec<StoredMessage>,
     ) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
-        blocking(move || {
-            let fence = log.fence(room)?;
-            if epoch < fence {
-                return Ok(Err(NodeError::StaleEpoch));
-            }
-            if epoch > fence {
-                log.set_fence(room, epoch)?;
-            }
-            log.append(room, &messages)?;
-            Ok(Ok(MeshResponse::Stored { seq: messages.last().map_or(0, |m| m.seq) }))
-        })
-        .await?
+        let last = messages.last().map_or(0, |m| m.seq);
+        match blocking(move || log.append_at(room, epoch, &messages)).await? {
+            Fenced::Done(()) => Ok(MeshResponse::Stored { seq: last }),
+            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        }
     }
 
     /// A new owner makes this node its replica at `epoch`.
     async fn adopt(&self, room: RoomId, epoch: u64, base: Seq) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
-        blocking(move || {
-            if epoch < log.fence(room)? {
-                return Ok(Err(NodeError::StaleEpoch));
+        match blocking(move || log.take_epoch(room, epoch, Some(base))).await? {
+            Fenced::Done((last_seq, dropped)) => {
+                if dropped > 0 {
+                    tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
+                }
+                Ok(MeshResponse::Adopted { last_seq })
             }
-            log.set_fence(room, epoch)?;
-            let dropped = log.truncate_after(room, base)?;
-            if dropped > 0 {
-                tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
-            }
-            Ok(Ok(MeshResponse::Adopted { last_seq: log.last_seq(room)? }))
-        })
-        .await?
+            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        }
     }
 }
