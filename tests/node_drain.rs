@@ -255,6 +255,17 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
             assert_eq!(by_client_id.get(client_id), Some(seq), "acked {client_id} is in history at seq {seq}");
         }
         assert_eq!(history.len(), 3 * PER_CLIENT, "room {room}: exactly the acknowledged messages");
+
+        // The second copy: the room's (possibly new) replica holds the same log on disk,
+        // the history from before the move included.
+        let replica = after.rooms[room].replica.expect("replica");
+        let log = cluster.node(cluster.index_of(replica)).node.log.clone();
+        let room_id = *room;
+        let copy = tokio::task::spawn_blocking(move || log.after(room_id, 0, usize::MAX)).await.expect("join");
+        let copy: Vec<(u64, String)> = copy.expect("replica log").into_iter().map(|m| (m.seq, m.client_id)).collect();
+        let mut expected: Vec<(u64, String)> = by_client_id.iter().map(|(id, seq)| (*seq, id.clone())).collect();
+        expected.sort();
+        assert_eq!(copy, expected, "room {room}: replica {replica} holds every message");
     }
 
     // Sends after the drain, through the drained node and through another one.
