@@ -76,10 +76,8 @@ pub async fn drain(
     let report: DrainReport = send(client.post(&drain_url).header(SECRET_HEADER, &target.secret)).await?;
     let mut last: Option<DrainProgress> = None;
     loop {
-        let asked = client
-            .get(&drain_url)
-            .query(&[("since", report.routes_version)])
-            .header(SECRET_HEADER, &target.secret);
+        let asked =
+            client.get(&drain_url).query(&[("since", report.routes_version)]).header(SECRET_HEADER, &target.secret);
         match send::<DrainProgress>(asked).await {
             Ok(progress) => {
                 if last.as_ref().is_none_or(|last| describe(last) != describe(&progress)) {

@@ -12,8 +12,8 @@ use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
 use districhat::drain::{self, DrainTarget};
 use districhat::drill::DrillArgs;
-use indicatif::{ProgressBar, ProgressStyle};
 use districhat::{bench, control, dev, drill, node, status, telemetry};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]

@@ -40,7 +40,14 @@ struct Outcome {
 
 /// One client on one node sending `PER_CLIENT` messages to `room`, each retried with the
 /// same client_id until acknowledged.
-async fn run_client(api: Api, base: String, ws_url: String, room: u64, label: String, acked: Arc<AtomicUsize>) -> Outcome {
+async fn run_client(
+    api: Api,
+    base: String,
+    ws_url: String,
+    room: u64,
+    label: String,
+    acked: Arc<AtomicUsize>,
+) -> Outcome {
     let mut outcome = Outcome::default();
     let mut ws = connect(&api, &base, &ws_url).await;
     ws.subscribe(room, None).await;

@@ -98,7 +98,12 @@ async fn drain(
             let applied = state.catalog.nodes.get(&id).is_some_and(|node| node.status == NodeStatus::Drained);
             if applied || tokio::time::Instant::now() >= deadline {
                 let view = NodeView::new(&state.catalog, state.catalog.nodes.get(&id).unwrap_or(&node), None);
-                return Ok(Json(DrainReport { node: view, owners_moved, replicas_moved, routes_version: version(&state) }));
+                return Ok(Json(DrainReport {
+                    node: view,
+                    owners_moved,
+                    replicas_moved,
+                    routes_version: version(&state),
+                }));
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

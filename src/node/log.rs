@@ -40,7 +40,9 @@ pub struct RoomLog {
 pub enum Fenced<T> {
     Done(T),
     /// Nothing was written: the room's fence is at a newer epoch than the writer's.
-    Stale { fence: u64 },
+    Stale {
+        fence: u64,
+    },
 }
 
 impl RoomLog {
@@ -77,7 +79,12 @@ impl RoomLog {
 
     /// Takes the room at `epoch` (a new owner, or a replica adopting a new owner): raises
     /// the fence, drops entries past `truncate_past` if given, and returns the last seq.
-    pub fn take_epoch(&self, room: RoomId, epoch: u64, truncate_past: Option<Seq>) -> Result<Fenced<(Seq, usize)>, StoreError> {
+    pub fn take_epoch(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        truncate_past: Option<Seq>,
+    ) -> Result<Fenced<(Seq, usize)>, StoreError> {
         let _guard = self.fence_lock(room);
         let fence = self.fence(room)?;
         if epoch < fence {
