@@ -34,7 +34,7 @@ struct Outcome {
     received: Vec<u64>,
     /// Retryable error frames answered to a send (the only client-visible trouble allowed
     /// besides a reconnect).
-    retryable_errors: usize,
+    retryable_errors: Vec<String>,
     reconnects: usize,
 }
 
@@ -79,7 +79,7 @@ async fn run_client(
                         let code = frame["code"].as_str().unwrap_or_default();
                         assert!(matches!(code, "unavailable" | "rate_limited"), "{frame}");
                         if code == "unavailable" {
-                            outcome.retryable_errors += 1;
+                            outcome.retryable_errors.push(frame["message"].to_string());
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue 'retry;
@@ -207,13 +207,13 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     assert!(cluster.node(drained_index).node.owned_rooms() == 0, "the drained node runs no owner");
 
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut retryable_errors, mut reconnects) = (0, 0);
+    let (mut retryable_errors, mut reconnects) = (Vec::new(), 0);
     for client in clients {
         let outcome = client.await.expect("client task");
         let unique: BTreeSet<u64> = outcome.received.iter().copied().collect();
         assert_eq!(unique.len(), outcome.received.len(), "a client saw a message twice");
         assert!(outcome.received.windows(2).all(|w| w[0] < w[1]), "a client saw messages out of order");
-        retryable_errors += outcome.retryable_errors;
+        retryable_errors.extend(outcome.retryable_errors);
         reconnects += outcome.reconnects;
         acked.extend(outcome.acked);
     }
@@ -222,12 +222,13 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     assert!(acked_at_drain_end < total, "the load outlasted the drain, so sends after it were tested");
     eprintln!(
         "drain of node {drained}: {owned} owned + {replicated} replicated rooms in {:.2} s; \
-         {acked_at_drain_end}/{total} acked by then; clients saw {retryable_errors} retryable errors, \
+         {acked_at_drain_end}/{total} acked by then; clients saw retryable errors {retryable_errors:?}, \
          {reconnects} reconnects; steps:\n  {}",
         summary.elapsed.as_secs_f64(),
         steps.join("\n  ")
     );
     assert_eq!(reconnects, 0, "nobody had to reconnect: the drained node keeps its sessions");
+    assert!(retryable_errors.is_empty(), "sends met by the move were retried at the new owner, not refused");
 
     // The catalog: nothing left on the drained node, every room on two other nodes, and
     // exactly the rooms it held got a new epoch.

@@ -331,11 +331,12 @@ impl Node {
         }
     }
 
-    /// Sends a chat message through the room's owner. When the owner answers that the room
-    /// is moving (a drain or failover under way), the routing table is refreshed and, if
-    /// the room has a new epoch now, the send goes to its owner once: the client's `client_id`
-    /// makes that safe (the new owner holds the dedupe index of every message the old one
-    /// got acknowledged).
+    /// Sends a chat message through the room's owner. When the send meets a room on the
+    /// move (a drain or failover under way: the owner answers "moved", or the routing
+    /// table has a new epoch by now), the routing table is refreshed and the send goes
+    /// once more to the room's owner: the client's `client_id` makes that safe (the new
+    /// owner holds the dedupe index of every message the old one got acknowledged). An
+    /// owner that could not be reached at all is not asked twice unless the room moved.
     #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id))]
     pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
         let placement = |route: RoomRoute| route.owner.map(|owner| (owner, route.epoch));
@@ -343,29 +344,36 @@ impl Node {
             .room(room)
             .and_then(placement)
             .ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
-        let error = match self.send_via(owner, room, message.clone()).await {
-            Err(error @ (NodeError::Unavailable(_) | NodeError::StaleEpoch)) => error,
-            done => return done,
+        let (error, owner_answered) = match self.send_via(owner, room, message.clone()).await {
+            Ok(Ok(sent)) => return Ok(sent),
+            Ok(Err(error @ (NodeError::Unavailable(_) | NodeError::StaleEpoch))) => (error, true),
+            Ok(Err(error)) => return Err(error),
+            Err(unreached) => (unreached, false),
         };
         let _ = self.refresh_routes().await;
         match self.room(room).and_then(placement) {
-            Some((new_owner, new_epoch)) if new_epoch != epoch => {
-                tracing::debug!(room, owner, new_owner, new_epoch, "the room moved during a send; sending again");
-                self.send_via(new_owner, room, message).await
+            Some((new_owner, new_epoch)) if owner_answered || new_epoch != epoch => {
+                tracing::debug!(room, owner, new_owner, new_epoch, %error, "the room is moving; sending again");
+                self.send_via(new_owner, room, message).await.and_then(|answer| answer)
             }
             _ => Err(error),
         }
     }
 
-    async fn send_via(&self, owner: NodeId, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
+    /// One attempt at the owner: `Err` when it could not be reached, else its answer.
+    async fn send_via(
+        &self,
+        owner: NodeId,
+        room: RoomId,
+        message: Outgoing,
+    ) -> Result<Result<Sent, NodeError>, NodeError> {
         if owner == self.id {
-            return self.send_local(room, message).await;
+            return Ok(self.send_local(room, message).await);
         }
         let request = MeshRequest::Send { room, message };
-        match self.mesh_request(owner, request, Duration::from_secs(10)).await {
-            Ok(MeshResponse::Sent { seq, ts, duplicate }) => Ok(Sent { seq, ts, duplicate }),
-            Ok(other) => Err(NodeError::from_response(other)),
-            Err(e) => Err(e),
+        match self.mesh_request(owner, request, Duration::from_secs(10)).await? {
+            MeshResponse::Sent { seq, ts, duplicate } => Ok(Ok(Sent { seq, ts, duplicate })),
+            other => Ok(Err(NodeError::from_response(other))),
         }
     }
 
