@@ -11,11 +11,13 @@
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
+//! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
 
 pub mod bench;
 pub mod config;
 pub mod control;
 pub mod dev;
+pub mod drain;
 pub mod drill;
 pub mod node;
 pub mod protocol;

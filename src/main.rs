@@ -10,8 +10,10 @@ use districhat::bench::chat::ChatBenchArgs;
 use districhat::bench::control::ControlBenchArgs;
 use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
+use districhat::drain::{self, DrainTarget};
 use districhat::drill::DrillArgs;
 use districhat::{bench, control, dev, drill, node, status, telemetry};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -114,6 +116,30 @@ enum AdminAction {
         /// The node's id (see `districhat status`).
         #[arg(long)]
         id: u64,
+    },
+    /// Take a chat node out of service without losing anything: every room it owns moves
+    /// to that room's replica, every room it replicates gets a new replica (epoch + 1 each),
+    /// then this waits until the nodes have acted on it and prints a summary. The node
+    /// keeps running (its connected browsers keep chatting through it) but gets no new
+    /// rooms or connections, even after a restart; stop it once drained. Refused with
+    /// `no_capacity` (nothing changed) when a room would be left without two Up nodes.
+    /// Undo with `admin undrain-node`. Exits non-zero on refusal or timeout.
+    DrainNode {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The node's id (see `districhat status`).
+        node: u64,
+        /// How long to wait for the nodes to act on the move, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Put a drained chat node back in service: it becomes Up and takes new rooms and
+    /// connections; rooms moved away by the drain stay where they are.
+    UndrainNode {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The node's id (see `districhat status`).
+        node: u64,
     },
     /// Back up one control member's (or chat node's) database as a RocksDB checkpoint.
     ///
@@ -219,8 +245,43 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
         AdminAction::RemoveMember { target, id } => {
             admin_request(reqwest::Method::DELETE, &target, &format!("/api/admin/members/{id}"), None).await?
         }
+        AdminAction::DrainNode { target, node, timeout } => {
+            return run_drain(target, node, Duration::from_secs(timeout)).await;
+        }
+        AdminAction::UndrainNode { target, node } => {
+            let target = DrainTarget { control: target.control, secret: target.secret, node };
+            let view = drain::undrain(&target).await?;
+            format!("node {} ({}) is {}: it takes new rooms and connections again", view.id, view.name, view.status)
+        }
     };
     println!("{reply}");
+    Ok(())
+}
+
+/// `admin drain-node`: drains with a spinner showing each step, then prints the summary.
+async fn run_drain(target: AdminTarget, node: u64, timeout: Duration) -> anyhow::Result<()> {
+    let target = DrainTarget { control: target.control, secret: target.secret, node };
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")?);
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message(format!("draining node {node}…"));
+    let result = drain::drain(&target, timeout, |progress| {
+        let line = drain::describe(progress);
+        spinner.println(&line);
+        spinner.set_message(line);
+    })
+    .await;
+    spinner.finish_and_clear();
+    let summary = result.with_context(|| format!("draining node {node}"))?;
+    println!(
+        "drained node {} ({}): {} rooms moved as owner, {} as replica, in {:.1} s",
+        summary.node,
+        summary.name,
+        summary.owners_moved,
+        summary.replicas_moved,
+        summary.elapsed.as_secs_f64()
+    );
+    println!("it owns and replicates nothing now; stop it, or `admin undrain-node {node}` to put it back");
     Ok(())
 }
 

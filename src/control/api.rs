@@ -18,7 +18,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::auth;
 use super::catalog::{Command, CommandOutput, Room, UserId};
 use super::raft::state_machine::read_state;
-use super::{admin, chat_api, cluster, nodes, raft, read_marks, web, write, AppState};
+use super::{admin, chat_api, cluster, drain, nodes, raft, read_marks, web, write, AppState};
 use crate::now_ms;
 
 /// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(read_marks::routes(web_state.read_marks.clone()))
         .merge(nodes::routes())
         .merge(admin::routes())
+        .merge(drain::routes())
         .merge(web::routes(web_state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())

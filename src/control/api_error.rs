@@ -74,7 +74,8 @@ impl From<CatalogError> for ApiError {
             | CatalogError::NodeExists(_)
             | CatalogError::StaleEpoch { .. }
             | CatalogError::SigningKeyAlreadySet
-            | CatalogError::NodePending(_) => StatusCode::CONFLICT,
+            | CatalogError::NodePending(_)
+            | CatalogError::NoCapacity { .. } => StatusCode::CONFLICT,
             CatalogError::InvalidUsername
             | CatalogError::InvalidRoomName
             | CatalogError::InvalidNodeName

@@ -71,6 +71,11 @@ pub enum NodeStatus {
     Pending,
     Up,
     Down,
+    /// Taken out of service by an operator (`DrainNode`): alive and reachable, but it owns
+    /// and replicates nothing, gets no new rooms and is not offered to browsers. Only
+    /// `UndrainNode` (or `SetNodeStatus Up`) brings it back; a heartbeat or a
+    /// re-registration does not. Appended last: the variant index travels in bincode.
+    Drained,
 }
 
 /// A chat node in the registry.
@@ -169,6 +174,18 @@ pub enum Command {
     MarkRead {
         marks: Vec<ReadMark>,
     },
+    /// An operator drains the node: it becomes `Drained` and every room it owns moves to
+    /// that room's replica, every room it replicates gets another replica (epoch + 1
+    /// each), exactly like [`Command::NodeDown`]. Refused with `no_capacity`, changing
+    /// nothing, when some room would be left without an `Up` owner and replica.
+    DrainNode {
+        node: ChatNodeId,
+    },
+    /// An operator puts a `Drained` node back in service: it becomes `Up` (like
+    /// [`Command::NodeUp`]); rooms already moved stay where they are.
+    UndrainNode {
+        node: ChatNodeId,
+    },
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -186,8 +203,9 @@ pub enum CommandOutput {
     User(User),
     Room(Room),
     Node(ChatNode),
-    /// The result of a [`Command::NodeDown`]: how many rooms changed owner and how many
-    /// got a new replica. Zero for a node that was not `Up`.
+    /// The result of a [`Command::NodeDown`] (and [`Command::DrainNode`]): how many rooms
+    /// changed owner and how many got a new replica. Zero for a node that was not `Up`
+    /// (or was drained already).
     NodeDown {
         node: ChatNode,
         owners_moved: u64,
@@ -235,6 +253,8 @@ pub enum CatalogError {
     DmWithSelf,
     #[error("a direct-message room keeps its two members")]
     DmMembersFixed,
+    #[error("no other Up node can take over room {room} ({why}); add or bring up a node first")]
+    NoCapacity { room: RoomId, why: String },
 }
 
 impl CatalogError {
@@ -256,6 +276,7 @@ impl CatalogError {
             Self::ReservedRoomName => "reserved_room_name",
             Self::DmWithSelf => "dm_with_self",
             Self::DmMembersFixed => "dm_members_fixed",
+            Self::NoCapacity { .. } => "no_capacity",
         }
     }
 }
@@ -388,6 +409,8 @@ impl Catalog {
                 }
                 Ok(CommandOutput::Done)
             }
+            Command::DrainNode { node } => self.drain_node(node, touched),
+            Command::UndrainNode { node } => self.undrain_node(node, touched),
         }
     }
 

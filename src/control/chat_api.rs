@@ -108,7 +108,7 @@ pub struct NodeView {
     /// `host:port` of the node (mesh links, internal history).
     pub addr: String,
     pub ws_url: String,
-    /// `up`, `down` or `pending` (awaiting approval).
+    /// `up`, `down`, `pending` (awaiting approval) or `drained` (out of service, alive).
     pub status: String,
     /// Rooms the catalog assigns to it as owner and as replica.
     pub rooms_owned: u64,
@@ -130,6 +130,7 @@ impl NodeView {
             NodeStatus::Up => "up",
             NodeStatus::Down => "down",
             NodeStatus::Pending => "pending",
+            NodeStatus::Drained => "drained",
         };
         Self {
             id: node.id,

@@ -32,6 +32,9 @@ pub struct Seen {
     pub at: Instant,
     /// The load of the last heartbeat; `None` until the first one in this term.
     pub load: Option<NodeLoad>,
+    /// The routing-table version the node held when it sent that heartbeat (0: none yet),
+    /// so an operator can tell when every node has acted on a change (e.g. a drain).
+    pub routes_version: u64,
 }
 
 /// The leader's in-memory record of node heartbeats, cheap to clone. A `std` mutex: it is
@@ -52,8 +55,8 @@ struct Memory {
 
 impl Liveness {
     /// Records a heartbeat received while leading in `term`.
-    pub fn heartbeat(&self, term: u64, node: ChatNodeId, load: NodeLoad, now: Instant) {
-        self.leading(term, now).seen.insert(node, Seen { at: now, load: Some(load) });
+    pub fn heartbeat(&self, term: u64, node: ChatNodeId, load: NodeLoad, routes_version: u64, now: Instant) {
+        self.leading(term, now).seen.insert(node, Seen { at: now, load: Some(load), routes_version });
     }
 
     /// What is known in `term` (empty if this member's memory is of another term).
@@ -72,7 +75,7 @@ impl Liveness {
         let mut memory = self.leading(term, now);
         for node in up {
             let newly_up = !memory.was_up.contains(node);
-            let seen = memory.seen.entry(*node).or_insert(Seen { at: now, load: None });
+            let seen = memory.seen.entry(*node).or_insert(Seen { at: now, load: None, routes_version: 0 });
             if newly_up {
                 // It was down, pending or unknown a moment ago: count from now, not from
                 // the heartbeat it sent before it went away.
@@ -165,7 +168,12 @@ pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>)
 fn export_node_metrics(app: &AppState, member: &str) {
     let state = read_state(&app.state);
     let catalog = &state.catalog;
-    for (label, status) in [("up", NodeStatus::Up), ("down", NodeStatus::Down), ("pending", NodeStatus::Pending)] {
+    for (label, status) in [
+        ("up", NodeStatus::Up),
+        ("down", NodeStatus::Down),
+        ("pending", NodeStatus::Pending),
+        ("drained", NodeStatus::Drained),
+    ] {
         let count = catalog.nodes.values().filter(|node| node.status == status).count();
         metrics::gauge!("districhat_nodes", "member" => member.to_string(), "status" => label).set(count as f64);
     }
@@ -190,7 +198,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         assert!(liveness.overdue(5, &[1, 2], TIMEOUT, at(0)).is_empty());
-        liveness.heartbeat(5, 2, NodeLoad::default(), at(2_500));
+        liveness.heartbeat(5, 2, NodeLoad::default(), 0, at(2_500));
         assert!(liveness.overdue(5, &[1, 2], TIMEOUT, at(2_900)).is_empty(), "grace period");
         assert_eq!(liveness.overdue(5, &[1, 2], TIMEOUT, at(3_000)), vec![1]);
         assert_eq!(liveness.overdue(5, &[1, 2], TIMEOUT, at(5_500)), vec![1, 2]);
@@ -200,7 +208,7 @@ mod tests {
     fn a_new_term_starts_from_scratch_with_a_grace_period() {
         let liveness = Liveness::default();
         let t0 = Instant::now();
-        liveness.heartbeat(1, 1, NodeLoad { connections: 7, ..NodeLoad::default() }, t0);
+        liveness.heartbeat(1, 1, NodeLoad { connections: 7, ..NodeLoad::default() }, 0, t0);
         assert_eq!(liveness.snapshot(1)[&1].load.as_ref().map(|load| load.connections), Some(7));
         assert!(liveness.snapshot(2).is_empty());
         let later = t0 + Duration::from_secs(60);

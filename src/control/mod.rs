@@ -14,6 +14,7 @@ pub mod backup;
 pub mod catalog;
 pub mod chat_api;
 pub mod cluster;
+pub mod drain;
 pub mod liveness;
 pub mod nodes;
 pub mod raft;

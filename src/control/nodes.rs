@@ -96,7 +96,7 @@ async fn heartbeat(
     }
     let status = read_state(&app.state).catalog.nodes.get(&beat.node_id).map(|node| node.status);
     let Some(status) = status else { return Ok(Json(HeartbeatReply::Unknown)) };
-    app.liveness.heartbeat(leader.term, beat.node_id, beat.load, Instant::now());
+    app.liveness.heartbeat(leader.term, beat.node_id, beat.load, beat.routes_version, Instant::now());
     if status == NodeStatus::Down {
         match app.writer.write(Command::NodeUp { node: beat.node_id }).await {
             Ok(_) => tracing::info!(node = beat.node_id, "a chat node marked down heartbeats again: it is up"),
@@ -130,6 +130,9 @@ pub struct NodeSeen {
     pub load: Option<NodeLoad>,
     /// Milliseconds since that heartbeat (or since the leader started counting the node).
     pub last_seen_ms: u64,
+    /// The routing-table version the node held at that heartbeat (0 when unknown).
+    #[serde(default)]
+    pub routes_version: u64,
 }
 
 /// `GET /internal/nodes/loads`: the leader's heartbeat memory.
@@ -177,7 +180,7 @@ fn local_loads(app: &AppState, term: u64) -> BTreeMap<ChatNodeId, NodeSeen> {
         .into_iter()
         .map(|(id, seen)| {
             let last_seen_ms = u64::try_from(now.duration_since(seen.at).as_millis()).unwrap_or(u64::MAX);
-            (id, NodeSeen { id, load: seen.load, last_seen_ms })
+            (id, NodeSeen { id, load: seen.load, last_seen_ms, routes_version: seen.routes_version })
         })
         .collect()
 }

@@ -4,9 +4,15 @@
 //! range scan is history), `dedupe` (room ‖ sender ‖ client_id → seq, written with the
 //! message so a replica has it too) and `fences` (room → newest epoch seen, so a stale
 //! owner is refused). All calls block: async callers use `spawn_blocking`.
+//!
+//! Writes that depend on a room's fence (a replica storing, an owner appending or rolling
+//! back, a new owner or replica taking an epoch) go through the `*_at` methods, which
+//! check the fence and write under one lock per room stripe. Without it a write of the
+//! old epoch could pass its fence check, then land after the new owner read the last
+//! seq, and the new owner would reuse that seq.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
@@ -17,17 +23,88 @@ use crate::store::{self, StoreError};
 const CF_MESSAGES: &str = "messages";
 const CF_DEDUPE: &str = "dedupe";
 const CF_FENCES: &str = "fences";
+/// Rooms share this many fence locks (room id modulo), so rooms rarely wait on each other.
+const FENCE_STRIPES: usize = 64;
 
 /// The room logs of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct RoomLog {
     db: Arc<DB>,
     fsync: bool,
+    /// Serialise fence checks with the writes they guard (see the module docs). `std`
+    /// mutexes: held only inside blocking calls, never across an `.await`.
+    fence_locks: Arc<Vec<Mutex<()>>>,
+}
+
+/// The outcome of a write guarded by a room's fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced<T> {
+    Done(T),
+    /// Nothing was written: the room's fence is at a newer epoch than the writer's.
+    Stale {
+        fence: u64,
+    },
 }
 
 impl RoomLog {
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, StoreError> {
-        Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES])?, fsync })
+        let fence_locks = Arc::new((0..FENCE_STRIPES).map(|_| Mutex::new(())).collect());
+        Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES])?, fsync, fence_locks })
+    }
+
+    /// Appends for a writer at `epoch` (an owner, or an owner's replication): refused if
+    /// the fence is newer; raises the fence to `epoch` first if it is older.
+    pub fn append_at(&self, room: RoomId, epoch: u64, messages: &[StoredMessage]) -> Result<Fenced<()>, StoreError> {
+        let _guard = self.fence_lock(room);
+        let fence = self.fence(room)?;
+        if epoch < fence {
+            return Ok(Fenced::Stale { fence });
+        }
+        if epoch > fence {
+            self.set_fence(room, epoch)?;
+        }
+        self.append(room, messages)?;
+        Ok(Fenced::Done(()))
+    }
+
+    /// An owner at `epoch` forgets what it wrote past `base` (a batch its replica did not
+    /// confirm); refused if a newer epoch has taken the room meanwhile.
+    pub fn truncate_at(&self, room: RoomId, epoch: u64, base: Seq) -> Result<Fenced<usize>, StoreError> {
+        let _guard = self.fence_lock(room);
+        let fence = self.fence(room)?;
+        if epoch < fence {
+            return Ok(Fenced::Stale { fence });
+        }
+        Ok(Fenced::Done(self.truncate_after(room, base)?))
+    }
+
+    /// Takes the room at `epoch` (a new owner, or a replica adopting a new owner): raises
+    /// the fence, drops entries past `truncate_past` if given, and returns the last seq.
+    pub fn take_epoch(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        truncate_past: Option<Seq>,
+    ) -> Result<Fenced<(Seq, usize)>, StoreError> {
+        let _guard = self.fence_lock(room);
+        let fence = self.fence(room)?;
+        if epoch < fence {
+            return Ok(Fenced::Stale { fence });
+        }
+        if epoch > fence {
+            self.set_fence(room, epoch)?;
+        }
+        let dropped = match truncate_past {
+            Some(base) => self.truncate_after(room, base)?,
+            None => 0,
+        };
+        Ok(Fenced::Done((self.last_seq(room)?, dropped)))
+    }
+
+    fn fence_lock(&self, room: RoomId) -> MutexGuard<'_, ()> {
+        let lock = &self.fence_locks[(room % FENCE_STRIPES as u64) as usize];
+        // The guarded data lives in RocksDB, so a poisoned lock protects nothing broken.
+        lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Writes a consistent copy of every room log into `target` (a backup; see
@@ -186,5 +263,19 @@ mod tests {
         assert_eq!(log.last_seq(2).unwrap(), 1);
         log.set_fence(1, 4).unwrap();
         assert_eq!(log.fence(1).unwrap(), 4);
+    }
+
+    #[test]
+    fn fenced_writes_refuse_older_epochs_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        assert_eq!(log.append_at(1, 2, &[message(1), message(2)]).unwrap(), Fenced::Done(()));
+        assert_eq!(log.fence(1).unwrap(), 2, "a newer writer raises the fence");
+        assert_eq!(log.take_epoch(1, 3, None).unwrap(), Fenced::Done((2, 0)));
+        assert_eq!(log.append_at(1, 2, &[message(3)]).unwrap(), Fenced::Stale { fence: 3 });
+        assert_eq!(log.truncate_at(1, 2, 0).unwrap(), Fenced::Stale { fence: 3 });
+        assert_eq!(log.take_epoch(1, 2, Some(0)).unwrap(), Fenced::Stale { fence: 3 });
+        assert_eq!(log.last_seq(1).unwrap(), 2, "stale writers changed nothing");
+        assert_eq!(log.take_epoch(1, 4, Some(1)).unwrap(), Fenced::Done((1, 1)), "adopting truncates");
     }
 }

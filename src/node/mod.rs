@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use self::config::NodeConfig;
 use self::hub::Hub;
-use self::log::RoomLog;
+use self::log::{Fenced, RoomLog};
 use self::mesh::{Dispatch, Mesh};
 use self::owner::{blocking, OwnerCommand, OwnerHandle, Sent};
 use crate::control::secret::ClusterSecret;
@@ -336,25 +336,50 @@ impl Node {
         }
     }
 
-    /// Sends a chat message through the room's owner.
+    /// Sends a chat message through the room's owner. When the send meets a room on the
+    /// move (a drain or failover under way: the owner answers "moved", or the routing
+    /// table has a new epoch by now), the routing table is refreshed and the send goes
+    /// once more to the room's owner: the client's `client_id` makes that safe (the new
+    /// owner holds the dedupe index of every message the old one got acknowledged). An
+    /// owner that could not be reached at all is not asked twice unless the room moved.
     #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id, owner))]
     pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
-        let owner = self.owner_of(room).ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        let placement = |route: RoomRoute| route.owner.map(|owner| (owner, route.epoch));
+        let (owner, epoch) = self
+            .room(room)
+            .and_then(placement)
+            .ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
         tracing::Span::current().record("owner", owner);
+        let (error, owner_answered) = match self.send_via(owner, room, message.clone()).await {
+            Ok(Ok(sent)) => return Ok(sent),
+            Ok(Err(error @ (NodeError::Unavailable(_) | NodeError::StaleEpoch))) => (error, true),
+            Ok(Err(error)) => return Err(error),
+            Err(unreached) => (unreached, false),
+        };
+        let _ = self.refresh_routes().await;
+        match self.room(room).and_then(placement) {
+            Some((new_owner, new_epoch)) if owner_answered || new_epoch != epoch => {
+                tracing::debug!(room, owner, new_owner, new_epoch, %error, "the room is moving; sending again");
+                self.send_via(new_owner, room, message).await.and_then(|answer| answer)
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// One attempt at the owner: `Err` when it could not be reached, else its answer.
+    async fn send_via(
+        &self,
+        owner: NodeId,
+        room: RoomId,
+        message: Outgoing,
+    ) -> Result<Result<Sent, NodeError>, NodeError> {
         if owner == self.id {
-            return self.send_local(room, message).await;
+            return Ok(self.send_local(room, message).await);
         }
         let request = MeshRequest::Send { room, message };
-        match self.mesh_request(owner, request, Duration::from_secs(10)).await {
-            Ok(MeshResponse::Sent { seq, ts, duplicate }) => Ok(Sent { seq, ts, duplicate }),
-            Ok(other) => Err(NodeError::from_response(other)),
-            Err(e) => {
-                // The owner may be gone: learn of a reassignment now rather than at the
-                // next heartbeat, so the client's retry goes to the new owner.
-                let node = self.clone();
-                tokio::spawn(async move { node.refresh_routes().await });
-                Err(e)
-            }
+        match self.mesh_request(owner, request, Duration::from_secs(10)).await? {
+            MeshResponse::Sent { seq, ts, duplicate } => Ok(Ok(Sent { seq, ts, duplicate })),
+            other => Ok(Err(NodeError::from_response(other))),
         }
     }
 
@@ -558,34 +583,24 @@ impl Node {
         messages: Vec<StoredMessage>,
     ) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
-        blocking(move || {
-            let fence = log.fence(room)?;
-            if epoch < fence {
-                return Ok(Err(NodeError::StaleEpoch));
-            }
-            if epoch > fence {
-                log.set_fence(room, epoch)?;
-            }
-            log.append(room, &messages)?;
-            Ok(Ok(MeshResponse::Stored { seq: messages.last().map_or(0, |m| m.seq) }))
-        })
-        .await?
+        let last = messages.last().map_or(0, |m| m.seq);
+        match blocking(move || log.append_at(room, epoch, &messages)).await? {
+            Fenced::Done(()) => Ok(MeshResponse::Stored { seq: last }),
+            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        }
     }
 
     /// A new owner makes this node its replica at `epoch`.
     async fn adopt(&self, room: RoomId, epoch: u64, base: Seq) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
-        blocking(move || {
-            if epoch < log.fence(room)? {
-                return Ok(Err(NodeError::StaleEpoch));
+        match blocking(move || log.take_epoch(room, epoch, Some(base))).await? {
+            Fenced::Done((last_seq, dropped)) => {
+                if dropped > 0 {
+                    tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
+                }
+                Ok(MeshResponse::Adopted { last_seq })
             }
-            log.set_fence(room, epoch)?;
-            let dropped = log.truncate_after(room, base)?;
-            if dropped > 0 {
-                tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
-            }
-            Ok(Ok(MeshResponse::Adopted { last_seq: log.last_seq(room)? }))
-        })
-        .await?
+            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        }
     }
 }

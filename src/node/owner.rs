@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::log::Fenced;
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
@@ -89,13 +90,10 @@ impl Owner {
     async fn start(&mut self) -> Result<(), NodeError> {
         let (room, epoch) = (self.room, self.epoch);
         let log = self.node.log.clone();
-        let last = blocking(move || {
-            if log.fence(room)? < epoch {
-                log.set_fence(room, epoch)?;
-            }
-            log.last_seq(room)
-        })
-        .await?;
+        let last = match blocking(move || log.take_epoch(room, epoch, None)).await? {
+            Fenced::Done((last, _)) => last,
+            Fenced::Stale { .. } => return Err(self.moved()),
+        };
         self.next_seq = last + 1;
         self.sync_replica(last).await?;
         tracing::info!(room, epoch, last_seq = last, "owning the room");
@@ -225,21 +223,39 @@ impl Owner {
     }
 
     async fn persist_and_replicate(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
-        let (log, room, batch) = (self.node.log.clone(), self.room, messages.to_vec());
-        blocking(move || log.append(room, &batch)).await?;
+        let (log, room, epoch, batch) = (self.node.log.clone(), self.room, self.epoch, messages.to_vec());
+        if let Fenced::Stale { .. } = blocking(move || log.append_at(room, epoch, &batch)).await? {
+            return Err(self.moved());
+        }
         let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
         let request = MeshRequest::Replicate { room: self.room, epoch: self.epoch, messages: messages.to_vec() };
         match self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await? {
             MeshResponse::Stored { .. } => Ok(()),
-            other => Err(NodeError::from_response(other)),
+            other => match NodeError::from_response(other) {
+                NodeError::StaleEpoch => Err(self.moved()),
+                error => Err(error),
+            },
         }
     }
 
+    /// A newer epoch holds the room (a drain or a failover this node has not heard of
+    /// yet): learn the new routing table now and tell the sender to retry, which sends to
+    /// the new owner.
+    fn moved(&self) -> NodeError {
+        let node = self.node.clone();
+        tokio::spawn(async move { node.refresh_routes().await });
+        NodeError::Unavailable("the room moved to another node; retry".into())
+    }
+
     /// Forgets a batch that did not reach the replica, so the sequence has no holes there.
+    /// Left alone if a newer epoch took the room meanwhile: what is past `base` is then
+    /// the new owner's.
     async fn rollback(&mut self, base: Seq) {
-        let (log, room) = (self.node.log.clone(), self.room);
-        if let Err(e) = blocking(move || log.truncate_after(room, base)).await {
-            tracing::error!(room, error = %e, "cannot roll back an unreplicated batch");
+        let (log, room, epoch) = (self.node.log.clone(), self.room, self.epoch);
+        match blocking(move || log.truncate_at(room, epoch, base)).await {
+            Ok(Fenced::Done(_)) => {}
+            Ok(Fenced::Stale { fence }) => tracing::info!(room, epoch, fence, "not rolling back: the room moved"),
+            Err(e) => tracing::error!(room, error = %e, "cannot roll back an unreplicated batch"),
         }
         self.next_seq = base + 1;
     }

@@ -5,6 +5,10 @@
 //! node `Down` (`NodeDown`) and one that heartbeats again `Up` (`NodeUp`, or a new
 //! `RegisterNode`). A `Pending` node only leaves that state through an approval (or an
 //! operator's `SetNodeStatus Up`): neither a heartbeat nor a failure changes it.
+//! An operator drains a node (`DrainNode`): it becomes `Drained` and its rooms move away
+//! exactly as for a failure, but only when every one of them has somewhere to go (else
+//! `no_capacity` and nothing changes). A `Drained` node stays so across heartbeats and
+//! re-registrations until `UndrainNode` makes it `Up` again.
 //!
 //! Placement, deterministic (rooms in id order, ties broken by node id):
 //! - *least-loaded* is the `Up` node owning the fewest rooms, then replicating the fewest,
@@ -83,6 +87,7 @@ impl Catalog {
                 Ok(CommandOutput::Node(self.node(node)?.clone()))
             }
             NodeStatus::Down => self.node_down(node, NodeStatus::Down, touched),
+            NodeStatus::Drained => self.drain_node(node, touched),
             NodeStatus::Pending => {
                 if self.node(node)?.status == NodeStatus::Pending {
                     return Ok(CommandOutput::Node(self.node(node)?.clone()));
@@ -111,14 +116,65 @@ impl Catalog {
         Ok(CommandOutput::Node(self.node(node)?.clone()))
     }
 
-    /// `NodeUp`: a `Down` node is back. A pending node must be approved instead.
+    /// `NodeUp`: a `Down` node is back. A pending node must be approved instead; a drained
+    /// one stays drained (it heartbeats while out of service).
     pub(super) fn node_up(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
         match self.node(node)?.status {
             NodeStatus::Pending => return Err(CatalogError::NodePending(node)),
             NodeStatus::Down => self.bring_up(node, touched),
-            NodeStatus::Up => {}
+            NodeStatus::Up | NodeStatus::Drained => {}
         }
         Ok(CommandOutput::Node(self.node(node)?.clone()))
+    }
+
+    /// `DrainNode`: an `Up` (or `Down`) node leaves service and its rooms move, if every
+    /// room it holds can move; a drained node is left as it is; a pending one is refused.
+    pub(super) fn drain_node(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
+        match self.node(node)?.status {
+            NodeStatus::Pending => Err(CatalogError::NodePending(node)),
+            NodeStatus::Drained => {
+                Ok(CommandOutput::NodeDown { node: self.node(node)?.clone(), owners_moved: 0, replicas_moved: 0 })
+            }
+            NodeStatus::Up | NodeStatus::Down => {
+                self.check_drain_capacity(node)?;
+                self.take_out(node, NodeStatus::Drained, touched)
+            }
+        }
+    }
+
+    /// `UndrainNode`: a drained node is `Up` again; an `Up` or `Down` node is left as it
+    /// is; a pending one must be approved instead.
+    pub(super) fn undrain_node(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
+        match self.node(node)?.status {
+            NodeStatus::Pending => return Err(CatalogError::NodePending(node)),
+            NodeStatus::Drained => self.bring_up(node, touched),
+            NodeStatus::Up | NodeStatus::Down => {}
+        }
+        Ok(CommandOutput::Node(self.node(node)?.clone()))
+    }
+
+    /// Whether every room of `node` would keep an `Up` owner and an `Up` replica on other
+    /// nodes: a room it owns needs an `Up` replica to promote (the copy of its log) and a
+    /// third `Up` node as new replica; a room it replicates needs an `Up` owner and a
+    /// third `Up` node. The first room that cannot move is the error.
+    fn check_drain_capacity(&self, node: ChatNodeId) -> Result<(), CatalogError> {
+        let loads = Loads::of(self);
+        let up_other = |id: ChatNodeId| id != node && loads.is_up(id);
+        for room in self.rooms.values() {
+            let (keeper, role) = if room.owner == Some(node) {
+                (room.replica, "its replica, which would become owner, is not Up")
+            } else if room.replica == Some(node) {
+                (room.owner, "its owner is not Up")
+            } else {
+                continue;
+            };
+            let no_capacity = |why: &str| CatalogError::NoCapacity { room: room.id, why: why.to_string() };
+            let keeper = keeper.filter(|keeper| up_other(*keeper)).ok_or_else(|| no_capacity(role))?;
+            if loads.least(&[node, keeper]).is_none() {
+                return Err(no_capacity("no third Up node would hold its second copy"));
+            }
+        }
+        Ok(())
     }
 
     fn node(&self, node: ChatNodeId) -> Result<&ChatNode, CatalogError> {
@@ -379,5 +435,65 @@ mod tests {
         let up = Command::SetNodeStatus { node: 1, status: NodeStatus::Up };
         catalog.apply(up).0.unwrap();
         assert_eq!(catalog.nodes[&1].status, NodeStatus::Up);
+    }
+
+    fn drain(catalog: &mut Catalog, node: ChatNodeId) -> Result<(u64, u64), &'static str> {
+        match catalog.apply(Command::DrainNode { node }).0 {
+            Ok(CommandOutput::NodeDown { owners_moved, replicas_moved, .. }) => Ok((owners_moved, replicas_moved)),
+            Ok(other) => panic!("drain returned {other:?}"),
+            Err(e) => Err(e.code()),
+        }
+    }
+
+    #[test]
+    fn a_drained_node_hands_over_its_rooms_and_takes_no_new_ones() {
+        let mut catalog = setup(&["n1", "n2", "n3"], 3);
+        // Before: r0 n1+n2, r1 n3+n2, r2 n2+n1. Draining n2 moves r2's ownership to n1 and
+        // the replica roles of r0 and r1 to the only other node each.
+        assert_eq!(drain(&mut catalog, 2), Ok((1, 2)));
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained);
+        assert_eq!(placement(&catalog), vec![(Some(1), Some(3), 2), (Some(3), Some(1), 2), (Some(1), Some(3), 2)]);
+        assert_eq!(catalog.node_room_counts()[&2], (0, 0));
+        assert_eq!(drain(&mut catalog, 2), Ok((0, 0)), "draining again changes nothing");
+
+        let create = Command::CreateRoom { name: "late".into(), private: false, created_by: 1, at_ms: 0 };
+        let Ok(CommandOutput::Room(room)) = catalog.apply(create).0 else { panic!("create") };
+        assert!(room.owner != Some(2) && room.replica != Some(2), "no new room on a drained node: {room:?}");
+
+        // Heartbeats and re-registrations do not bring it back; an undrain does.
+        catalog.apply(Command::NodeUp { node: 2 }).0.unwrap();
+        assert_eq!(register(&mut catalog, "n2", true).status, NodeStatus::Drained);
+        assert_eq!(down(&mut catalog, 2), (0, 0), "a silent drained node is not failed over");
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained);
+        let before = placement(&catalog);
+        let Ok(CommandOutput::Node(node)) = catalog.apply(Command::UndrainNode { node: 2 }).0 else { panic!() };
+        assert_eq!(node.status, NodeStatus::Up);
+        assert_eq!(placement(&catalog), before, "moved rooms stay where they are");
+        let create = Command::CreateRoom { name: "later".into(), private: false, created_by: 1, at_ms: 0 };
+        let Ok(CommandOutput::Room(room)) = catalog.apply(create).0 else { panic!("create") };
+        assert_eq!(room.owner, Some(2), "the undrained node, owning nothing, is least loaded");
+    }
+
+    #[test]
+    fn a_drain_without_room_to_move_is_refused_and_changes_nothing() {
+        let mut catalog = setup(&["n1", "n2"], 2);
+        let before = catalog.clone();
+        assert_eq!(drain(&mut catalog, 1), Err("no_capacity"), "no third node for the second copies");
+        assert_eq!(catalog, before);
+        assert_eq!(drain(&mut catalog, 9), Err("unknown_node"));
+
+        // A room without an Up replica cannot leave its owner: its log is only there.
+        let mut catalog = setup(&["n1", "n2", "n3"], 1);
+        down(&mut catalog, 2);
+        down(&mut catalog, 3);
+        assert_eq!(placement(&catalog), vec![(Some(1), None, 3)]);
+        let Err(e) = catalog.apply(Command::DrainNode { node: 1 }).0 else { panic!("drained") };
+        assert!(matches!(e, CatalogError::NoCapacity { room: 1, .. }), "{e:?}");
+        assert_eq!(catalog.nodes[&1].status, NodeStatus::Up);
+
+        let mut catalog = setup(&["n1"], 0);
+        register(&mut catalog, "n2", false);
+        assert_eq!(drain(&mut catalog, 2), Err("node_pending"));
+        assert_eq!(catalog.apply(Command::UndrainNode { node: 2 }).0.unwrap_err().code(), "node_pending");
     }
 }

@@ -1,0 +1,334 @@
+//! Draining a chat node under load (`admin drain-node`): every room it owns moves to its
+//! replica and every room it replicates gets another replica, while clients on every node
+//! (the drained one included) keep sending; nothing acknowledged is lost or doubled, no
+//! client sees a message twice or out of order, and the node stays drained across a
+//! restart until it is undrained. Also: the typed refusals (`unknown_node`, `no_capacity`)
+//! change nothing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::chat::{token, ChatCluster, WsClient};
+use common::{wait_for, Api, SECRET};
+use districhat::control::catalog::{Catalog, ChatNodeId, NodeStatus};
+use districhat::drain::{self, DrainError, DrainTarget};
+use districhat::node;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const ROOMS: usize = 4;
+const PER_CLIENT: usize = 60;
+/// Drain once this many sends (of ROOMS × 3 nodes × PER_CLIENT) are acknowledged.
+const DRAIN_AFTER: usize = 200;
+
+/// What one client saw.
+#[derive(Default)]
+struct Outcome {
+    /// client_id → acked seq.
+    acked: BTreeMap<String, u64>,
+    /// Every seq received, in arrival order.
+    received: Vec<u64>,
+    /// Retryable error frames answered to a send (the only client-visible trouble allowed
+    /// besides a reconnect).
+    retryable_errors: Vec<String>,
+    reconnects: usize,
+}
+
+/// One client on one node sending `PER_CLIENT` messages to `room`, each retried with the
+/// same client_id until acknowledged.
+async fn run_client(
+    api: Api,
+    base: String,
+    ws_url: String,
+    room: u64,
+    label: String,
+    acked: Arc<AtomicUsize>,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut ws = connect(&api, &base, &ws_url).await;
+    ws.subscribe(room, None).await;
+    let mut last_seen = 0u64;
+    for i in 0..PER_CLIENT {
+        let client_id = format!("{label}-{i}");
+        let started = Instant::now();
+        'retry: loop {
+            assert!(started.elapsed() < Duration::from_secs(60), "{client_id} never acknowledged");
+            ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": client_id})).await;
+            loop {
+                let Some(frame) = ws.next(Duration::from_secs(5)).await else {
+                    outcome.reconnects += 1;
+                    ws = connect(&api, &base, &ws_url).await;
+                    let (missed, _) = ws.subscribe(room, Some(last_seen)).await;
+                    for message in missed {
+                        record(&mut outcome, &mut last_seen, &message);
+                    }
+                    continue 'retry;
+                };
+                match frame["type"].as_str() {
+                    Some("message") => record(&mut outcome, &mut last_seen, &frame),
+                    Some("ack") if frame["client_id"] == client_id.as_str() => {
+                        outcome.acked.insert(client_id.clone(), frame["seq"].as_u64().expect("seq"));
+                        acked.fetch_add(1, Ordering::SeqCst);
+                        break 'retry;
+                    }
+                    Some("error") if frame["ref"] == client_id.as_str() => {
+                        let code = frame["code"].as_str().unwrap_or_default();
+                        assert!(matches!(code, "unavailable" | "rate_limited"), "{frame}");
+                        if code == "unavailable" {
+                            outcome.retryable_errors.push(frame["message"].to_string());
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'retry;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    outcome
+}
+
+fn record(outcome: &mut Outcome, last_seen: &mut u64, message: &Value) {
+    let seq = message["seq"].as_u64().expect("seq");
+    outcome.received.push(seq);
+    *last_seen = (*last_seen).max(seq);
+}
+
+/// Connects to `preferred`, or any node the control offers when it does not answer.
+async fn connect(api: &Api, base: &str, preferred: &str) -> WsClient {
+    wait_for("a node to accept the client", Duration::from_secs(30), || async {
+        let (token, nodes) = token(api, base).await;
+        let mut urls = vec![preferred.to_string()];
+        urls.extend(nodes.iter().filter_map(|n| n["ws_url"].as_str().map(str::to_string)));
+        for url in urls {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url.as_str())).await;
+            if let Ok(Ok(_)) = attempt {
+                return Some(WsClient::connect(&url, &token).await);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Every message of the room via the REST history, oldest first.
+async fn full_history(api: &Api, base: &str, room: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut url = format!("{base}/api/rooms/{room}/messages?limit=200");
+        if let Some(before) = before {
+            url.push_str(&format!("&before={before}"));
+        }
+        let response = api.http.get(url).bearer_auth(api.token.as_deref().expect("token")).send().await.expect("get");
+        assert_eq!(response.status().as_u16(), 200);
+        let page: Value = response.json().await.expect("json");
+        let messages = page["messages"].as_array().cloned().unwrap_or_default();
+        before = messages.last().and_then(|m| m["seq"].as_u64());
+        all.extend(messages);
+        if page["has_more"] != true {
+            break;
+        }
+    }
+    all.reverse();
+    all
+}
+
+/// The node that both owns and replicates rooms (the richest drain), with its counts.
+fn node_to_drain(catalog: &Catalog) -> (ChatNodeId, u64, u64) {
+    catalog
+        .node_room_counts()
+        .into_iter()
+        .filter(|(_, (owned, replicated))| *owned > 0 && *replicated > 0)
+        .map(|(id, (owned, replicated))| (id, owned, replicated))
+        .next()
+        .expect("a node owning and replicating rooms")
+}
+
+fn target(cluster: &ChatCluster, node: ChatNodeId) -> DrainTarget {
+    DrainTarget { control: cluster.url(), secret: SECRET.into(), node }
+}
+
+/// The node ids `/api/token` offers to a browser.
+async fn offered(api: &Api, base: &str) -> Vec<u64> {
+    token(api, base).await.1.iter().filter_map(|n| n["id"].as_u64()).collect()
+}
+
+/// Sends one message on a fresh connection to `ws_url` and returns its acked seq.
+async fn send_once(api: &Api, base: &str, ws_url: &str, room: u64, client_id: &str) -> u64 {
+    let (token, _) = token(api, base).await;
+    let mut ws = WsClient::connect(ws_url, &token).await;
+    ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": client_id})).await;
+    let ack = ws.expect("ack").await;
+    assert_eq!(ack["client_id"], client_id);
+    ack["seq"].as_u64().expect("seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
+    let mut cluster = ChatCluster::start(3).await;
+    let api = Api::logged_in(&cluster.url(), "drainer").await;
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        rooms.push(cluster.create_room(&api, &format!("load-{i}"), false).await["id"].as_u64().expect("id"));
+    }
+    cluster.controls.wait_converged().await;
+    let before = cluster.controls.catalog(0);
+    let (drained, owned, replicated) = node_to_drain(&before);
+    let drained_index = cluster.index_of(drained);
+
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for room in &rooms {
+        for index in 0..3 {
+            let ws_url = cluster.node(index).ws_url();
+            let label = format!("r{room}-n{index}");
+            let task = run_client(api.clone(), cluster.url(), ws_url, *room, label, acked_total.clone());
+            clients.push(tokio::spawn(task));
+        }
+    }
+    wait_for("load before the drain", Duration::from_secs(60), || async {
+        (acked_total.load(Ordering::SeqCst) >= DRAIN_AFTER).then_some(())
+    })
+    .await;
+    let mut steps = Vec::new();
+    let summary = drain::drain(&target(&cluster, drained), Duration::from_secs(60), |progress| {
+        steps.push(drain::describe(progress))
+    })
+    .await
+    .expect("drain");
+    let acked_at_drain_end = acked_total.load(Ordering::SeqCst);
+    assert_eq!((summary.owners_moved, summary.replicas_moved), (owned, replicated), "{steps:#?}");
+    assert!(cluster.node(drained_index).node.owned_rooms() == 0, "the drained node runs no owner");
+
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut retryable_errors, mut reconnects) = (Vec::new(), 0);
+    for client in clients {
+        let outcome = client.await.expect("client task");
+        let unique: BTreeSet<u64> = outcome.received.iter().copied().collect();
+        assert_eq!(unique.len(), outcome.received.len(), "a client saw a message twice");
+        assert!(outcome.received.windows(2).all(|w| w[0] < w[1]), "a client saw messages out of order");
+        retryable_errors.extend(outcome.retryable_errors);
+        reconnects += outcome.reconnects;
+        acked.extend(outcome.acked);
+    }
+    let total = ROOMS * 3 * PER_CLIENT;
+    assert_eq!(acked.len(), total);
+    assert!(acked_at_drain_end < total, "the load outlasted the drain, so sends after it were tested");
+    eprintln!(
+        "drain of node {drained}: {owned} owned + {replicated} replicated rooms in {:.2} s; \
+         {acked_at_drain_end}/{total} acked by then; clients saw retryable errors {retryable_errors:?}, \
+         {reconnects} reconnects; steps:\n  {}",
+        summary.elapsed.as_secs_f64(),
+        steps.join("\n  ")
+    );
+    assert_eq!(reconnects, 0, "nobody had to reconnect: the drained node keeps its sessions");
+    assert!(retryable_errors.is_empty(), "sends met by the move were retried at the new owner, not refused");
+
+    // The catalog: nothing left on the drained node, every room on two other nodes, and
+    // exactly the rooms it held got a new epoch.
+    cluster.controls.wait_converged().await;
+    let after = cluster.controls.catalog(0);
+    assert_eq!(after.nodes[&drained].status, NodeStatus::Drained);
+    assert_eq!(after.node_room_counts()[&drained], (0, 0));
+    for room in after.rooms.values() {
+        let old = &before.rooms[&room.id];
+        let (owner, replica) = (room.owner.expect("owner"), room.replica.expect("replica"));
+        assert!(owner != drained && replica != drained && owner != replica, "{room:?}");
+        let held = old.owner == Some(drained) || old.replica == Some(drained);
+        assert_eq!(room.epoch, old.epoch + u64::from(held), "epoch of {room:?} (was {old:?})");
+        if old.owner == Some(drained) {
+            assert_eq!(Some(owner), old.replica, "the replica, holding every acked message, took over");
+        }
+    }
+
+    // History: gapless, every acknowledged client_id once, at its acknowledged seq.
+    let base = cluster.url();
+    for room in &rooms {
+        let history = full_history(&api, &base, *room).await;
+        let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+        assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "room {room}: gapless and in order");
+        let by_client_id: BTreeMap<String, u64> = history
+            .iter()
+            .map(|m| (m["client_id"].as_str().expect("client_id").to_string(), m["seq"].as_u64().expect("seq")))
+            .collect();
+        assert_eq!(by_client_id.len(), history.len(), "room {room}: no message stored twice");
+        let prefix = format!("r{room}-");
+        for (client_id, seq) in acked.iter().filter(|(id, _)| id.starts_with(&prefix)) {
+            assert_eq!(by_client_id.get(client_id), Some(seq), "acked {client_id} is in history at seq {seq}");
+        }
+        assert_eq!(history.len(), 3 * PER_CLIENT, "room {room}: exactly the acknowledged messages");
+
+        // The second copy: the room's (possibly new) replica holds the same log on disk,
+        // the history from before the move included.
+        let replica = after.rooms[room].replica.expect("replica");
+        let log = cluster.node(cluster.index_of(replica)).node.log.clone();
+        let room_id = *room;
+        let copy = tokio::task::spawn_blocking(move || log.after(room_id, 0, usize::MAX)).await.expect("join");
+        let copy: Vec<(u64, String)> = copy.expect("replica log").into_iter().map(|m| (m.seq, m.client_id)).collect();
+        let mut expected: Vec<(u64, String)> = by_client_id.iter().map(|(id, seq)| (*seq, id.clone())).collect();
+        expected.sort();
+        assert_eq!(copy, expected, "room {room}: replica {replica} holds every message");
+    }
+
+    // Sends after the drain, through the drained node and through another one.
+    let other_index = (drained_index + 1) % 3;
+    let last = send_once(&api, &base, &cluster.node(drained_index).ws_url(), rooms[0], "after-1").await;
+    assert_eq!(last, 3 * PER_CLIENT as u64 + 1);
+    assert_eq!(send_once(&api, &base, &cluster.node(other_index).ws_url(), rooms[0], "after-2").await, last + 1);
+    assert!(!offered(&api, &base).await.contains(&drained), "browsers are not sent to a drained node");
+
+    // A restart (re-registration) keeps it drained; an undrain brings it back.
+    cluster.stop_node(drained_index).await;
+    let mut config = cluster.node_configs[drained_index].clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    config.advertise = Some(listener.local_addr().expect("addr").to_string());
+    cluster.nodes[drained_index] = Some(node::start(config, listener).await.expect("restart the drained node"));
+    cluster.controls.wait_converged().await;
+    assert_eq!(cluster.controls.catalog(0).nodes[&drained].status, NodeStatus::Drained, "still drained");
+    assert!(!offered(&api, &base).await.contains(&drained));
+    let view = drain::undrain(&target(&cluster, drained)).await.expect("undrain");
+    assert_eq!(view.status, "up");
+    let room = cluster.create_room(&api, "after-undrain", false).await;
+    assert_eq!(room["owner"].as_u64(), Some(drained), "the undrained node, owning nothing, gets the new room");
+    wait_for("the undrained node to be offered", Duration::from_secs(10), || async {
+        offered(&api, &base).await.contains(&drained).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_cannot_move_every_room_is_refused_and_changes_nothing() {
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "refused").await;
+    cluster.create_room(&api, "only-two-nodes", false).await;
+    cluster.controls.wait_converged().await;
+    let before = cluster.controls.catalog(0);
+
+    let refusal = |result: Result<drain::DrainSummary, DrainError>| match result {
+        Err(DrainError::Refused { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let timeout = Duration::from_secs(10);
+    let unknown = drain::drain(&target(&cluster, 99), timeout, |_| {}).await;
+    assert_eq!(refusal(unknown), (404, "unknown_node".to_string()));
+    let node = cluster.node(0).id();
+    let full = drain::drain(&target(&cluster, node), timeout, |_| {}).await;
+    assert_eq!(refusal(full), (409, "no_capacity".to_string()), "the other node would hold the only copy");
+    let unauthenticated = reqwest::Client::new()
+        .post(format!("{}/api/admin/nodes/{node}/drain", cluster.url()))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+
+    cluster.controls.wait_converged().await;
+    let after = cluster.controls.catalog(0);
+    assert_eq!(after.rooms, before.rooms, "no room moved");
+    assert_eq!(after.nodes, before.nodes, "no node changed status");
+}
