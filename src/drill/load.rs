@@ -95,18 +95,22 @@ impl Load {
 }
 
 impl Load {
-    /// Creates rooms `{prefix}-{i}` through `control`, each retried until acknowledged.
-    pub fn control(http: reqwest::Client, control: String, token: String, prefix: String) -> Self {
+    /// Creates rooms `{prefix}-{i}` through the `controls` (the first that answers, like a
+    /// client behind a load balancer: a member that cannot be reached or answers 5xx makes
+    /// it move to the next), each retried until acknowledged.
+    pub fn control(http: reqwest::Client, controls: Vec<String>, token: String, prefix: String) -> Self {
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
         let task = tokio::spawn(async move {
             let mut i = 0u64;
+            let mut current = 0usize;
             while !state.stop.load(Ordering::SeqCst) {
                 let name = format!("{prefix}-{i}");
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
                     let last_attempt = Instant::now();
+                    let control = controls.get(current % controls.len().max(1)).cloned().unwrap_or_default();
                     let sent = http
                         .post(format!("{control}/api/rooms"))
                         .bearer_auth(&token)
@@ -126,6 +130,9 @@ impl Load {
                     }
                     if state.stop.load(Ordering::SeqCst) {
                         return;
+                    }
+                    if status == 0 || status >= 500 {
+                        current += 1;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -272,7 +279,8 @@ pub struct Check {
     pub out_of_order: usize,
 }
 
-/// Every acknowledged room exists exactly once.
+/// Every acknowledged room exists exactly once. Ask the leader: it has applied every
+/// write it acknowledged (a member that just restarted may still be catching up).
 pub async fn check_rooms(
     http: &reqwest::Client,
     control: &str,

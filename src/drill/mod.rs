@@ -114,20 +114,14 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<DrillReport> {
     })
 }
 
-/// Kill the Raft leader under a stream of catalog writes.
+/// Kill the Raft leader under a stream of catalog writes sent to any member.
 async fn leader_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::Result<Round> {
-    let leader = cluster.leader().await?;
-    let survivor = cluster
-        .control_urls()
-        .await?
-        .into_iter()
-        .find(|url| !url.ends_with(&leader.addr))
-        .context("no other control")?;
     let prefix = format!("drill-{:08x}-{round}", rand::random::<u32>());
-    let load = Load::control(cluster.http.clone(), survivor.clone(), token.to_string(), prefix);
+    let load = Load::control(cluster.http.clone(), cluster.control_urls().await?, token.to_string(), prefix);
     load.wait_acks(20).await?;
-    // Leadership may have moved while the load warmed up: kill whoever leads now.
-    let leader = cluster.leader().await?;
+    // Measure from a steady cluster: a member restarted by the previous round may still
+    // be catching up, and an election it causes would be counted against this kill.
+    let leader = cluster.steady_leader().await?;
     let killed_at = Instant::now();
     cluster.kill(&leader.name).await?;
     load.wait_success_after(killed_at, Duration::from_secs(30)).await?;
@@ -135,8 +129,7 @@ async fn leader_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::R
     cluster.wait_control_healthy(&leader.addr).await?;
     load.wait_acks(load.acked() + 20).await?;
     let report = load.stop().await;
-    // Reads are served by the member asked; the survivor has applied what it acknowledged.
-    let check = load::check_rooms(&cluster.http, &survivor, token, &report).await?;
+    let check = load::check_rooms(&cluster.http, &cluster.leader_url().await?, token, &report).await?;
     Ok(round_result(round, leader.name, killed_at, &report, check))
 }
 
@@ -170,7 +163,7 @@ async fn restart_all_round(cluster: &Cluster, token: &str, round: usize) -> anyh
     let name = format!("drill-{:08x}-{round}", rand::random::<u32>());
     let room = cluster.create_room(token, &name).await?;
     let (http, control) = (cluster.http.clone(), cluster.control().to_string());
-    let writes = Load::control(http.clone(), control.clone(), token.to_string(), format!("{name}-w"));
+    let writes = Load::control(http.clone(), cluster.control_urls().await?, token.to_string(), format!("{name}-w"));
     let chat = Load::chat(http, control, token.to_string(), room.id, String::new());
     writes.wait_acks(20).await?;
     chat.wait_acks(20).await?;
@@ -189,7 +182,7 @@ async fn restart_all_round(cluster: &Cluster, token: &str, round: usize) -> anyh
     writes.wait_acks(writes.acked() + 20).await?;
     chat.wait_acks(chat.acked() + 20).await?;
     let (write_report, chat_report) = (writes.stop().await, chat.stop().await);
-    let write_check = load::check_rooms(&cluster.http, cluster.control(), token, &write_report).await?;
+    let write_check = load::check_rooms(&cluster.http, &cluster.leader_url().await?, token, &write_report).await?;
     let chat_check = load::check_history(&cluster.http, cluster.control(), token, room.id, &chat_report).await?;
     let writes_back = round_result(round, String::new(), killed_at, &write_report, write_check);
     let chat_back = round_result(round, String::new(), killed_at, &chat_report, chat_check);

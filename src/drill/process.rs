@@ -158,6 +158,46 @@ impl Cluster {
         controls.chain(self.node_names.iter().map(|name| (name.clone(), "node"))).collect()
     }
 
+    /// `http://ADDR` of the current leader.
+    pub async fn leader_url(&self) -> anyhow::Result<String> {
+        Ok(format!("http://{}", self.leader().await?.addr))
+    }
+
+    /// The leader once the group is steady: every member healthy in the leader's view,
+    /// and the same leader and term for a second.
+    pub async fn steady_leader(&self) -> anyhow::Result<Victim> {
+        let mut seen: Option<(u64, u64, Instant)> = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            anyhow::ensure!(Instant::now() < deadline, "the control group did not settle within 60 s");
+            let view = self.get("/api/cluster").await.unwrap_or_default();
+            let healthy = view["members"].as_array().is_some_and(|m| m.iter().all(|m| m["healthy"] == true));
+            let now = (view["leader"].as_u64(), view["term"].as_u64());
+            match (now, seen) {
+                ((Some(leader), Some(term)), Some((l, t, since))) if healthy && (leader, term) == (l, t) => {
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        return self.leader().await;
+                    }
+                }
+                ((Some(leader), Some(term)), _) if healthy => seen = Some((leader, term, Instant::now())),
+                _ => seen = None,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every chat node in service (not drained or pending) is up again.
+    pub async fn wait_all_nodes_up(&self) -> anyhow::Result<()> {
+        wait("every node to be up", Duration::from_secs(60), || async {
+            let Ok(nodes) = self.get("/api/nodes").await else { return false };
+            let nodes = nodes["nodes"].as_array().cloned().unwrap_or_default();
+            let in_service = |n: &&Value| n["status"] == "up" || n["status"] == "down";
+            let in_service: Vec<&Value> = nodes.iter().filter(in_service).collect();
+            !in_service.is_empty() && in_service.iter().all(|n| n["status"] == "up")
+        })
+        .await
+    }
+
     pub async fn wait_control_healthy(&self, addr: &str) -> anyhow::Result<()> {
         let url = format!("http://{addr}/healthz");
         wait("the restarted control to be healthy", Duration::from_secs(60), || async {
@@ -170,18 +210,6 @@ impl Cluster {
         wait("the restarted node to be up", Duration::from_secs(60), || async {
             let Ok(nodes) = self.get("/api/nodes").await else { return false };
             nodes["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["status"] == "up")
-        })
-        .await
-    }
-}
-
-impl Cluster {
-    /// Waits until every registered chat node is up again.
-    pub async fn wait_all_nodes_up(&self) -> anyhow::Result<()> {
-        wait("every node to be up", Duration::from_secs(60), || async {
-            let Ok(nodes) = self.get("/api/nodes").await else { return false };
-            let nodes = nodes["nodes"].as_array().cloned().unwrap_or_default();
-            !nodes.is_empty() && nodes.iter().all(|n| n["status"] == "up")
         })
         .await
     }
