@@ -38,6 +38,8 @@
   const NODES_REFRESH_MS = 2000;
   const READ_REPORT_MS = 1000;
   const READ_RETRY_MS = 5000;
+  // Times a mark the server skipped (a join it did not know of yet) is reported again.
+  const READ_SKIP_RETRIES = 3;
   // Errors after which a send or a subscription is simply tried again.
   const RETRIABLE = new Set(['unavailable', 'internal', 'stale_epoch', 'rate_limited', 'not_subscribed', 'unknown_room']);
 
@@ -202,6 +204,7 @@
         this.server.set(Number(badge.dataset.unreadFor), Number(badge.dataset.readSeq) || 0);
       }
       this.outbox = new Map(); // room -> seq read, not reported yet
+      this.skips = new Map(); // room -> times the server skipped its mark
       this.flushTimer = null;
       window.addEventListener('pagehide', () => this.report(true));
     }
@@ -252,9 +255,26 @@
         keepalive: leaving,
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ marks }),
-      }).then((response) => {
-        if (response.status >= 500) retry();
-        else if (response.ok) for (const mark of marks) this.server.set(mark.room, Math.max(mark.seq, this.server.get(mark.room) || 0));
+      }).then(async (response) => {
+        if (response.status >= 500) return retry();
+        if (!response.ok) return; // 401: logged out; 400: nothing to retry.
+        const { skipped = [] } = await response.json().catch(() => ({}));
+        const later = [];
+        for (const mark of marks) {
+          if (!skipped.includes(mark.room)) {
+            this.server.set(mark.room, Math.max(mark.seq, this.server.get(mark.room) || 0));
+          } else if ((this.skips.get(mark.room) || 0) < READ_SKIP_RETRIES) {
+            // The member we reached may not know of a join made a moment ago: try again.
+            this.skips.set(mark.room, (this.skips.get(mark.room) || 0) + 1);
+            later.push(mark);
+          }
+        }
+        if (later.length > 0) {
+          for (const mark of later) {
+            if (!(this.outbox.get(mark.room) >= mark.seq)) this.outbox.set(mark.room, mark.seq);
+          }
+          this.scheduleReport(READ_RETRY_MS);
+        }
       }, retry);
     }
 

@@ -231,13 +231,13 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
     RoutingTable { version: version(state), nodes, rooms }
 }
 
-/// `host:port` with a non-empty host and a numeric port, nothing else.
 /// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only.
 fn valid_ws_url(url: &str) -> bool {
     let rest = url.strip_prefix("wss://").or_else(|| url.strip_prefix("ws://"));
     url.len() <= 255 && rest.is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic()))
 }
 
+/// `host:port` with a non-empty host and a numeric port, nothing else.
 fn valid_addr(addr: &str) -> bool {
     let Some((host, port)) = addr.rsplit_once(':') else { return false };
     !host.is_empty()

@@ -14,7 +14,11 @@
 //! | method path | auth | body → answer |
 //! |---|---|---|
 //! | `GET /api/read-marks` | session | `{marks: {"ROOM": SEQ, ...}}` for the caller |
-//! | `POST /api/read-marks` | session | `{marks: [{room, seq}]}` → 202 `{accepted}`; 403 `forbidden` if the caller is not in a room |
+//! | `POST /api/read-marks` | session | `{marks: [{room, seq}]}` → 202 `{accepted, skipped}` |
+//!
+//! A mark for a room the caller is not a member of (on this member's catalog, which may
+//! lag a join made through another member by a moment) is skipped, not an error for the
+//! whole batch: `skipped` lists those rooms, so the page can report them again later.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +50,9 @@ pub struct ReadMarks {
     /// them, so reads never miss a mark that is in flight. A `std` lock: never held
     /// across an `.await`.
     pending: Mutex<HashMap<(UserId, RoomId), u64>>,
-    /// A flush is waiting to run: at most one at a time per member.
+    /// A flush is scheduled and has not started yet: reports arriving meanwhile ride on
+    /// it. (A slow flush may overlap the next one; marks only move forward, so writing
+    /// one twice is harmless.)
     flush_scheduled: AtomicBool,
 }
 
@@ -148,6 +154,8 @@ struct RoomMark {
 #[derive(Serialize)]
 struct Accepted {
     accepted: usize,
+    /// Rooms whose marks were not taken: the caller is not (yet, on this member) in them.
+    skipped: Vec<RoomId>,
 }
 
 /// `POST /api/read-marks`: JSON only, so a cross-site form cannot post it (no CSRF token
@@ -163,13 +171,12 @@ async fn report(
         let message = format!("at most {MAX_MARKS_PER_REQUEST} marks per request");
         return Err(ApiError::bad_request("too_many_marks", message));
     }
-    {
+    let (taken, refused): (Vec<RoomMark>, Vec<RoomMark>) = {
         let state = read_state(&app.state);
-        if let Some(mark) = report.marks.iter().find(|mark| !state.catalog.is_member(mark.room, user)) {
-            return Err(ApiError::forbidden(format!("you are not a member of room {}", mark.room)));
-        }
-    }
-    let accepted = report.marks.len();
-    marks.record(&app.writer, report.marks.into_iter().map(|RoomMark { room, seq }| ReadMark { user, room, seq }));
-    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted })))
+        report.marks.into_iter().partition(|mark| state.catalog.is_member(mark.room, user))
+    };
+    let accepted = taken.len();
+    let skipped = refused.into_iter().map(|mark| mark.room).collect();
+    marks.record(&app.writer, taken.into_iter().map(|RoomMark { room, seq }| ReadMark { user, room, seq }));
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, skipped })))
 }

@@ -188,6 +188,7 @@ async fn run_link(
         }
         // Everyone waiting on this link learns now instead of at their timeout.
         lock(&pending).clear();
+        queue_depth.set(rx.len() as f64);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = crate::stopped(&mut shutdown) => return,
