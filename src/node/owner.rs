@@ -9,15 +9,20 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::Fenced;
+use super::log::{stamp, Fenced};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
-    ChatMessage, MeshRequest, MeshResponse, NodeId, Outgoing, RoomId, Seq, ServerFrame, StoredMessage, UserId,
+    ChatMessage, MeshRequest, MeshResponse, MessageStamp, NodeId, Outgoing, RoomId, Seq, ServerFrame, StoredMessage,
+    UserId,
 };
 
-/// Most sends one batch takes.
-const MAX_BATCH: usize = 256;
+/// Most sends one batch takes; also how many of its last messages a replica shows a new
+/// owner when adopting (an unacknowledged tail is at most one batch).
+pub const MAX_BATCH: usize = 256;
+/// How many times a new owner makes its replica adopt with a lower base before it gives
+/// up on a replica whose log keeps differing from its own.
+const ADOPT_ROUNDS: usize = 3;
 /// How long the owner waits for its replica.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -87,6 +92,15 @@ struct Owner {
 impl Owner {
     /// Continues the sequence from the local log and makes the replica adopt this epoch:
     /// it drops entries this owner never had and receives the ones it lacks.
+    ///
+    /// This node's log is authoritative as it stands. A node becomes owner only as the
+    /// room's first owner (empty log) or as its replica (failover, drain), and as replica
+    /// it was adopted by the previous owner — which removed every entry differing from
+    /// that owner's log (see [`Self::sync_replica`]) — and then stored every batch before
+    /// the owner acknowledged it. So it holds every acknowledged message at its seq; what
+    /// it may hold past them is a batch the old owner sent but never acknowledged, which
+    /// the old owner wrote too: keeping it is safe (a retry of it is a duplicate), and the
+    /// replica adopted below loses whatever it has that differs.
     async fn start(&mut self) -> Result<(), NodeError> {
         let (room, epoch) = (self.room, self.epoch);
         let log = self.node.log.clone();
@@ -100,12 +114,43 @@ impl Owner {
         Ok(())
     }
 
+    /// Makes the replica adopt this epoch with this owner's log up to `base`: it drops what
+    /// lies past `base`, then shows the stamps of its last messages. A stamp that differs
+    /// from this log at the same seq `d` is a stale tail (a batch the replica wrote as an
+    /// owner but never got acknowledged, while this log gave those seqs to others): the
+    /// replica adopts again with base `d - 1`, which drops it with its dedupe keys. Then
+    /// it receives what it lacks up to `base`.
     async fn sync_replica(&mut self, base: Seq) -> Result<(), NodeError> {
         let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
-        let adopt = MeshRequest::Adopt { room: self.room, epoch: self.epoch, base };
-        let mut replica_last = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
-            MeshResponse::Adopted { last_seq } => last_seq,
-            other => return Err(NodeError::from_response(other)),
+        let mut adopt_base = base;
+        let mut replica_last = None;
+        for _ in 0..ADOPT_ROUNDS {
+            let adopt = MeshRequest::Adopt { room: self.room, epoch: self.epoch, base: adopt_base };
+            let (last_seq, tail) = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
+                MeshResponse::Adopted { last_seq, tail } => (last_seq, tail),
+                other => return Err(NodeError::from_response(other)),
+            };
+            match self.first_difference(&tail).await? {
+                None => {
+                    replica_last = Some(last_seq);
+                    break;
+                }
+                Some(seq) => {
+                    tracing::info!(
+                        room = self.room,
+                        epoch = self.epoch,
+                        replica,
+                        seq,
+                        "the replica's log differs from seq on; dropping its tail"
+                    );
+                    adopt_base = seq.saturating_sub(1);
+                }
+            }
+        }
+        let Some(mut replica_last) = replica_last else {
+            return Err(NodeError::Internal(format!(
+                "the log of replica {replica} still differs from this owner's after {ADOPT_ROUNDS} adoptions"
+            )));
         };
         while replica_last < base {
             let (log, room, from) = (self.node.log.clone(), self.room, replica_last);
@@ -118,6 +163,21 @@ impl Owner {
             }
         }
         Ok(())
+    }
+
+    /// The first seq where a replica's `tail` (ascending stamps) differs from this log,
+    /// if any. A seq this log lacks counts as different.
+    async fn first_difference(&self, tail: &[MessageStamp]) -> Result<Option<Seq>, NodeError> {
+        let (Some(first), Some(last)) = (tail.first(), tail.last()) else { return Ok(None) };
+        let (log, room, from, count) = (
+            self.node.log.clone(),
+            self.room,
+            first.seq.saturating_sub(1),
+            (last.seq.saturating_sub(first.seq) + 1) as usize,
+        );
+        let ours: HashMap<Seq, MessageStamp> =
+            blocking(move || log.after(room, from, count)).await?.iter().map(|m| (m.seq, stamp(m))).collect();
+        Ok(tail.iter().find(|theirs| ours.get(&theirs.seq) != Some(theirs)).map(|theirs| theirs.seq))
     }
 
     async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
