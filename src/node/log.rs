@@ -305,6 +305,43 @@ mod tests {
     }
 
     #[test]
+    fn tail_stamps_are_the_last_messages_ascending() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        assert!(log.tail_stamps(1, 3).unwrap().is_empty());
+        log.append(1, &(1..=5).map(message).collect::<Vec<_>>()).unwrap();
+        log.append(2, &[message(9)]).unwrap();
+        let stamps = log.tail_stamps(1, 3).unwrap();
+        assert_eq!(stamps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(stamps[0], stamp(&message(3)));
+    }
+
+    #[test]
+    fn dedupe_keys_follow_the_message_that_holds_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        log.append(1, &[message(1), message(2)]).unwrap();
+        // A replica gets seq 2 again with another message (its owner rolled back and
+        // sequenced anew): the replaced message's dedupe key goes.
+        let other = StoredMessage { client_id: "other".into(), ..message(2) };
+        log.append(1, &[other.clone()]).unwrap();
+        assert_eq!(log.dedupe(1, 1, "c2").unwrap(), None);
+        assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
+        // The same message again changes nothing.
+        log.append(1, &[other]).unwrap();
+        assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
+        let retried = StoredMessage { client_id: "c1".into(), ..message(3) };
+        log.append(1, &[retried]).unwrap();
+        assert_eq!(log.truncate_after(1, 0).unwrap(), 3);
+        assert_eq!(log.dedupe(1, 1, "c1").unwrap(), None, "all three went");
+        // A client_id stored again at another seq keeps that key when the old seq goes.
+        log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }]).unwrap();
+        log.append(1, &[message(1)]).unwrap();
+        assert_eq!(log.truncate_at(1, 0, 1).unwrap(), Fenced::Done(1));
+        assert_eq!(log.dedupe(1, 1, "c1").unwrap(), Some(1), "seq 1 still holds c1");
+    }
+
+    #[test]
     fn fenced_writes_refuse_older_epochs_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false).unwrap();

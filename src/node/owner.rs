@@ -23,6 +23,10 @@ pub const MAX_BATCH: usize = 256;
 /// How many times a new owner makes its replica adopt with a lower base before it gives
 /// up on a replica whose log keeps differing from its own.
 const ADOPT_ROUNDS: usize = 3;
+/// How long an owner that could not take its room over waits before trying again, at
+/// first and at most (doubling in between).
+const START_RETRY_FIRST: Duration = Duration::from_millis(250);
+const START_RETRY_LAST: Duration = Duration::from_secs(2);
 /// How long the owner waits for its replica.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -182,7 +186,32 @@ impl Owner {
 
     async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
         let mut commands = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut commands, MAX_BATCH).await > 0 {
+        let mut retry_in = START_RETRY_FIRST;
+        loop {
+            let received = if ready {
+                rx.recv_many(&mut commands, MAX_BATCH).await
+            } else {
+                // Taking over failed (replica unreachable?): retry in the background too,
+                // so the replica is synced even when no send comes (it may have a stale
+                // tail to lose, and it must hold the log before it can take over).
+                tokio::select! {
+                    received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                    _ = tokio::time::sleep(retry_in) => {
+                        ready = match self.start().await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(room = self.room, epoch = self.epoch, error = %e, "still cannot take ownership");
+                                false
+                            }
+                        };
+                        retry_in = (retry_in * 2).min(START_RETRY_LAST);
+                        continue;
+                    }
+                }
+            };
+            if received == 0 {
+                return;
+            }
             let mut sends = Vec::new();
             for command in commands.drain(..) {
                 match command {
