@@ -98,13 +98,20 @@ impl Owner {
     /// it drops entries this owner never had and receives the ones it lacks.
     ///
     /// This node's log is authoritative as it stands. A node becomes owner only as the
-    /// room's first owner (empty log) or as its replica (failover, drain), and as replica
-    /// it was adopted by the previous owner — which removed every entry differing from
-    /// that owner's log (see [`Self::sync_replica`]) — and then stored every batch before
-    /// the owner acknowledged it. So it holds every acknowledged message at its seq; what
-    /// it may hold past them is a batch the old owner sent but never acknowledged, which
-    /// the old owner wrote too: keeping it is safe (a retry of it is a duplicate), and the
-    /// replica adopted below loses whatever it has that differs.
+    /// room's first owner (empty log) or as its replica (failover, drain). An owner
+    /// acknowledges nothing before its replica adopted it (`start` succeeds before the
+    /// first commit), and adopting removed every entry of the replica's that differed
+    /// from the owner's log (see [`Self::sync_replica`]); after that the replica stored
+    /// every batch before it was acknowledged. So this log holds every acknowledged
+    /// message at its seq. Anything past them was never acknowledged (a batch the old
+    /// owner sent but did not confirm, or a tail this node wrote itself while no owner
+    /// acknowledged anything over it): no acknowledged message claims those seqs, so
+    /// keeping them is consistent (a retry of one is answered as a duplicate), and the
+    /// replica adopted below loses whatever it holds that differs.
+    ///
+    /// With `min_copies = 1` an owner without a replica acknowledges on its own disk
+    /// alone; if it dies before a replica was synced, those messages are lost by
+    /// configuration, and the replica's own tail may take their seqs.
     async fn start(&mut self) -> Result<(), NodeError> {
         let (room, epoch) = (self.room, self.epoch);
         let log = self.node.log.clone();
