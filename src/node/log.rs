@@ -324,7 +324,7 @@ mod tests {
         // A replica gets seq 2 again with another message (its owner rolled back and
         // sequenced anew): the replaced message's dedupe key goes.
         let other = StoredMessage { client_id: "other".into(), ..message(2) };
-        log.append(1, &[other.clone()]).unwrap();
+        log.append(1, std::slice::from_ref(&other)).unwrap();
         assert_eq!(log.dedupe(1, 1, "c2").unwrap(), None);
         assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
         // The same message again changes nothing.
