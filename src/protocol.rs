@@ -224,6 +224,16 @@ pub struct StoredMessage {
     pub client_id: String,
 }
 
+/// What identifies one stored message: two logs agree at `seq` when their stamps are
+/// equal. Plain fields, not a hash, so the comparison is stable across builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageStamp {
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub client_id: String,
+    pub ts: u64,
+}
+
 /// A message on its way to its room's owner, before it has a seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
@@ -251,7 +261,9 @@ pub enum MeshRequest {
     Replicate { room: RoomId, epoch: u64, messages: Vec<StoredMessage> },
     /// To a new replica from a new owner: adopt `epoch`, drop everything after `base`
     /// (entries past it never reached the owner, so they were never acknowledged), and
-    /// answer with the last seq kept.
+    /// answer with the last seq kept and the stamps of the last messages kept. An owner
+    /// that finds a stamp differing from its own log at seq `d` adopts again with
+    /// `base = d - 1`.
     Adopt { room: RoomId, epoch: u64, base: Seq },
     /// To the owner: these users of node `node` follow the room (empty: none any more).
     Interest { room: RoomId, node: NodeId, users: Vec<String> },
@@ -286,9 +298,12 @@ pub enum MeshResponse {
     Stored {
         seq: Seq,
     },
-    /// The replica's last seq after adopting.
+    /// The replica's last seq after adopting, and the stamps of its last messages (at
+    /// most the owner's largest batch, ascending) so the owner can find entries that
+    /// differ from its own log at the same seqs (a stale tail) and drop those too.
     Adopted {
         last_seq: Seq,
+        tail: Vec<MessageStamp>,
     },
     Messages {
         messages: Vec<StoredMessage>,

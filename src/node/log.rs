@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
-use crate::protocol::{RoomId, Seq, StoredMessage, UserId};
+use crate::protocol::{MessageStamp, RoomId, Seq, StoredMessage, UserId};
 use crate::store::checkpoint::{CheckpointError, CheckpointFiles};
 use crate::store::{self, StoreError};
 
@@ -114,10 +114,22 @@ impl RoomLog {
     }
 
     /// Appends messages (and their dedupe keys) in one atomic write, fsynced if configured.
+    /// A message that replaces a different one at the same seq (a replica receiving a
+    /// batch its owner rolled back and sequenced anew) also drops the replaced one's
+    /// dedupe key, so a retry of the replaced message is not answered with a seq that
+    /// now holds another message.
     pub fn append(&self, room: RoomId, messages: &[StoredMessage]) -> Result<(), StoreError> {
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
         let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
         let mut batch = WriteBatch::default();
+        let keys = messages.iter().map(|message| (messages_cf, store::pair_key(room, message.seq)));
+        for (message, replaced) in messages.iter().zip(self.db.multi_get_cf(keys)) {
+            let Some(bytes) = replaced? else { continue };
+            let replaced: StoredMessage = store::decode(&bytes)?;
+            if stamp(&replaced) != stamp(message) {
+                self.forget_dedupe(&mut batch, room, &replaced)?;
+            }
+        }
         for message in messages {
             batch.put_cf(messages_cf, store::pair_key(room, message.seq), store::encode(message)?);
             batch.put_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id), message.seq.to_be_bytes());
@@ -192,16 +204,33 @@ impl RoomLog {
             return Ok(0);
         }
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
-        let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
         let mut batch = WriteBatch::default();
         for message in &doomed {
             batch.delete_cf(messages_cf, store::pair_key(room, message.seq));
-            batch.delete_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id));
+            self.forget_dedupe(&mut batch, room, message)?;
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;
         Ok(doomed.len())
+    }
+
+    /// Adds to `batch` the removal of `message`'s dedupe key, if it still points at
+    /// `message` (the same client_id may since have been stored at another seq).
+    fn forget_dedupe(&self, batch: &mut WriteBatch, room: RoomId, message: &StoredMessage) -> Result<(), StoreError> {
+        if self.dedupe(room, message.sender_id, &message.client_id)? == Some(message.seq) {
+            let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
+            batch.delete_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id));
+        }
+        Ok(())
+    }
+
+    /// The stamps of the room's last `limit` messages, ascending: what a replica shows a
+    /// new owner so it can find entries that differ from its own log.
+    pub fn tail_stamps(&self, room: RoomId, limit: usize) -> Result<Vec<MessageStamp>, StoreError> {
+        let mut stamps: Vec<MessageStamp> = self.before(room, u64::MAX, limit)?.iter().map(stamp).collect();
+        stamps.reverse();
+        Ok(stamps)
     }
 
     /// The newest epoch this node has accepted for the room (0: none).
@@ -220,6 +249,16 @@ impl RoomLog {
         options.set_sync(true);
         self.db.put_cf_opt(cf, store::u64_key(room), epoch.to_be_bytes(), &options)?;
         Ok(())
+    }
+}
+
+/// What identifies a stored message (see [`MessageStamp`]).
+pub fn stamp(message: &StoredMessage) -> MessageStamp {
+    MessageStamp {
+        seq: message.seq,
+        sender_id: message.sender_id,
+        client_id: message.client_id.clone(),
+        ts: message.ts,
     }
 }
 
@@ -263,6 +302,43 @@ mod tests {
         assert_eq!(log.last_seq(2).unwrap(), 1);
         log.set_fence(1, 4).unwrap();
         assert_eq!(log.fence(1).unwrap(), 4);
+    }
+
+    #[test]
+    fn tail_stamps_are_the_last_messages_ascending() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        assert!(log.tail_stamps(1, 3).unwrap().is_empty());
+        log.append(1, &(1..=5).map(message).collect::<Vec<_>>()).unwrap();
+        log.append(2, &[message(9)]).unwrap();
+        let stamps = log.tail_stamps(1, 3).unwrap();
+        assert_eq!(stamps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(stamps[0], stamp(&message(3)));
+    }
+
+    #[test]
+    fn dedupe_keys_follow_the_message_that_holds_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        log.append(1, &[message(1), message(2)]).unwrap();
+        // A replica gets seq 2 again with another message (its owner rolled back and
+        // sequenced anew): the replaced message's dedupe key goes.
+        let other = StoredMessage { client_id: "other".into(), ..message(2) };
+        log.append(1, std::slice::from_ref(&other)).unwrap();
+        assert_eq!(log.dedupe(1, 1, "c2").unwrap(), None);
+        assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
+        // The same message again changes nothing.
+        log.append(1, &[other]).unwrap();
+        assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
+        let retried = StoredMessage { client_id: "c1".into(), ..message(3) };
+        log.append(1, &[retried]).unwrap();
+        assert_eq!(log.truncate_after(1, 0).unwrap(), 3);
+        assert_eq!(log.dedupe(1, 1, "c1").unwrap(), None, "all three went");
+        // A client_id stored again at another seq keeps that key when the old seq goes.
+        log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }]).unwrap();
+        log.append(1, &[message(1)]).unwrap();
+        assert_eq!(log.truncate_at(1, 0, 1).unwrap(), Fenced::Done(1));
+        assert_eq!(log.dedupe(1, 1, "c1").unwrap(), Some(1), "seq 1 still holds c1");
     }
 
     #[test]

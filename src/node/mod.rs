@@ -590,17 +590,21 @@ impl Node {
         }
     }
 
-    /// A new owner makes this node its replica at `epoch`.
+    /// A new owner makes this node its replica at `epoch`: drop what lies past `base` and
+    /// show the owner the stamps of what is left at the end, so it can spot a stale tail.
     async fn adopt(&self, room: RoomId, epoch: u64, base: Seq) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
-        match blocking(move || log.take_epoch(room, epoch, Some(base))).await? {
-            Fenced::Done((last_seq, dropped)) => {
-                if dropped > 0 {
-                    tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
-                }
-                Ok(MeshResponse::Adopted { last_seq })
-            }
-            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        let (last_seq, dropped) = match blocking(move || log.take_epoch(room, epoch, Some(base))).await? {
+            Fenced::Done(taken) => taken,
+            Fenced::Stale { .. } => return Err(NodeError::StaleEpoch),
+        };
+        if dropped > 0 {
+            tracing::info!(room, epoch, dropped, "dropped unacknowledged messages past the new owner's log");
         }
+        // Only the owner at `epoch` (busy waiting for this answer) or a newer one writes
+        // the room now, so this read belongs with the truncation above.
+        let log = self.log.clone();
+        let tail = blocking(move || log.tail_stamps(room, owner::MAX_BATCH)).await?;
+        Ok(MeshResponse::Adopted { last_seq, tail })
     }
 }

@@ -9,15 +9,24 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::Fenced;
+use super::log::{stamp, Fenced};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
-    ChatMessage, MeshRequest, MeshResponse, NodeId, Outgoing, RoomId, Seq, ServerFrame, StoredMessage, UserId,
+    ChatMessage, MeshRequest, MeshResponse, MessageStamp, NodeId, Outgoing, RoomId, Seq, ServerFrame, StoredMessage,
+    UserId,
 };
 
-/// Most sends one batch takes.
-const MAX_BATCH: usize = 256;
+/// Most sends one batch takes; also how many of its last messages a replica shows a new
+/// owner when adopting (an unacknowledged tail is at most one batch).
+pub const MAX_BATCH: usize = 256;
+/// How many times a new owner makes its replica adopt with a lower base before it gives
+/// up on a replica whose log keeps differing from its own.
+const ADOPT_ROUNDS: usize = 3;
+/// How long an owner that could not take its room over waits before trying again, at
+/// first and at most (doubling in between).
+const START_RETRY_FIRST: Duration = Duration::from_millis(250);
+const START_RETRY_LAST: Duration = Duration::from_secs(2);
 /// How long the owner waits for its replica.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -87,6 +96,22 @@ struct Owner {
 impl Owner {
     /// Continues the sequence from the local log and makes the replica adopt this epoch:
     /// it drops entries this owner never had and receives the ones it lacks.
+    ///
+    /// This node's log is authoritative as it stands. A node becomes owner only as the
+    /// room's first owner (empty log) or as its replica (failover, drain). An owner
+    /// acknowledges nothing before its replica adopted it (`start` succeeds before the
+    /// first commit), and adopting removed every entry of the replica's that differed
+    /// from the owner's log (see [`Self::sync_replica`]); after that the replica stored
+    /// every batch before it was acknowledged. So this log holds every acknowledged
+    /// message at its seq. Anything past them was never acknowledged (a batch the old
+    /// owner sent but did not confirm, or a tail this node wrote itself while no owner
+    /// acknowledged anything over it): no acknowledged message claims those seqs, so
+    /// keeping them is consistent (a retry of one is answered as a duplicate), and the
+    /// replica adopted below loses whatever it holds that differs.
+    ///
+    /// With `min_copies = 1` an owner without a replica acknowledges on its own disk
+    /// alone; if it dies before a replica was synced, those messages are lost by
+    /// configuration, and the replica's own tail may take their seqs.
     async fn start(&mut self) -> Result<(), NodeError> {
         let (room, epoch) = (self.room, self.epoch);
         let log = self.node.log.clone();
@@ -100,12 +125,43 @@ impl Owner {
         Ok(())
     }
 
+    /// Makes the replica adopt this epoch with this owner's log up to `base`: it drops what
+    /// lies past `base`, then shows the stamps of its last messages. A stamp that differs
+    /// from this log at the same seq `d` is a stale tail (a batch the replica wrote as an
+    /// owner but never got acknowledged, while this log gave those seqs to others): the
+    /// replica adopts again with base `d - 1`, which drops it with its dedupe keys. Then
+    /// it receives what it lacks up to `base`.
     async fn sync_replica(&mut self, base: Seq) -> Result<(), NodeError> {
         let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
-        let adopt = MeshRequest::Adopt { room: self.room, epoch: self.epoch, base };
-        let mut replica_last = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
-            MeshResponse::Adopted { last_seq } => last_seq,
-            other => return Err(NodeError::from_response(other)),
+        let mut adopt_base = base;
+        let mut replica_last = None;
+        for _ in 0..ADOPT_ROUNDS {
+            let adopt = MeshRequest::Adopt { room: self.room, epoch: self.epoch, base: adopt_base };
+            let (last_seq, tail) = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
+                MeshResponse::Adopted { last_seq, tail } => (last_seq, tail),
+                other => return Err(NodeError::from_response(other)),
+            };
+            match self.first_difference(&tail).await? {
+                None => {
+                    replica_last = Some(last_seq);
+                    break;
+                }
+                Some(seq) => {
+                    tracing::info!(
+                        room = self.room,
+                        epoch = self.epoch,
+                        replica,
+                        seq,
+                        "the replica's log differs from seq on; dropping its tail"
+                    );
+                    adopt_base = seq.saturating_sub(1);
+                }
+            }
+        }
+        let Some(mut replica_last) = replica_last else {
+            return Err(NodeError::Internal(format!(
+                "the log of replica {replica} still differs from this owner's after {ADOPT_ROUNDS} adoptions"
+            )));
         };
         while replica_last < base {
             let (log, room, from) = (self.node.log.clone(), self.room, replica_last);
@@ -120,9 +176,49 @@ impl Owner {
         Ok(())
     }
 
+    /// The first seq where a replica's `tail` (ascending stamps) differs from this log,
+    /// if any. A seq this log lacks counts as different.
+    async fn first_difference(&self, tail: &[MessageStamp]) -> Result<Option<Seq>, NodeError> {
+        let (Some(first), Some(last)) = (tail.first(), tail.last()) else { return Ok(None) };
+        let (log, room, from, count) = (
+            self.node.log.clone(),
+            self.room,
+            first.seq.saturating_sub(1),
+            (last.seq.saturating_sub(first.seq) + 1) as usize,
+        );
+        let ours: HashMap<Seq, MessageStamp> =
+            blocking(move || log.after(room, from, count)).await?.iter().map(|m| (m.seq, stamp(m))).collect();
+        Ok(tail.iter().find(|theirs| ours.get(&theirs.seq) != Some(theirs)).map(|theirs| theirs.seq))
+    }
+
     async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
         let mut commands = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut commands, MAX_BATCH).await > 0 {
+        let mut retry_in = START_RETRY_FIRST;
+        loop {
+            let received = if ready {
+                rx.recv_many(&mut commands, MAX_BATCH).await
+            } else {
+                // Taking over failed (replica unreachable?): retry in the background too,
+                // so the replica is synced even when no send comes (it may have a stale
+                // tail to lose, and it must hold the log before it can take over).
+                tokio::select! {
+                    received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                    _ = tokio::time::sleep(retry_in) => {
+                        ready = match self.start().await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(room = self.room, epoch = self.epoch, error = %e, "still cannot take ownership");
+                                false
+                            }
+                        };
+                        retry_in = (retry_in * 2).min(START_RETRY_LAST);
+                        continue;
+                    }
+                }
+            };
+            if received == 0 {
+                return;
+            }
             let mut sends = Vec::new();
             for command in commands.drain(..) {
                 match command {

@@ -82,6 +82,18 @@ impl ChatCluster {
         node.shutdown().await;
     }
 
+    /// Starts node `i` again on its old address with its old data dir (after
+    /// [`Self::stop_node`]).
+    pub async fn restart_node(&mut self, i: usize) {
+        let config = self.node_configs[i].clone();
+        let addr = config.advertise.clone().expect("advertised address");
+        let listener = wait_for("the node's old port to be free", Duration::from_secs(10), || async {
+            TcpListener::bind(&addr).await.ok()
+        })
+        .await;
+        self.nodes[i] = Some(node::start(config, listener).await.expect("restart node"));
+    }
+
     /// Creates a room as `api`'s user; it is placed on two nodes when two are running.
     pub async fn create_room(&self, api: &Api, name: &str, private: bool) -> Value {
         let (status, room) = api
@@ -118,16 +130,18 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct WsClient {
     socket: Socket,
     pub user: String,
+    pub user_id: u64,
 }
 
 impl WsClient {
     /// Connects to `ws_url` and says hello with `token`.
     pub async fn connect(ws_url: &str, token: &str) -> Self {
         let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws connect");
-        let mut client = Self { socket, user: String::new() };
+        let mut client = Self { socket, user: String::new(), user_id: 0 };
         client.send(json!({"type": "hello", "token": token})).await;
         let welcome = client.expect("welcome").await;
         client.user = welcome["user"].as_str().unwrap_or_default().to_string();
+        client.user_id = welcome["user_id"].as_u64().unwrap_or_default();
         client
     }
 
