@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::chat::{token, ChatCluster, WsClient};
 use common::{wait_for, Api};
-use districhat::node::log::RoomLog;
+use districhat::node::log::{Fenced, RoomLog};
 use districhat::protocol::StoredMessage;
 use serde_json::{json, Value};
 
@@ -83,7 +83,9 @@ async fn a_returning_nodes_unacknowledged_tail_is_dropped() {
         ts: 1,
         client_id: "ghost".into(),
     };
-    planted.append(room, &[ghost]).expect("plant the stale tail");
+    let epoch = planted.fence(room).expect("fence");
+    let planted_tail = planted.append_at(room, epoch, &[ghost]).expect("plant the stale tail");
+    assert_eq!(planted_tail, Fenced::Done(()), "planted as A's own, unreplicated batch");
     assert_eq!(planted.dedupe(room, on_b.user_id, "ghost").unwrap(), Some(6));
     drop(planted);
 

@@ -118,7 +118,7 @@ impl RoomLog {
     /// batch its owner rolled back and sequenced anew) also drops the replaced one's
     /// dedupe key, so a retry of the replaced message is not answered with a seq that
     /// now holds another message.
-    pub fn append(&self, room: RoomId, messages: &[StoredMessage]) -> Result<(), StoreError> {
+    fn append(&self, room: RoomId, messages: &[StoredMessage]) -> Result<(), StoreError> {
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
         let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
         let mut batch = WriteBatch::default();
@@ -198,7 +198,7 @@ impl RoomLog {
     }
 
     /// Deletes every message of the room with seq > `base` (and their dedupe keys).
-    pub fn truncate_after(&self, room: RoomId, base: Seq) -> Result<usize, StoreError> {
+    fn truncate_after(&self, room: RoomId, base: Seq) -> Result<usize, StoreError> {
         let doomed = self.after(room, base, usize::MAX)?;
         if doomed.is_empty() {
             return Ok(0);
@@ -243,7 +243,7 @@ impl RoomLog {
     }
 
     /// Raises the room's fence to `epoch` (durably).
-    pub fn set_fence(&self, room: RoomId, epoch: u64) -> Result<(), StoreError> {
+    fn set_fence(&self, room: RoomId, epoch: u64) -> Result<(), StoreError> {
         let cf = store::cf(&self.db, CF_FENCES)?;
         let mut options = WriteOptions::default();
         options.set_sync(true);
