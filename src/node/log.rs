@@ -56,12 +56,8 @@ impl RoomLog {
     /// the fence is newer; raises the fence to `epoch` first if it is older.
     pub fn append_at(&self, room: RoomId, epoch: u64, messages: &[StoredMessage]) -> Result<Fenced<()>, StoreError> {
         let _guard = self.fence_lock(room);
-        let fence = self.fence(room)?;
-        if epoch < fence {
+        if let Some(fence) = self.pass_fence(room, epoch, true)? {
             return Ok(Fenced::Stale { fence });
-        }
-        if epoch > fence {
-            self.set_fence(room, epoch)?;
         }
         self.append(room, messages)?;
         Ok(Fenced::Done(()))
@@ -71,8 +67,7 @@ impl RoomLog {
     /// confirm); refused if a newer epoch has taken the room meanwhile.
     pub fn truncate_at(&self, room: RoomId, epoch: u64, base: Seq) -> Result<Fenced<usize>, StoreError> {
         let _guard = self.fence_lock(room);
-        let fence = self.fence(room)?;
-        if epoch < fence {
+        if let Some(fence) = self.pass_fence(room, epoch, false)? {
             return Ok(Fenced::Stale { fence });
         }
         Ok(Fenced::Done(self.truncate_after(room, base)?))
@@ -87,18 +82,28 @@ impl RoomLog {
         truncate_past: Option<Seq>,
     ) -> Result<Fenced<(Seq, usize)>, StoreError> {
         let _guard = self.fence_lock(room);
-        let fence = self.fence(room)?;
-        if epoch < fence {
+        if let Some(fence) = self.pass_fence(room, epoch, true)? {
             return Ok(Fenced::Stale { fence });
-        }
-        if epoch > fence {
-            self.set_fence(room, epoch)?;
         }
         let dropped = match truncate_past {
             Some(base) => self.truncate_after(room, base)?,
             None => 0,
         };
         Ok(Fenced::Done((self.last_seq(room)?, dropped)))
+    }
+
+    /// The fence check of a writer at `epoch`, under the room's fence lock: `Some(fence)`
+    /// when a newer epoch holds the room; else `None`, after raising the fence to `epoch`
+    /// if `raise` and it was older.
+    fn pass_fence(&self, room: RoomId, epoch: u64, raise: bool) -> Result<Option<u64>, StoreError> {
+        let fence = self.fence(room)?;
+        if epoch < fence {
+            return Ok(Some(fence));
+        }
+        if raise && epoch > fence {
+            self.set_fence(room, epoch)?;
+        }
+        Ok(None)
     }
 
     fn fence_lock(&self, room: RoomId) -> MutexGuard<'_, ()> {
