@@ -7,125 +7,19 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::chat::{token, ChatCluster, WsClient};
+use common::senders::{full_history, Sender};
 use common::{Api, SECRET};
 use districhat::control::secret::ClusterSecret;
 use districhat::node::mesh::Mesh;
 use districhat::protocol::{MeshRequest, MeshResponse, StoredMessage};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CLIENTS: usize = 4;
 const PER_CLIENT: usize = 250;
 const KILL_AFTER: usize = 300;
-
-/// What one client saw: its acked (client_id → seq) and every seq it received.
-struct Outcome {
-    acked: BTreeMap<String, u64>,
-    received: Vec<u64>,
-}
-
-async fn connect_any(api: &Api, base: &str, preferred: &str) -> WsClient {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (token, nodes) = token(api, base).await;
-        let mut urls = vec![preferred.to_string()];
-        urls.extend(nodes.iter().filter_map(|n| n["ws_url"].as_str().map(str::to_string)));
-        for url in urls {
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url.as_str())).await;
-            if let Ok(Ok(_)) = attempt {
-                return WsClient::connect(&url, &token).await;
-            }
-        }
-        assert!(Instant::now() < deadline, "no node accepted a connection");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn run_client(
-    api: Api,
-    base: String,
-    ws_url: String,
-    room: u64,
-    index: usize,
-    acked_total: Arc<AtomicUsize>,
-) -> Outcome {
-    let mut outcome = Outcome { acked: BTreeMap::new(), received: Vec::new() };
-    let mut ws = connect_any(&api, &base, &ws_url).await;
-    ws.subscribe(room, None).await;
-    let mut last_seen = 0u64;
-    for i in 0..PER_CLIENT {
-        let client_id = format!("c{index}-{i}");
-        let started = Instant::now();
-        'retry: loop {
-            assert!(started.elapsed() < Duration::from_secs(60), "{client_id} never acknowledged");
-            ws.send(
-                json!({"type": "send", "room": room, "client_id": client_id, "text": format!("message {client_id}")}),
-            )
-            .await;
-            loop {
-                let Some(frame) = ws.next(Duration::from_secs(5)).await else {
-                    // Closed or silent: reconnect (to any node) and resume from what we saw.
-                    ws = connect_any(&api, &base, &ws_url).await;
-                    let (missed, _) = ws.subscribe(room, Some(last_seen)).await;
-                    for message in missed {
-                        record(&mut outcome, &mut last_seen, &message);
-                    }
-                    continue 'retry;
-                };
-                match frame["type"].as_str() {
-                    Some("message") => record(&mut outcome, &mut last_seen, &frame),
-                    Some("ack") if frame["client_id"] == client_id.as_str() => {
-                        outcome.acked.insert(client_id.clone(), frame["seq"].as_u64().expect("seq"));
-                        acked_total.fetch_add(1, Ordering::SeqCst);
-                        break 'retry;
-                    }
-                    Some("error") if frame["ref"] == client_id.as_str() => {
-                        // Retryable answers: the owner is moving, or we send faster than
-                        // the per-connection limit allows.
-                        let code = frame["code"].as_str().unwrap_or_default();
-                        assert!(matches!(code, "unavailable" | "rate_limited"), "{frame}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue 'retry;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    outcome
-}
-
-fn record(outcome: &mut Outcome, last_seen: &mut u64, message: &Value) {
-    let seq = message["seq"].as_u64().expect("seq");
-    outcome.received.push(seq);
-    *last_seen = (*last_seen).max(seq);
-}
-
-/// Every message of the room via the REST history, oldest first.
-async fn full_history(api: &Api, base: &str, room: u64) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut url = format!("{base}/api/rooms/{room}/messages?limit=200");
-        if let Some(before) = before {
-            url.push_str(&format!("&before={before}"));
-        }
-        let response = api.http.get(url).bearer_auth(api.token.as_deref().unwrap()).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let page: Value = response.json().await.unwrap();
-        let messages = page["messages"].as_array().cloned().unwrap_or_default();
-        before = messages.last().and_then(|m| m["seq"].as_u64());
-        all.extend(messages);
-        if page["has_more"] != true {
-            break;
-        }
-    }
-    all.reverse();
-    all
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
@@ -141,7 +35,17 @@ async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
     for index in 0..CLIENTS {
         let node = if index % 2 == 0 { owner_index } else { replica_index };
         let ws_url = cluster.node(node).ws_url();
-        clients.push(tokio::spawn(run_client(api.clone(), cluster.url(), ws_url, room, index, acked_total.clone())));
+        let label = format!("c{index}");
+        let sender = Sender {
+            api: api.clone(),
+            base: cluster.url(),
+            ws_url,
+            room,
+            label,
+            count: PER_CLIENT,
+            acked: acked_total.clone(),
+        };
+        clients.push(tokio::spawn(sender.run()));
     }
     common::wait_for("load before the kill", Duration::from_secs(60), || async {
         (acked_total.load(Ordering::SeqCst) >= KILL_AFTER).then_some(())

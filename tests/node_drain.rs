@@ -10,134 +10,21 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::chat::{token, ChatCluster, WsClient};
+use common::senders::{full_history, Sender};
 use common::{wait_for, Api, SECRET};
 use districhat::control::catalog::{Catalog, ChatNodeId, NodeStatus};
 use districhat::drain::{self, DrainError, DrainTarget};
 use districhat::node;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 const ROOMS: usize = 4;
 const PER_CLIENT: usize = 60;
 /// Drain once this many sends (of ROOMS × 3 nodes × PER_CLIENT) are acknowledged.
 const DRAIN_AFTER: usize = 200;
-
-/// What one client saw.
-#[derive(Default)]
-struct Outcome {
-    /// client_id → acked seq.
-    acked: BTreeMap<String, u64>,
-    /// Every seq received, in arrival order.
-    received: Vec<u64>,
-    /// Retryable error frames answered to a send (the only client-visible trouble allowed
-    /// besides a reconnect).
-    retryable_errors: Vec<String>,
-    reconnects: usize,
-}
-
-/// One client on one node sending `PER_CLIENT` messages to `room`, each retried with the
-/// same client_id until acknowledged.
-async fn run_client(
-    api: Api,
-    base: String,
-    ws_url: String,
-    room: u64,
-    label: String,
-    acked: Arc<AtomicUsize>,
-) -> Outcome {
-    let mut outcome = Outcome::default();
-    let mut ws = connect(&api, &base, &ws_url).await;
-    ws.subscribe(room, None).await;
-    let mut last_seen = 0u64;
-    for i in 0..PER_CLIENT {
-        let client_id = format!("{label}-{i}");
-        let started = Instant::now();
-        'retry: loop {
-            assert!(started.elapsed() < Duration::from_secs(60), "{client_id} never acknowledged");
-            ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": client_id})).await;
-            loop {
-                let Some(frame) = ws.next(Duration::from_secs(5)).await else {
-                    outcome.reconnects += 1;
-                    ws = connect(&api, &base, &ws_url).await;
-                    let (missed, _) = ws.subscribe(room, Some(last_seen)).await;
-                    for message in missed {
-                        record(&mut outcome, &mut last_seen, &message);
-                    }
-                    continue 'retry;
-                };
-                match frame["type"].as_str() {
-                    Some("message") => record(&mut outcome, &mut last_seen, &frame),
-                    Some("ack") if frame["client_id"] == client_id.as_str() => {
-                        outcome.acked.insert(client_id.clone(), frame["seq"].as_u64().expect("seq"));
-                        acked.fetch_add(1, Ordering::SeqCst);
-                        break 'retry;
-                    }
-                    Some("error") if frame["ref"] == client_id.as_str() => {
-                        let code = frame["code"].as_str().unwrap_or_default();
-                        assert!(matches!(code, "unavailable" | "rate_limited"), "{frame}");
-                        if code == "unavailable" {
-                            outcome.retryable_errors.push(frame["message"].to_string());
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue 'retry;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    outcome
-}
-
-fn record(outcome: &mut Outcome, last_seen: &mut u64, message: &Value) {
-    let seq = message["seq"].as_u64().expect("seq");
-    outcome.received.push(seq);
-    *last_seen = (*last_seen).max(seq);
-}
-
-/// Connects to `preferred`, or any node the control offers when it does not answer.
-async fn connect(api: &Api, base: &str, preferred: &str) -> WsClient {
-    wait_for("a node to accept the client", Duration::from_secs(30), || async {
-        let (token, nodes) = token(api, base).await;
-        let mut urls = vec![preferred.to_string()];
-        urls.extend(nodes.iter().filter_map(|n| n["ws_url"].as_str().map(str::to_string)));
-        for url in urls {
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url.as_str())).await;
-            if let Ok(Ok(_)) = attempt {
-                return Some(WsClient::connect(&url, &token).await);
-            }
-        }
-        None
-    })
-    .await
-}
-
-/// Every message of the room via the REST history, oldest first.
-async fn full_history(api: &Api, base: &str, room: u64) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut url = format!("{base}/api/rooms/{room}/messages?limit=200");
-        if let Some(before) = before {
-            url.push_str(&format!("&before={before}"));
-        }
-        let response = api.http.get(url).bearer_auth(api.token.as_deref().expect("token")).send().await.expect("get");
-        assert_eq!(response.status().as_u16(), 200);
-        let page: Value = response.json().await.expect("json");
-        let messages = page["messages"].as_array().cloned().unwrap_or_default();
-        before = messages.last().and_then(|m| m["seq"].as_u64());
-        all.extend(messages);
-        if page["has_more"] != true {
-            break;
-        }
-    }
-    all.reverse();
-    all
-}
 
 /// The node that both owns and replicates rooms (the richest drain), with its counts.
 fn node_to_drain(catalog: &Catalog) -> (ChatNodeId, u64, u64) {
@@ -188,8 +75,9 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
         for index in 0..3 {
             let ws_url = cluster.node(index).ws_url();
             let label = format!("r{room}-n{index}");
-            let task = run_client(api.clone(), cluster.url(), ws_url, *room, label, acked_total.clone());
-            clients.push(tokio::spawn(task));
+            let (api, base, acked) = (api.clone(), cluster.url(), acked_total.clone());
+            let sender = Sender { api, base, ws_url, room: *room, label, count: PER_CLIENT, acked };
+            clients.push(tokio::spawn(sender.run()));
         }
     }
     wait_for("load before the drain", Duration::from_secs(60), || async {

@@ -200,3 +200,4 @@ pub fn init_logs() {
 }
 pub mod browser;
 pub mod chat;
+pub mod senders;
