@@ -6,16 +6,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# True if PID is alive and is a districhat process.
-is_districhat() {
-    local pid="$1"
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [ -r "/proc/$pid/cmdline" ]; then
-        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q districhat
-    else
-        ps -p "$pid" -o command= 2>/dev/null | grep -q districhat
-    fi
-}
+# is_districhat PID
+source cluster/lib.sh
 
 stop_process() {
     local pidfile="$1" name pid i

@@ -21,16 +21,8 @@ WAIT_SECS=60
 # Names of processes started by this run (watched while waiting).
 started=()
 
-# True if PID is alive and is a districhat process.
-is_districhat() {
-    local pid="$1"
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [ -r "/proc/$pid/cmdline" ]; then
-        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q districhat
-    else
-        ps -p "$pid" -o command= 2>/dev/null | grep -q districhat
-    fi
-}
+# is_districhat PID
+source cluster/lib.sh
 
 # start_process NAME ROLE [ARGS...]: run `$BIN ROLE ARGS...` in the background
 # unless NAME is already running.
