@@ -75,7 +75,8 @@ impl From<CatalogError> for ApiError {
             | CatalogError::StaleEpoch { .. }
             | CatalogError::SigningKeyAlreadySet
             | CatalogError::NodePending(_)
-            | CatalogError::NoCapacity { .. } => StatusCode::CONFLICT,
+            | CatalogError::NoCapacity { .. }
+            | CatalogError::OwnerWithoutLog { .. } => StatusCode::CONFLICT,
             CatalogError::InvalidUsername
             | CatalogError::InvalidRoomName
             | CatalogError::InvalidNodeName

@@ -255,6 +255,8 @@ pub enum CatalogError {
     DmMembersFixed,
     #[error("no other Up node can take over room {room} ({why}); add or bring up a node first")]
     NoCapacity { room: RoomId, why: String },
+    #[error("node {node} does not hold room {room}'s log: only its owner or replica can own it")]
+    OwnerWithoutLog { room: RoomId, node: ChatNodeId },
 }
 
 impl CatalogError {
@@ -277,6 +279,7 @@ impl CatalogError {
             Self::DmWithSelf => "dm_with_self",
             Self::DmMembersFixed => "dm_members_fixed",
             Self::NoCapacity { .. } => "no_capacity",
+            Self::OwnerWithoutLog { .. } => "owner_without_log",
         }
     }
 }
@@ -388,6 +391,11 @@ impl Catalog {
                 let entry = self.rooms.get_mut(&room).ok_or(CatalogError::UnknownRoom(room))?;
                 if entry.epoch != epoch {
                     return Err(CatalogError::StaleEpoch { expected: epoch, current: entry.epoch });
+                }
+                // Only the owner and the replica hold every acknowledged message: a node
+                // without the log would hand out seqs that are taken.
+                if entry.owner.is_some() && entry.owner != Some(owner) && entry.replica != Some(owner) {
+                    return Err(CatalogError::OwnerWithoutLog { room, node: owner });
                 }
                 entry.owner = Some(owner);
                 entry.replica = replica;
@@ -580,7 +588,7 @@ mod tests {
     fn assignment_is_fenced_by_epoch() {
         let mut catalog = Catalog::default();
         user(&mut catalog, "alice").unwrap();
-        for name in ["n1", "n2"] {
+        for name in ["n1", "n2", "n3"] {
             let command = Command::RegisterNode {
                 name: name.into(),
                 ws_url: String::new(),
@@ -598,6 +606,12 @@ mod tests {
         let fresh = Command::AssignRoom { room: room.id, owner: 2, replica: Some(1), epoch: 1 };
         assert!(catalog.apply(fresh).0.is_ok());
         assert_eq!(catalog.rooms[&room.id].epoch, 2);
+        let placed = catalog.rooms[&room.id].clone();
+        let stranger = [1, 2, 3].into_iter().find(|n| Some(*n) != placed.owner && Some(*n) != placed.replica);
+        let stranger = stranger.expect("a node that holds nothing of the room");
+        let blind = Command::AssignRoom { room: room.id, owner: stranger, replica: placed.owner, epoch: 2 };
+        assert_eq!(catalog.apply(blind).0.unwrap_err().code(), "owner_without_log");
+        assert_eq!(catalog.rooms[&room.id], placed, "a refused assignment changes nothing");
     }
 
     fn dm(catalog: &mut Catalog, a: UserId, b: UserId) -> CommandResult {
