@@ -9,8 +9,10 @@
 //!
 //! The chat-node lifecycle (registration, approval, failure, return) and the placement of
 //! rooms on nodes live in the [`nodes`] submodule: they are the part of `apply` that moves
-//! rooms between nodes.
+//! rooms between nodes. Spreading rooms over the nodes on an operator's request
+//! (`Rebalance`) lives in [`balance`].
 
+mod balance;
 mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -186,6 +188,13 @@ pub enum Command {
     UndrainNode {
         node: ChatNodeId,
     },
+    /// An operator spreads rooms over the `Up` nodes: at most `max_moves` safe moves,
+    /// chosen deterministically here (see [`balance`]): a replica role moves from a busy
+    /// node to a less busy one, and ownership moves only by swapping a room's owner and
+    /// its replica (which holds every acknowledged message). Epoch + 1 per moved room.
+    Rebalance {
+        max_moves: u64,
+    },
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -216,6 +225,25 @@ pub enum CommandOutput {
         room: Room,
         created: bool,
     },
+    /// The result of a [`Command::Rebalance`]: the rooms moved (none when balanced) and
+    /// how far from balanced the `Up` nodes still are (0: every node owns and replicates
+    /// within one room of every other).
+    Rebalanced {
+        moves: Vec<RoomMove>,
+        remaining_imbalance: u64,
+    },
+}
+
+/// One room moved by a [`Command::Rebalance`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMove {
+    pub room: RoomId,
+    pub from_owner: ChatNodeId,
+    pub from_replica: ChatNodeId,
+    pub owner: ChatNodeId,
+    pub replica: ChatNodeId,
+    /// The room's new epoch.
+    pub epoch: u64,
 }
 
 /// A command the catalog refused. Each variant has a stable [`code`](Self::code).
@@ -419,6 +447,7 @@ impl Catalog {
             }
             Command::DrainNode { node } => self.drain_node(node, touched),
             Command::UndrainNode { node } => self.undrain_node(node, touched),
+            Command::Rebalance { max_moves } => Ok(self.rebalance(max_moves, touched)),
         }
     }
 

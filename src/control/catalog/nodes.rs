@@ -254,12 +254,17 @@ impl Loads {
         self.0.iter().filter(|(id, _)| !exclude.contains(id)).min_by_key(|(id, load)| (**load, **id)).map(|(id, _)| *id)
     }
 
-    fn is_up(&self, node: ChatNodeId) -> bool {
+    pub(super) fn is_up(&self, node: ChatNodeId) -> bool {
         self.0.contains_key(&node)
     }
 
+    /// (owned, replicated) per `Up` node, in id order.
+    pub(super) fn counts(&self) -> &BTreeMap<ChatNodeId, (usize, usize)> {
+        &self.0
+    }
+
     /// Gives `room` a new owner and replica (epoch + 1) unless they are what it has.
-    fn reassign(&mut self, room: &mut Room, owner: Option<ChatNodeId>, replica: Option<ChatNodeId>) -> bool {
+    pub(super) fn reassign(&mut self, room: &mut Room, owner: Option<ChatNodeId>, replica: Option<ChatNodeId>) -> bool {
         if (room.owner, room.replica) == (owner, replica) {
             return false;
         }
