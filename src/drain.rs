@@ -38,7 +38,7 @@ pub struct DrainSummary {
     pub elapsed: Duration,
 }
 
-/// Why a drain did not finish.
+/// Why a drain (or a rebalance, `crate::rebalance`) did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     /// The control refused (e.g. `no_capacity`, `unknown_node`, `node_pending`): nothing changed.
@@ -74,31 +74,9 @@ pub async fn drain(
     let base = target.control.trim_end_matches('/');
     let drain_url = format!("{base}/api/admin/nodes/{}/drain", target.node);
     let report: DrainReport = send(client.post(&drain_url).header(SECRET_HEADER, &target.secret)).await?;
-    let mut last: Option<DrainProgress> = None;
-    loop {
-        let asked =
-            client.get(&drain_url).query(&[("since", report.routes_version)]).header(SECRET_HEADER, &target.secret);
-        match send::<DrainProgress>(asked).await {
-            Ok(progress) => {
-                if last.as_ref().is_none_or(|last| describe(last) != describe(&progress)) {
-                    on_progress(&progress);
-                }
-                let done = progress.done;
-                last = Some(progress);
-                if done {
-                    break;
-                }
-            }
-            // A leader change or a restarting control: keep asking until the deadline.
-            Err(DrainError::Unreachable(reason)) => tracing::debug!(%reason, "no progress answer; asking again"),
-            Err(other) => return Err(other),
-        }
-        if started.elapsed() >= timeout {
-            let last = last.as_ref().map_or_else(|| "none".to_string(), describe);
-            return Err(DrainError::Timeout { timeout, last });
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    let progress =
+        ProgressPoll { client: &client, url: &drain_url, secret: &target.secret, since: report.routes_version };
+    progress.wait(started, timeout, describe, |progress| progress.done, &mut on_progress).await?;
     Ok(DrainSummary {
         node: target.node,
         name: report.node.name,
@@ -131,7 +109,56 @@ pub fn describe(progress: &DrainProgress) -> String {
     )
 }
 
-fn client() -> Result<reqwest::Client, DrainError> {
+/// Asks a progress endpoint (`GET url?since=V`, cluster secret) until the chat nodes have
+/// acted on a routing-table version: the wait shared by `admin drain-node` and
+/// `admin rebalance`.
+pub(crate) struct ProgressPoll<'a> {
+    pub client: &'a reqwest::Client,
+    pub url: &'a str,
+    pub secret: &'a str,
+    /// The routing-table version that carries the change waited for.
+    pub since: u64,
+}
+
+impl ProgressPoll<'_> {
+    /// Polls until `is_done`, calling `on_progress` whenever [`describe`]'s line changes;
+    /// an unreachable control (a leader change) is asked again. Fails with `Timeout` once
+    /// `timeout` has passed since `started`. Returns the last progress.
+    pub async fn wait<P: DeserializeOwned>(
+        &self,
+        started: Instant,
+        timeout: Duration,
+        describe: impl Fn(&P) -> String,
+        is_done: impl Fn(&P) -> bool,
+        on_progress: &mut impl FnMut(&P),
+    ) -> Result<P, DrainError> {
+        let mut last: Option<P> = None;
+        loop {
+            let asked = self.client.get(self.url).query(&[("since", self.since)]).header(SECRET_HEADER, self.secret);
+            match send::<P>(asked).await {
+                Ok(progress) => {
+                    if last.as_ref().is_none_or(|last| describe(last) != describe(&progress)) {
+                        on_progress(&progress);
+                    }
+                    if is_done(&progress) {
+                        return Ok(progress);
+                    }
+                    last = Some(progress);
+                }
+                // A leader change or a restarting control: keep asking until the deadline.
+                Err(DrainError::Unreachable(reason)) => tracing::debug!(%reason, "no progress answer; asking again"),
+                Err(other) => return Err(other),
+            }
+            if started.elapsed() >= timeout {
+                let last = last.as_ref().map_or_else(|| "none".to_string(), describe);
+                return Err(DrainError::Timeout { timeout, last });
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+pub(crate) fn client() -> Result<reqwest::Client, DrainError> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -146,7 +173,7 @@ struct ErrorBody {
 
 /// Sends a request; a `{code, message}` 4xx is a refusal, a 5xx or no answer is
 /// `Unreachable`.
-async fn send<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T, DrainError> {
+pub(crate) async fn send<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T, DrainError> {
     let response = request.send().await.map_err(|e| DrainError::Unreachable(e.to_string()))?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| DrainError::Unreachable(e.to_string()))?;

@@ -12,6 +12,7 @@
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
 //! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
+//! - [`rebalance`]: `admin rebalance`, the client of the control's rebalance API.
 
 pub mod bench;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod drain;
 pub mod drill;
 pub mod node;
 pub mod protocol;
+pub mod rebalance;
 pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
 use districhat::drain::{self, DrainTarget};
 use districhat::drill::DrillArgs;
+use districhat::rebalance::{self, RebalanceEvent, RebalanceTarget};
 use districhat::{bench, control, dev, drill, node, status, telemetry};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
@@ -141,6 +142,23 @@ enum AdminAction {
         /// The node's id (see `districhat status`).
         node: u64,
     },
+    /// Spread rooms evenly over the Up chat nodes (after adding a node, or one came back or
+    /// was undrained): in batches of safe moves — a replica role moves to a less busy node
+    /// (which gets the room's log before the owner takes sends again), ownership moves only
+    /// by swapping a room's owner and replica (epoch + 1 each) — until every Up node owns
+    /// and replicates within one room of every other. Waits after each batch until the nodes
+    /// have acted on it, shows progress, prints a summary. Exits non-zero on refusal or
+    /// timeout; moves already made stay (run it again to continue).
+    Rebalance {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Moves per batch (one catalog command each; at most 1000).
+        #[arg(long, default_value_t = 50)]
+        batch: u64,
+        /// How long the whole rebalance may take, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Back up one control member's (or chat node's) database as a RocksDB checkpoint.
     ///
     /// The copy is written into a new directory on the host of the process asked
@@ -248,6 +266,9 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
         AdminAction::DrainNode { target, node, timeout } => {
             return run_drain(target, node, Duration::from_secs(timeout)).await;
         }
+        AdminAction::Rebalance { target, batch, timeout } => {
+            return run_rebalance(target, batch, Duration::from_secs(timeout)).await;
+        }
         AdminAction::UndrainNode { target, node } => {
             let target = DrainTarget { control: target.control, secret: target.secret, node };
             let view = drain::undrain(&target).await?;
@@ -282,6 +303,45 @@ async fn run_drain(target: AdminTarget, node: u64, timeout: Duration) -> anyhow:
         summary.elapsed.as_secs_f64()
     );
     println!("it owns and replicates nothing now; stop it, or `admin undrain-node {node}` to put it back");
+    Ok(())
+}
+
+/// `admin rebalance`: batches with a progress bar (rooms moved / moved + still uneven),
+/// then the summary with each node's owned/replicated rooms before → after.
+async fn run_rebalance(target: AdminTarget, batch: u64, timeout: Duration) -> anyhow::Result<()> {
+    let target = RebalanceTarget { control: target.control, secret: target.secret, batch };
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("[{elapsed}] {bar:30} {pos}/{len} moves  {msg}")?);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message("waiting for the nodes to settle…");
+    let result = rebalance::rebalance(&target, timeout, |event| match event {
+        RebalanceEvent::Batch(report) => {
+            bar.inc(report.moves.len() as u64);
+            bar.set_length(bar.position() + report.remaining_imbalance);
+            bar.set_message(format!("batch of {} moves committed", report.moves.len()));
+        }
+        RebalanceEvent::Progress(progress) => bar.set_message(rebalance::describe(progress)),
+    })
+    .await;
+    bar.finish_and_clear();
+    let summary = result.context("rebalancing")?;
+    println!(
+        "rebalanced: {} rooms moved ({} owner/replica swaps, {} replica moves) in {} batches, {:.1} s",
+        summary.moves(),
+        summary.swaps,
+        summary.replica_moves,
+        summary.batches,
+        summary.elapsed.as_secs_f64()
+    );
+    for line in rebalance::render_counts(&summary.before, &summary.after) {
+        println!("  {line}");
+    }
+    if summary.remaining_imbalance > 0 {
+        println!(
+            "not fully even (imbalance {}): rooms with a node that is not Up stay where they are",
+            summary.remaining_imbalance
+        );
+    }
     Ok(())
 }
 

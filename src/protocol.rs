@@ -141,6 +141,12 @@ pub struct NodeLoad {
     pub rooms_owned: u64,
     pub rooms_replicated: u64,
     pub messages_per_sec: f64,
+    /// Rooms of its routing table the node owns but does not take sends for yet: the owner
+    /// is still starting (making its replica adopt the epoch and copying it the log). A
+    /// rebalance starts its next batch only when this is 0 on every node. Absent (0) from
+    /// nodes older than it.
+    #[serde(default)]
+    pub rooms_syncing: u64,
 }
 
 /// `POST /internal/nodes/heartbeat`.

@@ -18,7 +18,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::auth;
 use super::catalog::{Command, CommandOutput, Room, UserId};
 use super::raft::state_machine::read_state;
-use super::{admin, chat_api, cluster, drain, nodes, raft, read_marks, web, write, AppState};
+use super::{admin, chat_api, cluster, drain, nodes, raft, read_marks, rebalance, web, write, AppState};
 use crate::now_ms;
 
 /// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(nodes::routes())
         .merge(admin::routes())
         .merge(drain::routes())
+        .merge(rebalance::routes())
         .merge(web::routes(web_state))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state.clone())

@@ -12,6 +12,7 @@
 //! routing tables; progress compares the version each node last reported in a heartbeat
 //! with the version that carries the drain.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -21,9 +22,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::api_error::ApiError;
-use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
+use super::catalog::{Catalog, ChatNode, ChatNodeId, Command, CommandOutput, NodeStatus};
 use super::chat_api::NodeView;
-use super::nodes::{node_loads, version};
+use super::nodes::{node_loads, version, NodeSeen};
 use super::raft::state_machine::read_state;
 use super::AppState;
 
@@ -124,15 +125,9 @@ async fn progress(
     let node = catalog.nodes.get(&id).ok_or_else(|| ApiError::not_found(format!("no chat node with id {id}")))?;
     let since = query.since.unwrap_or_else(|| version(&state));
     let (rooms_owned, rooms_replicated) = catalog.node_room_counts().get(&id).copied().unwrap_or_default();
-    let alive = |seen: &super::nodes::NodeSeen| seen.last_seen_ms < app.config.node_timeout_ms;
+    let alive = |seen: &NodeSeen| seen.last_seen_ms < app.config.node_timeout_ms;
     let reported = loads.get(&id).filter(|seen| alive(seen)).and_then(|seen| seen.load.clone());
-    let waiting_for: Vec<ChatNodeId> = catalog
-        .nodes
-        .values()
-        .filter(|other| other.status == NodeStatus::Up || (other.id == id && reported.is_some()))
-        .filter(|other| loads.get(&other.id).is_none_or(|seen| seen.routes_version < since))
-        .map(|other| other.id)
-        .collect();
+    let waiting_for = nodes_behind(catalog, &loads, since, |other| other.id == id && reported.is_some());
     let status = NodeView::new(catalog, node, None).status;
     let runs_nothing = reported.as_ref().is_none_or(|load| load.rooms_owned == 0 && load.rooms_replicated == 0);
     let done = node.status == NodeStatus::Drained
@@ -150,6 +145,24 @@ async fn progress(
         waiting_for,
         done,
     }))
+}
+
+/// The `Up` nodes (and the others `also` names) whose last heartbeat carried a routing
+/// table older than `since`, or that have not heartbeated to this leader: they have not
+/// acted on the room moves in `since` yet. Shared by drain and rebalance progress.
+pub(super) fn nodes_behind(
+    catalog: &Catalog,
+    loads: &BTreeMap<ChatNodeId, NodeSeen>,
+    since: u64,
+    also: impl Fn(&ChatNode) -> bool,
+) -> Vec<ChatNodeId> {
+    catalog
+        .nodes
+        .values()
+        .filter(|node| node.status == NodeStatus::Up || also(node))
+        .filter(|node| loads.get(&node.id).is_none_or(|seen| seen.routes_version < since))
+        .map(|node| node.id)
+        .collect()
 }
 
 /// `POST /api/admin/nodes/{id}/undrain`: back in service, a candidate for new rooms.

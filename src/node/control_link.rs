@@ -81,6 +81,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
             rooms_owned: node.owned_rooms() as u64,
             rooms_replicated: replicated as u64,
             messages_per_sec: rate,
+            rooms_syncing: node.rooms_syncing(&routes) as u64,
         };
         metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
         let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version };

@@ -288,6 +288,19 @@ impl Node {
         self.owners_lock().len()
     }
 
+    /// Rooms `routes` gives this node to own whose owner does not take sends yet: not
+    /// started for that epoch, or still syncing its replica. Read against one routing
+    /// table, so a table being installed right now counts its new owners as syncing.
+    pub fn rooms_syncing(&self, routes: &Routes) -> usize {
+        let owners = self.owners_lock();
+        routes
+            .rooms
+            .values()
+            .filter(|route| route.owner == Some(self.id))
+            .filter(|route| owners.get(&route.id).is_none_or(|owner| owner.epoch != route.epoch || !owner.is_ready()))
+            .count()
+    }
+
     pub fn leader_url(&self) -> String {
         self.leader_url.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -5,6 +5,8 @@
 //! at once form one batch: one fsync and one replication round trip (group commit).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -58,7 +60,17 @@ pub struct Sent {
 pub struct OwnerHandle {
     pub epoch: u64,
     pub tx: mpsc::Sender<OwnerCommand>,
+    /// Set once the owner took the room over (its replica adopted the epoch and holds the
+    /// log): from then on it takes sends. Heartbeats count the owners still without it.
+    ready: Arc<AtomicBool>,
     task: tokio::task::AbortHandle,
+}
+
+impl OwnerHandle {
+    /// Whether the owner has synced its replica and takes sends.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for OwnerHandle {
@@ -70,8 +82,10 @@ impl Drop for OwnerHandle {
 /// Starts owning `room` at `epoch`.
 pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
     let (tx, rx) = mpsc::channel(4_096);
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
     let task = tokio::spawn(async move {
-        let mut owner = Owner { node, room, epoch, next_seq: 1, interest: HashMap::new() };
+        let mut owner = Owner { node, room, epoch, next_seq: 1, interest: HashMap::new(), ready: flag };
         let ready = match owner.start().await {
             Ok(()) => true,
             Err(e) => {
@@ -81,7 +95,7 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
         };
         owner.run(rx, ready).await;
     });
-    OwnerHandle { epoch, tx, task: task.abort_handle() }
+    OwnerHandle { epoch, tx, ready, task: task.abort_handle() }
 }
 
 struct Owner {
@@ -91,6 +105,8 @@ struct Owner {
     next_seq: Seq,
     /// Subscribed nodes and their users, for fan-out and presence.
     interest: HashMap<NodeId, Vec<String>>,
+    /// Shared with the [`OwnerHandle`]: set when [`Self::start`] succeeded.
+    ready: Arc<AtomicBool>,
 }
 
 impl Owner {
@@ -121,6 +137,7 @@ impl Owner {
         };
         self.next_seq = last + 1;
         self.sync_replica(last).await?;
+        self.ready.store(true, Ordering::Release);
         tracing::info!(room, epoch, last_seq = last, "owning the room");
         Ok(())
     }

@@ -42,6 +42,12 @@ use super::{Catalog, ChatNodeId, CommandOutput, Room, RoomId, RoomMove, Touched}
 pub const MAX_MOVES_PER_COMMAND: u64 = 1_000;
 
 impl Catalog {
+    /// How far the `Up` nodes are from even (see [`imbalance`]); 0 when a rebalance would
+    /// move nothing because every node is within one room of every other.
+    pub fn imbalance(&self) -> u64 {
+        imbalance(&Loads::of(self))
+    }
+
     /// `Rebalance`: up to `max_moves` safe moves (see the module docs).
     pub(super) fn rebalance(&mut self, max_moves: u64, touched: &mut Vec<Touched>) -> CommandOutput {
         let budget = max_moves.min(MAX_MOVES_PER_COMMAND) as usize;
@@ -149,7 +155,11 @@ fn load(loads: &Loads, node: ChatNodeId) -> (usize, usize) {
 /// The swap (room, new owner, new replica) that narrows the owners' gap the most: its
 /// owner owns at least two rooms more than its replica. Ties: the swap that also evens
 /// replicas the most, then the lowest room id.
-fn best_swap(rooms: &BTreeMap<RoomId, Room>, loads: &Loads, moved: &BTreeSet<RoomId>) -> Option<(RoomId, ChatNodeId, ChatNodeId)> {
+fn best_swap(
+    rooms: &BTreeMap<RoomId, Room>,
+    loads: &Loads,
+    moved: &BTreeSet<RoomId>,
+) -> Option<(RoomId, ChatNodeId, ChatNodeId)> {
     rooms
         .values()
         .filter_map(|room| {
@@ -173,8 +183,7 @@ fn next_preparation(
     moved: &BTreeSet<RoomId>,
 ) -> Option<(RoomId, ChatNodeId, ChatNodeId)> {
     let (busiest, most) = planned.iter().max_by_key(|(id, owned)| (**owned, Reverse(**id)))?;
-    let (idlest, least) =
-        planned.iter().min_by_key(|(id, owned)| (**owned, load(loads, **id).1, **id))?;
+    let (idlest, least) = planned.iter().min_by_key(|(id, owned)| (**owned, load(loads, **id).1, **id))?;
     if most.checked_sub(*least).is_none_or(|gap| gap < 2) {
         return None;
     }
