@@ -325,14 +325,18 @@ async fn run_rebalance(target: AdminTarget, batch: u64, timeout: Duration) -> an
     .await;
     bar.finish_and_clear();
     let summary = result.context("rebalancing")?;
-    println!(
-        "rebalanced: {} rooms moved ({} owner/replica swaps, {} replica moves) in {} batches, {:.1} s",
-        summary.moves(),
-        summary.swaps,
-        summary.replica_moves,
-        summary.batches,
-        summary.elapsed.as_secs_f64()
-    );
+    if summary.moves() == 0 && summary.remaining_imbalance == 0 {
+        println!("already balanced: nothing to move ({:.1} s)", summary.elapsed.as_secs_f64());
+    } else {
+        println!(
+            "rebalanced: {} rooms moved ({} owner/replica swaps, {} replica moves) in {} batches, {:.1} s",
+            summary.moves(),
+            summary.swaps,
+            summary.replica_moves,
+            summary.batches,
+            summary.elapsed.as_secs_f64()
+        );
+    }
     for line in rebalance::render_counts(&summary.before, &summary.after) {
         println!("  {line}");
     }
