@@ -322,3 +322,52 @@ fn copy_flat_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy backup file");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_restore_running_chat_nodes_take_the_new_key_and_refuse_old_tokens() {
+    let cluster = ChatCluster::start(1).await;
+    let url = cluster.url();
+    let ws_url = cluster.node(0).ws_url();
+    let alice = Api::logged_in(&url, "alice").await;
+    let (old_token, _) = token(&alice, &url).await;
+    assert_eq!(hello(&ws_url, &old_token).await, "welcome");
+
+    let (status, reply) = after_restore(&Api::new(), &url, Some(SECRET)).await;
+    assert_eq!(status, 200, "{reply}");
+    cluster.controls.wait_converged().await;
+    let alice = login(&url, "alice").await;
+    let (new_token, _) = token(&alice, &url).await;
+    let started = std::time::Instant::now();
+    wait_for("the node to accept tokens signed with the new key", Duration::from_secs(15), || async {
+        (hello(&ws_url, &new_token).await == "welcome").then_some(())
+    })
+    .await;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "the node took the new key");
+    assert_eq!(hello(&ws_url, &old_token).await, "error:unauthorized");
+}
+
+/// Opens a WebSocket, says hello with `token`, and returns the answer's type (with the
+/// error code for an error frame).
+async fn hello(ws_url: &str, token: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws connect");
+    let hello = json!({"type": "hello", "token": token}).to_string();
+    socket.send(Message::Text(hello.into())).await.expect("ws send");
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message {
+                return serde_json::from_str::<Value>(&text).ok();
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("an answer to hello");
+    match answer["type"].as_str() {
+        Some("error") => format!("error:{}", answer["code"].as_str().unwrap_or_default()),
+        other => other.unwrap_or_default().to_string(),
+    }
+}
