@@ -161,7 +161,10 @@ async fn refresh_token_key(node: &Node) {
             let mut current = node.token_key.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if *current != key {
                 *current = key;
-                tracing::warn!(node = node.id, "the connection-token key changed (after a restore); older tokens are refused");
+                tracing::warn!(
+                    node = node.id,
+                    "the connection-token key changed (after a restore); older tokens are refused"
+                );
             }
         }
         Err(e) => tracing::debug!(%url, error = %e, "could not re-read the token key"),
