@@ -85,7 +85,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
             _ = crate::stopped(&mut shutdown) => return,
         }
         ticks += 1;
-        if ticks % TOKEN_KEY_EVERY == 0 {
+        if ticks.is_multiple_of(TOKEN_KEY_EVERY) {
             refresh_token_key(&node).await;
         }
         let messages = node.messages_total();
