@@ -19,6 +19,7 @@ pub mod liveness;
 pub mod nodes;
 pub mod raft;
 pub mod read_marks;
+pub mod restore;
 pub mod secret;
 pub mod web;
 pub mod write;
