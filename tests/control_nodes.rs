@@ -282,7 +282,7 @@ async fn fake_history(
     Path(room): Path<u64>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
-) -> Result<Json<HistoryPage>, StatusCode> {
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Json<HistoryPage>), StatusCode> {
     if headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) != Some(SECRET) {
         return Err(StatusCode::UNAUTHORIZED);
     }
@@ -298,7 +298,9 @@ async fn fake_history(
         ts: 0,
         client_id: None,
     };
-    Ok(Json(HistoryPage { messages: vec![message], has_more: false }))
+    // No keep-alive: once the test stops this server, the control must find it gone
+    // (a pooled connection would outlive the listener).
+    Ok(([(axum::http::header::CONNECTION, "close")], Json(HistoryPage { messages: vec![message], has_more: false })))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
