@@ -19,6 +19,11 @@ pub struct ControlConfig {
     pub advertise: Option<String>,
     /// RocksDB directory of this member (Raft log, vote, catalog).
     pub data_dir: PathBuf,
+    /// Absolute directory `POST /api/admin/backup` writes into (`backup_dir/NAME`); the
+    /// API takes only a name, never a path. Unset: `backups` next to `data_dir`
+    /// ([`ControlConfig::backup_dir`]).
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
     /// Shared by all controls and nodes; required on every internal API.
     pub cluster_secret: String,
     /// The members `--init` bootstraps the group with.
@@ -88,6 +93,15 @@ fn default_node_timeout_ms() -> u64 {
     3_000
 }
 
+/// `backup_dir`, when set, must be absolute: backups must not depend on the directory a
+/// process happened to start in. Shared by control and node configs.
+pub fn check_backup_dir(backup_dir: Option<&Path>) -> Result<(), String> {
+    match backup_dir {
+        Some(dir) if !dir.is_absolute() => Err(format!("backup_dir must be an absolute path, got {}", dir.display())),
+        _ => Ok(()),
+    }
+}
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -95,13 +109,23 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid control config: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
 }
 
 impl ControlConfig {
     /// Reads a TOML file. Relative paths inside it are relative to the working directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        check_backup_dir(config.backup_dir.as_deref())
+            .map_err(|reason| ConfigError::Invalid { path: path.into(), reason })?;
+        Ok(config)
+    }
+
+    /// Where backups of this member go: `backup_dir`, else `backups` next to `data_dir`.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| crate::store::checkpoint::default_backup_dir(&self.data_dir))
     }
 
     /// A member with defaults for everything but its identity (used by `dev` and tests).
@@ -111,6 +135,7 @@ impl ControlConfig {
             listen,
             advertise: None,
             data_dir,
+            backup_dir: None,
             cluster_secret,
             peers: Vec::new(),
             raft: RaftTuning::default(),
@@ -146,5 +171,18 @@ mod tests {
         assert!(!config.require_node_approval);
         assert_eq!(config.node_timeout_ms, 3_000);
         assert!(toml::from_str::<ControlConfig>("id = 1\nbogus = 2").is_err());
+        assert_eq!(config.backup_dir(), std::path::absolute("data/cluster/backups").unwrap());
+    }
+
+    #[test]
+    fn a_relative_backup_dir_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c1.toml");
+        let base = "id = 1\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/d/c1\"\ncluster_secret = \"s\"\n";
+        std::fs::write(&path, format!("{base}backup_dir = \"backups\"\n")).unwrap();
+        let error = ControlConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("backup_dir must be an absolute path"), "{error}");
+        std::fs::write(&path, format!("{base}backup_dir = \"/srv/backups\"\n")).unwrap();
+        assert_eq!(ControlConfig::load(&path).unwrap().backup_dir(), Path::new("/srv/backups"));
     }
 }

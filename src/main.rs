@@ -161,17 +161,28 @@ enum AdminAction {
     },
     /// Back up one control member's (or chat node's) database as a RocksDB checkpoint.
     ///
-    /// The copy is written into a new directory on the host of the process asked
-    /// (`--control`, or `--node`), not where this command runs.
+    /// The copy is written into `backup_dir/NAME` on the host of the process asked
+    /// (`--control`, or `--node`), not where this command runs; `backup_dir` comes from
+    /// that process's config (default: `backups` next to its `data_dir`).
     Backup {
         #[command(flatten)]
         target: AdminTarget,
-        /// Absolute directory on the process's host; must not exist yet.
+        /// The new backup's name: 1-64 of A-Z a-z 0-9 . _ - , not starting with a dot,
+        /// not used yet (e.g. c1-20261125T0300Z).
         #[arg(long)]
-        out: PathBuf,
+        name: String,
         /// Back up this chat node's room logs instead (http://host:port).
         #[arg(long)]
         node: Option<String>,
+    },
+    /// The step after restoring the whole control plane from a backup (docs/OPERATIONS.md):
+    /// replaces the token-signing key (every session and connection token stops working;
+    /// users log in again) and moves the user, room and node id counters forward by
+    /// 1,000,000, so no id handed out after the backup is handed out again. Harmless to
+    /// repeat.
+    AfterRestore {
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Remove a control member from the group.
     RemoveMember {
@@ -252,13 +263,16 @@ async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
         AdminAction::ApproveNode { target, id } => {
             admin_request(reqwest::Method::POST, &target, &format!("/api/admin/nodes/{id}/approve"), None).await?
         }
-        AdminAction::Backup { mut target, out, node } => {
+        AdminAction::Backup { mut target, name, node } => {
             // A node answers the same request on the same path.
             if let Some(node) = node {
                 target.control = node;
             }
-            let body = serde_json::json!({"dir": out});
+            let body = serde_json::json!({"name": name});
             admin_request(reqwest::Method::POST, &target, "/api/admin/backup", Some(body)).await?
+        }
+        AdminAction::AfterRestore { target } => {
+            admin_request(reqwest::Method::POST, &target, "/api/admin/after-restore", None).await?
         }
         AdminAction::RemoveMember { target, id } => {
             admin_request(reqwest::Method::DELETE, &target, &format!("/api/admin/members/{id}"), None).await?

@@ -86,8 +86,8 @@ pub async fn export_rocksdb_size(dir: PathBuf, db: &'static str, process: String
     let gauge = metrics::gauge!("districhat_rocksdb_size_bytes", "db" => db, "process" => process);
     loop {
         let measured = dir.clone();
-        match tokio::task::spawn_blocking(move || directory_bytes(&measured)).await {
-            Ok(Ok(bytes)) => gauge.set(bytes as f64),
+        match tokio::task::spawn_blocking(move || crate::store::checkpoint::directory_size(&measured)).await {
+            Ok(Ok((_files, bytes))) => gauge.set(bytes as f64),
             Ok(Err(e)) => tracing::debug!(dir = %dir.display(), error = %e, "cannot measure the RocksDB directory"),
             Err(e) => tracing::debug!(error = %e, "the measuring task failed"),
         }
@@ -96,16 +96,4 @@ pub async fn export_rocksdb_size(dir: PathBuf, db: &'static str, process: String
             _ = crate::stopped(&mut shutdown) => return,
         }
     }
-}
-
-/// The bytes of the regular files directly in `dir` (RocksDB keeps its files flat).
-fn directory_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let metadata = entry?.metadata()?;
-        if metadata.is_file() {
-            total += metadata.len();
-        }
-    }
-    Ok(total)
 }

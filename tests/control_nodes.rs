@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use common::{tuning, wait_for, Api, TestCluster, SECRET};
 use districhat::control::catalog::{NodeStatus, Room};
 use districhat::control::secret::SECRET_HEADER;
+use districhat::node::{self, config::NodeConfig};
 use districhat::protocol::{
     ChatMessage, Heartbeat, HeartbeatReply, HistoryPage, NodeLoad, NodeRegistration, RegisterNode, RoutingTable,
 };
@@ -281,7 +282,7 @@ async fn fake_history(
     Path(room): Path<u64>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
-) -> Result<Json<HistoryPage>, StatusCode> {
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Json<HistoryPage>), StatusCode> {
     if headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) != Some(SECRET) {
         return Err(StatusCode::UNAUTHORIZED);
     }
@@ -297,7 +298,9 @@ async fn fake_history(
         ts: 0,
         client_id: None,
     };
-    Ok(Json(HistoryPage { messages: vec![message], has_more: false }))
+    // No keep-alive: once the test stops this server, the control must find it gone
+    // (a pooled connection would outlive the listener).
+    Ok(([(axum::http::header::CONNECTION, "close")], Json(HistoryPage { messages: vec![message], has_more: false })))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,4 +414,21 @@ async fn a_node_behind_a_tls_proxy_is_listed_with_its_public_websocket_url() {
     let list = listed.get("nodes").cloned().unwrap_or(listed);
     let urls: Vec<&str> = list.as_array().expect("node list").iter().filter_map(|n| n["ws_url"].as_str()).collect();
     assert_eq!(urls, vec![public]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_registration_is_refused_with_a_4xx_stops_and_says_why() {
+    let cluster = TestCluster::start(1, tuning()).await;
+    let dir = cluster.dir.path().join("n1");
+    // Built in code, so `NodeConfig::load`'s own check of the URL is bypassed: this is
+    // the control plane's refusal reaching the node.
+    let mut config = NodeConfig::new("n1", "127.0.0.1:0", dir, vec![cluster.url(0)], SECRET);
+    config.public_ws_url = Some("https://chat.example.com/n1/ws".into());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+    let started = tokio::time::timeout(Duration::from_secs(10), node::start(config, listener))
+        .await
+        .expect("the node gives up instead of retrying forever");
+    let Err(error) = started else { panic!("a node with a refused registration started") };
+    let error = format!("{error:#}");
+    assert!(error.contains("400") && error.contains("invalid_ws_url"), "{error}");
 }

@@ -1,7 +1,8 @@
 //! Operator endpoints, guarded by the cluster secret: bootstrap the group, change its
 //! membership online (a new member joins as a learner, catches up, then becomes a voter),
-//! and approve chat nodes. Membership changes must run on the leader: another member
-//! relays the request there.
+//! and approve chat nodes (the backup and after-restore handlers live in their own
+//! modules). Membership changes must run on the leader: another member relays the
+//! request there.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/members/{id}", delete(remove_member))
         .route("/api/admin/nodes/{id}/approve", post(approve_node))
         .route("/api/admin/backup", post(super::backup::create_backup))
+        .route("/api/admin/after-restore", post(super::restore::after_restore))
 }
 
 /// `POST /api/admin/nodes/{id}/approve`: a pending chat node may serve (idempotent).

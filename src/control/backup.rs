@@ -1,28 +1,30 @@
 //! `POST /api/admin/backup` (cluster secret): writes a consistent copy of THIS member's
-//! database (Raft log, vote and catalog) into a new directory on the member's own
-//! filesystem and answers with what the copy holds. Not relayed to the leader: the
-//! operator picks the member (and so the disk) the backup lands on. The copy is what a
+//! database (Raft log, vote and catalog) into `backup_dir/NAME` on the member's own
+//! filesystem and answers with what the copy holds. The caller names the copy; the
+//! directory comes from the member's config (`backup_dir`), so even a caller with the
+//! secret cannot make the server write elsewhere. Not relayed to the leader: the operator
+//! picks the member (and so the disk) the backup lands on. The copy is what a
 //! whole-control-plane restore starts from (docs/OPERATIONS.md); replacing one member
 //! needs no backup, Raft ships it a snapshot.
 
-use std::path::PathBuf;
-
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::api_error::{ApiError, ApiJson};
 use super::raft::checkpoint::ControlBackup;
 use super::raft::types::MemberId;
+use super::secret::SecretChecked;
 use super::AppState;
-use crate::store::checkpoint::CheckpointError;
+use crate::store::checkpoint::{backup_target, CheckpointError};
 
-/// The request: where to write the copy, on the member's filesystem.
+/// The request: the name of the new backup inside the process's `backup_dir`.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BackupRequest {
-    /// Absolute path that must not exist yet; missing parents are created.
-    pub dir: PathBuf,
+    /// 1-64 characters of `A-Za-z0-9._-`, not starting with a dot; must not exist yet.
+    pub name: String,
 }
 
 /// The answer: which member wrote the copy, and what it holds.
@@ -33,15 +35,15 @@ pub struct BackupReply {
     pub backup: ControlBackup,
 }
 
-/// Takes the checkpoint on a blocking thread (RocksDB flushes and links files).
+/// Takes the checkpoint on a blocking thread (RocksDB flushes and links files). The
+/// secret is checked before the body is read ([`SecretChecked`] comes first).
 pub async fn create_backup(
+    _: SecretChecked,
     State(app): State<AppState>,
-    headers: HeaderMap,
     ApiJson(request): ApiJson<BackupRequest>,
 ) -> Result<(StatusCode, Json<BackupReply>), ApiError> {
-    app.secret.require(&headers)?;
+    let dir = backup_target(&app.config.backup_dir(), &request.name).map_err(backup_error)?;
     let checkpointer = app.checkpointer.clone();
-    let dir = request.dir.clone();
     let started = std::time::Instant::now();
     let backup = tokio::task::spawn_blocking(move || checkpointer.create(&dir))
         .await
@@ -58,12 +60,17 @@ pub async fn create_backup(
     Ok((StatusCode::CREATED, Json(BackupReply { member: app.id, backup })))
 }
 
-/// Bad targets are the operator's to fix (4xx, with the reason); a failure while writing
-/// is logged here and answered without detail.
+/// Bad names and unusable backup directories are the operator's to fix (4xx, with the
+/// reason); a failure while writing is logged here and answered without detail.
 pub fn backup_error(e: CheckpointError) -> ApiError {
     match e {
-        CheckpointError::RelativePath(_) => ApiError::bad_request(e.code(), e.to_string()),
-        CheckpointError::TargetExists(_) => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),
+        CheckpointError::InvalidName(_) | CheckpointError::RelativePath(_) => {
+            ApiError::bad_request(e.code(), e.to_string())
+        }
+        CheckpointError::TargetExists(_) | CheckpointError::NotWritable { .. } => {
+            tracing::warn!(error = %e, "a backup was refused");
+            ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
+        }
         CheckpointError::Io { .. } | CheckpointError::Rocks(_) | CheckpointError::Unreadable(_) => {
             tracing::error!(error = %e, "a backup failed");
             ApiError::new(

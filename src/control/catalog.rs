@@ -188,6 +188,16 @@ pub enum Command {
     UndrainNode {
         node: ChatNodeId,
     },
+    /// The step after a whole-control-plane restore (`districhat admin after-restore`):
+    /// replaces the token-signing key, so every session and connection token signed
+    /// before (with the restored key) stops working, and moves the three id counters
+    /// forward by `id_gap`, so no id handed out after the backup (a user whose old token
+    /// would then name someone else, a room whose messages still sit in the nodes' logs
+    /// under its id) is ever handed out again. Safe to repeat: ids only skip further.
+    RecoverFromRestore {
+        signing_key: Vec<u8>,
+        id_gap: u64,
+    },
     /// An operator spreads rooms over the `Up` nodes: at most `max_moves` safe moves,
     /// chosen deterministically here (see [`balance`]): a replica role moves from a busy
     /// node to a less busy one, and ownership moves only by swapping a room's owner and
@@ -224,6 +234,13 @@ pub enum CommandOutput {
     Dm {
         room: Room,
         created: bool,
+    },
+    /// The result of a [`Command::RecoverFromRestore`]: the counters after the jump (the
+    /// next ids handed out are one above these).
+    Recovered {
+        next_user_id: UserId,
+        next_room_id: RoomId,
+        next_node_id: ChatNodeId,
     },
     /// The result of a [`Command::Rebalance`]: the rooms moved (none when balanced) and
     /// how far from balanced the `Up` nodes still are (0: every node owns and replicates
@@ -447,6 +464,19 @@ impl Catalog {
             }
             Command::DrainNode { node } => self.drain_node(node, touched),
             Command::UndrainNode { node } => self.undrain_node(node, touched),
+            Command::RecoverFromRestore { signing_key, id_gap } => {
+                let meta = &mut self.meta;
+                meta.signing_key = Some(signing_key);
+                meta.next_user_id = meta.next_user_id.saturating_add(id_gap);
+                meta.next_room_id = meta.next_room_id.saturating_add(id_gap);
+                meta.next_node_id = meta.next_node_id.saturating_add(id_gap);
+                touched.push(Touched::Meta);
+                Ok(CommandOutput::Recovered {
+                    next_user_id: meta.next_user_id,
+                    next_room_id: meta.next_room_id,
+                    next_node_id: meta.next_node_id,
+                })
+            }
             Command::Rebalance { max_moves } => Ok(self.rebalance(max_moves, touched)),
         }
     }
@@ -641,6 +671,26 @@ mod tests {
         let blind = Command::AssignRoom { room: room.id, owner: stranger, replica: placed.owner, epoch: 2 };
         assert_eq!(catalog.apply(blind).0.unwrap_err().code(), "owner_without_log");
         assert_eq!(catalog.rooms[&room.id], placed, "a refused assignment changes nothing");
+    }
+
+    #[test]
+    fn recovering_from_a_restore_replaces_the_key_and_skips_ids() {
+        let mut catalog = Catalog::default();
+        catalog.apply(Command::SetSigningKey { key: vec![1; 32] }).0.unwrap();
+        user(&mut catalog, "alice").unwrap();
+        let (result, touched) = catalog.apply(Command::RecoverFromRestore { signing_key: vec![2; 32], id_gap: 1_000 });
+        assert_eq!(
+            result,
+            Ok(CommandOutput::Recovered { next_user_id: 1_001, next_room_id: 1_000, next_node_id: 1_000 })
+        );
+        assert_eq!(touched, vec![Touched::Meta]);
+        assert_eq!(catalog.meta.signing_key, Some(vec![2; 32]));
+        match user(&mut catalog, "bob") {
+            Ok(CommandOutput::User(bob)) => assert_eq!(bob.id, 1_002),
+            other => panic!("{other:?}"),
+        }
+        // The old users keep their ids; only new ones skip.
+        assert_eq!(catalog.user_by_name("alice").map(|u| u.id), Some(1));
     }
 
     fn dm(catalog: &mut Catalog, a: UserId, b: UserId) -> CommandResult {

@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod raft;
 pub mod read_marks;
 pub mod rebalance;
+pub mod restore;
 pub mod secret;
 pub mod web;
 pub mod write;

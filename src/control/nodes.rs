@@ -6,6 +6,7 @@
 //! | `POST /internal/nodes/heartbeat` | [`Heartbeat`] → [`HeartbeatReply`]; the leader only |
 //! | `GET /internal/routes` | → [`RoutingTable`]; any member, from its applied catalog |
 //! | `GET /internal/nodes/loads` | → [`LoadsReply`]; the leader's heartbeat memory (for followers) |
+//! | `GET /internal/nodes/token-key` | → [`TokenKeyView`]; any member: the key connection tokens are checked with |
 //!
 //! The routing table's version is the Raft applied index of the catalog it was read from:
 //! it only grows, and a heartbeat carrying an older version gets the whole table back.
@@ -24,7 +25,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
 use super::raft::state_machine::{read_state, CatalogState};
 use super::raft::types::MemberId;
-use super::secret::SECRET_HEADER;
+use super::secret::{SecretChecked, SECRET_HEADER};
 use super::AppState;
 use crate::now_ms;
 use crate::protocol::{
@@ -41,6 +42,23 @@ pub fn routes() -> Router<AppState> {
         .route("/internal/nodes/heartbeat", post(heartbeat))
         .route("/internal/nodes/loads", get(loads))
         .route("/internal/routes", get(routing))
+        .route("/internal/nodes/token-key", get(token_key))
+}
+
+/// The key nodes check connection tokens with (derived from the catalog's signing key).
+/// Nodes get it when they register and poll it, so a key replaced by
+/// `admin after-restore` reaches running nodes without a restart.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenKeyView {
+    pub token_key: Vec<u8>,
+}
+
+/// `GET /internal/nodes/token-key`, from this member's applied catalog.
+async fn token_key(_: SecretChecked, State(app): State<AppState>) -> Result<Json<TokenKeyView>, ApiError> {
+    let signing_key = read_state(&app.state).catalog.meta.signing_key.clone();
+    let signing_key =
+        signing_key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
+    Ok(Json(TokenKeyView { token_key: token::derive_token_key(&signing_key) }))
 }
 
 /// `POST /internal/nodes/register`: a node announces (or re-announces) itself.
@@ -231,8 +249,9 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
     RoutingTable { version: version(state), nodes, rooms }
 }
 
-/// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only.
-fn valid_ws_url(url: &str) -> bool {
+/// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only. Nodes check
+/// their own `public_ws_url` with it at start ([`crate::node::config::NodeConfig::load`]).
+pub fn valid_ws_url(url: &str) -> bool {
     let rest = url.strip_prefix("wss://").or_else(|| url.strip_prefix("ws://"));
     url.len() <= 255 && rest.is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic()))
 }

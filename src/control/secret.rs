@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 
 use super::api_error::ApiError;
@@ -36,6 +38,31 @@ impl ClusterSecret {
         } else {
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the cluster secret is required"))
         }
+    }
+}
+
+/// A handler argument that refuses callers without the cluster secret (401
+/// `unauthorized`). Put it before the body extractor: axum runs header extractors first,
+/// so an unauthenticated request is refused before its body is read or parsed, and
+/// always with 401 whatever the body holds.
+pub struct SecretChecked;
+
+impl<S> FromRequestParts<S> for SecretChecked
+where
+    S: Send + Sync,
+    ClusterSecret: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        ClusterSecret::from_ref(state).require(&parts.headers)?;
+        Ok(Self)
+    }
+}
+
+impl FromRef<super::AppState> for ClusterSecret {
+    fn from_ref(app: &super::AppState) -> Self {
+        app.secret.clone()
     }
 }
 

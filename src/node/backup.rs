@@ -1,18 +1,20 @@
 //! `POST /api/admin/backup` on a chat node (cluster secret): writes a consistent copy of
-//! the node's room logs (messages, dedupe index, epoch fences) into a new directory on
+//! the node's room logs (messages, dedupe index, epoch fences) into `backup_dir/NAME` on
 //! the node's own filesystem. The same request and errors as a control's backup
 //! ([`crate::control::backup`]). Ordinary node loss needs no backup (every acked message
 //! is on a replica); these copies are for losing owner and replica at once.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::Node;
 use crate::control::api_error::{ApiError, ApiJson};
 use crate::control::backup::{backup_error, BackupRequest};
+use crate::control::secret::{ClusterSecret, SecretChecked};
 use crate::protocol::NodeId;
+use crate::store::checkpoint::backup_target;
 
 /// What a node backup wrote.
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,14 +27,14 @@ pub struct NodeBackupReply {
     pub bytes: u64,
 }
 
+/// Checks the secret before the body is read ([`SecretChecked`] comes first).
 pub async fn create_backup(
+    _: SecretChecked,
     State(node): State<Node>,
-    headers: HeaderMap,
     ApiJson(request): ApiJson<BackupRequest>,
 ) -> Result<(StatusCode, Json<NodeBackupReply>), ApiError> {
-    node.secret.require(&headers)?;
+    let dir = backup_target(&node.config.backup_dir(), &request.name).map_err(backup_error)?;
     let log = node.log.clone();
-    let dir = request.dir.clone();
     let written = tokio::task::spawn_blocking(move || log.checkpoint(&dir))
         .await
         .map_err(|e| ApiError::internal(format!("backup task: {e}")))?
@@ -48,4 +50,10 @@ pub async fn create_backup(
             bytes: written.bytes,
         }),
     ))
+}
+
+impl FromRef<Node> for ClusterSecret {
+    fn from_ref(node: &Node) -> Self {
+        node.secret.clone()
+    }
 }

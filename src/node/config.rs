@@ -22,6 +22,10 @@ pub struct NodeConfig {
     pub public_ws_url: Option<String>,
     /// RocksDB directory of this node's room logs.
     pub data_dir: PathBuf,
+    /// Absolute directory `POST /api/admin/backup` writes into (`backup_dir/NAME`).
+    /// Unset: `backups` next to `data_dir` ([`NodeConfig::backup_dir`]).
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
     /// Control members (`http://host:port`); any of them will do.
     pub controls: Vec<String>,
     pub cluster_secret: String,
@@ -70,9 +74,32 @@ impl Default for Replication {
 }
 
 impl NodeConfig {
+    /// Reads a TOML file and checks what the control plane would otherwise refuse later
+    /// (a bad `public_ws_url` would make registration fail on every attempt).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid node config: {e}", path.display()))
+        let config: Self =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid node config: {e}", path.display()))?;
+        config.check().map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The checks [`NodeConfig::load`] makes beyond the TOML shape.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(url) = &self.public_ws_url {
+            if !crate::control::nodes::valid_ws_url(url) {
+                return Err(format!(
+                    "public_ws_url must be a ws:// or wss:// URL with a host, at most 255 printable ASCII \
+                     characters (like \"wss://chat.example.com/n1/ws\"), got {url:?}"
+                ));
+            }
+        }
+        crate::config::check_backup_dir(self.backup_dir.as_deref())
+    }
+
+    /// Where backups of this node go: `backup_dir`, else `backups` next to `data_dir`.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| crate::store::checkpoint::default_backup_dir(&self.data_dir))
     }
 
     /// A node with default limits (used by `dev` and tests).
@@ -83,11 +110,41 @@ impl NodeConfig {
             advertise: None,
             public_ws_url: None,
             data_dir,
+            backup_dir: None,
             controls,
             cluster_secret: secret.into(),
             limits: Limits::default(),
             replication: Replication::default(),
             allowed_origins: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> anyhow::Result<NodeConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("n1.toml");
+        let base = "name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ndata_dir = \"/d/n1\"\n\
+                    controls = [\"http://127.0.0.1:7000\"]\ncluster_secret = \"s\"\n";
+        std::fs::write(&path, format!("{base}{extra}"))?;
+        NodeConfig::load(&path)
+    }
+
+    #[test]
+    fn a_bad_public_ws_url_or_relative_backup_dir_stops_the_node_at_load() {
+        for bad in ["https://chat.example.com/n1/ws", "chat.example.com/ws", "wss://", "wss://a b/ws"] {
+            let error = load(&format!("public_ws_url = {bad:?}\n")).unwrap_err().to_string();
+            assert!(error.contains("public_ws_url must be a ws:// or wss:// URL"), "{bad}: {error}");
+        }
+        let error = load("backup_dir = \"backups\"\n").unwrap_err().to_string();
+        assert!(error.contains("backup_dir must be an absolute path"), "{error}");
+
+        let config = load("public_ws_url = \"wss://chat.example.com/n1/ws\"\nbackup_dir = \"/srv/b\"\n").unwrap();
+        assert_eq!(config.public_ws_url.as_deref(), Some("wss://chat.example.com/n1/ws"));
+        assert_eq!(config.backup_dir(), Path::new("/srv/b"));
+        assert_eq!(load("").unwrap().backup_dir(), Path::new("/d/backups"));
     }
 }

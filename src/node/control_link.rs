@@ -1,6 +1,7 @@
 //! The node's link to the control plane: registration at start, a heartbeat about once a
 //! second to the leader (carrying load, bringing back routing-table updates), and a full
-//! routing-table fetch when a lookup misses.
+//! routing-table fetch when a lookup misses. Every [`TOKEN_KEY_EVERY`] heartbeats it
+//! also re-reads the connection-token key, which `admin after-restore` replaces.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,11 +11,13 @@ use tokio::sync::watch;
 
 use super::config::NodeConfig;
 use super::Node;
+use crate::control::nodes::TokenKeyView;
 use crate::control::secret::{ClusterSecret, SECRET_HEADER};
 use crate::protocol::{Heartbeat, HeartbeatReply, NodeLoad, NodeRegistration, RegisterNode, RoutingTable};
 
 /// Registers (retrying across controls, and until approved) and returns the registration
-/// and the control that answered.
+/// and the control that answered. A 401 or any 4xx other than 409 ends the attempt with
+/// an error carrying the answer's body (the node then exits saying why).
 pub async fn register(
     http: &reqwest::Client,
     config: &NodeConfig,
@@ -51,12 +54,22 @@ pub async fn register(
             Ok(response) if response.status().as_u16() == 401 => {
                 anyhow::bail!("{control} refused the cluster secret")
             }
+            // 409 (a name clash, a catalog conflict) may clear up; any other 4xx means this
+            // node's registration is wrong and retrying would repeat it forever.
+            Ok(response) if response.status().is_client_error() && response.status().as_u16() != 409 => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                anyhow::bail!("{control} refused this node's registration with {status}: {body}")
+            }
             Ok(response) => tracing::info!(%control, status = %response.status(), "registration not accepted yet"),
             Err(e) => tracing::info!(%control, error = %e, "control not reachable for registration"),
         }
         tokio::time::sleep(Duration::from_millis(if attempt < 20 { 200 } else { 2_000 })).await;
     }
 }
+
+/// How many heartbeats (about a second each) apart the node re-reads the token key.
+pub const TOKEN_KEY_EVERY: u64 = 5;
 
 /// Heartbeats to the leader until shutdown, applying routing updates from the replies.
 pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
@@ -65,10 +78,15 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
     let mut last_messages = node.messages_total();
     let mut last_tick = std::time::Instant::now();
     let mut control_index = 0usize;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = crate::stopped(&mut shutdown) => return,
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(TOKEN_KEY_EVERY) {
+            refresh_token_key(&node).await;
         }
         let messages = node.messages_total();
         let rate = (messages - last_messages) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
@@ -119,6 +137,38 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+/// Re-reads the connection-token key from the control plane and swaps it in when it
+/// changed; a failure keeps the current key (the next round tries again).
+async fn refresh_token_key(node: &Node) {
+    let url = node.leader_url();
+    let fetched = async {
+        let response = node
+            .http
+            .get(format!("{url}/internal/nodes/token-key"))
+            .header(SECRET_HEADER, node.secret.expose())
+            .timeout(Duration::from_millis(800))
+            .send()
+            .await?
+            .error_for_status()?;
+        anyhow::Ok(response.json::<TokenKeyView>().await?.token_key)
+    }
+    .await;
+    match fetched {
+        Ok(key) => {
+            // Never held across an await.
+            let mut current = node.token_key.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *current != key {
+                *current = key;
+                tracing::warn!(
+                    node = node.id,
+                    "the connection-token key changed (after a restore); older tokens are refused"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(%url, error = %e, "could not re-read the token key"),
     }
 }
 
