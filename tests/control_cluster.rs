@@ -1,5 +1,5 @@
 //! Three control members: election, agreement, writes through followers, bad input, and
-//! the `status` view.
+//! the `status` view, logging a session out.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{tuning, wait_for, Api, TestCluster, SECRET};
 use districhat::control::secret::SECRET_HEADER;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_one_leader_and_agree_on_the_catalog() {
@@ -162,4 +162,43 @@ async fn json_logins_are_rate_limited_after_repeated_wrong_passwords() {
     let right = json!({"username": "target", "password": "correct horse battery"});
     let (status, body) = api.post(&format!("{base}/api/sessions"), right).await.unwrap();
     assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_token_is_refused_by_every_member_and_other_sessions_live_on() {
+    let cluster = TestCluster::start(3, tuning()).await;
+    let leader = cluster.wait_ready().await;
+    let base = cluster.url((leader + 1) % 3);
+    let first = Api::logged_in(&base, "dora").await;
+    // A second session of the same user (tokens differ by their expiry, in milliseconds).
+    let credentials = json!({"username": "dora", "password": "correct horse battery"});
+    let second = wait_for("a second, different session", Duration::from_secs(10), || async {
+        let (status, body) = first.post(&format!("{base}/api/sessions"), credentials.clone()).await.ok()?;
+        let token = body["token"].as_str()?.to_string();
+        (status == 200 && Some(&token) != first.token.as_ref()).then_some(token)
+    })
+    .await;
+    let rooms_status = |url: String, token: String| async move {
+        let response = reqwest::Client::new().get(format!("{url}/api/rooms")).bearer_auth(token).send().await;
+        response.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    let first_token = first.token.clone().expect("token");
+    assert_eq!(rooms_status(base.clone(), first_token.clone()).await, 200);
+
+    let logout = first.http.delete(format!("{base}/api/sessions")).bearer_auth(&first_token).send().await.unwrap();
+    assert_eq!(logout.status().as_u16(), 204);
+    for member in 0..3 {
+        let url = cluster.url(member);
+        wait_for("the ended session to be refused on every member", Duration::from_secs(10), || {
+            let (url, token) = (url.clone(), first_token.clone());
+            async move { (rooms_status(url, token).await == 401).then_some(()) }
+        })
+        .await;
+        assert_eq!(rooms_status(url, second.clone()).await, 200, "the other session of the same user lives on");
+    }
+    let again = first.http.delete(format!("{base}/api/sessions")).bearer_auth(&first_token).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 401, "an ended session cannot log out twice");
+    let anonymous = first.http.delete(format!("{base}/api/sessions")).send().await.unwrap();
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
 }

@@ -48,6 +48,9 @@ async fn a_restarted_member_catches_up_through_a_snapshot() {
         (cluster.catalog(leader).read_marks.len() == 2).then_some(())
     })
     .await;
+    // So do ended sessions (a logout).
+    let logout = api.http.delete(format!("{url}/api/sessions")).bearer_auth(api.token.as_deref().expect("token"));
+    assert_eq!(logout.send().await.expect("logout").status().as_u16(), 204);
 
     let purged = wait_for("the leader to purge its log behind a snapshot", Duration::from_secs(30), || async {
         let metrics = cluster.member(leader).raft.metrics().borrow().clone();
@@ -67,6 +70,7 @@ async fn a_restarted_member_catches_up_through_a_snapshot() {
     assert_eq!(expected.rooms.len(), WRITES);
     assert_eq!(cluster.catalog(lagging), expected, "same catalog after catch-up");
     assert_eq!(expected.read_marks.values().copied().collect::<Vec<_>>(), vec![7, 3]);
+    assert_eq!(expected.ended_sessions.len(), 1, "the logout travelled in the snapshot");
 
     // The installed snapshot was written row by row: a plain restart loads the same catalog.
     cluster.stop(lagging).await;

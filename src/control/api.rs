@@ -38,7 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(cluster::metrics))
         .route("/api/cluster", get(cluster::cluster))
         .route("/api/users", post(register))
-        .route("/api/sessions", post(login).layer(Extension(web_state.clone())))
+        .route("/api/sessions", post(login).layer(Extension(web_state.clone())).delete(logout))
         .route("/api/rooms", get(list_rooms).post(create_room))
         .route("/api/rooms/{id}/members", post(join_room))
         .merge(chat_api::routes())
@@ -139,9 +139,30 @@ pub fn current_user(app: &AppState, headers: &HeaderMap) -> Result<UserId, ApiEr
     let token = auth::session_token(headers).ok_or_else(ApiError::unauthorized)?;
     let state = read_state(&app.state);
     let key = state.catalog.meta.signing_key.as_deref().ok_or_else(ApiError::unauthorized)?;
-    let user = auth::verify_session(key, token, now_ms()).ok_or_else(ApiError::unauthorized)?;
+    let (user, expires_ms) = auth::session_claims(key, token, now_ms()).ok_or_else(ApiError::unauthorized)?;
     // A session of a user this member has not applied yet is treated as logged out.
-    state.catalog.users.contains_key(&user).then_some(user).ok_or_else(ApiError::unauthorized)
+    let known = state.catalog.users.contains_key(&user) && !state.catalog.session_ended(user, expires_ms);
+    known.then_some(user).ok_or_else(ApiError::unauthorized)
+}
+
+/// `DELETE /api/sessions`: logs this token out (204); 401 without a valid session.
+async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    current_user(&app, &headers)?;
+    end_session(&app, &headers).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends the request's session on every member (a logout): its token is refused from now
+/// on, even if a copy of the cookie survives somewhere. Nothing to do without a valid one.
+pub async fn end_session(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let claims = {
+        let state = read_state(&app.state);
+        let key = state.catalog.meta.signing_key.as_deref();
+        auth::session_token(headers).zip(key).and_then(|(token, key)| auth::session_claims(key, token, now_ms()))
+    };
+    let Some((user, expires_ms)) = claims else { return Ok(()) };
+    app.writer.write(Command::EndSession { user, expires_ms, at_ms: now_ms() }).await?;
+    Ok(())
 }
 
 /// A room as the API shows it.

@@ -41,6 +41,12 @@ pub fn sign_session(key: &[u8], user: UserId, expires_ms: u64) -> String {
 
 /// The user a token is for, if its signature is valid and it has not expired at `now_ms`.
 pub fn verify_session(key: &[u8], token: &str, now_ms: u64) -> Option<UserId> {
+    session_claims(key, token, now_ms).map(|(user, _)| user)
+}
+
+/// (user, expires_ms) of a valid, unexpired token: the pair a logout ends
+/// (`Catalog::session_ended`).
+pub fn session_claims(key: &[u8], token: &str, now_ms: u64) -> Option<(UserId, u64)> {
     let (payload, signature) = token.split_once('.')?;
     let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
     let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
@@ -50,7 +56,7 @@ pub fn verify_session(key: &[u8], token: &str, now_ms: u64) -> Option<UserId> {
     let payload: [u8; 16] = payload.try_into().ok()?;
     let user = u64::from_be_bytes(payload[..8].try_into().ok()?);
     let expires_ms = u64::from_be_bytes(payload[8..].try_into().ok()?);
-    (now_ms < expires_ms).then_some(user)
+    (now_ms < expires_ms).then_some((user, expires_ms))
 }
 
 fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {

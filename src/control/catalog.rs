@@ -14,6 +14,7 @@
 
 mod balance;
 mod nodes;
+mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -205,6 +206,13 @@ pub enum Command {
     Rebalance {
         max_moves: u64,
     },
+    /// A user logged out: the session token that expires at `expires_ms` is refused from
+    /// now on, on every member. Ended sessions that have expired by `at_ms` are forgotten.
+    EndSession {
+        user: UserId,
+        expires_ms: u64,
+        at_ms: u64,
+    },
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -341,6 +349,7 @@ pub enum Touched {
     Member(RoomId, UserId),
     Node(ChatNodeId),
     ReadMark(UserId, RoomId),
+    EndedSession(UserId, u64),
 }
 
 /// The replicated catalog, held in memory on every member and persisted row by row.
@@ -355,6 +364,9 @@ pub struct Catalog {
     /// (user, room) → the newest seq the user has read there: unread counts that follow
     /// the user across browsers and devices.
     pub read_marks: BTreeMap<(UserId, RoomId), u64>,
+    /// Sessions ended by a logout before they expired, as (user, expires_ms) of their
+    /// token (see [`Command::EndSession`]).
+    pub ended_sessions: BTreeSet<(UserId, u64)>,
     /// Index username → id, derived from `users` (see [`Catalog::rebuild_indexes`]).
     #[serde(skip)]
     usernames: BTreeMap<String, UserId>,
@@ -478,6 +490,7 @@ impl Catalog {
                 })
             }
             Command::Rebalance { max_moves } => Ok(self.rebalance(max_moves, touched)),
+            Command::EndSession { user, expires_ms, at_ms } => Ok(self.end_session(user, expires_ms, at_ms, touched)),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The catalog state machine in RocksDB (openraft's v2 `RaftStateMachine`).
 //!
 //! The catalog lives in memory for reads ([`SharedCatalog`]) and is persisted row by row:
-//! one column family per table (`users`, `rooms`, `members`, `nodes`, `read_marks`) plus `sm_meta`
+//! one column family per table (`users`, `rooms`, `members`, `nodes`, `read_marks`,
+//! `ended_sessions`) plus `sm_meta`
 //! (catalog counters, last applied log id, last membership). Each `apply` call writes the
 //! rows it touched and the new applied log id in one atomic batch. Snapshots are the
 //! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
@@ -30,9 +31,10 @@ pub const CF_ROOMS: &str = "rooms";
 pub const CF_MEMBERS: &str = "members";
 pub const CF_NODES: &str = "nodes";
 pub const CF_READ_MARKS: &str = "read_marks";
+pub const CF_ENDED_SESSIONS: &str = "ended_sessions";
 pub const CF_SM_META: &str = "sm_meta";
 
-const TABLES: [&str; 5] = [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES, CF_READ_MARKS];
+const TABLES: [&str; 6] = [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES, CF_READ_MARKS, CF_ENDED_SESSIONS];
 const KEY_CATALOG_META: &[u8] = b"catalog_meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -134,6 +136,9 @@ impl StateMachineStore {
         for (key, value) in self.scan(CF_READ_MARKS)? {
             catalog.read_marks.insert(store::key_pair(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
         }
+        for (key, _) in self.scan(CF_ENDED_SESSIONS)? {
+            catalog.ended_sessions.insert(store::key_pair(&key).map_err(sm_read)?);
+        }
         catalog.rebuild_indexes();
         Ok((catalog, applied))
     }
@@ -162,6 +167,10 @@ impl StateMachineStore {
                 Touched::ReadMark(user, room) => {
                     let seq = catalog.read_marks.get(&(user, room)).map(store::encode);
                     (CF_READ_MARKS, store::pair_key(user, room).to_vec(), seq)
+                }
+                Touched::EndedSession(user, expires_ms) => {
+                    let present = catalog.session_ended(user, expires_ms).then(|| Ok(Vec::new()));
+                    (CF_ENDED_SESSIONS, store::pair_key(user, expires_ms).to_vec(), present)
                 }
                 Touched::Member(room, user) => {
                     let present = catalog.is_member(room, user).then(|| Ok(Vec::new()));
@@ -193,6 +202,7 @@ impl StateMachineStore {
         touched.extend(catalog.nodes.keys().map(|id| Touched::Node(*id)));
         touched.extend(catalog.members.iter().map(|(room, user)| Touched::Member(*room, *user)));
         touched.extend(catalog.read_marks.keys().map(|(user, room)| Touched::ReadMark(*user, *room)));
+        touched.extend(catalog.ended_sessions.iter().map(|(user, expires)| Touched::EndedSession(*user, *expires)));
         self.persist_rows(&catalog, &touched, &mut batch)?;
         let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);

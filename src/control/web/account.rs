@@ -178,10 +178,16 @@ pub async fn login(
 #[derive(Deserialize)]
 pub struct EmptyForm {}
 
-/// `POST /logout`: forgets the session cookie.
-pub async fn logout(CsrfForm(visitor, _): CsrfForm<EmptyForm>) -> Response {
+/// `POST /logout`: ends the session on every member (the token is refused from now on,
+/// wherever a copy of it is) and forgets the cookie.
+pub async fn logout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    CsrfForm(visitor, _): CsrfForm<EmptyForm>,
+) -> Result<Response, WebError> {
+    super::super::api::end_session(&app, &headers).await?;
     let clear = visitor.clear_session_cookie();
-    with_cookies(visitor.redirect("/", Some(Flash::notice("You are logged out."))), &[clear])
+    Ok(with_cookies(visitor.redirect("/", Some(Flash::notice("You are logged out."))), &[clear]))
 }
 
 /// A redirect target from a form or query: a local path, else the dashboard.
