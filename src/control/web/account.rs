@@ -179,15 +179,24 @@ pub async fn login(
 pub struct EmptyForm {}
 
 /// `POST /logout`: ends the session on every member (the token is refused from now on,
-/// wherever a copy of it is) and forgets the cookie.
+/// wherever a copy of it is) and forgets the cookie. If the cluster cannot take the write
+/// (no leader for 10 s), the cookie is still forgotten and the page says so.
 pub async fn logout(
     State(app): State<AppState>,
     headers: HeaderMap,
     CsrfForm(visitor, _): CsrfForm<EmptyForm>,
-) -> Result<Response, WebError> {
-    super::super::api::end_session(&app, &headers).await?;
+) -> Response {
+    let flash = match super::super::api::end_session(&app, &headers).await {
+        Ok(()) => Flash::notice("You are logged out."),
+        Err(e) => {
+            tracing::warn!(error = ?e, "a logout could not end the session on the cluster");
+            Flash::error(
+                "You are logged out in this browser. The cluster could not record it, so a copy of this session would work until it expires.",
+            )
+        }
+    };
     let clear = visitor.clear_session_cookie();
-    Ok(with_cookies(visitor.redirect("/", Some(Flash::notice("You are logged out."))), &[clear]))
+    with_cookies(visitor.redirect("/", Some(flash)), &[clear])
 }
 
 /// A redirect target from a form or query: a local path, else the dashboard.
