@@ -68,3 +68,19 @@ pub async fn shutdown_signal() {
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
+
+/// Binds a listening socket, retrying for up to 5 s while the address is still in use: a
+/// process restarted right after a crash (systemd, a drill) may find the dead one's
+/// socket not released yet, since the kernel frees it only when the last thread is gone.
+pub async fn bind_listener(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tracing::warn!(%addr, "address still in use; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}

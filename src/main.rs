@@ -15,7 +15,6 @@ use districhat::drill::DrillArgs;
 use districhat::rebalance::{self, RebalanceEvent, RebalanceTarget};
 use districhat::{bench, control, dev, drill, node, status, telemetry};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(name = "districhat", version, about = "A distributed real-time chat system")]
@@ -230,7 +229,8 @@ async fn run_control(config_path: PathBuf, init: bool, secret: Option<String>) -
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        districhat::bind_listener(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let peers = config.peers.clone();
     let handle = control::start(config, listener).await?;
     if init {

@@ -122,8 +122,7 @@ async fn leader_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::R
     // Measure from a steady cluster: a member restarted by the previous round may still
     // be catching up, and an election it causes would be counted against this kill.
     let leader = cluster.steady_leader().await?;
-    let killed_at = Instant::now();
-    cluster.kill(&leader.name).await?;
+    let killed_at = cluster.kill(&leader.name).await?;
     load.wait_success_after(killed_at, Duration::from_secs(30)).await?;
     cluster.restart(&leader.name, "control").await?;
     cluster.wait_control_healthy(&leader.addr).await?;
@@ -146,8 +145,7 @@ async fn node_round(cluster: &Cluster, token: &str, round: usize, scenario: Scen
         victim.addr.clone(),
     );
     load.wait_acks(20).await?;
-    let killed_at = Instant::now();
-    cluster.kill(&victim.name).await?;
+    let killed_at = cluster.kill(&victim.name).await?;
     load.wait_success_after(killed_at, Duration::from_secs(60)).await?;
     cluster.restart(&victim.name, "node").await?;
     cluster.wait_node_up(victim_id).await?;

@@ -119,19 +119,23 @@ impl Cluster {
         })
     }
 
-    /// SIGKILLs the process `name` and waits until it is gone.
-    pub async fn kill(&self, name: &str) -> anyhow::Result<()> {
+    /// SIGKILLs the process `name`, waits until it is gone, and returns when the signal
+    /// was sent (recovery is measured from there: the `kill` command itself takes a few
+    /// milliseconds to start, during which the victim still serves).
+    pub async fn kill(&self, name: &str) -> anyhow::Result<Instant> {
         let pid_file = self.dir.join(format!("{name}.pid"));
         let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
         let pid = pid.trim().to_string();
         let status = std::process::Command::new("kill").args(["-9", &pid]).status()?;
+        let killed_at = Instant::now();
         anyhow::ensure!(status.success(), "kill -9 {pid} ({name}) failed");
         wait("the killed process to exit", Duration::from_secs(10), || async {
             let alive = std::process::Command::new("kill").args(["-0", &pid]).status().is_ok_and(|s| s.success());
             let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
             !alive || zombie
         })
-        .await
+        .await?;
+        Ok(killed_at)
     }
 
     /// Starts `name` again from its config, appending to its log, and records its pid.

@@ -184,7 +184,7 @@ pub async fn run_from_config(config: &Path, secret: Option<String>) -> anyhow::R
         config.cluster_secret = secret;
     }
     std::fs::create_dir_all(&config.data_dir)?;
-    let listener = TcpListener::bind(&config.listen).await?;
+    let listener = crate::bind_listener(&config.listen).await?;
     let handle = start(config, listener).await?;
     crate::shutdown_signal().await;
     handle.shutdown().await;
