@@ -76,7 +76,8 @@ impl From<CatalogError> for ApiError {
             | CatalogError::SigningKeyAlreadySet
             | CatalogError::NodePending(_)
             | CatalogError::NoCapacity { .. }
-            | CatalogError::OwnerWithoutLog { .. } => StatusCode::CONFLICT,
+            | CatalogError::OwnerWithoutLog { .. }
+            | CatalogError::NotSettled => StatusCode::CONFLICT,
             CatalogError::InvalidUsername
             | CatalogError::InvalidRoomName
             | CatalogError::InvalidNodeName

@@ -203,8 +203,13 @@ pub enum Command {
     /// chosen deterministically here (see [`balance`]): a replica role moves from a busy
     /// node to a less busy one, and ownership moves only by swapping a room's owner and
     /// its replica (which holds every acknowledged message). Epoch + 1 per moved room.
+    /// `placement` is [`Catalog::placement_digest`] when the caller saw every owner's
+    /// replica in sync: if any room was created or moved since (or this command is a
+    /// retried duplicate), it is refused with `not_settled` — a swap must never promote a
+    /// replica that is still receiving the log.
     Rebalance {
         max_moves: u64,
+        placement: u64,
     },
     /// A user logged out: the session token that expires at `expires_ms` is refused from
     /// now on, on every member. Ended sessions that have expired by `at_ms` are forgotten.
@@ -310,6 +315,8 @@ pub enum CatalogError {
     NoCapacity { room: RoomId, why: String },
     #[error("node {node} does not hold room {room}'s log: only its owner or replica can own it")]
     OwnerWithoutLog { room: RoomId, node: ChatNodeId },
+    #[error("rooms were created or moved since the nodes were seen in sync; nothing moved, retry")]
+    NotSettled,
 }
 
 impl CatalogError {
@@ -333,6 +340,7 @@ impl CatalogError {
             Self::DmMembersFixed => "dm_members_fixed",
             Self::NoCapacity { .. } => "no_capacity",
             Self::OwnerWithoutLog { .. } => "owner_without_log",
+            Self::NotSettled => "not_settled",
         }
     }
 }
@@ -489,7 +497,12 @@ impl Catalog {
                     next_node_id: meta.next_node_id,
                 })
             }
-            Command::Rebalance { max_moves } => Ok(self.rebalance(max_moves, touched)),
+            Command::Rebalance { max_moves, placement } => {
+                if placement != self.placement_digest() {
+                    return Err(CatalogError::NotSettled);
+                }
+                Ok(self.rebalance(max_moves, touched))
+            }
             Command::EndSession { user, expires_ms, at_ms } => Ok(self.end_session(user, expires_ms, at_ms, touched)),
         }
     }
@@ -560,6 +573,12 @@ impl Catalog {
 
     pub fn user_by_name(&self, username: &str) -> Option<&User> {
         self.usernames.get(username).and_then(|id| self.users.get(id))
+    }
+
+    /// Changes whenever a room is created or reassigned (epochs only grow): the sum of
+    /// all room epochs. Cheap enough for operator commands (one pass over the rooms).
+    pub fn placement_digest(&self) -> u64 {
+        self.rooms.values().fold(0u64, |sum, room| sum.wrapping_add(room.epoch))
     }
 
     pub fn is_member(&self, room: RoomId, user: UserId) -> bool {

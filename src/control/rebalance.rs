@@ -99,7 +99,12 @@ async fn rebalance(
 ) -> Result<Json<RebalanceReport>, ApiError> {
     app.secret.require(&headers)?;
     let max_moves = query.max_moves.unwrap_or(DEFAULT_BATCH);
-    let since = version(&read_state(&app.state));
+    // The placement the settle check below vouches for; the catalog refuses the batch if
+    // it changed by the time the command applies (see `Command::Rebalance`).
+    let (since, placement) = {
+        let state = read_state(&app.state);
+        (version(&state), state.catalog.placement_digest())
+    };
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
     loop {
         let progress = progress_since(&app, since).await;
@@ -119,7 +124,7 @@ async fn rebalance(
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
-    let (moves, remaining_imbalance) = match app.writer.write(Command::Rebalance { max_moves }).await? {
+    let (moves, remaining_imbalance) = match app.writer.write(Command::Rebalance { max_moves, placement }).await? {
         CommandOutput::Rebalanced { moves, remaining_imbalance } => (moves, remaining_imbalance),
         other => return Err(ApiError::internal(format!("Rebalance returned {other:?}"))),
     };
@@ -133,7 +138,16 @@ async fn rebalance(
             let applied = moves
                 .iter()
                 .all(|moved| state.catalog.rooms.get(&moved.room).is_some_and(|room| room.epoch >= moved.epoch));
-            if applied || tokio::time::Instant::now() >= deadline {
+            if !applied && tokio::time::Instant::now() >= deadline {
+                // Never answer with a version older than the batch: the caller would
+                // think the nodes acted on it before they saw it.
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_applied",
+                    "the batch is committed but this member has not applied it yet; ask progress on another member",
+                ));
+            }
+            if applied {
                 return Ok(Json(RebalanceReport {
                     nodes: balance(&state.catalog),
                     moves,

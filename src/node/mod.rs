@@ -606,6 +606,19 @@ impl Node {
     /// A new owner makes this node its replica at `epoch`: drop what lies past `base` and
     /// show the owner the stamps of what is left at the end, so it can spot a stale tail.
     async fn adopt(&self, room: RoomId, epoch: u64, base: Seq) -> Result<MeshResponse, NodeError> {
+        // What a new owner may make a replica drop is at most one unacknowledged batch (an
+        // owner commits one batch at a time). More means the new owner lacks messages this
+        // node holds (it was promoted before it had the log): refuse rather than delete
+        // what may have been acknowledged; the owner stays unready and says so.
+        let log = self.log.clone();
+        let held = blocking(move || log.last_seq(room)).await?;
+        if held > base.saturating_add(owner::MAX_BATCH as Seq) {
+            tracing::error!(room, epoch, base, held, "refusing to adopt an owner whose log is behind this replica's");
+            return Err(NodeError::Internal(format!(
+                "this replica holds room {room} up to seq {held}; the new owner's log ends at {base}:                  refusing to drop {} messages",
+                held - base
+            )));
+        }
         let log = self.log.clone();
         let (last_seq, dropped) = match blocking(move || log.take_epoch(room, epoch, Some(base))).await? {
             Fenced::Done(taken) => taken,

@@ -211,6 +211,9 @@ impl Owner {
     async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
         let mut commands = Vec::with_capacity(MAX_BATCH);
         let mut retry_in = START_RETRY_FIRST;
+        // One deadline across turns: typing and presence traffic must not keep pushing
+        // the next attempt back.
+        let mut retry_at = tokio::time::Instant::now() + retry_in;
         loop {
             let received = if ready {
                 rx.recv_many(&mut commands, MAX_BATCH).await
@@ -220,7 +223,7 @@ impl Owner {
                 // tail to lose, and it must hold the log before it can take over).
                 tokio::select! {
                     received = rx.recv_many(&mut commands, MAX_BATCH) => received,
-                    _ = tokio::time::sleep(retry_in) => {
+                    _ = tokio::time::sleep_until(retry_at) => {
                         ready = match self.start().await {
                             Ok(()) => true,
                             Err(e) => {
@@ -229,6 +232,7 @@ impl Owner {
                             }
                         };
                         retry_in = (retry_in * 2).min(START_RETRY_LAST);
+                        retry_at = tokio::time::Instant::now() + retry_in;
                         continue;
                     }
                 }

@@ -258,7 +258,8 @@ mod tests {
 
     fn rebalance(catalog: &mut Catalog, max_moves: u64) -> (Vec<RoomMove>, u64) {
         let before = catalog.clone();
-        let (result, touched) = catalog.apply(Command::Rebalance { max_moves });
+        let placement = catalog.placement_digest();
+        let (result, touched) = catalog.apply(Command::Rebalance { max_moves, placement });
         let Ok(CommandOutput::Rebalanced { moves, remaining_imbalance }) = result else { panic!("{result:?}") };
         assert!(moves.len() as u64 <= max_moves);
         assert_eq!(touched.len(), moves.len(), "one touched row per moved room");
@@ -321,6 +322,19 @@ mod tests {
             assert!(owners <= 1 && replicas <= 1, "{first}+{later} nodes, {rooms} rooms: spread {owners}/{replicas}");
             assert!(catalog.rooms.values().all(|room| room.owner.is_some() && room.owner != room.replica));
         }
+    }
+
+    #[test]
+    fn a_batch_for_a_placement_that_changed_is_refused() {
+        let mut catalog = lopsided(2, 1, 12);
+        let seen = catalog.placement_digest();
+        rebalance(&mut catalog, 3);
+        assert_ne!(catalog.placement_digest(), seen, "moves change the digest");
+        let before = catalog.clone();
+        let (result, touched) = catalog.apply(Command::Rebalance { max_moves: 50, placement: seen });
+        assert_eq!(result.map(|_| ()).map_err(|e| e.code()), Err("not_settled"), "a retried or stale batch");
+        assert!(touched.is_empty());
+        assert_eq!(catalog, before, "nothing moved");
     }
 
     #[test]
