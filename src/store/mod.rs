@@ -27,6 +27,8 @@ pub enum StoreError {
     MissingColumnFamily(&'static str),
     #[error("stored key has {0} bytes, expected 8")]
     BadKey(usize),
+    #[error("a stored value used {used} of its {total} bytes (a different format)")]
+    TrailingBytes { used: usize, total: usize },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -57,6 +59,17 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (value, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    Ok(value)
+}
+
+/// Like [`decode`], but the value must use every byte: telling apart formats that are
+/// prefixes of each other (an older struct would otherwise decode from a newer one's
+/// bytes, silently dropping its last fields).
+pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    if used != bytes.len() {
+        return Err(StoreError::TrailingBytes { used, total: bytes.len() });
+    }
     Ok(value)
 }
 

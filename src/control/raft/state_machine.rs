@@ -219,14 +219,19 @@ impl StateMachineStore {
     }
 }
 
-/// The catalog and position a snapshot holds. Snapshots written before read marks
-/// existed (no `read_marks` table) still load, with no marks.
+/// The catalog and position a snapshot holds. Snapshots of older formats still load:
+/// before read marks (no marks) and before ended sessions (none ended). Each format must
+/// use every byte, so an older one never half-reads a newer one.
 fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
-    let mut catalog: Catalog = match store::decode(&snapshot.data) {
+    let data = &snapshot.data;
+    let mut catalog: Catalog = match store::decode_exact(data) {
         Ok(catalog) => catalog,
-        Err(e) => match store::decode::<CatalogBeforeReadMarks>(&snapshot.data) {
+        Err(e) => match store::decode_exact::<CatalogBeforeEndedSessions>(data) {
             Ok(older) => older.into(),
-            Err(_) => return Err(snap_read(e)),
+            Err(_) => match store::decode_exact::<CatalogBeforeReadMarks>(data) {
+                Ok(oldest) => oldest.into(),
+                Err(_) => return Err(snap_read(e)),
+            },
         },
     };
     catalog.rebuild_indexes();
@@ -243,6 +248,26 @@ struct CatalogBeforeReadMarks {
     rooms: BTreeMap<RoomId, Room>,
     members: BTreeSet<(RoomId, UserId)>,
     nodes: BTreeMap<ChatNodeId, ChatNode>,
+}
+
+/// The snapshot format of the catalog before `ended_sessions` was added.
+#[derive(Serialize, Deserialize)]
+struct CatalogBeforeEndedSessions {
+    meta: CatalogMeta,
+    users: BTreeMap<UserId, User>,
+    rooms: BTreeMap<RoomId, Room>,
+    members: BTreeSet<(RoomId, UserId)>,
+    nodes: BTreeMap<ChatNodeId, ChatNode>,
+    read_marks: BTreeMap<(UserId, RoomId), u64>,
+}
+
+impl From<CatalogBeforeEndedSessions> for Catalog {
+    fn from(older: CatalogBeforeEndedSessions) -> Self {
+        let CatalogBeforeEndedSessions { meta, users, rooms, members, nodes, read_marks } = older;
+        let mut catalog: Catalog = CatalogBeforeReadMarks { meta, users, rooms, members, nodes }.into();
+        catalog.read_marks = read_marks;
+        catalog
+    }
 }
 
 impl From<CatalogBeforeReadMarks> for Catalog {
@@ -390,5 +415,40 @@ mod tests {
 
         let garbage = StoredSnapshot { meta: SnapshotMeta::default(), data: vec![1, 2, 3] };
         assert!(decode_snapshot(&garbage).is_err(), "anything else is still refused");
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn stored(data: Vec<u8>) -> StoredSnapshot {
+        StoredSnapshot { meta: SnapshotMeta::default(), data }
+    }
+
+    #[test]
+    fn each_snapshot_format_keeps_all_its_fields() {
+        let before_sessions = CatalogBeforeEndedSessions {
+            meta: CatalogMeta::default(),
+            users: BTreeMap::new(),
+            rooms: BTreeMap::new(),
+            members: BTreeSet::new(),
+            nodes: BTreeMap::new(),
+            read_marks: BTreeMap::from([((1, 2), 7)]),
+        };
+        let state = decode_snapshot(&stored(store::encode(&before_sessions).expect("encode"))).expect("loads");
+        assert_eq!(state.catalog.read_marks[&(1, 2)], 7, "read marks of the intermediate format are kept");
+        assert!(state.catalog.ended_sessions.is_empty());
+
+        let mut current = Catalog::default();
+        current.read_marks.insert((3, 4), 9);
+        current.ended_sessions.insert((3, 1_000));
+        let state = decode_snapshot(&stored(store::encode(&current).expect("encode"))).expect("loads");
+        assert_eq!(state.catalog.read_marks[&(3, 4)], 9);
+        assert!(state.catalog.session_ended(3, 1_000), "the newest format is read whole");
+
+        let mut longer = store::encode(&current).expect("encode");
+        longer.push(0);
+        assert!(decode_snapshot(&stored(longer)).is_err(), "bytes no format uses are refused");
     }
 }
