@@ -161,6 +161,9 @@ pub async fn end_session(app: &AppState, headers: &HeaderMap) -> Result<(), ApiE
         auth::session_token(headers).zip(key).and_then(|(token, key)| auth::session_claims(key, token, now_ms()))
     };
     let Some((user, expires_ms)) = claims else { return Ok(()) };
+    if read_state(&app.state).catalog.session_ended(user, expires_ms) {
+        return Ok(()); // Already ended: a replayed logout writes nothing.
+    }
     app.writer.write(Command::EndSession { user, expires_ms, at_ms: now_ms() }).await?;
     Ok(())
 }

@@ -39,13 +39,8 @@ pub fn sign_session(key: &[u8], user: UserId, expires_ms: u64) -> String {
     format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(mac(key, &payload)))
 }
 
-/// The user a token is for, if its signature is valid and it has not expired at `now_ms`.
-pub fn verify_session(key: &[u8], token: &str, now_ms: u64) -> Option<UserId> {
-    session_claims(key, token, now_ms).map(|(user, _)| user)
-}
-
-/// (user, expires_ms) of a valid, unexpired token: the pair a logout ends
-/// (`Catalog::session_ended`).
+/// (user, expires_ms) of a token whose signature is valid and that has not expired at
+/// `now_ms`: the pair a logout ends (callers also check `Catalog::session_ended`).
 pub fn session_claims(key: &[u8], token: &str, now_ms: u64) -> Option<(UserId, u64)> {
     let (payload, signature) = token.split_once('.')?;
     let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
@@ -95,13 +90,13 @@ mod tests {
     #[test]
     fn sessions_verify_only_with_the_key_and_before_expiry() {
         let token = sign_session(b"key", 42, 1_000);
-        assert_eq!(verify_session(b"key", &token, 999), Some(42));
-        assert_eq!(verify_session(b"key", &token, 1_000), None);
-        assert_eq!(verify_session(b"other", &token, 1), None);
-        assert_eq!(verify_session(b"key", "garbage", 1), None);
+        assert_eq!(session_claims(b"key", &token, 999), Some((42, 1_000)));
+        assert_eq!(session_claims(b"key", &token, 1_000), None);
+        assert_eq!(session_claims(b"other", &token, 1), None);
+        assert_eq!(session_claims(b"key", "garbage", 1), None);
         let mut tampered = token.clone();
         tampered.insert(0, 'A');
-        assert_eq!(verify_session(b"key", &tampered, 1), None);
+        assert_eq!(session_claims(b"key", &tampered, 1), None);
     }
 
     #[test]
