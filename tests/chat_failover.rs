@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::chat::{token, ChatCluster, WsClient};
-use common::senders::{full_history, Sender};
+use common::senders::{checked_history, collect, full_history, Sender};
 use common::{Api, SECRET};
 use districhat::control::secret::ClusterSecret;
 use districhat::node::mesh::Mesh;
@@ -52,25 +51,9 @@ async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
     })
     .await;
     cluster.stop_node(owner_index).await;
-    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
-    for client in clients {
-        let outcome = client.await.expect("client task");
-        let unique: BTreeSet<u64> = outcome.received.iter().copied().collect();
-        assert_eq!(unique.len(), outcome.received.len(), "a client saw a message twice");
-        assert!(outcome.received.windows(2).all(|w| w[0] < w[1]), "a client saw messages out of order");
-        acked.extend(outcome.acked);
-    }
+    let acked = collect(clients).await.acked;
     assert_eq!(acked.len(), CLIENTS * PER_CLIENT);
-
-    let history = full_history(&api, &cluster.url(), room).await;
-    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "history is gapless and in order");
-    let by_client_id: BTreeMap<String, u64> =
-        history.iter().map(|m| (m["client_id"].as_str().unwrap().to_string(), m["seq"].as_u64().unwrap())).collect();
-    assert_eq!(by_client_id.len(), history.len(), "no message stored twice");
-    for (client_id, seq) in &acked {
-        assert_eq!(by_client_id.get(client_id), Some(seq), "acked {client_id} at seq {seq} is in history at that seq");
-    }
+    checked_history(&api, &cluster.url(), room, &acked, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::chat::{token, ChatCluster, WsClient};
-use common::senders::{full_history, Sender};
+use common::senders::{checked_history, collect, spawn_on_every_node, Collected};
 use common::{wait_for, Api, SECRET};
 use districhat::control::catalog::{Catalog, ChatNodeId, NodeStatus};
 use districhat::drain::{self, DrainError, DrainTarget};
@@ -70,16 +69,7 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     let drained_index = cluster.index_of(drained);
 
     let acked_total = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for room in &rooms {
-        for index in 0..3 {
-            let ws_url = cluster.node(index).ws_url();
-            let label = format!("r{room}-n{index}");
-            let (api, base, acked) = (api.clone(), cluster.url(), acked_total.clone());
-            let sender = Sender { api, base, ws_url, room: *room, label, count: PER_CLIENT, acked };
-            clients.push(tokio::spawn(sender.run()));
-        }
-    }
+    let clients = spawn_on_every_node(&cluster, &api, &rooms, PER_CLIENT, &acked_total);
     wait_for("load before the drain", Duration::from_secs(60), || async {
         (acked_total.load(Ordering::SeqCst) >= DRAIN_AFTER).then_some(())
     })
@@ -94,17 +84,7 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     assert_eq!((summary.owners_moved, summary.replicas_moved), (owned, replicated), "{steps:#?}");
     assert!(cluster.node(drained_index).node.owned_rooms() == 0, "the drained node runs no owner");
 
-    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut retryable_errors, mut reconnects) = (Vec::new(), 0);
-    for client in clients {
-        let outcome = client.await.expect("client task");
-        let unique: BTreeSet<u64> = outcome.received.iter().copied().collect();
-        assert_eq!(unique.len(), outcome.received.len(), "a client saw a message twice");
-        assert!(outcome.received.windows(2).all(|w| w[0] < w[1]), "a client saw messages out of order");
-        retryable_errors.extend(outcome.retryable_errors);
-        reconnects += outcome.reconnects;
-        acked.extend(outcome.acked);
-    }
+    let Collected { acked, retryable_errors, reconnects } = collect(clients).await;
     let total = ROOMS * 3 * PER_CLIENT;
     assert_eq!(acked.len(), total);
     assert!(acked_at_drain_end < total, "the load outlasted the drain, so sends after it were tested");
@@ -138,30 +118,14 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     // History: gapless, every acknowledged client_id once, at its acknowledged seq.
     let base = cluster.url();
     for room in &rooms {
-        let history = full_history(&api, &base, *room).await;
-        let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
-        assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "room {room}: gapless and in order");
-        let by_client_id: BTreeMap<String, u64> = history
-            .iter()
-            .map(|m| (m["client_id"].as_str().expect("client_id").to_string(), m["seq"].as_u64().expect("seq")))
-            .collect();
-        assert_eq!(by_client_id.len(), history.len(), "room {room}: no message stored twice");
-        let prefix = format!("r{room}-");
-        for (client_id, seq) in acked.iter().filter(|(id, _)| id.starts_with(&prefix)) {
-            assert_eq!(by_client_id.get(client_id), Some(seq), "acked {client_id} is in history at seq {seq}");
-        }
+        let history = checked_history(&api, &base, *room, &acked, &format!("r{room}-")).await;
         assert_eq!(history.len(), 3 * PER_CLIENT, "room {room}: exactly the acknowledged messages");
 
         // The second copy: the room's (possibly new) replica holds the same log on disk,
         // the history from before the move included.
         let replica = after.rooms[room].replica.expect("replica");
-        let log = cluster.node(cluster.index_of(replica)).node.log.clone();
-        let room_id = *room;
-        let copy = tokio::task::spawn_blocking(move || log.after(room_id, 0, usize::MAX)).await.expect("join");
-        let copy: Vec<(u64, String)> = copy.expect("replica log").into_iter().map(|m| (m.seq, m.client_id)).collect();
-        let mut expected: Vec<(u64, String)> = by_client_id.iter().map(|(id, seq)| (*seq, id.clone())).collect();
-        expected.sort();
-        assert_eq!(copy, expected, "room {room}: replica {replica} holds every message");
+        let copy = cluster.room_log(replica, *room).await;
+        assert_eq!(copy, history, "room {room}: replica {replica} holds every message");
     }
 
     // Sends after the drain, through the drained node and through another one.

@@ -56,6 +56,13 @@ impl ChatCluster {
     }
 
     /// Index of the running node with this id.
+    /// Node `node`'s own copy of `room`'s log on disk, as (seq, client_id) ascending.
+    pub async fn room_log(&self, node: u64, room: u64) -> Vec<(u64, String)> {
+        let log = self.node(self.index_of(node)).node.log.clone();
+        let copy = tokio::task::spawn_blocking(move || log.after(room, 0, usize::MAX)).await.expect("join");
+        copy.expect("room log").into_iter().map(|m| (m.seq, m.client_id)).collect()
+    }
+
     pub fn index_of(&self, id: u64) -> usize {
         self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).expect("node with that id")
     }

@@ -2,16 +2,18 @@
 //! with its client_id until acknowledged, a dead connection is replaced by one to any
 //! node the control offers (resuming with `since`), and every received seq is recorded,
 //! so a test can check "acked once, at its seq" and "never twice, in order". Plus the
-//! whole history of a room through the REST API.
+//! checks every load test makes afterwards: per client ([`collect`]) and per room
+//! ([`checked_history`], through the REST API).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 
-use super::chat::{token, WsClient};
+use super::chat::{token, ChatCluster, WsClient};
 use super::{wait_for, Api};
 
 /// What one sender saw.
@@ -138,4 +140,81 @@ pub async fn full_history(api: &Api, base: &str, room: u64) -> Vec<Value> {
     }
     all.reverse();
     all
+}
+
+/// One sender per room on every running node of `cluster`, labelled `r{room}-n{index}`,
+/// each sending `count` messages; `acked` counts the acks of all of them.
+pub fn spawn_on_every_node(
+    cluster: &ChatCluster,
+    api: &Api,
+    rooms: &[u64],
+    count: usize,
+    acked: &Arc<AtomicUsize>,
+) -> Vec<JoinHandle<Outcome>> {
+    let mut clients = Vec::new();
+    for room in rooms {
+        for index in (0..cluster.nodes.len()).filter(|i| cluster.nodes[*i].is_some()) {
+            let sender = Sender {
+                api: api.clone(),
+                base: cluster.url(),
+                ws_url: cluster.node(index).ws_url(),
+                room: *room,
+                label: format!("r{room}-n{index}"),
+                count,
+                acked: acked.clone(),
+            };
+            clients.push(tokio::spawn(sender.run()));
+        }
+    }
+    clients
+}
+
+/// What all senders saw together.
+pub struct Collected {
+    /// client_id → acked seq, over every sender.
+    pub acked: BTreeMap<String, u64>,
+    pub retryable_errors: Vec<String>,
+    pub reconnects: usize,
+}
+
+/// Waits for every sender and checks each one's receipts: no message twice, none out of
+/// order.
+pub async fn collect(clients: Vec<JoinHandle<Outcome>>) -> Collected {
+    let mut collected = Collected { acked: BTreeMap::new(), retryable_errors: Vec::new(), reconnects: 0 };
+    for client in clients {
+        let outcome = client.await.expect("client task");
+        let unique: BTreeSet<u64> = outcome.received.iter().copied().collect();
+        assert_eq!(unique.len(), outcome.received.len(), "a client saw a message twice");
+        assert!(outcome.received.windows(2).all(|w| w[0] < w[1]), "a client saw messages out of order");
+        collected.retryable_errors.extend(outcome.retryable_errors);
+        collected.reconnects += outcome.reconnects;
+        collected.acked.extend(outcome.acked);
+    }
+    collected
+}
+
+/// The room's history, checked: seqs 1..=n without a gap, no client_id stored twice, and
+/// every acked client_id starting with `prefix` at its acked seq. Returns the history as
+/// (seq, client_id), ascending.
+pub async fn checked_history(
+    api: &Api,
+    base: &str,
+    room: u64,
+    acked: &BTreeMap<String, u64>,
+    prefix: &str,
+) -> Vec<(u64, String)> {
+    let history = full_history(api, base, room).await;
+    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "room {room}: gapless and in order");
+    let by_client_id: BTreeMap<String, u64> = history
+        .iter()
+        .map(|m| (m["client_id"].as_str().expect("client_id").to_string(), m["seq"].as_u64().expect("seq")))
+        .collect();
+    assert_eq!(by_client_id.len(), history.len(), "room {room}: no message stored twice");
+    for (client_id, seq) in acked.iter().filter(|(id, _)| id.starts_with(prefix)) {
+        assert_eq!(by_client_id.get(client_id), Some(seq), "acked {client_id} is in history at seq {seq}");
+    }
+    let mut log: Vec<(u64, String)> = by_client_id.into_iter().map(|(id, seq)| (seq, id)).collect();
+    log.sort();
+    log
 }
