@@ -221,22 +221,9 @@ fn best_replica_move(
 
 #[cfg(test)]
 mod tests {
+    use super::super::nodes::tests::register;
     use super::super::{Command, NodeStatus};
     use super::*;
-
-    fn register(catalog: &mut Catalog, name: &str, approved: bool) -> ChatNodeId {
-        let command = Command::RegisterNode {
-            name: name.into(),
-            ws_url: format!("ws://{name}/ws"),
-            mesh_addr: name.into(),
-            approved,
-            at_ms: 0,
-        };
-        match catalog.apply(command).0 {
-            Ok(super::super::CommandOutput::Node(node)) => node.id,
-            other => panic!("register {name}: {other:?}"),
-        }
-    }
 
     /// `rooms` rooms created while only `first` nodes were up, then `later` more nodes.
     fn lopsided(first: usize, later: usize, rooms: usize) -> Catalog {
@@ -364,9 +351,9 @@ mod tests {
         // n2 goes down: its rooms fail over to n1 and n3. n4 waits for approval, n5 is drained.
         catalog.apply(Command::NodeDown { node: 2 }).0.expect("down");
         register(&mut catalog, "n4", false);
-        let drained = register(&mut catalog, "n5", true);
+        let drained = register(&mut catalog, "n5", true).id;
         catalog.apply(Command::DrainNode { node: drained }).0.expect("drain");
-        let fresh = register(&mut catalog, "n6", true);
+        let fresh = register(&mut catalog, "n6", true).id;
         converge(&mut catalog, 10);
         let counts = catalog.node_room_counts();
         assert_eq!((counts[&2], counts[&4], counts[&drained]), ((0, 0), (0, 0), (0, 0)), "{counts:?}");

@@ -287,11 +287,12 @@ impl Loads {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::Command;
     use super::*;
 
-    fn register(catalog: &mut Catalog, name: &str, approved: bool) -> ChatNode {
+    /// Registers a node straight through the catalog (also used by `balance`'s tests).
+    pub(in super::super) fn register(catalog: &mut Catalog, name: &str, approved: bool) -> ChatNode {
         let command = Command::RegisterNode {
             name: name.into(),
             ws_url: format!("ws://{name}/ws"),
