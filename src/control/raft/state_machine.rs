@@ -250,22 +250,18 @@ struct CatalogBeforeReadMarks {
     nodes: BTreeMap<ChatNodeId, ChatNode>,
 }
 
-/// The snapshot format of the catalog before `ended_sessions` was added.
+/// The snapshot format of the catalog before `ended_sessions` was added: the older
+/// format's fields, then the read marks (bincode writes a nested struct's fields in place).
 #[derive(Serialize, Deserialize)]
 struct CatalogBeforeEndedSessions {
-    meta: CatalogMeta,
-    users: BTreeMap<UserId, User>,
-    rooms: BTreeMap<RoomId, Room>,
-    members: BTreeSet<(RoomId, UserId)>,
-    nodes: BTreeMap<ChatNodeId, ChatNode>,
+    older: CatalogBeforeReadMarks,
     read_marks: BTreeMap<(UserId, RoomId), u64>,
 }
 
 impl From<CatalogBeforeEndedSessions> for Catalog {
-    fn from(older: CatalogBeforeEndedSessions) -> Self {
-        let CatalogBeforeEndedSessions { meta, users, rooms, members, nodes, read_marks } = older;
-        let mut catalog: Catalog = CatalogBeforeReadMarks { meta, users, rooms, members, nodes }.into();
-        catalog.read_marks = read_marks;
+    fn from(before: CatalogBeforeEndedSessions) -> Self {
+        let mut catalog: Catalog = before.older.into();
+        catalog.read_marks = before.read_marks;
         catalog
     }
 }
@@ -428,14 +424,21 @@ mod format_tests {
 
     #[test]
     fn each_snapshot_format_keeps_all_its_fields() {
-        let before_sessions = CatalogBeforeEndedSessions {
+        let older = CatalogBeforeReadMarks {
             meta: CatalogMeta::default(),
             users: BTreeMap::new(),
             rooms: BTreeMap::new(),
             members: BTreeSet::new(),
             nodes: BTreeMap::new(),
-            read_marks: BTreeMap::from([((1, 2), 7)]),
         };
+        let before_sessions = CatalogBeforeEndedSessions { older, read_marks: BTreeMap::from([((1, 2), 7)]) };
+        // The legacy layout is the real one's prefix: the current catalog with the same
+        // read marks is those bytes plus an empty `ended_sessions` (one length byte).
+        let mut same = Catalog::default();
+        same.read_marks.insert((1, 2), 7);
+        let mut legacy = store::encode(&before_sessions).expect("encode");
+        legacy.push(0);
+        assert_eq!(store::encode(&same).expect("encode"), legacy);
         let state = decode_snapshot(&stored(store::encode(&before_sessions).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(1, 2)], 7, "read marks of the intermediate format are kept");
         assert!(state.catalog.ended_sessions.is_empty());
