@@ -13,7 +13,6 @@
 //! with the version that carries the drain.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -26,11 +25,7 @@ use super::catalog::{Catalog, ChatNode, ChatNodeId, Command, CommandOutput, Node
 use super::chat_api::NodeView;
 use super::nodes::{node_loads, version, NodeSeen};
 use super::raft::state_machine::read_state;
-use super::AppState;
-
-/// How long the drain request waits for this member to apply its own write (a forwarded
-/// write is applied on the leader first).
-const APPLY_WAIT: Duration = Duration::from_secs(5);
+use super::{applied_locally, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -92,23 +87,11 @@ async fn drain(
     tracing::info!(node = id, name = %node.name, owners_moved, replicas_moved, "chat node drained in the catalog");
     // The status is `Drained` from the drain on, so seeing it here means this member's
     // applied version includes the drain.
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    loop {
-        {
-            let state = read_state(&app.state);
-            let applied = state.catalog.nodes.get(&id).is_some_and(|node| node.status == NodeStatus::Drained);
-            if applied || tokio::time::Instant::now() >= deadline {
-                let view = NodeView::new(&state.catalog, state.catalog.nodes.get(&id).unwrap_or(&node), None);
-                return Ok(Json(DrainReport {
-                    node: view,
-                    owners_moved,
-                    replicas_moved,
-                    routes_version: version(&state),
-                }));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    applied_locally(&app, |catalog| catalog.nodes.get(&id).is_some_and(|node| node.status == NodeStatus::Drained))
+        .await;
+    let state = read_state(&app.state);
+    let view = NodeView::new(&state.catalog, state.catalog.nodes.get(&id).unwrap_or(&node), None);
+    Ok(Json(DrainReport { node: view, owners_moved, replicas_moved, routes_version: version(&state) }))
 }
 
 /// `GET /api/admin/nodes/{id}/drain?since=V` (default: this member's applied version).

@@ -28,14 +28,12 @@ use super::catalog::{Catalog, ChatNodeId, Command, CommandOutput, RoomMove};
 use super::drain::nodes_behind;
 use super::nodes::{node_loads, version, NodeSeen};
 use super::raft::state_machine::read_state;
-use super::AppState;
+use super::{applied_locally, AppState};
 
 /// How long a batch request waits for the nodes to settle before it refuses.
 pub const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Moves per batch when the request does not say.
 pub const DEFAULT_BATCH: u64 = 50;
-/// How long the request waits for this member to apply its own write.
-const APPLY_WAIT: Duration = Duration::from_secs(5);
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
 pub fn routes() -> Router<AppState> {
@@ -131,33 +129,26 @@ async fn rebalance(
     tracing::info!(moves = moves.len(), remaining_imbalance, "rooms rebalanced in the catalog");
     // Every moved room carries its new epoch from the batch on, so seeing them all here
     // means this member's applied version includes the batch.
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    loop {
-        {
-            let state = read_state(&app.state);
-            let applied = moves
-                .iter()
-                .all(|moved| state.catalog.rooms.get(&moved.room).is_some_and(|room| room.epoch >= moved.epoch));
-            if !applied && tokio::time::Instant::now() >= deadline {
-                // Never answer with a version older than the batch: the caller would
-                // think the nodes acted on it before they saw it.
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_applied",
-                    "the batch is committed but this member has not applied it yet; ask progress on another member",
-                ));
-            }
-            if applied {
-                return Ok(Json(RebalanceReport {
-                    nodes: balance(&state.catalog),
-                    moves,
-                    remaining_imbalance,
-                    routes_version: version(&state),
-                }));
-            }
-        }
-        tokio::time::sleep(POLL_EVERY).await;
+    let applied = applied_locally(&app, |catalog| {
+        moves.iter().all(|moved| catalog.rooms.get(&moved.room).is_some_and(|room| room.epoch >= moved.epoch))
+    })
+    .await;
+    if !applied {
+        // Never answer with a version older than the batch: the caller would think the
+        // nodes acted on it before they saw it.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_applied",
+            "the batch is committed but this member has not applied it yet; ask progress on another member",
+        ));
     }
+    let state = read_state(&app.state);
+    Ok(Json(RebalanceReport {
+        nodes: balance(&state.catalog),
+        moves,
+        remaining_imbalance,
+        routes_version: version(&state),
+    }))
 }
 
 /// `GET /api/admin/rebalance?since=V` (default: this member's applied version).

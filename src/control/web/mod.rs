@@ -40,7 +40,6 @@ mod rooms;
 mod visitor;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -49,14 +48,8 @@ use axum::{Extension, Router};
 
 pub use self::error::WebError;
 use self::limiter::LoginLimiter;
-use super::catalog::Catalog;
-use super::raft::state_machine::read_state;
 use super::read_marks::ReadMarks;
-use super::AppState;
-
-/// How long a form handler waits for this member to apply its own write, so the page it
-/// redirects to (read from this member's catalog) already shows it.
-const APPLY_WAIT: Duration = Duration::from_secs(5);
+use super::{applied_locally, AppState};
 
 /// Per-member state of the web pages, kept out of [`AppState`]: it is in memory only and
 /// nothing else needs it.
@@ -115,21 +108,4 @@ async fn security_headers(mut response: Response) -> Response {
         headers.entry(name).or_insert(HeaderValue::from_static(value));
     }
     response
-}
-
-/// Waits (bounded by [`APPLY_WAIT`]) until this member's applied catalog satisfies `done`;
-/// returns whether it did. A write through the leader is committed when it returns, but a
-/// follower may apply it a moment later.
-async fn applied_locally(app: &AppState, done: impl Fn(&Catalog) -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    loop {
-        if done(&read_state(&app.state).catalog) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!("a committed write was not applied on this member in time");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
