@@ -108,8 +108,7 @@ async fn progress(
     let node = catalog.nodes.get(&id).ok_or_else(|| ApiError::not_found(format!("no chat node with id {id}")))?;
     let since = query.since.unwrap_or_else(|| version(&state));
     let (rooms_owned, rooms_replicated) = catalog.node_room_counts().get(&id).copied().unwrap_or_default();
-    let alive = |seen: &NodeSeen| seen.last_seen_ms < app.config.node_timeout_ms;
-    let reported = loads.get(&id).filter(|seen| alive(seen)).and_then(|seen| seen.load.clone());
+    let reported = loads.get(&id).and_then(|seen| seen.recent_load(app.config.node_timeout_ms)).cloned();
     let waiting_for = nodes_behind(catalog, &loads, since, |other| other.id == id && reported.is_some());
     let status = NodeView::new(catalog, node, None).status;
     let runs_nothing = reported.as_ref().is_none_or(|load| load.rooms_owned == 0 && load.rooms_replicated == 0);

@@ -153,6 +153,14 @@ pub struct NodeSeen {
     pub routes_version: u64,
 }
 
+impl NodeSeen {
+    /// What the node last reported, if that was within `timeout_ms` (else it may be gone
+    /// and its report says nothing about now).
+    pub fn recent_load(&self, timeout_ms: u64) -> Option<&NodeLoad> {
+        self.load.as_ref().filter(|_| self.last_seen_ms < timeout_ms)
+    }
+}
+
 /// `GET /internal/nodes/loads`: the leader's heartbeat memory.
 async fn loads(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<LoadsReply>, ApiError> {
     app.secret.require(&headers)?;

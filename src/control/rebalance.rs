@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::api_error::ApiError;
 use super::catalog::{Catalog, ChatNodeId, Command, CommandOutput, RoomMove};
 use super::drain::nodes_behind;
-use super::nodes::{node_loads, version, NodeSeen};
+use super::nodes::{node_loads, version};
 use super::raft::state_machine::read_state;
 use super::{applied_locally, AppState};
 
@@ -166,12 +166,11 @@ async fn progress_since(app: &AppState, since: u64) -> RebalanceProgress {
     let loads = node_loads(app).await;
     let state = read_state(&app.state);
     let catalog = &state.catalog;
-    let alive = |seen: &NodeSeen| seen.last_seen_ms < app.config.node_timeout_ms;
     let mut waiting_for = nodes_behind(catalog, &loads, since, |_| false);
     let mut syncing = BTreeMap::new();
     for node in catalog.nodes.values().filter(|node| node.status == super::catalog::NodeStatus::Up) {
         let seen = loads.get(&node.id);
-        match seen.and_then(|seen| seen.load.as_ref().filter(|_| alive(seen))) {
+        match seen.and_then(|seen| seen.recent_load(app.config.node_timeout_ms)) {
             Some(load) if load.rooms_syncing > 0 => {
                 syncing.insert(node.id, load.rooms_syncing);
             }
