@@ -177,6 +177,9 @@ pub struct RoutingTable {
     pub version: u64,
     pub nodes: Vec<NodeRoute>,
     pub rooms: Vec<RoomRoute>,
+    /// The key connection tokens are checked with (it changes only with `admin
+    /// after-restore`; a new version of the table carries the new key).
+    pub token_key: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

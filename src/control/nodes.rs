@@ -6,10 +6,11 @@
 //! | `POST /internal/nodes/heartbeat` | [`Heartbeat`] → [`HeartbeatReply`]; the leader only |
 //! | `GET /internal/routes` | → [`RoutingTable`]; any member, from its applied catalog |
 //! | `GET /internal/nodes/loads` | → [`LoadsReply`]; the leader's heartbeat memory (for followers) |
-//! | `GET /internal/nodes/token-key` | → [`TokenKeyView`]; any member: the key connection tokens are checked with |
 //!
 //! The routing table's version is the Raft applied index of the catalog it was read from:
-//! it only grows, and a heartbeat carrying an older version gets the whole table back.
+//! it only grows, and a heartbeat carrying an older version gets the whole table back —
+//! with the connection-token key, so a key replaced by `admin after-restore` reaches
+//! running nodes at their next heartbeat.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use super::api_error::{ApiError, ApiJson};
 use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
 use super::raft::state_machine::{read_state, CatalogState};
 use super::raft::types::MemberId;
-use super::secret::{SecretChecked, SECRET_HEADER};
+use super::secret::SECRET_HEADER;
 use super::AppState;
 use crate::now_ms;
 use crate::protocol::{
@@ -42,23 +43,6 @@ pub fn routes() -> Router<AppState> {
         .route("/internal/nodes/heartbeat", post(heartbeat))
         .route("/internal/nodes/loads", get(loads))
         .route("/internal/routes", get(routing))
-        .route("/internal/nodes/token-key", get(token_key))
-}
-
-/// The key nodes check connection tokens with (derived from the catalog's signing key).
-/// Nodes get it when they register and poll it, so a key replaced by
-/// `admin after-restore` reaches running nodes without a restart.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TokenKeyView {
-    pub token_key: Vec<u8>,
-}
-
-/// `GET /internal/nodes/token-key`, from this member's applied catalog.
-async fn token_key(_: SecretChecked, State(app): State<AppState>) -> Result<Json<TokenKeyView>, ApiError> {
-    let signing_key = read_state(&app.state).catalog.meta.signing_key.clone();
-    let signing_key =
-        signing_key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
-    Ok(Json(TokenKeyView { token_key: token::derive_token_key(&signing_key) }))
 }
 
 /// `POST /internal/nodes/register`: a node announces (or re-announces) itself.
@@ -254,7 +238,8 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
             members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
         })
         .collect();
-    RoutingTable { version: version(state), nodes, rooms }
+    let token_key = catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default();
+    RoutingTable { version: version(state), nodes, rooms, token_key }
 }
 
 /// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only. Nodes check

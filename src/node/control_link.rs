@@ -1,7 +1,7 @@
 //! The node's link to the control plane: registration at start, a heartbeat about once a
 //! second to the leader (carrying load, bringing back routing-table updates), and a full
-//! routing-table fetch when a lookup misses. Every [`TOKEN_KEY_EVERY`] heartbeats it
-//! also re-reads the connection-token key, which `admin after-restore` replaces.
+//! routing-table fetch when a lookup misses. The routing table also carries the
+//! connection-token key (`admin after-restore` replaces it).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use super::config::NodeConfig;
 use super::Node;
-use crate::control::nodes::TokenKeyView;
 use crate::control::secret::{ClusterSecret, SECRET_HEADER};
 use crate::protocol::{Heartbeat, HeartbeatReply, NodeLoad, NodeRegistration, RegisterNode, RoutingTable};
 
@@ -68,9 +67,6 @@ pub async fn register(
     }
 }
 
-/// How many heartbeats (about a second each) apart the node re-reads the token key.
-pub const TOKEN_KEY_EVERY: u64 = 5;
-
 /// Heartbeats to the leader until shutdown, applying routing updates from the replies.
 pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(1_000));
@@ -78,15 +74,10 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
     let mut last_messages = node.messages_total();
     let mut last_tick = std::time::Instant::now();
     let mut control_index = 0usize;
-    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = crate::stopped(&mut shutdown) => return,
-        }
-        ticks += 1;
-        if ticks.is_multiple_of(TOKEN_KEY_EVERY) {
-            refresh_token_key(&node).await;
         }
         let messages = node.messages_total();
         let rate = (messages - last_messages) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
@@ -137,38 +128,6 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
-    }
-}
-
-/// Re-reads the connection-token key from the control plane and swaps it in when it
-/// changed; a failure keeps the current key (the next round tries again).
-async fn refresh_token_key(node: &Node) {
-    let url = node.leader_url();
-    let fetched = async {
-        let response = node
-            .http
-            .get(format!("{url}/internal/nodes/token-key"))
-            .header(SECRET_HEADER, node.secret.expose())
-            .timeout(Duration::from_millis(800))
-            .send()
-            .await?
-            .error_for_status()?;
-        anyhow::Ok(response.json::<TokenKeyView>().await?.token_key)
-    }
-    .await;
-    match fetched {
-        Ok(key) => {
-            // Never held across an await.
-            let mut current = node.token_key.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *current != key {
-                *current = key;
-                tracing::warn!(
-                    node = node.id,
-                    "the connection-token key changed (after a restore); older tokens are refused"
-                );
-            }
-        }
-        Err(e) => tracing::debug!(%url, error = %e, "could not re-read the token key"),
     }
 }
 

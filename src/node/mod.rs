@@ -504,9 +504,25 @@ impl Node {
         Ok(())
     }
 
-    /// Installs a newer routing table and acts on it: starts or stops owners, and makes
-    /// the sessions of rooms whose owner changed re-announce themselves and resync.
-    pub fn apply_routes(&self, table: RoutingTable) {
+    /// Swaps in the connection-token key of a newer routing table when it changed (empty:
+    /// the cluster has no key yet, keep the one from registration).
+    fn take_token_key(&self, key: Vec<u8>) {
+        // A std lock, never held across an await.
+        let mut current = self.token_key.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !key.is_empty() && *current != key {
+            *current = key;
+            tracing::warn!(
+                node = self.id,
+                "the connection-token key changed (after a restore); older tokens are refused"
+            );
+        }
+    }
+
+    /// Installs a newer routing table and acts on it: takes its connection-token key,
+    /// starts or stops owners, and makes the sessions of rooms whose owner changed
+    /// re-announce themselves and resync.
+    pub fn apply_routes(&self, mut table: RoutingTable) {
+        let token_key = std::mem::take(&mut table.token_key);
         let new = Arc::new(Routes::from(table));
         let old = {
             let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -515,6 +531,7 @@ impl Node {
             }
             std::mem::replace(&mut *routes, new.clone())
         };
+        self.take_token_key(token_key);
         {
             let mut owners = self.owners_lock();
             owners.retain(|room, handle| {
