@@ -202,3 +202,42 @@ async fn a_logged_out_token_is_refused_by_every_member_and_other_sessions_live_o
     let body: Value = anonymous.json().await.unwrap();
     assert_eq!(body["code"], "unauthorized");
 }
+
+/// Issue 10: a member answers a write only once its own catalog applied it, so a client
+/// talking to one follower reads its own writes at once (before, a login right after
+/// registering through a follower could answer `invalid_credentials`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_its_own_writes_at_once() {
+    let cluster = TestCluster::start(3, tuning()).await;
+    let leader = cluster.wait_ready().await;
+    let follower = cluster.url((leader + 1) % 3);
+    let anonymous = Api::new();
+    for i in 0..200 {
+        let credentials = json!({"username": format!("reader{i}"), "password": "correct horse battery"});
+        let (status, body) = anonymous.post(&format!("{follower}/api/users"), credentials.clone()).await.unwrap();
+        assert_eq!(status, 201, "register {i}: {body}");
+        let (status, body) = anonymous.post(&format!("{follower}/api/sessions"), credentials).await.unwrap();
+        assert_eq!(status, 200, "log in at once after registering, round {i}: {body}");
+    }
+    let mut api = Api::new();
+    let credentials = json!({"username": "reader0", "password": "correct horse battery"});
+    let (_, session) = api.post(&format!("{follower}/api/sessions"), credentials).await.unwrap();
+    api.token = session["token"].as_str().map(str::to_string);
+    for i in 0..200 {
+        let name = format!("ryw-{i}");
+        let (status, body) = api.post(&format!("{follower}/api/rooms"), json!({"name": name})).await.unwrap();
+        assert_eq!(status, 201, "create {name}: {body}");
+        let listed: Value = api
+            .http
+            .get(format!("{follower}/api/rooms"))
+            .bearer_auth(api.token.as_deref().unwrap_or_default())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rooms = listed["rooms"].as_array().expect("room list");
+        assert!(rooms.iter().any(|room| room["name"] == name.as_str()), "round {i}: {name} not listed at once");
+    }
+}

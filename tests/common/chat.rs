@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use districhat::config::ControlConfig;
 use districhat::node::config::NodeConfig;
 use districhat::node::{self, NodeHandle};
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +31,16 @@ impl ChatCluster {
     /// [`Self::start`], with each node's config adjusted by `configure` before it starts
     /// (say, `replication.min_copies = 1`).
     pub async fn start_with(nodes: usize, configure: impl Fn(&mut NodeConfig)) -> Self {
-        let controls = TestCluster::start(3, tuning()).await;
+        Self::start_configured(nodes, |_| {}, configure).await
+    }
+
+    /// [`Self::start_with`], with each control member's config adjusted by `control`.
+    pub async fn start_configured(
+        nodes: usize,
+        control: impl Fn(&mut ControlConfig),
+        configure: impl Fn(&mut NodeConfig),
+    ) -> Self {
+        let controls = TestCluster::start_with(3, tuning(), control).await;
         let urls: Vec<String> = (0..3).map(|i| controls.url(i)).collect();
         let mut cluster = Self { controls, nodes: Vec::new(), node_configs: Vec::new() };
         for i in 0..nodes {

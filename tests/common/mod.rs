@@ -42,6 +42,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` members, bootstraps them and waits for a leader.
     pub async fn start(n: usize, tuning: RaftTuning) -> Self {
+        Self::start_with(n, tuning, |_| {}).await
+    }
+
+    /// [`Self::start`], with each member's config adjusted by `configure` first.
+    pub async fn start_with(n: usize, tuning: RaftTuning, configure: impl Fn(&mut ControlConfig)) -> Self {
         init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
@@ -56,7 +61,8 @@ impl TestCluster {
         let mut configs = Vec::new();
         let mut members = Vec::new();
         for (peer, listener) in peers.iter().zip(listeners) {
-            let config = member_config(&dir, peer.id, &peer.addr, &tuning, peers.clone());
+            let mut config = member_config(&dir, peer.id, &peer.addr, &tuning, peers.clone());
+            configure(&mut config);
             members.push(Some(control::start(config.clone(), listener).await.expect("start member")));
             configs.push(config);
         }

@@ -1,0 +1,224 @@
+//! Single faults that must not lose, change or double an acknowledged message (issue 11),
+//! each on real in-process controls and nodes:
+//! - a reader must never see a message its owner wrote but its replica did not confirm
+//!   (scenario 4: the owner rolled such a batch back and gave its seqs to others);
+//! - a failover must never promote a replica that is still receiving the room's log
+//!   (scenario 2: the replica dies, a new one is copying, the owner dies).
+//!
+//! A node that "pauses" is played by a socket on its address that accepts connections and
+//! never answers, which is what a stopped process looks like to its peers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::chat::{token, ChatCluster, WsClient};
+use common::{wait_for, Api};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// Sends and waits for the ack, retrying (same client_id) while the room is unavailable.
+async fn send_acked(ws: &mut WsClient, room: u64, client_id: &str, within: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < within, "{client_id} not acknowledged within {within:?}");
+        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": format!("text of {client_id}")}))
+            .await;
+        match answer(ws, client_id).await {
+            Ok(seq) => return seq,
+            Err(frame) => {
+                assert_eq!(frame["code"], "unavailable", "only an unavailable room may refuse: {frame}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The ack (its seq) or the error frame answering `client_id`.
+async fn answer(ws: &mut WsClient, client_id: &str) -> Result<u64, Value> {
+    loop {
+        let frame = ws.next(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("no answer to {client_id}"));
+        match frame["type"].as_str() {
+            Some("ack") if frame["client_id"] == client_id => return Ok(frame["seq"].as_u64().expect("seq")),
+            Some("error") if frame["ref"] == client_id => return Err(frame),
+            _ => {}
+        }
+    }
+}
+
+/// The room's whole history through the control's REST API (pages of the newest first),
+/// as seq → client_id, or `None` when it cannot be read right now.
+async fn history(api: &Api, base: &str, room: u64) -> Option<BTreeMap<u64, String>> {
+    let mut all = BTreeMap::new();
+    let mut before = String::new();
+    loop {
+        let page: Value = api
+            .http
+            .get(format!("{base}/api/rooms/{room}/messages?limit=100{before}"))
+            .bearer_auth(api.token.as_deref()?)
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let messages = page["messages"].as_array()?;
+        for message in messages {
+            all.insert(message["seq"].as_u64()?, message["client_id"].as_str()?.to_string());
+        }
+        match messages.iter().filter_map(|m| m["seq"].as_u64()).min() {
+            Some(first) if page["has_more"].as_bool() == Some(true) => before = format!("&before={first}"),
+            _ => return Some(all),
+        }
+    }
+}
+
+/// Holds `addr` with a listener that accepts connections and never answers, until the
+/// returned task is aborted (which closes every accepted socket).
+async fn play_paused(addr: &str) -> tokio::task::JoinHandle<()> {
+    let listener = wait_for("the stopped node's port to be free", Duration::from_secs(10), || async {
+        TcpListener::bind(addr).await.ok()
+    })
+    .await;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_never_sees_a_batch_its_replica_did_not_store() {
+    // Controls that take a minute to call a silent node down: only replication times out.
+    let mut cluster = ChatCluster::start_configured(2, |control| control.node_timeout_ms = 60_000, |_| {}).await;
+    let api = Api::logged_in(&cluster.url(), "reader").await;
+    let room = cluster.create_room(&api, "unacked", false).await;
+    let (room, owner, replica) = (
+        room["id"].as_u64().unwrap(),
+        cluster.index_of(room["owner"].as_u64().unwrap()),
+        cluster.index_of(room["replica"].as_u64().unwrap()),
+    );
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut writer = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 1..=3 {
+        let client_id = format!("before-{i}");
+        acked.insert(client_id.clone(), send_acked(&mut writer, room, &client_id, Duration::from_secs(20)).await);
+    }
+
+    // The replica stops answering; a send now waits for it until replication times out,
+    // while a reader polls the history.
+    let replica_addr = cluster.node_configs[replica].advertise.clone().expect("address");
+    cluster.stop_node(replica).await;
+    let paused = play_paused(&replica_addr).await;
+    let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let reading = {
+        let (api, base, seen) = (api.clone(), cluster.url(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(page) = history(&api, &base, room).await {
+                    seen.lock().unwrap().extend(page);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    writer.send(json!({"type": "send", "room": room, "client_id": "pending", "text": "waits for the replica"})).await;
+    let first_answer = answer(&mut writer, "pending").await;
+    reading.abort();
+    if let Ok(seq) = first_answer {
+        acked.insert("pending".into(), seq);
+    }
+
+    // The replica comes back; another message is sent first, then "pending" is retried.
+    paused.abort();
+    cluster.restart_node(replica).await;
+    acked.insert("after".into(), send_acked(&mut writer, room, "after", Duration::from_secs(30)).await);
+    let retried = send_acked(&mut writer, room, "pending", Duration::from_secs(30)).await;
+    if let Some(seq) = acked.get("pending") {
+        assert_eq!(*seq, retried, "a retry is answered with the first ack's seq");
+    }
+    acked.insert("pending".into(), retried);
+
+    let last = *acked.values().max().expect("acked");
+    let final_history = wait_for("the whole history to be readable", Duration::from_secs(20), || async {
+        history(&api, &cluster.url(), room).await.filter(|h| h.keys().next_back() >= Some(&last))
+    })
+    .await;
+    for (client_id, seq) in &acked {
+        assert_eq!(final_history.get(seq), Some(client_id), "{client_id} acknowledged at seq {seq}");
+    }
+    assert_eq!(final_history.keys().copied().collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "gapless");
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the reader read while the replica was paused");
+    for (seq, client_id) in seen {
+        assert_eq!(
+            final_history.get(&seq),
+            Some(&client_id),
+            "a reader saw {client_id} at seq {seq} while the replica was paused; the final history disagrees"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_still_receiving_the_log_is_never_promoted() {
+    let mut cluster = ChatCluster::start_configured(3, |_| {}, |node| node.limits.sends_per_sec = 100_000).await;
+    let api = Api::logged_in(&cluster.url(), "copier").await;
+    let room = cluster.create_room(&api, "copying", false).await;
+    let (room, owner_id, replica_id) =
+        (room["id"].as_u64().unwrap(), room["owner"].as_u64().unwrap(), room["replica"].as_u64().unwrap());
+    let (owner, replica) = (cluster.index_of(owner_id), cluster.index_of(replica_id));
+    let third = (0..3).find(|i| *i != owner && *i != replica).expect("a third node");
+
+    // A history longer than one copy chunk, acknowledged on owner and replica.
+    const MESSAGES: u64 = 1_500;
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut writer = WsClient::connect(&cluster.node(third).ws_url(), &ws_token).await;
+    for i in 0..MESSAGES {
+        writer.send(json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": "x"})).await;
+    }
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    while (acked.len() as u64) < MESSAGES {
+        let frame = writer.next(Duration::from_secs(20)).await.expect("an answer to every send");
+        match frame["type"].as_str() {
+            Some("ack") => {
+                acked.insert(frame["seq"].as_u64().expect("seq"), frame["client_id"].as_str().unwrap().to_string());
+            }
+            Some("error") => panic!("a send failed before any fault: {frame}"),
+            _ => {}
+        }
+    }
+
+    // The replica dies; once the catalog gives the room a new replica (which the owner
+    // starts copying the log to), the owner dies too.
+    cluster.stop_node(replica).await;
+    let control = cluster.controls.member(0).state.clone();
+    wait_for("the room's new replica", Duration::from_secs(30), || {
+        let route = districhat::control::raft::state_machine::read_state(&control).catalog.rooms.get(&room).cloned();
+        async move { route.filter(|r| r.replica != Some(replica_id)).map(|_| ()) }
+    })
+    .await;
+    cluster.stop_node(owner).await;
+
+    // The owner comes back after it has been declared down; the room must serve every
+    // acknowledged message at its seq and take sends again.
+    wait_for("the owner to be declared down", Duration::from_secs(30), || {
+        let node = districhat::control::raft::state_machine::read_state(&control).catalog.nodes.get(&owner_id).cloned();
+        async move { node.filter(|n| n.status == districhat::control::catalog::NodeStatus::Down).map(|_| ()) }
+    })
+    .await;
+    cluster.restart_node(owner).await;
+    let mut client = WsClient::connect(&cluster.node(third).ws_url(), &ws_token).await;
+    let after = send_acked(&mut client, room, "after-the-faults", Duration::from_secs(30)).await;
+    assert_eq!(after, MESSAGES + 1, "the next message follows every acknowledged one");
+    let final_history = history(&api, &cluster.url(), room).await.expect("history");
+    for (seq, client_id) in &acked {
+        assert_eq!(final_history.get(seq), Some(client_id), "acknowledged {client_id} at seq {seq}");
+    }
+    assert_eq!(final_history.len() as u64, MESSAGES + 1);
+}
