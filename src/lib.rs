@@ -10,6 +10,7 @@
 //! - [`node`]: a chat node — browser WebSockets, room owners with replicated logs, mesh.
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
+//! - [`http_edge`]: what every HTTP server of ours does whatever the route.
 //! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
 //! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
 //! - [`rebalance`]: `admin rebalance`, the client of the control's rebalance API.
@@ -20,6 +21,7 @@ pub mod control;
 pub mod dev;
 pub mod drain;
 pub mod drill;
+pub mod http_edge;
 pub mod node;
 pub mod protocol;
 pub mod rebalance;

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .merge(internal)
+        .layer(axum::middleware::from_fn(crate::http_edge::close_if_body_unread))
 }
 
 #[derive(Deserialize)]

@@ -100,6 +100,11 @@ impl From<WriteError> for ApiError {
                 tracing::warn!(reason = %reason, "a write found no leader in time");
                 Self::unavailable("the control plane has no leader right now; retry shortly")
             }
+            WriteError::NotApplied(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_applied",
+                "the change is committed, but this server has not applied it yet; retry shortly",
+            ),
         }
     }
 }

@@ -25,7 +25,7 @@ use super::catalog::{Catalog, ChatNode, ChatNodeId, Command, CommandOutput, Node
 use super::chat_api::NodeView;
 use super::nodes::{node_loads, version, NodeSeen};
 use super::raft::state_machine::read_state;
-use super::{applied_locally, AppState};
+use super::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -85,10 +85,7 @@ async fn drain(
         other => return Err(ApiError::internal(format!("DrainNode returned {other:?}"))),
     };
     tracing::info!(node = id, name = %node.name, owners_moved, replicas_moved, "chat node drained in the catalog");
-    // The status is `Drained` from the drain on, so seeing it here means this member's
-    // applied version includes the drain.
-    applied_locally(&app, |catalog| catalog.nodes.get(&id).is_some_and(|node| node.status == NodeStatus::Drained))
-        .await;
+    // The write returned, so this member's applied version includes the drain.
     let state = read_state(&app.state);
     let view = NodeView::new(&state.catalog, state.catalog.nodes.get(&id).unwrap_or(&node), None);
     Ok(Json(DrainReport { node: view, owners_moved, replicas_moved, routes_version: version(&state) }))

@@ -268,24 +268,3 @@ async fn ensure_signing_key(app: AppState, mut shutdown: watch::Receiver<bool>) 
         }
     }
 }
-
-/// How long a handler waits for this member to apply its own write, so what it answers
-/// (or the page it redirects to) is read from a catalog that already shows it.
-const APPLY_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits (bounded by [`APPLY_WAIT`]) until this member's applied catalog satisfies `done`;
-/// returns whether it did. A write through the leader is committed when it returns, but a
-/// follower may apply it a moment later.
-pub(crate) async fn applied_locally(app: &AppState, done: impl Fn(&catalog::Catalog) -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    loop {
-        if done(&read_state(&app.state).catalog) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!("a committed write was not applied on this member in time");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}

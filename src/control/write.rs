@@ -2,6 +2,13 @@
 //! otherwise it is forwarded to the leader over `/internal/write` (bincode, cluster
 //! secret). Across a leader change it retries, bounded by [`WRITE_DEADLINE`], so a
 //! client never sees "not leader" — at worst a typed `unavailable`.
+//!
+//! Read-your-writes: [`Writer::write`] returns only once this member's own catalog has
+//! applied the write's log entry (the leader answers a forwarded write with the entry's
+//! index), so a client that talks to one member always reads what it wrote there. If
+//! this member cannot catch up within [`APPLY_DEADLINE`] the write is reported
+//! `unavailable` although it committed; a retry with the same content meets the
+//! command's own idempotence rules (`username_taken`, ...). See ARCHITECTURE.md.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +26,8 @@ use crate::store;
 
 /// How long a write keeps trying to find a leader before it gives up.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a member waits for its own catalog to apply a write that committed.
+pub const APPLY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why a write did not produce a catalog result.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +36,16 @@ pub enum WriteError {
     Rejected(#[from] CatalogError),
     #[error("the control plane has no reachable leader: {0}")]
     Unavailable(String),
+    /// The write committed (at this log index) but this member did not apply it in time.
+    #[error("the write committed at index {0} but this member has not applied it yet")]
+    NotApplied(u64),
 }
 
 /// What `/internal/write` answers: the command's result, or why the leader could not run it.
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardReply {
-    Applied(CommandResult),
+    /// The result and the index of the log entry that carried the command.
+    Applied(CommandResult, u64),
     /// The receiver is not (or no longer) the leader; the sender should look again.
     NotLeader,
     Failed(String),
@@ -56,7 +69,10 @@ impl Writer {
         let mut backoff = Duration::from_millis(20);
         loop {
             let last_error = match self.attempt(&command).await {
-                Attempt::Done(result) => return result.map_err(WriteError::Rejected),
+                Attempt::Done(result, index) => {
+                    self.applied_here(index).await?;
+                    return result.map_err(WriteError::Rejected);
+                }
                 Attempt::Retry(reason) => reason,
                 Attempt::Fail(reason) => return Err(WriteError::Unavailable(reason)),
             };
@@ -69,23 +85,35 @@ impl Writer {
         }
     }
 
+    /// Waits until this member's catalog has applied log entry `index`.
+    async fn applied_here(&self, index: u64) -> Result<(), WriteError> {
+        match self.raft.wait(Some(APPLY_DEADLINE)).applied_index_at_least(Some(index), "a write of ours").await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(index, error = %e, "a committed write was not applied on this member in time");
+                Err(WriteError::NotApplied(index))
+            }
+        }
+    }
+
     async fn attempt(&self, command: &Command) -> Attempt {
         match self.write_local(command.clone()).await {
-            Ok(result) => Attempt::Done(result),
+            Ok((result, index)) => Attempt::Done(result, index),
             Err(LocalFailure::NotLeader(Some(addr))) => self.forward(&addr, command).await,
             Err(LocalFailure::NotLeader(None)) => Attempt::Retry("no leader is known yet".into()),
             Err(LocalFailure::Other(reason)) => Attempt::Fail(reason),
         }
     }
 
-    /// Runs the command on this member's Raft, which succeeds only on the leader.
-    async fn write_local(&self, command: Command) -> Result<CommandResult, LocalFailure> {
+    /// Runs the command on this member's Raft, which succeeds only on the leader; returns
+    /// its result and the index of its log entry.
+    async fn write_local(&self, command: Command) -> Result<(CommandResult, u64), LocalFailure> {
         let started = Instant::now();
         match self.raft.client_write(command).await {
             Ok(response) => {
                 metrics::histogram!("districhat_raft_commit_seconds", "member" => self.member.to_string())
                     .record(started.elapsed().as_secs_f64());
-                Ok(response.data)
+                Ok((response.data, response.log_id.index))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(LocalFailure::NotLeader(forward.leader_node.map(|node| node.addr)))
@@ -124,7 +152,7 @@ impl Writer {
             Err(e) => return Attempt::Fail(format!("reading the reply from {addr} failed: {e}")),
         };
         match reply {
-            ForwardReply::Applied(result) => Attempt::Done(result),
+            ForwardReply::Applied(result, index) => Attempt::Done(result, index),
             ForwardReply::NotLeader => Attempt::Retry(format!("{addr} is no longer the leader")),
             ForwardReply::Failed(reason) => Attempt::Fail(reason),
         }
@@ -132,7 +160,8 @@ impl Writer {
 }
 
 enum Attempt {
-    Done(CommandResult),
+    /// The command's result and the index of its log entry.
+    Done(CommandResult, u64),
     Retry(String),
     Fail(String),
 }
@@ -153,7 +182,7 @@ pub async fn internal_write(State(writer): State<Writer>, headers: HeaderMap, bo
         Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable command: {e}")).into_response(),
     };
     let reply = match writer.write_local(command).await {
-        Ok(result) => ForwardReply::Applied(result),
+        Ok((result, index)) => ForwardReply::Applied(result, index),
         Err(LocalFailure::NotLeader(_)) => ForwardReply::NotLeader,
         Err(LocalFailure::Other(reason)) => ForwardReply::Failed(reason),
     };

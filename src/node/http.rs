@@ -22,6 +22,7 @@ pub fn router(node: Node) -> Router {
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(crate::control::cluster::metrics))
         .with_state(node)
+        .layer(axum::middleware::from_fn(crate::http_edge::close_if_body_unread))
 }
 
 async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {

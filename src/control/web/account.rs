@@ -22,7 +22,7 @@ use super::csrf::CsrfForm;
 use super::flash::Flash;
 use super::limiter::{self, MAX_FAILURES};
 use super::visitor::{with_cookies, Layout, Visitor, ADMIN_USER};
-use super::{applied_locally, WebError, WebState};
+use super::{WebError, WebState};
 use crate::now_ms;
 
 #[derive(Template)]
@@ -96,7 +96,6 @@ pub async fn register(
         }
     };
     // The session is only valid here once this member knows the user.
-    applied_locally(&app, |catalog| catalog.users.contains_key(&user.id)).await;
     let token = auth::sign_session(&visitor.key, user.id, now_ms() + auth::SESSION_TTL_MS);
     let session = visitor.session_cookie(&token);
     let welcome = if user.id == ADMIN_USER {

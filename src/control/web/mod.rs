@@ -49,7 +49,7 @@ use axum::{Extension, Router};
 pub use self::error::WebError;
 use self::limiter::LoginLimiter;
 use super::read_marks::ReadMarks;
-use super::{applied_locally, AppState};
+use super::AppState;
 
 /// Per-member state of the web pages, kept out of [`AppState`]: it is in memory only and
 /// nothing else needs it.

@@ -14,7 +14,7 @@ use super::super::AppState;
 use super::account::EmptyForm;
 use super::csrf::CsrfForm;
 use super::flash::Flash;
-use super::{applied_locally, WebError};
+use super::WebError;
 use crate::now_ms;
 
 #[derive(Deserialize)]
@@ -36,7 +36,6 @@ pub async fn create(
         Command::CreateRoom { name: name.clone(), private: form.private.is_some(), created_by: user, at_ms: now_ms() };
     match app.writer.write(command).await {
         Ok(CommandOutput::Room(room)) => {
-            applied_locally(&app, |catalog| catalog.is_member(room.id, user)).await;
             let notice = Flash::notice(format!("Room {} created.", room.name));
             Ok(visitor.redirect(&format!("/rooms/{}", room.id), Some(notice)))
         }
@@ -67,7 +66,6 @@ pub async fn join(
         Some(false) => {}
     }
     app.writer.write(Command::AddMember { room, user }).await?;
-    applied_locally(&app, |catalog| catalog.is_member(room, user)).await;
     Ok(visitor.redirect(&format!("/rooms/{room}"), None))
 }
 
@@ -101,7 +99,6 @@ pub async fn invite(
         return Ok(visitor.redirect(&back, Some(Flash::error(format!("No user named {username}.")))));
     };
     app.writer.write(Command::AddMember { room, user: target }).await?;
-    applied_locally(&app, |catalog| catalog.is_member(room, target)).await;
     Ok(visitor.redirect(&back, Some(Flash::notice(format!("{username} can now read and write here.")))))
 }
 
@@ -137,10 +134,7 @@ pub async fn open_dm(
         return Ok(visitor.redirect(&format!("/rooms/{room}"), None));
     }
     match app.writer.write(Command::CreateDm { a: caller, b: peer, at_ms: now_ms() }).await? {
-        CommandOutput::Dm { room, .. } => {
-            applied_locally(&app, |catalog| catalog.is_member(room.id, caller)).await;
-            Ok(visitor.redirect(&format!("/rooms/{}", room.id), None))
-        }
+        CommandOutput::Dm { room, .. } => Ok(visitor.redirect(&format!("/rooms/{}", room.id), None)),
         other => Err(WebError::internal(format!("CreateDm returned {other:?}"))),
     }
 }
