@@ -33,6 +33,10 @@ drill ROUNDS="3" *ARGS:
     "{{BIN}}" drill kill-replica --rounds {{ROUNDS}} --control {{CONTROL}} {{ARGS}}
     "{{BIN}}" drill restart-all --rounds {{ROUNDS}} --control {{CONTROL}} {{ARGS}}
 
+# Fault injection on a cluster of its own (needs root for --netns partitions): the six named scenarios, then random faults for SECONDS
+chaos SECONDS="0" *ARGS: build
+    "{{BIN}}" chaos --netns --seconds {{SECONDS}} {{ARGS}}
+
 # fmt check, build, tests and clippy (installs missing system packages)
 test:
     scripts/test

@@ -12,10 +12,12 @@
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.
 //! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
+//! - [`chaos`]: `chaos`, fault injection against a cluster of its own, with a history checker.
 //! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
 //! - [`rebalance`]: `admin rebalance`, the client of the control's rebalance API.
 
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod control;
 pub mod dev;

@@ -8,12 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use districhat::bench::chat::ChatBenchArgs;
 use districhat::bench::control::ControlBenchArgs;
+use districhat::chaos::ChaosArgs;
 use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
 use districhat::drain::{self, DrainTarget};
 use districhat::drill::DrillArgs;
 use districhat::rebalance::{self, RebalanceEvent, RebalanceTarget};
-use districhat::{bench, control, dev, drill, node, status, telemetry};
+use districhat::{bench, chaos, control, dev, drill, node, status, telemetry};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -55,6 +56,8 @@ enum Command {
     BenchControl(ControlBenchArgs),
     /// Kill a leader or a node of a running local cluster and measure recovery and loss.
     Drill(DrillArgs),
+    /// Start a cluster of its own, inject faults under chat load, check every history.
+    Chaos(ChaosArgs),
     /// Bootstrap a group through one of its members (idempotent).
     Init {
         #[command(flatten)]
@@ -202,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
         Command::Drill(args) => drill::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Init { target } => {
             let reply = admin_request(reqwest::Method::POST, &target, "/api/admin/init", None).await?;
             println!("{reply}");

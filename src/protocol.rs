@@ -156,6 +156,10 @@ pub struct Heartbeat {
     pub load: NodeLoad,
     /// Version of the routing table the node holds (0 = none).
     pub routes_version: u64,
+    /// (room, epoch) of rooms this node owns whose replica it has synced at that epoch
+    /// and the routing table does not show in sync yet (`ReplicasInSync`).
+    #[serde(default)]
+    pub in_sync: Vec<(RoomId, u64)>,
 }
 
 /// The answer to a [`Heartbeat`].
@@ -195,6 +199,10 @@ pub struct RoomRoute {
     pub owner: Option<NodeId>,
     pub replica: Option<NodeId>,
     pub epoch: u64,
+    /// The catalog counts the replica as holding the whole log at this epoch (its owner
+    /// said so): until then the owner keeps reporting it (docs/REPLICATION.md).
+    #[serde(default)]
+    pub replica_in_sync: bool,
     pub private: bool,
     /// Members, listed for private rooms only (public rooms are open to every user).
     pub members: Vec<UserId>,
@@ -266,8 +274,13 @@ pub enum MeshRequest {
     /// To the room's owner: sequence, persist, replicate and acknowledge a message.
     Send { room: RoomId, message: Outgoing },
     /// To the room's replica: store these messages (in seq order). Refused when `epoch`
-    /// is older than the newest epoch the replica has seen for the room.
-    Replicate { room: RoomId, epoch: u64, messages: Vec<StoredMessage> },
+    /// is older than the newest epoch the replica has seen for the room, and when the
+    /// replica does not hold `prev` — the entry the messages follow, `None` when they
+    /// start at seq 1 — exactly (log matching: a replica never gets a hole, and never
+    /// appends to a log that differs from the owner's). `committed` is the owner's commit
+    /// point before these messages: every seq up to it is acknowledged, so the replica may
+    /// serve reads up to it. See docs/REPLICATION.md.
+    Replicate { room: RoomId, epoch: u64, prev: Option<MessageStamp>, committed: Seq, messages: Vec<StoredMessage> },
     /// To a new replica from a new owner: adopt `epoch`, drop everything after `base`
     /// (entries past it never reached the owner, so they were never acknowledged), and
     /// answer with the last seq kept and the stamps of the last messages kept. An owner

@@ -80,7 +80,10 @@ async fn a_replica_refuses_an_owner_with_a_stale_epoch() {
         ts: 0,
         client_id: "forged".into(),
     };
-    let request = MeshRequest::Replicate { room: room_id, epoch: epoch - 1, messages: vec![forged] };
+    // It even names the replica's real predecessor: the fence alone refuses it.
+    let prev = cluster.node(cluster.index_of(replica)).node.log.stamp_at(room_id, 1).expect("read the replica's log");
+    let request =
+        MeshRequest::Replicate { room: room_id, epoch: epoch - 1, prev, committed: 1, messages: vec![forged] };
     let answer = mesh.request(replica, &replica_addr, request, Duration::from_secs(5)).await.expect("replica answers");
     match answer {
         MeshResponse::Error { code, .. } => assert_eq!(code, "stale_epoch"),

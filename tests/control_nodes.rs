@@ -48,7 +48,12 @@ async fn try_heartbeat_to(
     connections: u64,
     routes_version: u64,
 ) -> reqwest::Result<HeartbeatReply> {
-    let beat = Heartbeat { node_id: node, load: NodeLoad { connections, ..NodeLoad::default() }, routes_version };
+    let beat = Heartbeat {
+        node_id: node,
+        load: NodeLoad { connections, ..NodeLoad::default() },
+        routes_version,
+        in_sync: Vec::new(),
+    };
     let request = http().post(format!("{url}/internal/nodes/heartbeat")).header(SECRET_HEADER, SECRET).json(&beat);
     request.send().await?.error_for_status()?.json().await
 }

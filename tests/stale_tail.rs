@@ -113,7 +113,15 @@ async fn a_returning_nodes_unacknowledged_tail_is_dropped() {
         assert_eq!(a_log.dedupe(room, on_b.user_id, client_id).unwrap(), Some(*seq), "dedupe of {client_id}");
     }
 
-    // B stops; A owns the room again and serves only acknowledged messages.
+    // B has told the catalog that A holds the whole log (only then may A be promoted:
+    // docs/REPLICATION.md, "In-sync replicas"); B stops; A owns the room again and serves
+    // only acknowledged messages.
+    let a_node = cluster.node(a).node.clone();
+    wait_for("A to count as in sync", Duration::from_secs(30), || {
+        let in_sync = a_node.room(room).is_some_and(|route| route.replica == Some(a_id) && route.replica_in_sync);
+        async move { in_sync.then_some(()) }
+    })
+    .await;
     cluster.stop_node(b).await;
     wait_route(&cluster, a, room, a_id, None).await;
     let (ws_token, _) = token(&api, &cluster.url()).await;

@@ -77,7 +77,9 @@ impl From<CatalogError> for ApiError {
             | CatalogError::NodePending(_)
             | CatalogError::NoCapacity { .. }
             | CatalogError::OwnerWithoutLog { .. }
-            | CatalogError::NotSettled => StatusCode::CONFLICT,
+            | CatalogError::NotSettled
+            | CatalogError::StaleDecision { .. }
+            | CatalogError::ReplicaNotInSync { .. } => StatusCode::CONFLICT,
             CatalogError::InvalidUsername
             | CatalogError::InvalidRoomName
             | CatalogError::InvalidNodeName

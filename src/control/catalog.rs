@@ -218,6 +218,24 @@ pub enum Command {
         expires_ms: u64,
         at_ms: u64,
     },
+    /// The owner `node` reports that each room's replica holds the room's whole log at
+    /// that epoch (it adopted the epoch and received every entry): from then on the
+    /// replica may be promoted. Applied per room only while `node` still owns it at that
+    /// epoch with a replica; a late or foreign report changes nothing
+    /// (docs/REPLICATION.md, "In-sync replicas").
+    ReplicasInSync {
+        node: ChatNodeId,
+        rooms: Vec<(RoomId, u64)>,
+    },
+    /// [`Command::NodeDown`] as the failure detector decides it: `term` is the Raft term
+    /// in which the leader saw the node silent. Refused with `stale_decision` unless the
+    /// entry is committed in that same term, so a leader that was paused or cut off and
+    /// whose write reaches a newer leader cannot act on what it saw in an older term
+    /// (docs/REPLICATION.md, "Control decisions").
+    NodeDownInTerm {
+        node: ChatNodeId,
+        term: u64,
+    },
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -317,6 +335,10 @@ pub enum CatalogError {
     OwnerWithoutLog { room: RoomId, node: ChatNodeId },
     #[error("rooms were created or moved since the nodes were seen in sync; nothing moved, retry")]
     NotSettled,
+    #[error("a control decision made in term {decided} was committed in term {committed}")]
+    StaleDecision { decided: u64, committed: u64 },
+    #[error("room {room}'s replica does not hold the whole log yet")]
+    ReplicaNotInSync { room: RoomId },
 }
 
 impl CatalogError {
@@ -341,6 +363,8 @@ impl CatalogError {
             Self::NoCapacity { .. } => "no_capacity",
             Self::OwnerWithoutLog { .. } => "owner_without_log",
             Self::NotSettled => "not_settled",
+            Self::StaleDecision { .. } => "stale_decision",
+            Self::ReplicaNotInSync { .. } => "replica_not_in_sync",
         }
     }
 }
@@ -358,6 +382,7 @@ pub enum Touched {
     Node(ChatNodeId),
     ReadMark(UserId, RoomId),
     EndedSession(UserId, u64),
+    ReplicaInSync(RoomId),
 }
 
 /// The replicated catalog, held in memory on every member and persisted row by row.
@@ -375,6 +400,10 @@ pub struct Catalog {
     /// Sessions ended by a logout before they expired, as (user, expires_ms) of their
     /// token (see [`Command::EndSession`]).
     pub ended_sessions: BTreeSet<(UserId, u64)>,
+    /// room → the epoch at which its owner reported the replica holds the whole log. The
+    /// replica is in sync while this equals the room's epoch: any reassignment bumps the
+    /// epoch and so ends it (see [`Catalog::replica_in_sync`]).
+    pub replicas_in_sync: BTreeMap<RoomId, u64>,
     /// Index username → id, derived from `users` (see [`Catalog::rebuild_indexes`]).
     #[serde(skip)]
     usernames: BTreeMap<String, UserId>,
@@ -385,13 +414,21 @@ pub struct Catalog {
 
 impl Catalog {
     /// Validates and applies one command, returning its result and the rows it changed.
+    /// For a command whose entry's Raft term is not known (tests, tools): a decision fenced
+    /// by its term ([`Command::NodeDownInTerm`]) is refused.
     pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Touched>) {
+        self.apply_in_term(command, None)
+    }
+
+    /// [`Self::apply`] for a command committed in Raft term `term`: what the state machine
+    /// calls for every log entry.
+    pub fn apply_in_term(&mut self, command: Command, term: Option<u64>) -> (CommandResult, Vec<Touched>) {
         let mut touched = Vec::new();
-        let result = self.apply_inner(command, &mut touched);
+        let result = self.apply_inner(command, term, &mut touched);
         (result, touched)
     }
 
-    fn apply_inner(&mut self, command: Command, touched: &mut Vec<Touched>) -> CommandResult {
+    fn apply_inner(&mut self, command: Command, term: Option<u64>, touched: &mut Vec<Touched>) -> CommandResult {
         match command {
             Command::SetSigningKey { key } => {
                 if self.meta.signing_key.is_some() {
@@ -457,10 +494,14 @@ impl Catalog {
                 if entry.epoch != epoch {
                     return Err(CatalogError::StaleEpoch { expected: epoch, current: entry.epoch });
                 }
-                // Only the owner and the replica hold every acknowledged message: a node
-                // without the log would hand out seqs that are taken.
+                // Only the owner and an in-sync replica hold every acknowledged message: a
+                // node without the whole log would hand out seqs that are taken.
                 if entry.owner.is_some() && entry.owner != Some(owner) && entry.replica != Some(owner) {
                     return Err(CatalogError::OwnerWithoutLog { room, node: owner });
+                }
+                let promoted = entry.owner.is_some() && entry.owner != Some(owner);
+                if promoted && self.replicas_in_sync.get(&room) != Some(&entry.epoch) {
+                    return Err(CatalogError::ReplicaNotInSync { room });
                 }
                 entry.owner = Some(owner);
                 entry.replica = replica;
@@ -504,6 +545,11 @@ impl Catalog {
                 Ok(self.rebalance(max_moves, touched))
             }
             Command::EndSession { user, expires_ms, at_ms } => Ok(self.end_session(user, expires_ms, at_ms, touched)),
+            Command::ReplicasInSync { node, rooms } => Ok(self.replicas_in_sync(node, rooms, touched)),
+            Command::NodeDownInTerm { node, term: decided } => match term {
+                Some(committed) if committed == decided => self.node_down(node, NodeStatus::Down, touched),
+                committed => Err(CatalogError::StaleDecision { decided, committed: committed.unwrap_or(0) }),
+            },
         }
     }
 
@@ -558,6 +604,11 @@ impl Catalog {
             replica,
             epoch: u64::from(owner.is_some()),
         };
+        if room.replica.is_some() {
+            // A new room's log is empty everywhere: its replica holds all of it.
+            self.replicas_in_sync.insert(room.id, room.epoch);
+            touched.push(Touched::ReplicaInSync(room.id));
+        }
         self.room_names.insert(room.name.clone(), room.id);
         self.rooms.insert(room.id, room.clone());
         self.members.insert((room.id, created_by));

@@ -9,6 +9,13 @@
 //! node as heard from at that moment, and marks nothing down during a grace period of one
 //! full timeout, so the nodes have time to find the new leader. A node that (re)enters
 //! `Up` is likewise counted as heard from when the detector first sees it up.
+//!
+//! A decision is only as good as the leader's view (docs/REPLICATION.md, "Control
+//! decisions"): the detector forgets everything and starts a new grace period whenever it
+//! was not running for a while (the process was paused or starved: the heartbeats it
+//! missed are not the nodes' fault) or the member lost its majority (it may be deposed
+//! and the nodes heartbeat the new leader); and it proposes `NodeDownInTerm` with the term
+//! it observed, which the catalog refuses if it commits in any other term.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
+use super::catalog::{CatalogError, ChatNodeId, Command, CommandOutput, NodeStatus};
 use super::raft::state_machine::read_state;
 use super::AppState;
 use crate::protocol::NodeLoad;
@@ -118,21 +125,25 @@ impl Liveness {
 pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>) {
     let timeout = Duration::from_millis(app.config.node_timeout_ms);
     let member = app.id.to_string();
+    let mut last_look = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(DETECT_EVERY) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         export_node_metrics(&app, &member);
-        let (leader, term) = {
-            let metrics = app.raft.metrics();
-            let metrics = metrics.borrow();
-            (metrics.current_leader, metrics.current_term)
-        };
-        if leader != Some(app.id) {
+        let now = Instant::now();
+        let was_away = now.duration_since(last_look) > DETECT_EVERY * 2;
+        last_look = now;
+        let leader = super::nodes::leader(&app);
+        if leader.id != Some(app.id) || !leader.holds_quorum || was_away {
+            if was_away && leader.id == Some(app.id) {
+                tracing::warn!("the failure detector was not running for a while; starting a new detection period");
+            }
             app.liveness.step_down();
             continue;
         }
+        let term = leader.term;
         let up: Vec<ChatNodeId> = read_state(&app.state)
             .catalog
             .nodes
@@ -140,9 +151,9 @@ pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>)
             .filter(|node| node.status == NodeStatus::Up)
             .map(|node| node.id)
             .collect();
-        for node in app.liveness.overdue(term, &up, timeout, Instant::now()) {
+        for node in app.liveness.overdue(term, &up, timeout, now) {
             let written = tokio::select! {
-                written = app.writer.write(Command::NodeDown { node }) => written,
+                written = app.writer.write(Command::NodeDownInTerm { node, term }) => written,
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             match written {
@@ -158,6 +169,10 @@ pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>)
                     );
                 }
                 Ok(other) => tracing::error!(?other, "NodeDown returned an unexpected output"),
+                Err(super::write::WriteError::Rejected(e @ CatalogError::StaleDecision { .. })) => {
+                    tracing::warn!(node, error = %e, "a node-down decision of an older term was refused");
+                    app.liveness.step_down();
+                }
                 Err(e) => tracing::warn!(node, error = %e, "could not mark a silent chat node down yet; will retry"),
             }
         }

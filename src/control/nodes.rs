@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::api_error::{ApiError, ApiJson};
-use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
+use super::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus, RoomId};
 use super::raft::state_machine::{read_state, CatalogState};
 use super::raft::types::MemberId;
 use super::secret::SECRET_HEADER;
@@ -96,13 +96,34 @@ async fn heartbeat(
     if leader.id != Some(app.id) {
         return Ok(Json(HeartbeatReply::NotLeader { leader: leader.addr }));
     }
-    let status = read_state(&app.state).catalog.nodes.get(&beat.node_id).map(|node| node.status);
+    if !leader.holds_quorum {
+        // Perhaps deposed without knowing it: the node should look for the leader elsewhere.
+        return Ok(Json(HeartbeatReply::NotLeader { leader: None }));
+    }
+    let (status, newly_in_sync) = {
+        let state = read_state(&app.state);
+        let catalog = &state.catalog;
+        let newly_in_sync: Vec<(RoomId, u64)> = beat
+            .in_sync
+            .iter()
+            .copied()
+            .filter(|(room, epoch)| catalog.replicas_in_sync.get(room) != Some(epoch))
+            .collect();
+        (catalog.nodes.get(&beat.node_id).map(|node| node.status), newly_in_sync)
+    };
     let Some(status) = status else { return Ok(Json(HeartbeatReply::Unknown)) };
     app.liveness.heartbeat(leader.term, beat.node_id, beat.load, beat.routes_version, Instant::now());
     if status == NodeStatus::Down {
         match app.writer.write(Command::NodeUp { node: beat.node_id }).await {
             Ok(_) => tracing::info!(node = beat.node_id, "a chat node marked down heartbeats again: it is up"),
             Err(e) => tracing::warn!(node = beat.node_id, error = %e, "could not mark a returning node up yet"),
+        }
+    }
+    if !newly_in_sync.is_empty() {
+        let rooms = newly_in_sync.len();
+        match app.writer.write(Command::ReplicasInSync { node: beat.node_id, rooms: newly_in_sync }).await {
+            Ok(_) => tracing::debug!(node = beat.node_id, rooms, "replicas reported in sync"),
+            Err(e) => tracing::warn!(node = beat.node_id, error = %e, "could not record replicas in sync yet"),
         }
     }
     let state = read_state(&app.state);
@@ -201,6 +222,12 @@ pub struct LeaderInfo {
     pub term: u64,
     /// The leader's `host:port`.
     pub addr: Option<String>,
+    /// Whether this member leads and a majority of the group acknowledged it within an
+    /// election timeout (`election_max_ms`). openraft 0.9 has no check-quorum: a leader
+    /// cut off from the other members keeps believing it leads while a majority elects
+    /// another. Such a leader must not act for the group (answer nodes' heartbeats, mark
+    /// nodes down): docs/REPLICATION.md, "Control decisions".
+    pub holds_quorum: bool,
 }
 
 pub fn leader(app: &AppState) -> LeaderInfo {
@@ -210,7 +237,8 @@ pub fn leader(app: &AppState) -> LeaderInfo {
     let addr = id.and_then(|leader| {
         metrics.membership_config.nodes().find(|(member, _)| **member == leader).map(|(_, node)| node.addr.clone())
     });
-    LeaderInfo { id, term: metrics.current_term, addr }
+    let heard_lately = metrics.millis_since_quorum_ack.is_some_and(|ms| ms <= app.config.raft.election_max_ms);
+    LeaderInfo { id, term: metrics.current_term, addr, holds_quorum: id == Some(app.id) && heard_lately }
 }
 
 /// The routing-table version of a catalog: its Raft applied index.
@@ -234,6 +262,7 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
             owner: room.owner,
             replica: room.replica,
             epoch: room.epoch,
+            replica_in_sync: catalog.replica_in_sync(room),
             private: room.private,
             members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
         })

@@ -155,12 +155,24 @@ async fn progress_since(app: &AppState, since: u64) -> RebalanceProgress {
     let state = read_state(&app.state);
     let catalog = &state.catalog;
     let mut waiting_for = nodes_behind(catalog, &loads, since, |_| false);
-    let mut syncing = BTreeMap::new();
+    // Owners whose replica the catalog does not count as in sync yet: a swap must wait for
+    // them (docs/REPLICATION.md, "In-sync replicas"); the heartbeats' own count below
+    // also covers owners that have not started syncing yet.
+    let mut syncing: BTreeMap<ChatNodeId, u64> = BTreeMap::new();
+    let up = |node: Option<ChatNodeId>| {
+        node.and_then(|id| catalog.nodes.get(&id)).is_some_and(|n| n.status == super::catalog::NodeStatus::Up)
+    };
+    for room in catalog.rooms.values() {
+        if up(room.owner) && up(room.replica) && !catalog.replica_in_sync(room) {
+            *syncing.entry(room.owner.unwrap_or_default()).or_default() += 1;
+        }
+    }
     for node in catalog.nodes.values().filter(|node| node.status == super::catalog::NodeStatus::Up) {
         let seen = loads.get(&node.id);
         match seen.and_then(|seen| seen.recent_load(app.config.node_timeout_ms)) {
             Some(load) if load.rooms_syncing > 0 => {
-                syncing.insert(node.id, load.rooms_syncing);
+                let count = syncing.entry(node.id).or_default();
+                *count = (*count).max(load.rooms_syncing);
             }
             Some(_) => {}
             // Silent lately: whatever it last said, it has not shown it acted on anything.

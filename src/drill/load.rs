@@ -299,15 +299,31 @@ pub async fn check_rooms(
     Ok(Check { lost, duplicated, out_of_order: 0 })
 }
 
-/// History holds every acknowledged message once, at its acknowledged seq, gap-free.
-pub async fn check_history(
+/// A room's whole history through the REST API (pages of the newest first), as seq →
+/// client_id, from the first of `controls` that serves every page.
+pub async fn fetch_history(
+    http: &reqwest::Client,
+    controls: &[String],
+    token: &str,
+    room: u64,
+) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut last = anyhow::anyhow!("no control configured");
+    for control in controls {
+        match history_from(http, control, token, room).await {
+            Ok(history) => return Ok(history),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn history_from(
     http: &reqwest::Client,
     control: &str,
     token: &str,
     room: u64,
-    report: &LoadReport,
-) -> anyhow::Result<Check> {
-    let mut messages: Vec<Value> = Vec::new();
+) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut history = BTreeMap::new();
     let mut before: Option<u64> = None;
     loop {
         let mut url = format!("{control}/api/rooms/{room}/messages?limit=200");
@@ -317,19 +333,30 @@ pub async fn check_history(
         let page: Value = http.get(url).bearer_auth(token).send().await?.error_for_status()?.json().await?;
         let batch = page["messages"].as_array().cloned().unwrap_or_default();
         before = batch.last().and_then(|m| m["seq"].as_u64());
-        messages.extend(batch);
+        for m in &batch {
+            if let (Some(seq), Some(id)) = (m["seq"].as_u64(), m["client_id"].as_str()) {
+                history.insert(seq, id.to_string());
+            }
+        }
         if page["has_more"] != true || before.is_none() {
-            break;
+            return Ok(history);
         }
     }
-    messages.reverse();
-    let seqs: Vec<u64> = messages.iter().filter_map(|m| m["seq"].as_u64()).collect();
-    let gaps = seqs.iter().enumerate().filter(|(i, seq)| **seq != *i as u64 + 1).count();
+}
+
+/// History holds every acknowledged message once, at its acknowledged seq, gap-free.
+pub async fn check_history(
+    http: &reqwest::Client,
+    control: &str,
+    token: &str,
+    room: u64,
+    report: &LoadReport,
+) -> anyhow::Result<Check> {
+    let history = fetch_history(http, &[control.to_string()], token, room).await?;
+    let gaps = history.keys().enumerate().filter(|(i, seq)| **seq != *i as u64 + 1).count();
     let mut by_id: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for m in &messages {
-        if let (Some(id), Some(seq)) = (m["client_id"].as_str(), m["seq"].as_u64()) {
-            by_id.entry(id.to_string()).or_default().push(seq);
-        }
+    for (seq, id) in &history {
+        by_id.entry(id.clone()).or_default().push(*seq);
     }
     let acked: BTreeSet<&str> = report.acked.iter().map(|a| a.key.as_str()).collect();
     let lost = report.acked.iter().filter(|a| by_id.get(&a.key).is_none_or(|seqs| !seqs.contains(&a.seq))).count();

@@ -5,8 +5,8 @@
 //! checks that every acknowledged write is present exactly once and in order. It prints
 //! a table per round and a summary, and fails if anything was lost, doubled or reordered.
 
-mod load;
-mod process;
+pub(crate) mod load;
+pub(crate) mod process;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

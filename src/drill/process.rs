@@ -21,8 +21,14 @@ pub struct RoomInfo {
     pub replica: u64,
 }
 
+/// Builds the command that starts a process of the cluster by name (this binary, run as
+/// it is or inside the process's network namespace: `chaos --netns`).
+pub type Launcher = Box<dyn Fn(&str) -> std::process::Command + Send + Sync>;
+
 pub struct Cluster {
     pub http: reqwest::Client,
+    /// How processes are started; `None`: this binary, directly.
+    launcher: Option<Launcher>,
     control: String,
     dir: PathBuf,
     configs: PathBuf,
@@ -50,12 +56,19 @@ impl Cluster {
         }
         Ok(Self {
             http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?,
+            launcher: None,
             control: control.trim_end_matches('/').to_string(),
             dir: dir.to_path_buf(),
             configs: configs.to_path_buf(),
             control_names,
             node_names,
         })
+    }
+
+    /// Starts processes with `launcher` from now on.
+    pub fn with_launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = Some(launcher);
+        self
     }
 
     pub fn control(&self) -> &str {
@@ -123,12 +136,14 @@ impl Cluster {
     /// was sent (recovery is measured from there: the `kill` command itself takes a few
     /// milliseconds to start, during which the victim still serves).
     pub async fn kill(&self, name: &str) -> anyhow::Result<Instant> {
-        let pid_file = self.dir.join(format!("{name}.pid"));
-        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
-        let pid = pid.trim().to_string();
-        let status = std::process::Command::new("kill").args(["-9", &pid]).status()?;
-        let killed_at = Instant::now();
-        anyhow::ensure!(status.success(), "kill -9 {pid} ({name}) failed");
+        self.stop(name, "KILL").await
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`) to the process `name`, waits until it is gone, and
+    /// returns when the signal was sent.
+    pub async fn stop(&self, name: &str, signal: &str) -> anyhow::Result<Instant> {
+        let pid = self.pid(name)?;
+        let killed_at = self.signal(name, signal)?;
         wait("the killed process to exit", Duration::from_secs(10), || async {
             let alive = std::process::Command::new("kill").args(["-0", &pid]).status().is_ok_and(|s| s.success());
             let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
@@ -138,15 +153,42 @@ impl Cluster {
         Ok(killed_at)
     }
 
+    /// The pid of the process `name`, from its pid file.
+    pub fn pid(&self, name: &str) -> anyhow::Result<String> {
+        let pid_file = self.dir.join(format!("{name}.pid"));
+        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
+        Ok(pid.trim().to_string())
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`) to the process `name`; returns when.
+    pub fn signal(&self, name: &str, signal: &str) -> anyhow::Result<Instant> {
+        let pid = self.pid(name)?;
+        let status = std::process::Command::new("kill").args(["-s", signal, &pid]).status()?;
+        let sent_at = Instant::now();
+        anyhow::ensure!(status.success(), "kill -s {signal} {pid} ({name}) failed");
+        Ok(sent_at)
+    }
+
     /// Starts `name` again from its config, appending to its log, and records its pid.
     pub async fn restart(&self, name: &str, role: &str) -> anyhow::Result<()> {
+        self.spawn(name, role, &[])
+    }
+
+    /// Starts `name` (as `role`, with `extra` arguments) from its config, appending to its
+    /// log, and records its pid.
+    pub fn spawn(&self, name: &str, role: &str, extra: &[&str]) -> anyhow::Result<()> {
         let log_dir = self.dir.join(name);
         std::fs::create_dir_all(&log_dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{role}.log")))?;
         let config = self.configs.join(format!("{name}.toml"));
-        let child = std::process::Command::new(std::env::current_exe()?)
+        let mut command = match &self.launcher {
+            Some(launch) => launch(name),
+            None => std::process::Command::new(std::env::current_exe()?),
+        };
+        let child = command
             .args([role, "--config"])
             .arg(&config)
+            .args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

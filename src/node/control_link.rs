@@ -93,7 +93,8 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
             rooms_syncing: node.rooms_syncing(&routes) as u64,
         };
         metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
-        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version };
+        let in_sync = node.replicas_synced(&routes);
+        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version, in_sync };
         // Re-announce followed rooms: an owner that learned of its room after our first
         // announcement (routing tables arrive at different times) hears of us now.
         for room in node.hub.rooms() {
@@ -112,7 +113,11 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                 Ok(HeartbeatReply::NotLeader { leader: Some(leader) }) => {
                     node.set_leader_url(format!("http://{leader}"))
                 }
-                Ok(HeartbeatReply::NotLeader { leader: None }) => break,
+                Ok(HeartbeatReply::NotLeader { leader: None }) => {
+                    // No leader known there, or a leader that lost its majority (it may
+                    // have been deposed without knowing it): ask the next control.
+                    control_index = next_control(&node, control_index);
+                }
                 Ok(HeartbeatReply::Unknown) => {
                     tracing::error!(
                         node = node.id,
@@ -122,13 +127,20 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                 }
                 Err(e) => {
                     tracing::debug!(%url, error = %e, "heartbeat failed; trying another control");
-                    control_index += 1;
-                    let next = &node.config.controls[control_index % node.config.controls.len()];
-                    node.set_leader_url(next.trim_end_matches('/').to_string());
+                    control_index = next_control(&node, control_index);
                 }
             }
         }
     }
+}
+
+/// Makes the control after `index` (in the configured list) the one heartbeats go to;
+/// returns its index.
+fn next_control(node: &Node, index: usize) -> usize {
+    let next = index + 1;
+    let url = &node.config.controls[next % node.config.controls.len()];
+    node.set_leader_url(url.trim_end_matches('/').to_string());
+    next
 }
 
 async fn send_heartbeat(node: &Node, url: &str, heartbeat: &Heartbeat) -> anyhow::Result<HeartbeatReply> {

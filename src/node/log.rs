@@ -5,8 +5,8 @@
 //! message so a replica has it too) and `fences` (room → newest epoch seen, so a stale
 //! owner is refused). All calls block: async callers use `spawn_blocking`.
 //!
-//! Writes that depend on a room's fence (a replica storing, an owner appending or rolling
-//! back, a new owner or replica taking an epoch) go through the `*_at` methods, which
+//! Writes that depend on a room's fence (a replica storing, an owner appending, a new
+//! owner or replica taking an epoch) go through the `*_at` methods, which
 //! check the fence and write under one lock per room stripe. Without it a write of the
 //! old epoch could pass its fence check, then land after the new owner read the last
 //! seq, and the new owner would reuse that seq.
@@ -36,6 +36,14 @@ pub struct RoomLog {
     fence_locks: Arc<Vec<Mutex<()>>>,
 }
 
+/// What a replica did with an owner's messages that passed the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    Stored,
+    /// Nothing was written: this log does not hold the entry the messages follow.
+    Gap,
+}
+
 /// The outcome of a write guarded by a room's fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced<T> {
@@ -63,14 +71,33 @@ impl RoomLog {
         Ok(Fenced::Done(()))
     }
 
-    /// An owner at `epoch` forgets what it wrote past `base` (a batch its replica did not
-    /// confirm); refused if a newer epoch has taken the room meanwhile.
-    pub fn truncate_at(&self, room: RoomId, epoch: u64, base: Seq) -> Result<Fenced<usize>, StoreError> {
+    /// A replica stores an owner's messages at `epoch` if they follow `prev` (the entry
+    /// before them, `None` when they start at seq 1) in this log exactly: refused with
+    /// [`Replicated::Gap`] otherwise, so a replica's log never has a hole and never grows
+    /// on a prefix that differs from its owner's (docs/REPLICATION.md, log matching).
+    pub fn replicate_at(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        prev: Option<&MessageStamp>,
+        messages: &[StoredMessage],
+    ) -> Result<Fenced<Replicated>, StoreError> {
         let _guard = self.fence_lock(room);
-        if let Some(fence) = self.pass_fence(room, epoch, false)? {
+        if let Some(fence) = self.pass_fence(room, epoch, true)? {
             return Ok(Fenced::Stale { fence });
         }
-        Ok(Fenced::Done(self.truncate_after(room, base)?))
+        let follows = match prev {
+            None => messages.first().is_none_or(|first| first.seq == 1),
+            Some(prev) => {
+                messages.first().is_none_or(|first| first.seq == prev.seq + 1)
+                    && self.stamp_at(room, prev.seq)?.as_ref() == Some(prev)
+            }
+        };
+        if !follows {
+            return Ok(Fenced::Done(Replicated::Gap));
+        }
+        self.append(room, messages)?;
+        Ok(Fenced::Done(Replicated::Stored))
     }
 
     /// Takes the room at `epoch` (a new owner, or a replica adopting a new owner): raises
@@ -150,6 +177,15 @@ impl RoomLog {
         let cf = store::cf(&self.db, CF_DEDUPE)?;
         match self.db.get_cf(cf, dedupe_key(room, sender, client_id))? {
             Some(bytes) => Ok(Some(store::key_u64(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stamp of the message at `seq`, if this log holds one.
+    pub fn stamp_at(&self, room: RoomId, seq: Seq) -> Result<Option<MessageStamp>, StoreError> {
+        let cf = store::cf(&self.db, CF_MESSAGES)?;
+        match self.db.get_cf(cf, store::pair_key(room, seq))? {
+            Some(bytes) => Ok(Some(stamp(&store::decode(&bytes)?))),
             None => Ok(None),
         }
     }
@@ -342,7 +378,7 @@ mod tests {
         // A client_id stored again at another seq keeps that key when the old seq goes.
         log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }]).unwrap();
         log.append(1, &[message(1)]).unwrap();
-        assert_eq!(log.truncate_at(1, 0, 1).unwrap(), Fenced::Done(1));
+        assert_eq!(log.truncate_after(1, 1).unwrap(), 1);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), Some(1), "seq 1 still holds c1");
     }
 
@@ -354,9 +390,27 @@ mod tests {
         assert_eq!(log.fence(1).unwrap(), 2, "a newer writer raises the fence");
         assert_eq!(log.take_epoch(1, 3, None).unwrap(), Fenced::Done((2, 0)));
         assert_eq!(log.append_at(1, 2, &[message(3)]).unwrap(), Fenced::Stale { fence: 3 });
-        assert_eq!(log.truncate_at(1, 2, 0).unwrap(), Fenced::Stale { fence: 3 });
         assert_eq!(log.take_epoch(1, 2, Some(0)).unwrap(), Fenced::Stale { fence: 3 });
         assert_eq!(log.last_seq(1).unwrap(), 2, "stale writers changed nothing");
         assert_eq!(log.take_epoch(1, 4, Some(1)).unwrap(), Fenced::Done((1, 1)), "adopting truncates");
+    }
+
+    #[test]
+    fn a_replica_stores_only_what_follows_its_log_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        let stored = Fenced::Done(Replicated::Stored);
+        let gap = Fenced::Done(Replicated::Gap);
+        assert_eq!(log.replicate_at(1, 1, None, &[message(2)]).unwrap(), gap, "seq 1 has no predecessor");
+        assert_eq!(log.replicate_at(1, 1, None, &[message(1), message(2)]).unwrap(), stored);
+        let at_two = stamp(&message(2));
+        assert_eq!(log.replicate_at(1, 1, Some(&at_two), &[message(4)]).unwrap(), gap, "a hole at 3");
+        let other = MessageStamp { client_id: "rolled back".into(), ..at_two.clone() };
+        assert_eq!(log.replicate_at(1, 1, Some(&other), &[message(3)]).unwrap(), gap, "differs at 2");
+        assert_eq!(log.replicate_at(1, 1, Some(&at_two), &[message(3)]).unwrap(), stored);
+        assert_eq!(log.last_seq(1).unwrap(), 3);
+        assert_eq!(log.stamp_at(1, 3).unwrap(), Some(stamp(&message(3))));
+        assert_eq!(log.stamp_at(1, 4).unwrap(), None);
+        assert_eq!(log.replicate_at(1, 0, Some(&at_two), &[message(3)]).unwrap(), Fenced::Stale { fence: 1 });
     }
 }

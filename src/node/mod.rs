@@ -30,12 +30,13 @@ use tracing::Instrument;
 
 use self::config::NodeConfig;
 use self::hub::Hub;
-use self::log::{Fenced, RoomLog};
+use self::log::{Fenced, Replicated, RoomLog};
 use self::mesh::{Dispatch, Mesh};
 use self::owner::{blocking, OwnerCommand, OwnerHandle, Sent};
 use crate::control::secret::ClusterSecret;
 use crate::protocol::{
-    MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, RoomId, RoomRoute, RoutingTable, Seq, StoredMessage, UserId,
+    MeshRequest, MeshResponse, MessageStamp, NodeId, NodeRoute, Outgoing, RoomId, RoomRoute, RoutingTable, Seq,
+    StoredMessage, UserId,
 };
 
 /// A failure on the message path, with the stable code browsers see.
@@ -49,6 +50,9 @@ pub enum NodeError {
     UnknownRoom,
     #[error("the sender's epoch is stale")]
     StaleEpoch,
+    /// A replica does not hold the entry a `Replicate` follows (docs/REPLICATION.md).
+    #[error("the replica's log does not hold the entry these messages follow")]
+    LogMismatch,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -60,6 +64,7 @@ impl NodeError {
             Self::Forbidden => "forbidden",
             Self::UnknownRoom => "unknown_room",
             Self::StaleEpoch => "stale_epoch",
+            Self::LogMismatch => "log_mismatch",
             Self::Internal(_) => "internal",
         }
     }
@@ -71,6 +76,7 @@ impl NodeError {
                 "forbidden" => Self::Forbidden,
                 "unknown_room" => Self::UnknownRoom,
                 "stale_epoch" => Self::StaleEpoch,
+                "log_mismatch" => Self::LogMismatch,
                 "unavailable" => Self::Unavailable(message),
                 _ => Self::Internal(message),
             },
@@ -124,6 +130,10 @@ pub struct NodeInner {
     routes: RwLock<Arc<Routes>>,
     /// Rooms this node owns now, one sequencer task each.
     owners: Mutex<HashMap<RoomId, OwnerHandle>>,
+    /// Per room this node replicates, the highest commit point an owner told it: reads
+    /// served from this copy stop there (docs/REPLICATION.md, "Reads"). In memory: after
+    /// a restart this copy serves no reads until the owner's next `Replicate`.
+    replica_commits: Mutex<HashMap<RoomId, Seq>>,
     /// Serialises routing refreshes triggered by lookups that missed.
     refresh: tokio::sync::Mutex<std::time::Instant>,
     /// The control member believed to lead (`http://host:port`).
@@ -217,6 +227,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         token_key: RwLock::new(registration.token_key),
         routes: RwLock::default(),
         owners: Mutex::default(),
+        replica_commits: Mutex::default(),
         refresh: tokio::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1)),
         leader_url: Mutex::new(leader_url),
         connections: AtomicU64::new(0),
@@ -299,6 +310,20 @@ impl Node {
             .filter(|route| route.owner == Some(self.id))
             .filter(|route| owners.get(&route.id).is_none_or(|owner| owner.epoch != route.epoch || !owner.is_ready()))
             .count()
+    }
+
+    /// (room, epoch) of the rooms `routes` gives this node to own, with a replica the
+    /// table does not show in sync, whose owner synced that replica at that epoch: what
+    /// the next heartbeat reports (docs/REPLICATION.md, "In-sync replicas").
+    pub fn replicas_synced(&self, routes: &Routes) -> Vec<(RoomId, u64)> {
+        let owners = self.owners_lock();
+        routes
+            .rooms
+            .values()
+            .filter(|route| route.owner == Some(self.id) && route.replica.is_some() && !route.replica_in_sync)
+            .filter(|route| owners.get(&route.id).is_some_and(|owner| owner.epoch == route.epoch && owner.is_ready()))
+            .map(|route| (route.id, route.epoch))
+            .collect()
     }
 
     pub fn leader_url(&self) -> String {
@@ -445,7 +470,9 @@ impl Node {
         Err(last_error)
     }
 
-    /// Reads this node's copy of a room's log.
+    /// Reads this node's copy of a room's log, up to the commit point this node knows
+    /// (an owner's own, or the one its owner last told this replica): never a message
+    /// that is not acknowledged yet, which a failed round could still give up.
     pub async fn fetch_local(
         &self,
         room: RoomId,
@@ -453,19 +480,36 @@ impl Node {
         before: Option<Seq>,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+        let committed = self.readable_up_to(room);
         let log = self.log.clone();
         let limit = limit as usize;
         blocking(move || {
-            let last_seq = log.last_seq(room)?;
+            let held = log.last_seq(room)?;
+            let last_seq = match committed {
+                Some(committed) => held.min(committed),
+                None if held == 0 => 0,
+                None => {
+                    return Ok(Err(NodeError::Unavailable("this copy of the room is not readable yet; retry".into())))
+                }
+            };
             let mut messages = match (after, before) {
                 (Some(after), _) => log.after(room, after, limit + 1)?,
-                (None, before) => log.before(room, before.unwrap_or(u64::MAX), limit + 1)?,
+                (None, before) => log.before(room, before.unwrap_or(u64::MAX).min(last_seq + 1), limit + 1)?,
             };
+            messages.retain(|message| message.seq <= last_seq);
             let has_more = messages.len() > limit;
             messages.truncate(limit);
-            Ok((messages, has_more, last_seq))
+            Ok(Ok((messages, has_more, last_seq)))
         })
-        .await
+        .await?
+    }
+
+    /// The commit point reads of `room` on this node stop at (`None`: not known).
+    fn readable_up_to(&self, room: RoomId) -> Option<Seq> {
+        if let Some(owner) = self.owners_lock().get(&room) {
+            return owner.committed();
+        }
+        self.replica_commits.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&room).copied()
     }
 
     /// Tells the room's owner which local users follow it.
@@ -583,7 +627,9 @@ impl Dispatch for Node {
                     MeshResponse::Sent { seq: sent.seq, ts: sent.ts, duplicate: sent.duplicate }
                 })
             }
-            MeshRequest::Replicate { room, epoch, messages } => self.store_replica(room, epoch, messages).await,
+            MeshRequest::Replicate { room, epoch, prev, committed, messages } => {
+                self.store_replica(room, epoch, prev, committed, messages).await
+            }
             MeshRequest::Adopt { room, epoch, base } => self.adopt(room, epoch, base).await,
             MeshRequest::Fetch { room, after, before, limit } => self
                 .fetch_local(room, after, before, limit.min(1_000))
@@ -599,8 +645,10 @@ impl Dispatch for Node {
 }
 
 impl Node {
-    /// Replica side of replication: refuse a stale epoch, else store durably.
-    #[tracing::instrument(skip(self, messages), fields(
+    /// Replica side of replication: refuse a stale epoch or messages that do not follow
+    /// this log (docs/REPLICATION.md, "Log matching"), else store durably and remember
+    /// the owner's commit point for reads.
+    #[tracing::instrument(skip(self, prev, messages), fields(
         node = self.id,
         count = messages.len(),
         first_seq = messages.first().map_or(0, |m| m.seq),
@@ -610,12 +658,20 @@ impl Node {
         &self,
         room: RoomId,
         epoch: u64,
+        prev: Option<MessageStamp>,
+        committed: Seq,
         messages: Vec<StoredMessage>,
     ) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
         let last = messages.last().map_or(0, |m| m.seq);
-        match blocking(move || log.append_at(room, epoch, &messages)).await? {
-            Fenced::Done(()) => Ok(MeshResponse::Stored { seq: last }),
+        match blocking(move || log.replicate_at(room, epoch, prev.as_ref(), &messages)).await? {
+            Fenced::Done(Replicated::Stored) => {
+                let mut commits = self.replica_commits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let known = commits.entry(room).or_insert(0);
+                *known = (*known).max(committed);
+                Ok(MeshResponse::Stored { seq: last })
+            }
+            Fenced::Done(Replicated::Gap) => Err(NodeError::LogMismatch),
             Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
         }
     }

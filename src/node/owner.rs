@@ -3,9 +3,12 @@
 //! writes the batch to the room log, copies it to the replica, and only then acknowledges
 //! and fans out ONE pre-serialised frame batch per subscribed node. Several sends waiting
 //! at once form one batch: one fsync and one replication round trip (group commit).
+//!
+//! The protocol (commit point, no rollback, log matching, what reads may return) is
+//! written down in docs/REPLICATION.md; the comments here point there.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +66,8 @@ pub struct OwnerHandle {
     /// Set once the owner took the room over (its replica adopted the epoch and holds the
     /// log): from then on it takes sends. Heartbeats count the owners still without it.
     ready: Arc<AtomicBool>,
+    /// The commit point (see [`CommitPoint`]), shared with the task.
+    committed: CommitPoint,
     task: tokio::task::AbortHandle,
 }
 
@@ -70,6 +75,28 @@ impl OwnerHandle {
     /// Whether the owner has synced its replica and takes sends.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The highest seq known to be acknowledged (`None` until the owner first took the
+    /// room over): what reads of this room may return (docs/REPLICATION.md, "Reads").
+    pub fn committed(&self) -> Option<Seq> {
+        self.committed.get()
+    }
+}
+
+/// An owner's commit point: every message up to it is on the owner's and (with two
+/// copies) the replica's disk. It only grows within an epoch. Cheap to clone.
+#[derive(Clone, Default)]
+struct CommitPoint(Arc<AtomicU64>);
+
+impl CommitPoint {
+    /// Stored as seq + 1, so 0 means "not known yet".
+    fn get(&self) -> Option<Seq> {
+        self.0.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    fn set(&self, seq: Seq) {
+        self.0.fetch_max(seq + 1, Ordering::AcqRel);
     }
 }
 
@@ -83,9 +110,19 @@ impl Drop for OwnerHandle {
 pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
     let (tx, rx) = mpsc::channel(4_096);
     let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
+    let committed = CommitPoint::default();
+    let (flag, commit_point) = (ready.clone(), committed.clone());
     let task = tokio::spawn(async move {
-        let mut owner = Owner { node, room, epoch, next_seq: 1, interest: HashMap::new(), ready: flag };
+        let mut owner = Owner {
+            node,
+            room,
+            epoch,
+            next_seq: 1,
+            last_stamp: None,
+            interest: HashMap::new(),
+            ready: flag,
+            committed: commit_point,
+        };
         let ready = match owner.start().await {
             Ok(()) => true,
             Err(e) => {
@@ -95,7 +132,7 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
         };
         owner.run(rx, ready).await;
     });
-    OwnerHandle { epoch, tx, ready, task: task.abort_handle() }
+    OwnerHandle { epoch, tx, ready, committed, task: task.abort_handle() }
 }
 
 struct Owner {
@@ -103,10 +140,16 @@ struct Owner {
     room: RoomId,
     epoch: u64,
     next_seq: Seq,
+    /// The stamp of the message at `next_seq - 1` (`None` while the log is empty): what
+    /// the next `Replicate` names as the entry it follows.
+    last_stamp: Option<MessageStamp>,
     /// Subscribed nodes and their users, for fan-out and presence.
     interest: HashMap<NodeId, Vec<String>>,
-    /// Shared with the [`OwnerHandle`]: set when [`Self::start`] succeeded.
+    /// Shared with the [`OwnerHandle`]: set when [`Self::start`] succeeded, cleared when a
+    /// batch was not acknowledged (until the replica is synced again).
     ready: Arc<AtomicBool>,
+    /// Shared with the [`OwnerHandle`], for reads.
+    committed: CommitPoint,
 }
 
 impl Owner {
@@ -135,8 +178,13 @@ impl Owner {
             Fenced::Done((last, _)) => last,
             Fenced::Stale { .. } => return Err(self.moved()),
         };
+        let log = self.node.log.clone();
+        self.last_stamp = blocking(move || log.stamp_at(room, last)).await?;
         self.next_seq = last + 1;
         self.sync_replica(last).await?;
+        // The replica now holds this whole log: all of it is committed, including a batch
+        // a failed round left unacknowledged (docs/REPLICATION.md, "No rollback").
+        self.committed.set(last);
         self.ready.store(true, Ordering::Release);
         tracing::info!(room, epoch, last_seq = last, "owning the room");
         Ok(())
@@ -182,9 +230,11 @@ impl Owner {
         };
         while replica_last < base {
             let (log, room, from) = (self.node.log.clone(), self.room, replica_last);
-            let messages = blocking(move || log.after(room, from, 1_000)).await?;
+            let (prev, messages) =
+                blocking(move || Ok((log.stamp_at(room, from)?, log.after(room, from, 1_000)?))).await?;
             let Some(last) = messages.last().map(|m| m.seq) else { break };
-            let copy = MeshRequest::Replicate { room: self.room, epoch: self.epoch, messages };
+            let committed = self.committed.get().unwrap_or(0);
+            let copy = MeshRequest::Replicate { room: self.room, epoch: self.epoch, prev, committed, messages };
             match self.node.mesh_request(replica, copy, REPLICATION_TIMEOUT).await? {
                 MeshResponse::Stored { .. } => replica_last = last,
                 other => return Err(NodeError::from_response(other)),
@@ -262,18 +312,20 @@ impl Owner {
                     continue;
                 }
             }
-            self.commit(sends).await;
+            ready = self.commit(sends).await;
         }
     }
 
-    /// Sequences, persists, replicates, acknowledges and fans out one batch.
+    /// Sequences, persists, replicates, acknowledges and fans out one batch. Returns
+    /// whether the owner still takes sends: a batch the replica did not confirm stays in
+    /// this log unacknowledged, and the replica must be synced again (which commits it)
+    /// before the next batch (docs/REPLICATION.md, "No rollback").
     #[tracing::instrument(skip_all, fields(room = self.room, epoch = self.epoch, batch = sends.len(), first_seq, last_seq))]
-    async fn commit(&mut self, sends: Vec<PendingSend>) {
+    async fn commit(&mut self, sends: Vec<PendingSend>) -> bool {
         if self.node.replica_of(self.room).is_none() && self.node.config.replication.min_copies >= 2 {
             fail_all(sends, NodeError::Unavailable("no second node holds this room; retry shortly".into()));
-            return;
+            return true;
         }
-        let base = self.next_seq - 1;
         let ts = now_ms();
         let mut messages: Vec<StoredMessage> = Vec::new();
         let mut outcomes: Vec<(PendingSend, Sent)> = Vec::new();
@@ -319,13 +371,19 @@ impl Owner {
                 tracing::debug!(seq = message.seq, client_id = %message.client_id, "sequenced");
             }
             if let Err(e) = self.persist_and_replicate(&messages).await {
-                tracing::warn!(room = self.room, error = %e, "batch not acknowledged; rolling back");
-                self.rollback(base).await;
+                tracing::warn!(
+                    room = self.room,
+                    error = %e,
+                    "batch not acknowledged; keeping it and syncing the replica again before the next"
+                );
+                self.ready.store(false, Ordering::Release);
                 for (send, _) in outcomes {
                     let _ = send.reply.send(Err(e.clone()));
                 }
-                return;
+                return false;
             }
+            self.committed.set(self.next_seq - 1);
+            self.last_stamp = messages.last().map(stamp);
         }
         metrics::counter!("districhat_messages_acked_total").increment(messages.len() as u64);
         self.node.count_messages(messages.len() as u64);
@@ -337,6 +395,7 @@ impl Owner {
         if let Some(first) = messages.first() {
             self.fan_out(frames, first.ts);
         }
+        true
     }
 
     async fn persist_and_replicate(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
@@ -345,7 +404,13 @@ impl Owner {
             return Err(self.moved());
         }
         let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
-        let request = MeshRequest::Replicate { room: self.room, epoch: self.epoch, messages: messages.to_vec() };
+        let request = MeshRequest::Replicate {
+            room: self.room,
+            epoch: self.epoch,
+            prev: self.last_stamp.clone(),
+            committed: self.committed.get().unwrap_or(0),
+            messages: messages.to_vec(),
+        };
         match self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await? {
             MeshResponse::Stored { .. } => Ok(()),
             other => match NodeError::from_response(other) {
@@ -364,19 +429,6 @@ impl Owner {
         NodeError::Unavailable("the room moved to another node; retry".into())
     }
 
-    /// Forgets a batch that did not reach the replica, so the sequence has no holes there.
-    /// Left alone if a newer epoch took the room meanwhile: what is past `base` is then
-    /// the new owner's.
-    async fn rollback(&mut self, base: Seq) {
-        let (log, room, epoch) = (self.node.log.clone(), self.room, self.epoch);
-        match blocking(move || log.truncate_at(room, epoch, base)).await {
-            Ok(Fenced::Done(_)) => {}
-            Ok(Fenced::Stale { fence }) => tracing::info!(room, epoch, fence, "not rolling back: the room moved"),
-            Err(e) => tracing::error!(room, error = %e, "cannot roll back an unreplicated batch"),
-        }
-        self.next_seq = base + 1;
-    }
-
     /// Records which users of `node` follow the room. A node that just started following
     /// gets the room's newest message, so its sessions notice anything they missed while
     /// the owner moved; presence is re-announced only when it changed.
@@ -388,8 +440,9 @@ impl Owner {
         } else {
             self.interest.insert(node, users);
         }
-        if newcomer && self.next_seq > 1 {
-            let (log, room, last) = (self.node.log.clone(), self.room, self.next_seq - 1);
+        // Only an acknowledged message is shown (docs/REPLICATION.md, "Reads").
+        if let Some(last) = self.committed.get().filter(|last| newcomer && *last > 0) {
+            let (log, room) = (self.node.log.clone(), self.room);
             if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
                 let frames: Vec<(Seq, String)> = newest
                     .iter()

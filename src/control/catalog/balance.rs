@@ -10,8 +10,8 @@
 //! call a node that owns everything and a node that replicates everything "balanced".
 //!
 //! Only safe moves, so no acknowledged message can be lost:
-//! - **Swap**: a room's owner and replica trade roles. The replica holds every acknowledged
-//!   message, so it can sequence on; the old owner becomes the replica.
+//! - **Swap**: a room's owner and its *in-sync* replica trade roles. Such a replica holds
+//!   every acknowledged message, so it can sequence on; the old owner becomes the replica.
 //! - **Replica move**: a room's replica role goes to another `Up` node (not its owner).
 //!   The owner copies the room's whole log to it before it takes another send (a new
 //!   epoch restarts the owner, which syncs its replica first).
@@ -55,7 +55,7 @@ impl Catalog {
         let mut moves: Vec<RoomMove> = Vec::new();
         let mut moved: BTreeSet<RoomId> = BTreeSet::new();
         while moves.len() < budget {
-            let Some((room, owner, replica)) = best_swap(&self.rooms, &loads, &moved) else { break };
+            let Some((room, owner, replica)) = best_swap(self, &loads, &moved) else { break };
             moves.push(self.move_room(&mut loads, room, owner, replica, touched));
             moved.insert(room);
         }
@@ -155,13 +155,11 @@ fn load(loads: &Loads, node: ChatNodeId) -> (usize, usize) {
 /// The swap (room, new owner, new replica) that narrows the owners' gap the most: its
 /// owner owns at least two rooms more than its replica. Ties: the swap that also evens
 /// replicas the most, then the lowest room id.
-fn best_swap(
-    rooms: &BTreeMap<RoomId, Room>,
-    loads: &Loads,
-    moved: &BTreeSet<RoomId>,
-) -> Option<(RoomId, ChatNodeId, ChatNodeId)> {
-    rooms
+fn best_swap(catalog: &Catalog, loads: &Loads, moved: &BTreeSet<RoomId>) -> Option<(RoomId, ChatNodeId, ChatNodeId)> {
+    catalog
+        .rooms
         .values()
+        .filter(|room| catalog.replica_in_sync(room))
         .filter_map(|room| {
             let (owner, replica) = movable(room, loads, moved)?;
             let (owner_load, replica_load) = (load(loads, owner), load(loads, replica));
@@ -255,6 +253,8 @@ mod tests {
         for m in &moves {
             check_move(&before, catalog, m);
         }
+        // The owners copy the log to their new replicas and say so before the next batch.
+        super::super::nodes::tests::all_in_sync(catalog);
         (moves, remaining_imbalance)
     }
 
@@ -396,5 +396,17 @@ mod tests {
         let swaps: Vec<&RoomMove> = second.iter().filter(|m| m.owner != m.from_owner).collect();
         assert!(!swaps.is_empty(), "{second:?}");
         assert!(swaps.iter().all(|m| m.owner == 3 && first.iter().any(|p| p.room == m.room)), "{second:?}");
+    }
+
+    #[test]
+    fn a_swap_waits_for_the_prepared_replica_to_be_in_sync() {
+        let mut catalog = lopsided(2, 1, 12);
+        for _ in 0..2 {
+            // No owner reports its new replica in sync between the two batches.
+            let placement = catalog.placement_digest();
+            let result = catalog.apply(Command::Rebalance { max_moves: 50, placement }).0;
+            let Ok(CommandOutput::Rebalanced { moves, .. }) = result else { panic!("{result:?}") };
+            assert!(moves.iter().all(|m| m.owner == m.from_owner), "no swap onto a copy in progress: {moves:?}");
+        }
     }
 }

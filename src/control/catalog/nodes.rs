@@ -15,22 +15,27 @@
 //!   then with the lowest id. Counting replicas as the second key spreads the replicas
 //!   a failover hands out instead of piling them on one node.
 //! - A new room: owner = least-loaded, replica = least-loaded other node (or none).
-//! - A node goes down: each room it owned moves to its replica (if that is `Up`) with a new
-//!   least-loaded replica other than the new owner; each room it replicated gets a new
-//!   replica. A room it owned *without* an `Up` replica stays with it: the only copy of
-//!   that room's log is on its disk, so the room waits for the node rather than starting
-//!   over empty on another one.
+//! - A node goes down: each room it owned moves to its replica if that is `Up` and *in
+//!   sync* (its owner reported, at the room's current epoch, that it holds the whole log),
+//!   with a new least-loaded replica other than the new owner; each room it replicated
+//!   gets a new replica. A room it owned *without* an `Up`, in-sync replica stays with it:
+//!   the only complete copy of that room's log is on its disk, so the room waits for the
+//!   node rather than going on from a copy that lacks acknowledged messages
+//!   (docs/REPLICATION.md, "In-sync replicas").
 //! - A node comes up: rooms without an owner (created while no node was up) are placed
 //!   like new rooms; every room without a replica gets this node as replica (its own
 //!   rooms get the least-loaded other node).
 //!
 //! Every room whose owner or replica changes gets `epoch + 1`, so replicas fence owners
-//! that missed the change.
+//! that missed the change, and its replica is no longer in sync until its owner says so
+//! again (`ReplicasInSync`). A new room's replica is in sync from the start: its log is
+//! empty everywhere.
 
 use std::collections::BTreeMap;
 
 use super::{
-    valid_name, Catalog, CatalogError, ChatNode, ChatNodeId, CommandOutput, CommandResult, NodeStatus, Room, Touched,
+    valid_name, Catalog, CatalogError, ChatNode, ChatNodeId, CommandOutput, CommandResult, NodeStatus, Room, RoomId,
+    Touched,
 };
 
 impl Catalog {
@@ -161,6 +166,10 @@ impl Catalog {
         let loads = Loads::of(self);
         let up_other = |id: ChatNodeId| id != node && loads.is_up(id);
         for room in self.rooms.values() {
+            if room.owner == Some(node) && room.replica.is_some_and(up_other) && !self.replica_in_sync(room) {
+                let why = "its replica, which would become owner, is still receiving the log; retry shortly";
+                return Err(CatalogError::NoCapacity { room: room.id, why: why.to_string() });
+            }
             let (keeper, role) = if room.owner == Some(node) {
                 (room.replica, "its replica, which would become owner, is not Up")
             } else if room.replica == Some(node) {
@@ -181,6 +190,32 @@ impl Catalog {
         self.nodes.get(&node).ok_or(CatalogError::UnknownNode(node))
     }
 
+    /// Whether `room`'s replica holds every acknowledged message, so it may be promoted:
+    /// its owner reported so at the room's current epoch.
+    pub fn replica_in_sync(&self, room: &Room) -> bool {
+        room.replica.is_some() && self.replicas_in_sync.get(&room.id) == Some(&room.epoch)
+    }
+
+    /// `ReplicasInSync`: records each room whose owner is still `node` at that epoch, with
+    /// a replica; anything else in the report is stale and skipped.
+    pub(super) fn replicas_in_sync(
+        &mut self,
+        node: ChatNodeId,
+        rooms: Vec<(RoomId, u64)>,
+        touched: &mut Vec<Touched>,
+    ) -> CommandOutput {
+        for (id, epoch) in rooms {
+            let current = self
+                .rooms
+                .get(&id)
+                .is_some_and(|room| room.owner == Some(node) && room.epoch == epoch && room.replica.is_some());
+            if current && self.replicas_in_sync.insert(id, epoch) != Some(epoch) {
+                touched.push(Touched::ReplicaInSync(id));
+            }
+        }
+        CommandOutput::Done
+    }
+
     /// Sets the node's status to `to` (not `Up`) and moves its rooms (see the module docs).
     fn take_out(&mut self, node: ChatNodeId, to: NodeStatus, touched: &mut Vec<Touched>) -> CommandResult {
         let Some(entry) = self.nodes.get_mut(&node) else { return Err(CatalogError::UnknownNode(node)) };
@@ -188,9 +223,12 @@ impl Catalog {
         touched.push(Touched::Node(node));
         let mut loads = Loads::of(self);
         let (mut owners_moved, mut replicas_moved) = (0, 0);
+        let in_sync = &self.replicas_in_sync;
         for room in self.rooms.values_mut() {
             if room.owner == Some(node) {
-                let Some(new_owner) = room.replica.filter(|replica| loads.is_up(*replica)) else { continue };
+                let promotable =
+                    |replica: &ChatNodeId| loads.is_up(*replica) && in_sync.get(&room.id) == Some(&room.epoch);
+                let Some(new_owner) = room.replica.filter(promotable) else { continue };
                 let replica = loads.least(&[new_owner]);
                 if loads.reassign(room, Some(new_owner), replica) {
                     owners_moved += 1;
@@ -216,8 +254,16 @@ impl Catalog {
         for room in self.rooms.values_mut() {
             let (owner, replica) = match (room.owner, room.replica) {
                 (None, _) => {
+                    // Never placed before: its log is empty everywhere, so its replica is
+                    // in sync from the start.
                     let owner = loads.least(&[]);
-                    (owner, owner.and_then(|owner| loads.least(&[owner])))
+                    let replica = owner.and_then(|owner| loads.least(&[owner]));
+                    if replica.is_some() && loads.reassign(room, owner, replica) {
+                        self.replicas_in_sync.insert(room.id, room.epoch);
+                        touched.extend([Touched::Room(room.id), Touched::ReplicaInSync(room.id)]);
+                        continue;
+                    }
+                    (owner, replica)
                 }
                 (Some(owner), None) if owner != node => (Some(owner), Some(node)),
                 (Some(owner), None) => (Some(owner), loads.least(&[owner])),
@@ -326,6 +372,19 @@ pub(super) mod tests {
         catalog.rooms.values().map(|room| (room.owner, room.replica, room.epoch)).collect()
     }
 
+    /// Every owner reports its replica in sync at the room's current epoch, as owners do
+    /// once they copied the log (also used by `balance`'s tests).
+    pub(in super::super) fn all_in_sync(catalog: &mut Catalog) {
+        let reports: Vec<(ChatNodeId, RoomId, u64)> = catalog
+            .rooms
+            .values()
+            .filter_map(|room| room.owner.zip(room.replica).map(|(owner, _)| (owner, room.id, room.epoch)))
+            .collect();
+        for (node, room, epoch) in reports {
+            catalog.apply(Command::ReplicasInSync { node, rooms: vec![(room, epoch)] }).0.unwrap();
+        }
+    }
+
     fn down(catalog: &mut Catalog, node: ChatNodeId) -> (u64, u64) {
         match catalog.apply(Command::NodeDown { node }).0 {
             Ok(CommandOutput::NodeDown { owners_moved, replicas_moved, .. }) => (owners_moved, replicas_moved),
@@ -381,7 +440,9 @@ pub(super) mod tests {
         assert_eq!(placement(&catalog), vec![(Some(2), Some(3), 2), (Some(3), Some(2), 1), (Some(2), Some(3), 2)]);
         assert_eq!(down(&mut catalog, 1), (0, 0), "a second detection changes nothing");
 
-        // With one node left, replicas become None; the last node's rooms have nowhere to go.
+        // With one node left (and the new replicas synced first), replicas become None; the
+        // last node's rooms have nowhere to go.
+        all_in_sync(&mut catalog);
         assert_eq!(down(&mut catalog, 2), (2, 1));
         assert_eq!(placement(&catalog), vec![(Some(3), None, 3), (Some(3), None, 2), (Some(3), None, 3)]);
         assert_eq!(down(&mut catalog, 3), (0, 0));
@@ -501,5 +562,58 @@ pub(super) mod tests {
         register(&mut catalog, "n2", false);
         assert_eq!(drain(&mut catalog, 2), Err("node_pending"));
         assert_eq!(catalog.apply(Command::UndrainNode { node: 2 }).0.unwrap_err().code(), "node_pending");
+    }
+
+    #[test]
+    fn only_an_in_sync_replica_is_promoted() {
+        let mut catalog = setup(&["n1", "n2", "n3"], 1);
+        assert!(catalog.replica_in_sync(&catalog.rooms[&1]), "a new room's replica holds its (empty) log");
+        // n2, the replica, dies: n3 replaces it, and is not in sync until n1 says so.
+        assert_eq!(down(&mut catalog, 2), (0, 1));
+        assert_eq!(placement(&catalog), vec![(Some(1), Some(3), 2)]);
+        assert!(!catalog.replica_in_sync(&catalog.rooms[&1]));
+        // n1 dies while n3 is still receiving the log: the room waits for n1.
+        assert_eq!(down(&mut catalog, 1), (0, 0));
+        assert_eq!(placement(&catalog), vec![(Some(1), Some(3), 2)], "not promoted");
+        let refused = catalog.apply(Command::AssignRoom { room: 1, owner: 3, replica: None, epoch: 2 }).0;
+        assert_eq!(refused.unwrap_err().code(), "replica_not_in_sync");
+        // n1 comes back and syncs n3; now n3 may take over.
+        catalog.apply(Command::NodeUp { node: 1 }).0.unwrap();
+        let stale = Command::ReplicasInSync { node: 1, rooms: vec![(1, 1)] };
+        catalog.apply(stale).0.unwrap();
+        assert!(!catalog.replica_in_sync(&catalog.rooms[&1]), "a report of an older epoch counts for nothing");
+        let foreign = Command::ReplicasInSync { node: 3, rooms: vec![(1, 2)] };
+        catalog.apply(foreign).0.unwrap();
+        assert!(!catalog.replica_in_sync(&catalog.rooms[&1]), "only the owner vouches for its replica");
+        let (result, touched) = catalog.apply(Command::ReplicasInSync { node: 1, rooms: vec![(1, 2)] });
+        result.unwrap();
+        assert_eq!(touched, vec![Touched::ReplicaInSync(1)]);
+        assert_eq!(down(&mut catalog, 1), (1, 0));
+        assert_eq!(placement(&catalog), vec![(Some(3), None, 3)]);
+    }
+
+    #[test]
+    fn a_node_down_decided_in_another_term_is_refused() {
+        let mut catalog = setup(&["n1", "n2", "n3"], 1);
+        let decided = Command::NodeDownInTerm { node: 1, term: 4 };
+        let (refused, touched) = catalog.apply_in_term(decided.clone(), Some(5));
+        assert_eq!(refused.unwrap_err().code(), "stale_decision");
+        assert!(touched.is_empty());
+        assert_eq!(catalog.nodes[&1].status, NodeStatus::Up);
+        assert_eq!(catalog.apply(decided.clone()).0.unwrap_err().code(), "stale_decision", "no term: refused");
+        assert!(catalog.apply_in_term(decided, Some(4)).0.is_ok());
+        assert_eq!(catalog.nodes[&1].status, NodeStatus::Down);
+    }
+
+    #[test]
+    fn a_drain_waits_for_its_rooms_replicas_to_be_in_sync() {
+        let mut catalog = setup(&["n1", "n2", "n3"], 1);
+        down(&mut catalog, 2);
+        catalog.apply(Command::NodeUp { node: 2 }).0.unwrap();
+        let refused = catalog.apply(Command::DrainNode { node: 1 }).0;
+        assert_eq!(refused.unwrap_err().code(), "no_capacity", "n3 is still receiving room 1's log");
+        all_in_sync(&mut catalog);
+        assert!(catalog.apply(Command::DrainNode { node: 1 }).0.is_ok());
+        assert_eq!(catalog.rooms[&1].owner, Some(3));
     }
 }

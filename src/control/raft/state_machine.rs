@@ -2,7 +2,7 @@
 //!
 //! The catalog lives in memory for reads ([`SharedCatalog`]) and is persisted row by row:
 //! one column family per table (`users`, `rooms`, `members`, `nodes`, `read_marks`,
-//! `ended_sessions`) plus `sm_meta`
+//! `ended_sessions`, `replicas_in_sync`) plus `sm_meta`
 //! (catalog counters, last applied log id, last membership). Each `apply` call writes the
 //! rows it touched and the new applied log id in one atomic batch. Snapshots are the
 //! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
@@ -32,9 +32,11 @@ pub const CF_MEMBERS: &str = "members";
 pub const CF_NODES: &str = "nodes";
 pub const CF_READ_MARKS: &str = "read_marks";
 pub const CF_ENDED_SESSIONS: &str = "ended_sessions";
+pub const CF_REPLICAS_IN_SYNC: &str = "replicas_in_sync";
 pub const CF_SM_META: &str = "sm_meta";
 
-const TABLES: [&str; 6] = [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES, CF_READ_MARKS, CF_ENDED_SESSIONS];
+const TABLES: [&str; 7] =
+    [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES, CF_READ_MARKS, CF_ENDED_SESSIONS, CF_REPLICAS_IN_SYNC];
 const KEY_CATALOG_META: &[u8] = b"catalog_meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -139,6 +141,10 @@ impl StateMachineStore {
         for (key, _) in self.scan(CF_ENDED_SESSIONS)? {
             catalog.ended_sessions.insert(store::key_pair(&key).map_err(sm_read)?);
         }
+        for (key, value) in self.scan(CF_REPLICAS_IN_SYNC)? {
+            let (room, epoch) = (store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+            catalog.replicas_in_sync.insert(room, epoch);
+        }
         catalog.rebuild_indexes();
         Ok((catalog, applied))
     }
@@ -172,6 +178,10 @@ impl StateMachineStore {
                     let present = catalog.session_ended(user, expires_ms).then(|| Ok(Vec::new()));
                     (CF_ENDED_SESSIONS, store::pair_key(user, expires_ms).to_vec(), present)
                 }
+                Touched::ReplicaInSync(room) => {
+                    let epoch = catalog.replicas_in_sync.get(&room).map(store::encode);
+                    (CF_REPLICAS_IN_SYNC, store::u64_key(room).to_vec(), epoch)
+                }
                 Touched::Member(room, user) => {
                     let present = catalog.is_member(room, user).then(|| Ok(Vec::new()));
                     (CF_MEMBERS, store::pair_key(room, user).to_vec(), present)
@@ -203,6 +213,7 @@ impl StateMachineStore {
         touched.extend(catalog.members.iter().map(|(room, user)| Touched::Member(*room, *user)));
         touched.extend(catalog.read_marks.keys().map(|(user, room)| Touched::ReadMark(*user, *room)));
         touched.extend(catalog.ended_sessions.iter().map(|(user, expires)| Touched::EndedSession(*user, *expires)));
+        touched.extend(catalog.replicas_in_sync.keys().map(|room| Touched::ReplicaInSync(*room)));
         self.persist_rows(&catalog, &touched, &mut batch)?;
         let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
@@ -220,20 +231,16 @@ impl StateMachineStore {
 }
 
 /// The catalog and position a snapshot holds. Snapshots of older formats still load:
-/// before read marks (no marks) and before ended sessions (none ended). Each format must
-/// use every byte, so an older one never half-reads a newer one.
+/// before read marks (no marks), before ended sessions (none ended) and before in-sync
+/// replicas (none in sync: owners report theirs again within a heartbeat). Each format
+/// must use every byte, so an older one never half-reads a newer one.
 fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
     let data = &snapshot.data;
-    let mut catalog: Catalog = match store::decode_exact(data) {
-        Ok(catalog) => catalog,
-        Err(e) => match store::decode_exact::<CatalogBeforeEndedSessions>(data) {
-            Ok(older) => older.into(),
-            Err(_) => match store::decode_exact::<CatalogBeforeReadMarks>(data) {
-                Ok(oldest) => oldest.into(),
-                Err(_) => return Err(snap_read(e)),
-            },
-        },
-    };
+    let decoded = store::decode_exact::<Catalog>(data)
+        .or_else(|e| store::decode_exact::<CatalogBeforeInSync>(data).map(Catalog::from).map_err(|_| e))
+        .or_else(|e| store::decode_exact::<CatalogBeforeEndedSessions>(data).map(Catalog::from).map_err(|_| e))
+        .or_else(|e| store::decode_exact::<CatalogBeforeReadMarks>(data).map(Catalog::from).map_err(|_| e));
+    let mut catalog = decoded.map_err(snap_read)?;
     catalog.rebuild_indexes();
     let applied =
         AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
@@ -256,6 +263,21 @@ struct CatalogBeforeReadMarks {
 struct CatalogBeforeEndedSessions {
     older: CatalogBeforeReadMarks,
     read_marks: BTreeMap<(UserId, RoomId), u64>,
+}
+
+/// The snapshot format of the catalog before `replicas_in_sync` was added.
+#[derive(Serialize, Deserialize)]
+struct CatalogBeforeInSync {
+    older: CatalogBeforeEndedSessions,
+    ended_sessions: BTreeSet<(UserId, u64)>,
+}
+
+impl From<CatalogBeforeInSync> for Catalog {
+    fn from(before: CatalogBeforeInSync) -> Self {
+        let mut catalog: Catalog = before.older.into();
+        catalog.ended_sessions = before.ended_sessions;
+        catalog
+    }
 }
 
 impl From<CatalogBeforeEndedSessions> for Catalog {
@@ -341,7 +363,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Blank => results.push(Ok(CommandOutput::Done)),
                 EntryPayload::Normal(command) => {
-                    let (result, rows) = state.catalog.apply(command);
+                    let term = entry.log_id.leader_id.term;
+                    let (result, rows) = state.catalog.apply_in_term(command, Some(term));
                     touched.extend(rows);
                     results.push(result);
                 }
@@ -437,18 +460,42 @@ mod format_tests {
         let mut same = Catalog::default();
         same.read_marks.insert((1, 2), 7);
         let mut legacy = store::encode(&before_sessions).expect("encode");
-        legacy.push(0);
-        assert_eq!(store::encode(&same).expect("encode"), legacy);
+        legacy.extend([0, 0]);
+        assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty ended sessions and in-sync replicas");
         let state = decode_snapshot(&stored(store::encode(&before_sessions).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(1, 2)], 7, "read marks of the intermediate format are kept");
         assert!(state.catalog.ended_sessions.is_empty());
 
+        let before_in_sync = CatalogBeforeInSync {
+            older: CatalogBeforeEndedSessions {
+                older: CatalogBeforeReadMarks {
+                    meta: CatalogMeta::default(),
+                    users: BTreeMap::new(),
+                    rooms: BTreeMap::new(),
+                    members: BTreeSet::new(),
+                    nodes: BTreeMap::new(),
+                },
+                read_marks: BTreeMap::new(),
+            },
+            ended_sessions: BTreeSet::from([(5, 2_000)]),
+        };
+        let mut same = Catalog::default();
+        same.ended_sessions.insert((5, 2_000));
+        let mut legacy = store::encode(&before_in_sync).expect("encode");
+        legacy.push(0);
+        assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty in-sync replicas");
+        let state = decode_snapshot(&stored(store::encode(&before_in_sync).expect("encode"))).expect("loads");
+        assert!(state.catalog.session_ended(5, 2_000), "ended sessions of the format before in-sync are kept");
+        assert!(state.catalog.replicas_in_sync.is_empty());
+
         let mut current = Catalog::default();
         current.read_marks.insert((3, 4), 9);
         current.ended_sessions.insert((3, 1_000));
+        current.replicas_in_sync.insert(8, 3);
         let state = decode_snapshot(&stored(store::encode(&current).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(3, 4)], 9);
         assert!(state.catalog.session_ended(3, 1_000), "the newest format is read whole");
+        assert_eq!(state.catalog.replicas_in_sync[&8], 3);
 
         let mut longer = store::encode(&current).expect("encode");
         longer.push(0);
