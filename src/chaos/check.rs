@@ -41,6 +41,8 @@ pub struct Findings {
     pub catalog_mismatches: usize,
     /// Rounds after which some room did not take sends within the bound.
     pub slow_recoveries: usize,
+    /// Rooms whose history no control could serve at the end (checked as empty).
+    pub unreadable_histories: usize,
 }
 
 impl Findings {
@@ -57,6 +59,7 @@ impl Findings {
             owner_mismatches,
             catalog_mismatches,
             slow_recoveries,
+            unreadable_histories,
         } = self;
         [
             lost,
@@ -70,6 +73,7 @@ impl Findings {
             owner_mismatches,
             catalog_mismatches,
             slow_recoveries,
+            unreadable_histories,
         ]
         .iter()
         .all(|count| **count == 0)

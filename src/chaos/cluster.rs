@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::netns::Net;
 use crate::control::secret::SECRET_HEADER;
-use crate::drill::process::Cluster;
+use crate::drill::process::{self, Cluster};
 
 pub const CONTROLS: [&str; 3] = ["c1", "c2", "c3"];
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -24,7 +24,8 @@ const SECRET: &str = "chaos-cluster-secret";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub owner: u64,
-    pub replica: u64,
+    /// `None` while the room has no second copy (no other node up).
+    pub replica: Option<u64>,
 }
 
 pub struct ChaosCluster {
@@ -38,7 +39,8 @@ pub struct ChaosCluster {
 impl ChaosCluster {
     /// Writes the configs under `dir`, starts every process, and returns once a leader is
     /// elected and the three nodes are up.
-    pub async fn start(dir: &Path, netns: bool) -> anyhow::Result<Self> {
+    /// The processes run `binary` (default: this one).
+    pub async fn start(dir: &Path, netns: bool, binary: Option<PathBuf>) -> anyhow::Result<Self> {
         let (data, configs) = (dir.join("data"), dir.join("configs"));
         std::fs::create_dir_all(&data)?;
         std::fs::create_dir_all(&configs)?;
@@ -79,11 +81,16 @@ impl ChaosCluster {
             );
             std::fs::write(configs.join(format!("{name}.toml")), config)?;
         }
-        let mut processes = Cluster::new(&control_urls[0], &data, &configs)?;
-        if let Some(net) = &net {
-            let (net, exe) = (net.clone(), std::env::current_exe()?);
-            processes = processes.with_launcher(Box::new(move |name| net.command(name, &exe)));
-        }
+        let exe = match binary {
+            Some(binary) => binary,
+            None => std::env::current_exe()?,
+        };
+        let net_of_launcher = net.clone();
+        let launcher: process::Launcher = Box::new(move |name| match &net_of_launcher {
+            Some(net) => net.command(name, &exe),
+            None => std::process::Command::new(&exe),
+        });
+        let processes = Cluster::new(&control_urls[0], &data, &configs)?.with_launcher(launcher);
         let cluster = Self { processes, control_urls, data, net };
         for (i, name) in CONTROLS.iter().enumerate() {
             cluster.processes.spawn(name, "control", if i == 0 { &["--init"] } else { &[] })?;
@@ -140,7 +147,7 @@ impl ChaosCluster {
                         .flatten()
                         .filter_map(|room| {
                             let placement =
-                                Placement { owner: room["owner"].as_u64()?, replica: room["replica"].as_u64()? };
+                                Placement { owner: room["owner"].as_u64()?, replica: room["replica"].as_u64() };
                             Some((room["id"].as_u64()?, placement))
                         })
                         .collect());
