@@ -3,7 +3,8 @@
 //! - a reader must never see a message its owner wrote but its replica did not confirm
 //!   (scenario 4: the owner rolled such a batch back and gave its seqs to others);
 //! - a failover must never promote a replica that is still receiving the room's log
-//!   (scenario 2: the replica dies, a new one is copying, the owner dies).
+//!   (scenario 2: the replica dies, a new one is copying, the owner dies);
+//! - a node cut off from the control plane sends its clients elsewhere (scenario 6).
 //!
 //! A node that "pauses" is played by a socket on its address that accepts connections and
 //! never answers, which is what a stopped process looks like to its peers.
@@ -221,4 +222,57 @@ async fn a_replica_still_receiving_the_log_is_never_promoted() {
         assert_eq!(final_history.get(seq), Some(client_id), "acknowledged {client_id} at seq {seq}");
     }
     assert_eq!(final_history.len() as u64, MESSAGES + 1);
+}
+
+/// Scenario 6: a node cut off from the control plane (here: every control stopped) stops
+/// taking sends once its lease runs out and closes its browsers' connections with 4009,
+/// so they move to a node the control plane can reach; it serves again once a leader
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_the_control_plane_sends_its_clients_elsewhere() {
+    let mut cluster = ChatCluster::start_configured(2, |_| {}, |node| node.control_lease_ms = 1_500).await;
+    let api = Api::logged_in(&cluster.url(), "leased").await;
+    let room = cluster.create_room(&api, "leased", false).await;
+    let (room, owner) = (room["id"].as_u64().unwrap(), cluster.index_of(room["owner"].as_u64().unwrap()));
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut client = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    send_acked(&mut client, room, "before", Duration::from_secs(20)).await;
+
+    for i in 0..3 {
+        cluster.controls.stop(i).await;
+    }
+    let closed_at = Instant::now();
+    let mut isolated = None;
+    while closed_at.elapsed() < Duration::from_secs(20) && isolated.is_none() {
+        match client.next(Duration::from_millis(500)).await {
+            Some(frame) if frame["type"] == "error" && frame["code"] == "isolated" => isolated = Some(frame),
+            _ => {}
+        }
+    }
+    assert!(isolated.is_some(), "the node told its client it lost the control plane");
+    assert!(client.next(Duration::from_secs(5)).await.is_none(), "and closed the connection");
+    let refused = tokio_tungstenite::connect_async(cluster.node(owner).ws_url()).await;
+    assert!(refused.is_err(), "an isolated node takes no new connections");
+
+    for i in 0..3 {
+        cluster.controls.restart(i).await;
+    }
+    cluster.controls.wait_ready().await;
+    let ws_url = cluster.node(owner).ws_url();
+    let ws_token = wait_for("a token once the controls are back", Duration::from_secs(30), || {
+        let (api, base) = (api.clone(), cluster.url());
+        async move {
+            let response = api.http.get(format!("{base}/api/token")).bearer_auth(api.token.as_deref()?).send().await;
+            let body: Value = response.ok()?.json().await.ok()?;
+            body["token"].as_str().map(str::to_string)
+        }
+    })
+    .await;
+    wait_for("the node to take connections again", Duration::from_secs(30), || {
+        let url = ws_url.clone();
+        async move { tokio_tungstenite::connect_async(url).await.ok().map(|_| ()) }
+    })
+    .await;
+    let mut again = WsClient::connect(&ws_url, &ws_token).await;
+    assert_eq!(send_acked(&mut again, room, "after", Duration::from_secs(30)).await, 2);
 }

@@ -37,6 +37,17 @@ pub struct NodeConfig {
     /// one of `controls`, or no Origin header (non-browser clients).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// The control-plane lease, in ms: a node that has had no heartbeat answered by a
+    /// leader for this long stops taking sends for the rooms it owns and closes its
+    /// browser connections with code 4009 (`isolated`), so clients move to a node the
+    /// control plane can reach (docs/REPLICATION.md, "Leases"). About the controls'
+    /// `node_timeout_ms`, after which they move its rooms anyway.
+    #[serde(default = "default_control_lease_ms")]
+    pub control_lease_ms: u64,
+}
+
+fn default_control_lease_ms() -> u64 {
+    3_000
 }
 
 /// Per-connection limits; a breach gets an error frame, the connection lives on.
@@ -116,6 +127,7 @@ impl NodeConfig {
             limits: Limits::default(),
             replication: Replication::default(),
             allowed_origins: Vec::new(),
+            control_lease_ms: default_control_lease_ms(),
         }
     }
 }

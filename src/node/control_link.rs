@@ -74,6 +74,8 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
     let mut last_messages = node.messages_total();
     let mut last_tick = std::time::Instant::now();
     let mut control_index = 0usize;
+    let lease = Duration::from_millis(node.config.control_lease_ms);
+    let mut answered_at = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -108,6 +110,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                     if let Some(table) = routes {
                         node.apply_routes(table);
                     }
+                    answered_at = std::time::Instant::now();
                     break;
                 }
                 Ok(HeartbeatReply::NotLeader { leader: Some(leader) }) => {
@@ -131,6 +134,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
+        node.set_isolated(answered_at.elapsed() > lease);
     }
 }
 

@@ -29,6 +29,9 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
     if !origin_allowed(&node, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    if node.is_isolated() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this node lost the control plane; use another").into_response();
+    }
     let max = node.config.limits.max_frame_bytes;
     // Frames a little over the limit still arrive, so the session can answer
     // `frame_too_large` instead of the socket being cut.

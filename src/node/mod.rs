@@ -142,6 +142,9 @@ pub struct NodeInner {
     messages: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// True while the control-plane lease has run out (see `NodeConfig::control_lease_ms`):
+    /// owners refuse sends and sessions close with 4009. Set by the heartbeat loop.
+    isolated: watch::Sender<bool>,
 }
 
 /// A cheap handle on the node's shared state.
@@ -234,6 +237,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         messages: AtomicU64::new(0),
         next_session: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
+        isolated: watch::Sender::new(false),
     }));
     let router = http::router(node.clone());
     let mut stop = shutdown_rx.clone();
@@ -324,6 +328,26 @@ impl Node {
             .filter(|route| owners.get(&route.id).is_some_and(|owner| owner.epoch == route.epoch && owner.is_ready()))
             .map(|route| (route.id, route.epoch))
             .collect()
+    }
+
+    /// Whether this node's control-plane lease has run out.
+    pub fn is_isolated(&self) -> bool {
+        *self.isolated.borrow()
+    }
+
+    /// Notified when the lease runs out or is regained.
+    pub fn isolation(&self) -> watch::Receiver<bool> {
+        self.isolated.subscribe()
+    }
+
+    /// Records whether the lease has run out; logs the changes.
+    fn set_isolated(&self, isolated: bool) {
+        let changed = self.isolated.send_if_modified(|current| std::mem::replace(current, isolated) != isolated);
+        if changed && isolated {
+            tracing::warn!(node = self.id, "no leader answered for the lease: refusing sends and closing connections");
+        } else if changed {
+            tracing::info!(node = self.id, "the control plane answers again: taking sends and connections");
+        }
     }
 
     pub fn leader_url(&self) -> String {
@@ -422,6 +446,11 @@ impl Node {
     }
 
     async fn send_local(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
+        if self.is_isolated() {
+            // The control plane may have moved this room already: let the sender's node
+            // look again (docs/REPLICATION.md, "Leases").
+            return Err(NodeError::Unavailable("this node lost the control plane; retry".into()));
+        }
         let mut tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
         if tx.is_none() {
             // Asked as owner before our routing table says so: it may just be stale.

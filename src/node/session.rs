@@ -63,6 +63,7 @@ pub async fn run(node: Node, mut socket: WebSocket) {
     node.connections.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("districhat_connections").increment(1.0);
     let mut shutdown = node.shutdown.clone();
+    let mut isolation = node.isolation();
     loop {
         let outgoing: Vec<Message> = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -78,6 +79,11 @@ pub async fn run(node: Node, mut socket: WebSocket) {
             _ = kick.notified() => {
                 let _ = socket.send(error("lagging", "this connection fell behind; reconnect and resume", None)).await;
                 let _ = socket.send(Message::Close(Some(CloseFrame { code: 4008, reason: "lagging".into() }))).await;
+                break;
+            }
+            _ = async { drop(isolation.wait_for(|isolated| *isolated).await) } => {
+                let _ = socket.send(error("isolated", "this node lost the control plane; reconnect to another", None)).await;
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 4009, reason: "isolated".into() }))).await;
                 break;
             }
             _ = crate::stopped(&mut shutdown) => break,
