@@ -2,8 +2,10 @@
 //!
 //! Column families: `messages` (room ‖ seq, big-endian → bincode [`StoredMessage`], so a
 //! range scan is history), `dedupe` (room ‖ sender ‖ client_id → seq, written with the
-//! message so a replica has it too) and `fences` (room → newest epoch seen, so a stale
-//! owner is refused). All calls block: async callers use `spawn_blocking`.
+//! message so a replica has it too) and `fences` (room → newest epoch seen ‖ highest seq
+//! stored at that epoch as a replica, so a stale owner is refused and a late `Adopt` of
+//! the same epoch drops nothing stored since: docs/REPLICATION.md, I8). All calls block:
+//! async callers use `spawn_blocking`.
 //!
 //! Writes that depend on a room's fence (a replica storing, an owner appending, a new
 //! owner or replica taking an epoch) go through the `*_at` methods, which
@@ -67,7 +69,7 @@ impl RoomLog {
         if let Some(fence) = self.pass_fence(room, epoch, true)? {
             return Ok(Fenced::Stale { fence });
         }
-        self.append(room, messages)?;
+        self.append(room, messages, None)?;
         Ok(Fenced::Done(()))
     }
 
@@ -96,12 +98,16 @@ impl RoomLog {
         if !follows {
             return Ok(Fenced::Done(Replicated::Gap));
         }
-        self.append(room, messages)?;
+        // The highest seq stored at this epoch goes in the same durable write as the
+        // messages, so it is on disk before the owner hears `Stored`.
+        self.append(room, messages, Some(epoch))?;
         Ok(Fenced::Done(Replicated::Stored))
     }
 
     /// Takes the room at `epoch` (a new owner, or a replica adopting a new owner): raises
-    /// the fence, drops entries past `truncate_past` if given, and returns the last seq.
+    /// the fence, drops entries past `truncate_past` if given — never one this node stored
+    /// as a replica at `epoch` itself (a late `Adopt` of the current owner must not undo
+    /// what it replicated since) — and returns the last seq.
     pub fn take_epoch(
         &self,
         room: RoomId,
@@ -113,7 +119,10 @@ impl RoomLog {
             return Ok(Fenced::Stale { fence });
         }
         let dropped = match truncate_past {
-            Some(base) => self.truncate_after(room, base)?,
+            Some(base) => {
+                let (fence, stored) = self.fence_record(room)?;
+                self.truncate_after(room, if fence == epoch { base.max(stored) } else { base })?
+            }
             None => 0,
         };
         Ok(Fenced::Done((self.last_seq(room)?, dropped)))
@@ -150,7 +159,9 @@ impl RoomLog {
     /// batch its owner rolled back and sequenced anew) also drops the replaced one's
     /// dedupe key, so a retry of the replaced message is not answered with a seq that
     /// now holds another message.
-    fn append(&self, room: RoomId, messages: &[StoredMessage]) -> Result<(), StoreError> {
+    /// `replica_epoch`: written by a replica at that (current) epoch, which records the
+    /// highest seq stored at it with the fence.
+    fn append(&self, room: RoomId, messages: &[StoredMessage], replica_epoch: Option<u64>) -> Result<(), StoreError> {
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
         let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
         let mut batch = WriteBatch::default();
@@ -165,6 +176,12 @@ impl RoomLog {
         for message in messages {
             batch.put_cf(messages_cf, store::pair_key(room, message.seq), store::encode(message)?);
             batch.put_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id), message.seq.to_be_bytes());
+        }
+        if let (Some(epoch), Some(last)) = (replica_epoch, messages.last().map(|m| m.seq)) {
+            let (_, stored) = self.fence_record(room)?;
+            if last > stored {
+                batch.put_cf(store::cf(&self.db, CF_FENCES)?, store::u64_key(room), store::pair_key(epoch, last));
+            }
         }
         let mut options = WriteOptions::default();
         options.set_sync(self.fsync);
@@ -276,19 +293,30 @@ impl RoomLog {
 
     /// The newest epoch this node has accepted for the room (0: none).
     pub fn fence(&self, room: RoomId) -> Result<u64, StoreError> {
+        Ok(self.fence_record(room)?.0)
+    }
+
+    /// (newest epoch accepted, highest seq stored at it as a replica). A record of the
+    /// older format holds the epoch alone.
+    fn fence_record(&self, room: RoomId) -> Result<(u64, Seq), StoreError> {
         let cf = store::cf(&self.db, CF_FENCES)?;
         match self.db.get_cf(cf, store::u64_key(room))? {
-            Some(bytes) => store::key_u64(&bytes),
-            None => Ok(0),
+            Some(bytes) if bytes.len() == 8 => Ok((store::key_u64(&bytes)?, 0)),
+            Some(bytes) => store::key_pair(&bytes),
+            None => Ok((0, 0)),
         }
     }
 
-    /// Raises the room's fence to `epoch` (durably).
+    /// Raises the room's fence to `epoch` (durably); nothing is stored at it yet.
     fn set_fence(&self, room: RoomId, epoch: u64) -> Result<(), StoreError> {
+        self.write_fence(room, epoch, 0)
+    }
+
+    fn write_fence(&self, room: RoomId, epoch: u64, stored: Seq) -> Result<(), StoreError> {
         let cf = store::cf(&self.db, CF_FENCES)?;
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.db.put_cf_opt(cf, store::u64_key(room), epoch.to_be_bytes(), &options)?;
+        self.db.put_cf_opt(cf, store::u64_key(room), store::pair_key(epoch, stored), &options)?;
         Ok(())
     }
 }
@@ -329,8 +357,8 @@ mod tests {
     fn log_scans_ranges_per_room_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false).unwrap();
-        log.append(1, &(1..=5).map(message).collect::<Vec<_>>()).unwrap();
-        log.append(2, &[message(1)]).unwrap();
+        log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
+        log.append(2, &[message(1)], None).unwrap();
         assert_eq!(log.last_seq(1).unwrap(), 5);
         assert_eq!(log.last_seq(3).unwrap(), 0);
         let seqs = |m: Vec<StoredMessage>| m.iter().map(|m| m.seq).collect::<Vec<_>>();
@@ -350,8 +378,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false).unwrap();
         assert!(log.tail_stamps(1, 3).unwrap().is_empty());
-        log.append(1, &(1..=5).map(message).collect::<Vec<_>>()).unwrap();
-        log.append(2, &[message(9)]).unwrap();
+        log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
+        log.append(2, &[message(9)], None).unwrap();
         let stamps = log.tail_stamps(1, 3).unwrap();
         assert_eq!(stamps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(stamps[0], stamp(&message(3)));
@@ -361,23 +389,23 @@ mod tests {
     fn dedupe_keys_follow_the_message_that_holds_the_seq() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false).unwrap();
-        log.append(1, &[message(1), message(2)]).unwrap();
+        log.append(1, &[message(1), message(2)], None).unwrap();
         // A replica gets seq 2 again with another message (its owner rolled back and
         // sequenced anew): the replaced message's dedupe key goes.
         let other = StoredMessage { client_id: "other".into(), ..message(2) };
-        log.append(1, std::slice::from_ref(&other)).unwrap();
+        log.append(1, std::slice::from_ref(&other), None).unwrap();
         assert_eq!(log.dedupe(1, 1, "c2").unwrap(), None);
         assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
         // The same message again changes nothing.
-        log.append(1, &[other]).unwrap();
+        log.append(1, &[other], None).unwrap();
         assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
         let retried = StoredMessage { client_id: "c1".into(), ..message(3) };
-        log.append(1, &[retried]).unwrap();
+        log.append(1, &[retried], None).unwrap();
         assert_eq!(log.truncate_after(1, 0).unwrap(), 3);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), None, "all three went");
         // A client_id stored again at another seq keeps that key when the old seq goes.
-        log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }]).unwrap();
-        log.append(1, &[message(1)]).unwrap();
+        log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }], None).unwrap();
+        log.append(1, &[message(1)], None).unwrap();
         assert_eq!(log.truncate_after(1, 1).unwrap(), 1);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), Some(1), "seq 1 still holds c1");
     }
@@ -412,5 +440,21 @@ mod tests {
         assert_eq!(log.stamp_at(1, 3).unwrap(), Some(stamp(&message(3))));
         assert_eq!(log.stamp_at(1, 4).unwrap(), None);
         assert_eq!(log.replicate_at(1, 0, Some(&at_two), &[message(3)]).unwrap(), Fenced::Stale { fence: 1 });
+    }
+
+    #[test]
+    fn a_late_adopt_never_drops_what_was_stored_at_its_epoch() {
+        // The model check's counterexample (tests/replication_model.rs): an owner's first
+        // Adopt at epoch 2 times out, a second one succeeds, a batch is stored and
+        // acknowledged; then the first Adopt arrives, with the older base.
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        assert_eq!(log.take_epoch(1, 2, Some(0)).unwrap(), Fenced::Done((0, 0)), "the second Adopt");
+        let stored = log.replicate_at(1, 2, None, &[message(1), message(2)]).unwrap();
+        assert_eq!(stored, Fenced::Done(Replicated::Stored));
+        assert_eq!(log.take_epoch(1, 2, Some(0)).unwrap(), Fenced::Done((2, 0)), "the late Adopt drops nothing");
+        assert_eq!(log.last_seq(1).unwrap(), 2);
+        // A newer epoch's Adopt may still drop what the newer owner lacks.
+        assert_eq!(log.take_epoch(1, 3, Some(1)).unwrap(), Fenced::Done((1, 1)));
     }
 }
