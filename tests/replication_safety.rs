@@ -15,68 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::chat::{token, ChatCluster, WsClient};
+use common::chat::{answer, fill, history, send_acked, token, ChatCluster, WsClient};
 use common::{wait_for, Api};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-
-/// Sends and waits for the ack, retrying (same client_id) while the room is unavailable.
-async fn send_acked(ws: &mut WsClient, room: u64, client_id: &str, within: Duration) -> u64 {
-    let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < within, "{client_id} not acknowledged within {within:?}");
-        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": format!("text of {client_id}")}))
-            .await;
-        match answer(ws, client_id).await {
-            Ok(seq) => return seq,
-            Err(frame) => {
-                assert_eq!(frame["code"], "unavailable", "only an unavailable room may refuse: {frame}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The ack (its seq) or the error frame answering `client_id`.
-async fn answer(ws: &mut WsClient, client_id: &str) -> Result<u64, Value> {
-    loop {
-        let frame = ws.next(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("no answer to {client_id}"));
-        match frame["type"].as_str() {
-            Some("ack") if frame["client_id"] == client_id => return Ok(frame["seq"].as_u64().expect("seq")),
-            Some("error") if frame["ref"] == client_id => return Err(frame),
-            _ => {}
-        }
-    }
-}
-
-/// The room's whole history through the control's REST API (pages of the newest first),
-/// as seq → client_id, or `None` when it cannot be read right now.
-async fn history(api: &Api, base: &str, room: u64) -> Option<BTreeMap<u64, String>> {
-    let mut all = BTreeMap::new();
-    let mut before = String::new();
-    loop {
-        let page: Value = api
-            .http
-            .get(format!("{base}/api/rooms/{room}/messages?limit=100{before}"))
-            .bearer_auth(api.token.as_deref()?)
-            .send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let messages = page["messages"].as_array()?;
-        for message in messages {
-            all.insert(message["seq"].as_u64()?, message["client_id"].as_str()?.to_string());
-        }
-        match messages.iter().filter_map(|m| m["seq"].as_u64()).min() {
-            Some(first) if page["has_more"].as_bool() == Some(true) => before = format!("&before={first}"),
-            _ => return Some(all),
-        }
-    }
-}
 
 /// Holds `addr` with a listener that accepts connections and never answers, until the
 /// returned task is aborted (which closes every accepted socket).
@@ -180,20 +122,7 @@ async fn a_replica_still_receiving_the_log_is_never_promoted() {
     const MESSAGES: u64 = 1_500;
     let (ws_token, _) = token(&api, &cluster.url()).await;
     let mut writer = WsClient::connect(&cluster.node(third).ws_url(), &ws_token).await;
-    for i in 0..MESSAGES {
-        writer.send(json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": "x"})).await;
-    }
-    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
-    while (acked.len() as u64) < MESSAGES {
-        let frame = writer.next(Duration::from_secs(20)).await.expect("an answer to every send");
-        match frame["type"].as_str() {
-            Some("ack") => {
-                acked.insert(frame["seq"].as_u64().expect("seq"), frame["client_id"].as_str().unwrap().to_string());
-            }
-            Some("error") => panic!("a send failed before any fault: {frame}"),
-            _ => {}
-        }
-    }
+    let acked = fill(&mut writer, room, MESSAGES).await;
 
     // The replica dies; once the catalog gives the room a new replica (which the owner
     // starts copying the log to), the owner dies too.

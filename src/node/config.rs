@@ -76,11 +76,15 @@ pub struct Replication {
     pub min_copies: u8,
     /// fsync the room log's WAL before acknowledging (once per batch: group commit).
     pub fsync: bool,
+    /// At most this many older messages per second a new owner copies to its replica
+    /// behind live sends after a failover (docs/REPLICATION.md, "Background copy"): it
+    /// bounds the disk and network the copy takes from live traffic. 0: no bound.
+    pub backfill_per_sec: u32,
 }
 
 impl Default for Replication {
     fn default() -> Self {
-        Self { min_copies: 2, fsync: true }
+        Self { min_copies: 2, fsync: true, backfill_per_sec: 50_000 }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Chat-node helpers for integration tests: a cluster of real controls and real nodes on
 //! port 0, and a small WebSocket client that speaks the browser protocol.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use districhat::config::ControlConfig;
@@ -216,4 +217,83 @@ impl WsClient {
         }
         panic!("not subscribed within 15 s");
     }
+}
+
+/// Sends and waits for the ack, retrying (same client_id) while the room is unavailable.
+pub async fn send_acked(ws: &mut WsClient, room: u64, client_id: &str, within: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < within, "{client_id} not acknowledged within {within:?}");
+        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": format!("text of {client_id}")}))
+            .await;
+        match answer(ws, client_id).await {
+            Ok(seq) => return seq,
+            Err(frame) => {
+                assert_eq!(frame["code"], "unavailable", "only an unavailable room may refuse: {frame}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The ack (its seq) or the error frame answering `client_id`.
+pub async fn answer(ws: &mut WsClient, client_id: &str) -> Result<u64, Value> {
+    loop {
+        let frame = ws.next(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("no answer to {client_id}"));
+        match frame["type"].as_str() {
+            Some("ack") if frame["client_id"] == client_id => return Ok(frame["seq"].as_u64().expect("seq")),
+            Some("error") if frame["ref"] == client_id => return Err(frame),
+            _ => {}
+        }
+    }
+}
+
+/// The room's whole history through the control's REST API (pages of the newest first),
+/// as seq → client_id, or `None` when it cannot be read right now.
+pub async fn history(api: &Api, base: &str, room: u64) -> Option<BTreeMap<u64, String>> {
+    let mut all = BTreeMap::new();
+    let mut before = String::new();
+    loop {
+        let page: Value = api
+            .http
+            .get(format!("{base}/api/rooms/{room}/messages?limit=100{before}"))
+            .bearer_auth(api.token.as_deref()?)
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let messages = page["messages"].as_array()?;
+        for message in messages {
+            all.insert(message["seq"].as_u64()?, message["client_id"].as_str()?.to_string());
+        }
+        match messages.iter().filter_map(|m| m["seq"].as_u64()).min() {
+            Some(first) if page["has_more"].as_bool() == Some(true) => before = format!("&before={first}"),
+            _ => return Some(all),
+        }
+    }
+}
+
+/// Sends `count` messages (client_ids `m0`, `m1`, ...) without waiting between them and
+/// collects their acks, as seq -> client_id; panics on any error (no fault is expected).
+pub async fn fill(ws: &mut WsClient, room: u64, count: u64) -> BTreeMap<u64, String> {
+    for i in 0..count {
+        ws.send(json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": "x"})).await;
+    }
+    let mut acked = BTreeMap::new();
+    while (acked.len() as u64) < count {
+        let frame = ws.next(Duration::from_secs(20)).await.expect("an answer to every send");
+        match frame["type"].as_str() {
+            Some("ack") => {
+                let client_id = frame["client_id"].as_str().expect("client_id").to_string();
+                acked.insert(frame["seq"].as_u64().expect("seq"), client_id);
+            }
+            Some("error") => panic!("a send failed before any fault: {frame}"),
+            _ => {}
+        }
+    }
+    acked
 }
