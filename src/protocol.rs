@@ -287,6 +287,16 @@ pub enum MeshRequest {
     /// that finds a stamp differing from its own log at seq `d` adopts again with
     /// `base = d - 1`.
     Adopt { room: RoomId, epoch: u64, base: Seq },
+    /// To a replica that adopted `epoch` and whose log ends at `after`, far behind the
+    /// owner: store `message` (the owner's last entry) and record that everything between
+    /// is missing, to be filled in by [`MeshRequest::Backfill`] while the owner takes
+    /// sends (docs/REPLICATION.md, "Background copy"). Refused unless the replica's fence
+    /// is `epoch` and its log still ends at `after`.
+    Seed { room: RoomId, epoch: u64, after: Seq, message: StoredMessage },
+    /// To a replica with a missing range, at `epoch`: older entries of the owner's log,
+    /// ascending, starting at the range's first seq. Stored only if they fit the range
+    /// exactly; either way the answer says what is still missing.
+    Backfill { room: RoomId, epoch: u64, messages: Vec<StoredMessage> },
     /// To the owner: these users of node `node` follow the room (empty: none any more).
     Interest { room: RoomId, node: NodeId, users: Vec<String> },
     /// To the owner: someone is typing.
@@ -323,9 +333,17 @@ pub enum MeshResponse {
     /// The replica's last seq after adopting, and the stamps of its last messages (at
     /// most the owner's largest batch, ascending) so the owner can find entries that
     /// differ from its own log at the same seqs (a stale tail) and drop those too.
+    /// `missing`: seqs below `last_seq` the replica still lacks (an interrupted background
+    /// copy), first and last.
     Adopted {
         last_seq: Seq,
         tail: Vec<MessageStamp>,
+        missing: Option<(Seq, Seq)>,
+    },
+    /// The answer to [`MeshRequest::Seed`] and [`MeshRequest::Backfill`]: what the
+    /// replica still lacks, first and last seq (`None`: it holds the whole log).
+    Copied {
+        missing: Option<(Seq, Seq)>,
     },
     Messages {
         messages: Vec<StoredMessage>,

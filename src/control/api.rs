@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api_error::{ApiError, ApiJson};
 use super::auth;
-use super::catalog::{Command, CommandOutput, Room, UserId};
+use super::catalog::{Catalog, Command, CommandOutput, Room, UserId};
 use super::raft::state_machine::read_state;
 use super::{admin, chat_api, cluster, drain, nodes, raft, read_marks, rebalance, web, write, AppState};
 use crate::now_ms;
@@ -180,13 +180,17 @@ pub(super) struct RoomView {
     owner: Option<u64>,
     replica: Option<u64>,
     epoch: u64,
+    /// Whether the replica holds the room's whole log (it may take over if the owner
+    /// fails; false while a new replica is still receiving it: docs/REPLICATION.md).
+    replica_in_sync: bool,
     /// Whether the caller is a member.
     member: bool,
 }
 
 impl RoomView {
-    pub(super) fn new(room: &Room, member: bool) -> Self {
+    pub(super) fn new(catalog: &Catalog, room: &Room, member: bool) -> Self {
         Self {
+            replica_in_sync: catalog.replica_in_sync(room),
             id: room.id,
             name: room.name.clone(),
             private: room.private,
@@ -211,7 +215,7 @@ async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> Result<J
     let rooms = state
         .catalog
         .visible_rooms(user)
-        .map(|room| RoomView::new(room, state.catalog.is_member(room.id, user)))
+        .map(|room| RoomView::new(&state.catalog, room, state.catalog.is_member(room.id, user)))
         .collect();
     Ok(Json(RoomList { rooms }))
 }
@@ -232,7 +236,10 @@ async fn create_room(
     let user = current_user(&app, &headers)?;
     let command = Command::CreateRoom { name: body.name, private: body.private, created_by: user, at_ms: now_ms() };
     match app.writer.write(command).await? {
-        CommandOutput::Room(room) => Ok((StatusCode::CREATED, Json(RoomView::new(&room, true))).into_response()),
+        CommandOutput::Room(room) => {
+            let view = RoomView::new(&read_state(&app.state).catalog, &room, true);
+            Ok((StatusCode::CREATED, Json(view)).into_response())
+        }
         other => Err(ApiError::internal(format!("CreateRoom returned {other:?}"))),
     }
 }

@@ -183,7 +183,7 @@ async fn open_dm(
         // Already there: answer from this member's catalog without a Raft write.
         if let Some(room) = catalog.room_by_name(&dm_name(caller, peer)) {
             if room.is_dm() && catalog.is_member(room.id, caller) {
-                return Ok((StatusCode::OK, Json(RoomView::new(room, true))).into_response());
+                return Ok((StatusCode::OK, Json(RoomView::new(catalog, room, true))).into_response());
             }
         }
         peer
@@ -191,7 +191,8 @@ async fn open_dm(
     match app.writer.write(Command::CreateDm { a: caller, b: peer, at_ms: now_ms() }).await? {
         CommandOutput::Dm { room, created } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok((status, Json(RoomView::new(&room, true))).into_response())
+            let view = RoomView::new(&read_state(&app.state).catalog, &room, true);
+            Ok((status, Json(view)).into_response())
         }
         other => Err(ApiError::internal(format!("CreateDm returned {other:?}"))),
     }

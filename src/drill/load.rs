@@ -146,13 +146,14 @@ impl Load {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Load {
-    /// Sends messages to `room`, preferring nodes other than `avoid` (the victim).
-    pub fn chat(http: reqwest::Client, control: String, token: String, room: u64, avoid: String) -> Self {
+    /// Sends messages to `room`, preferring nodes other than `avoid` (the victim), and
+    /// follows it from seq `since` on.
+    pub fn chat(http: reqwest::Client, control: String, token: String, room: u64, avoid: String, since: u64) -> Self {
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
         let task = tokio::spawn(async move {
             let run: u32 = rand::random();
-            let mut last_seen = 0u64;
+            let mut last_seen = since;
             let mut ws: Option<Ws> = None;
             let mut i = 0u64;
             while !state.stop.load(Ordering::SeqCst) {

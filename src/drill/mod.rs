@@ -5,6 +5,7 @@
 //! checks that every acknowledged write is present exactly once and in order. It prints
 //! a table per round and a summary, and fails if anything was lost, doubled or reordered.
 
+mod history;
 pub(crate) mod load;
 pub(crate) mod process;
 
@@ -49,6 +50,10 @@ pub struct DrillArgs {
     /// Where `<name>.toml` configs are (to restart a killed process).
     #[arg(long, default_value = "cluster")]
     pub configs: PathBuf,
+    /// kill-node and kill-replica: fill each round's room with this many messages first
+    /// (failover must not take longer for a long history).
+    #[arg(long, default_value_t = 0)]
+    pub history: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -64,6 +69,9 @@ pub struct Round {
     pub lost: usize,
     pub duplicated: usize,
     pub out_of_order: usize,
+    /// kill-node and kill-replica: from the kill until the catalog showed the room's
+    /// (new) replica in sync again, holding the whole log.
+    pub replica_in_sync_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,7 +103,7 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<DrillReport> {
     for round in 1..=args.rounds {
         let result = match args.scenario {
             Scenario::KillLeader => leader_round(&cluster, &token, round).await?,
-            Scenario::KillNode | Scenario::KillReplica => node_round(&cluster, &token, round, args.scenario).await?,
+            Scenario::KillNode | Scenario::KillReplica => node_round(&cluster, &token, round, args).await?,
             Scenario::RestartAll => restart_all_round(&cluster, &token, round).await?,
         };
         eprintln!("round {round}: {} back after {:.0} ms", result.victim, result.recovery_ms);
@@ -132,27 +140,30 @@ async fn leader_round(cluster: &Cluster, token: &str, round: usize) -> anyhow::R
     Ok(round_result(round, leader.name, killed_at, &report, check))
 }
 
-/// Kill the owner (or replica) of a fresh room under a stream of chat sends.
-async fn node_round(cluster: &Cluster, token: &str, round: usize, scenario: Scenario) -> anyhow::Result<Round> {
+/// Kill the owner (or replica) of a fresh room (with `--history` messages in it) under a
+/// stream of chat sends.
+async fn node_round(cluster: &Cluster, token: &str, round: usize, args: &DrillArgs) -> anyhow::Result<Round> {
     let room = cluster.create_room(token, &format!("drill-{:08x}-{round}", rand::random::<u32>())).await?;
-    let victim_id = if scenario == Scenario::KillNode { room.owner } else { room.replica };
+    let victim_id = if args.scenario == Scenario::KillNode { room.owner } else { room.replica };
     let victim = cluster.node(victim_id).await?;
-    let load = Load::chat(
-        cluster.http.clone(),
-        cluster.control().to_string(),
-        token.to_string(),
-        room.id,
-        victim.addr.clone(),
-    );
+    let since = match args.history {
+        0 => 0,
+        count => history::fill(&cluster.http, cluster.control(), token, room.id, count).await?,
+    };
+    let (http, control) = (cluster.http.clone(), cluster.control().to_string());
+    let load = Load::chat(http, control, token.to_string(), room.id, victim.addr.clone(), since);
     load.wait_acks(20).await?;
     let killed_at = cluster.kill(&victim.name).await?;
     load.wait_success_after(killed_at, Duration::from_secs(60)).await?;
+    cluster.wait_replica_in_sync(token, room.id, Duration::from_secs(600)).await?;
+    let in_sync_ms = killed_at.elapsed().as_secs_f64() * 1000.0;
     cluster.restart(&victim.name, "node").await?;
     cluster.wait_node_up(victim_id).await?;
     load.wait_acks(load.acked() + 20).await?;
     let report = load.stop().await;
     let check = load::check_history(&cluster.http, cluster.control(), token, room.id, &report).await?;
-    Ok(round_result(round, victim.name, killed_at, &report, check))
+    let result = round_result(round, victim.name, killed_at, &report, check);
+    Ok(Round { replica_in_sync_ms: Some(in_sync_ms), ..result })
 }
 
 /// Kill every process under both loads (catalog writes and chat sends), start them all
@@ -162,7 +173,7 @@ async fn restart_all_round(cluster: &Cluster, token: &str, round: usize) -> anyh
     let room = cluster.create_room(token, &name).await?;
     let (http, control) = (cluster.http.clone(), cluster.control().to_string());
     let writes = Load::control(http.clone(), cluster.control_urls().await?, token.to_string(), format!("{name}-w"));
-    let chat = Load::chat(http, control, token.to_string(), room.id, String::new());
+    let chat = Load::chat(http, control, token.to_string(), room.id, String::new(), 0);
     writes.wait_acks(20).await?;
     chat.wait_acks(20).await?;
     let processes = cluster.processes();
@@ -188,6 +199,7 @@ async fn restart_all_round(cluster: &Cluster, token: &str, round: usize) -> anyh
         round,
         victim: format!("all {}", processes.len()),
         recovery_ms: writes_back.recovery_ms.max(chat_back.recovery_ms),
+        replica_in_sync_ms: None,
         acked: writes_back.acked + chat_back.acked,
         lost: writes_back.lost + chat_back.lost,
         duplicated: writes_back.duplicated + chat_back.duplicated,
@@ -205,18 +217,20 @@ fn round_result(round: usize, victim: String, killed_at: Instant, report: &LoadR
         lost: check.lost,
         duplicated: check.duplicated,
         out_of_order: check.out_of_order,
+        replica_in_sync_ms: None,
     }
 }
 
 pub fn render(report: &DrillReport) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["round", "killed", "recovery", "acked", "lost", "duplicated", "out of order"]);
+    table.set_header(["round", "killed", "recovery", "replica in sync", "acked", "lost", "duplicated", "out of order"]);
     for r in &report.rounds {
         table.add_row([
             r.round.to_string(),
             r.victim.clone(),
             format!("{:.0} ms", r.recovery_ms),
+            r.replica_in_sync_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.0} ms")),
             r.acked.to_string(),
             r.lost.to_string(),
             r.duplicated.to_string(),

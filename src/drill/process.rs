@@ -132,6 +132,17 @@ impl Cluster {
         })
     }
 
+    /// Waits until the catalog shows `room`'s replica in sync (holding the whole log).
+    pub async fn wait_replica_in_sync(&self, token: &str, room: u64, timeout: Duration) -> anyhow::Result<()> {
+        wait("the room's replica to be in sync", timeout, || async {
+            let response = self.http.get(format!("{}/api/rooms", self.control)).bearer_auth(token).send().await;
+            let Ok(rooms) = response.and_then(|r| r.error_for_status()) else { return false };
+            let rooms: Value = rooms.json().await.unwrap_or(Value::Null);
+            rooms["rooms"].as_array().into_iter().flatten().any(|r| r["id"] == room && r["replica_in_sync"] == true)
+        })
+        .await
+    }
+
     /// SIGKILLs the process `name`, waits until it is gone, and returns when the signal
     /// was sent (recovery is measured from there: the `kill` command itself takes a few
     /// milliseconds to start, during which the victim still serves).

@@ -4,8 +4,10 @@
 //! range scan is history), `dedupe` (room ‖ sender ‖ client_id → seq, written with the
 //! message so a replica has it too) and `fences` (room → newest epoch seen ‖ highest seq
 //! stored at that epoch as a replica, so a stale owner is refused and a late `Adopt` of
-//! the same epoch drops nothing stored since: docs/REPLICATION.md, I8). All calls block:
-//! async callers use `spawn_blocking`.
+//! the same epoch drops nothing stored since: docs/REPLICATION.md, I8) and `missing`
+//! (room → first ‖ last seq a replica still lacks while its owner copies the older log in
+//! the background: docs/REPLICATION.md, "Background copy", I9). All calls block: async
+//! callers use `spawn_blocking`.
 //!
 //! Writes that depend on a room's fence (a replica storing, an owner appending, a new
 //! owner or replica taking an epoch) go through the `*_at` methods, which
@@ -25,6 +27,7 @@ use crate::store::{self, StoreError};
 const CF_MESSAGES: &str = "messages";
 const CF_DEDUPE: &str = "dedupe";
 const CF_FENCES: &str = "fences";
+const CF_MISSING: &str = "missing";
 /// Rooms share this many fence locks (room id modulo), so rooms rarely wait on each other.
 const FENCE_STRIPES: usize = 64;
 
@@ -46,6 +49,10 @@ pub enum Replicated {
     Gap,
 }
 
+/// Seqs `first..=last` a replica lacks below its last entry (docs/REPLICATION.md,
+/// "Background copy").
+pub type Missing = Option<(Seq, Seq)>;
+
 /// The outcome of a write guarded by a room's fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced<T> {
@@ -59,7 +66,7 @@ pub enum Fenced<T> {
 impl RoomLog {
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, StoreError> {
         let fence_locks = Arc::new((0..FENCE_STRIPES).map(|_| Mutex::new(())).collect());
-        Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES])?, fsync, fence_locks })
+        Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES, CF_MISSING])?, fsync, fence_locks })
     }
 
     /// Appends for a writer at `epoch` (an owner, or an owner's replication): refused if
@@ -104,6 +111,82 @@ impl RoomLog {
         Ok(Fenced::Done(Replicated::Stored))
     }
 
+    /// A replica that adopted `epoch` and whose log ends at `after` stores `message` (its
+    /// owner's last entry, past `after + 1`) and records everything between as missing,
+    /// joined to a missing range it already had, in one durable write. Refused with
+    /// [`Replicated::Gap`] (nothing written) if the fence is not `epoch` yet or the log
+    /// no longer ends at `after`. Returns the missing range.
+    pub fn seed_at(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        after: Seq,
+        message: &StoredMessage,
+    ) -> Result<Fenced<Result<Missing, Replicated>>, StoreError> {
+        let _guard = self.fence_lock(room);
+        let fence = self.fence(room)?;
+        if epoch < fence {
+            return Ok(Fenced::Stale { fence });
+        }
+        if epoch > fence || self.last_seq(room)? != after || message.seq <= after + 1 {
+            return Ok(Fenced::Done(Err(Replicated::Gap)));
+        }
+        let first = self.missing(room)?.map_or(after + 1, |(first, _)| first);
+        let missing = Some((first, message.seq - 1));
+        let mut batch = self.append_batch(room, std::slice::from_ref(message), Some(epoch))?;
+        self.put_missing(&mut batch, room, missing)?;
+        self.write(batch, self.fsync)?;
+        Ok(Fenced::Done(Ok(missing)))
+    }
+
+    /// A replica at `epoch` stores older entries of its owner's log into its missing range
+    /// if they start exactly at the range's first seq, follow each other and end inside
+    /// it, and shrinks the range in the same durable write. Otherwise nothing is written.
+    /// Returns what is still missing.
+    pub fn backfill_at(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        messages: &[StoredMessage],
+    ) -> Result<Fenced<Missing>, StoreError> {
+        let _guard = self.fence_lock(room);
+        let fence = self.fence(room)?;
+        if epoch < fence {
+            return Ok(Fenced::Stale { fence });
+        }
+        let missing = self.missing(room)?;
+        let (Some((first, last)), Some(end)) = (missing, messages.last().map(|m| m.seq)) else {
+            return Ok(Fenced::Done(missing));
+        };
+        let fits = epoch == fence && messages.iter().enumerate().all(|(i, m)| m.seq == first + i as Seq) && end <= last;
+        if !fits {
+            return Ok(Fenced::Done(missing));
+        }
+        let rest = (end < last).then_some((end + 1, last));
+        let mut batch = self.append_batch(room, messages, None)?;
+        self.put_missing(&mut batch, room, rest)?;
+        self.write(batch, self.fsync)?;
+        Ok(Fenced::Done(rest))
+    }
+
+    /// The seqs this replica still lacks below its last entry, if any.
+    pub fn missing(&self, room: RoomId) -> Result<Missing, StoreError> {
+        let cf = store::cf(&self.db, CF_MISSING)?;
+        match self.db.get_cf(cf, store::u64_key(room))? {
+            Some(bytes) => Ok(Some(store::key_pair(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_missing(&self, batch: &mut WriteBatch, room: RoomId, missing: Missing) -> Result<(), StoreError> {
+        let cf = store::cf(&self.db, CF_MISSING)?;
+        match missing {
+            Some((first, last)) => batch.put_cf(cf, store::u64_key(room), store::pair_key(first, last)),
+            None => batch.delete_cf(cf, store::u64_key(room)),
+        }
+        Ok(())
+    }
+
     /// Takes the room at `epoch` (a new owner, or a replica adopting a new owner): raises
     /// the fence, drops entries past `truncate_past` if given — never one this node stored
     /// as a replica at `epoch` itself (a late `Adopt` of the current owner must not undo
@@ -121,7 +204,13 @@ impl RoomLog {
         let dropped = match truncate_past {
             Some(base) => {
                 let (fence, stored) = self.fence_record(room)?;
-                self.truncate_after(room, if fence == epoch { base.max(stored) } else { base })?
+                let base = if fence == epoch { base.max(stored) } else { base };
+                match self.missing(room)? {
+                    // Cutting into or below a missing range leaves nothing above it worth
+                    // keeping: the log becomes the plain prefix below the range.
+                    Some((first, last)) if base <= last => self.truncate_after(room, base.min(first - 1), true)?,
+                    _ => self.truncate_after(room, base, false)?,
+                }
             }
             None => 0,
         };
@@ -155,13 +244,24 @@ impl RoomLog {
     }
 
     /// Appends messages (and their dedupe keys) in one atomic write, fsynced if configured.
-    /// A message that replaces a different one at the same seq (a replica receiving a
-    /// batch its owner rolled back and sequenced anew) also drops the replaced one's
-    /// dedupe key, so a retry of the replaced message is not answered with a seq that
-    /// now holds another message.
+    /// `replica_epoch`: see [`Self::append_batch`].
+    fn append(&self, room: RoomId, messages: &[StoredMessage], replica_epoch: Option<u64>) -> Result<(), StoreError> {
+        self.write(self.append_batch(room, messages, replica_epoch)?, self.fsync)
+    }
+
+    /// The write of [`Self::append`]. A message that replaces a different one at the same
+    /// seq (a replica receiving a batch its owner rolled back and sequenced anew, or an
+    /// older entry copied over a stale one) also drops the replaced one's dedupe key, so a
+    /// retry of the replaced message is not answered with a seq that now holds another
+    /// message.
     /// `replica_epoch`: written by a replica at that (current) epoch, which records the
     /// highest seq stored at it with the fence.
-    fn append(&self, room: RoomId, messages: &[StoredMessage], replica_epoch: Option<u64>) -> Result<(), StoreError> {
+    fn append_batch(
+        &self,
+        room: RoomId,
+        messages: &[StoredMessage],
+        replica_epoch: Option<u64>,
+    ) -> Result<WriteBatch, StoreError> {
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
         let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
         let mut batch = WriteBatch::default();
@@ -183,8 +283,12 @@ impl RoomLog {
                 batch.put_cf(store::cf(&self.db, CF_FENCES)?, store::u64_key(room), store::pair_key(epoch, last));
             }
         }
+        Ok(batch)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
-        options.set_sync(self.fsync);
+        options.set_sync(sync);
         self.db.write_opt(batch, &options)?;
         Ok(())
     }
@@ -255,10 +359,11 @@ impl RoomLog {
         Ok(messages)
     }
 
-    /// Deletes every message of the room with seq > `base` (and their dedupe keys).
-    fn truncate_after(&self, room: RoomId, base: Seq) -> Result<usize, StoreError> {
+    /// Deletes every message of the room with seq > `base` (and their dedupe keys), and
+    /// the missing range with them if `clear_missing`.
+    fn truncate_after(&self, room: RoomId, base: Seq, clear_missing: bool) -> Result<usize, StoreError> {
         let doomed = self.after(room, base, usize::MAX)?;
-        if doomed.is_empty() {
+        if doomed.is_empty() && !clear_missing {
             return Ok(0);
         }
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
@@ -267,9 +372,10 @@ impl RoomLog {
             batch.delete_cf(messages_cf, store::pair_key(room, message.seq));
             self.forget_dedupe(&mut batch, room, message)?;
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        if clear_missing {
+            self.put_missing(&mut batch, room, None)?;
+        }
+        self.write(batch, true)?;
         Ok(doomed.len())
     }
 
@@ -365,7 +471,7 @@ mod tests {
         assert_eq!(seqs(log.after(1, 2, 10).unwrap()), vec![3, 4, 5]);
         assert_eq!(seqs(log.before(1, 4, 2).unwrap()), vec![3, 2]);
         assert_eq!(log.dedupe(1, 1, "c3").unwrap(), Some(3));
-        assert_eq!(log.truncate_after(1, 3).unwrap(), 2);
+        assert_eq!(log.truncate_after(1, 3, false).unwrap(), 2);
         assert_eq!(log.last_seq(1).unwrap(), 3);
         assert_eq!(log.dedupe(1, 1, "c4").unwrap(), None);
         assert_eq!(log.last_seq(2).unwrap(), 1);
@@ -401,12 +507,12 @@ mod tests {
         assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
         let retried = StoredMessage { client_id: "c1".into(), ..message(3) };
         log.append(1, &[retried], None).unwrap();
-        assert_eq!(log.truncate_after(1, 0).unwrap(), 3);
+        assert_eq!(log.truncate_after(1, 0, false).unwrap(), 3);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), None, "all three went");
         // A client_id stored again at another seq keeps that key when the old seq goes.
         log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }], None).unwrap();
         log.append(1, &[message(1)], None).unwrap();
-        assert_eq!(log.truncate_after(1, 1).unwrap(), 1);
+        assert_eq!(log.truncate_after(1, 1, false).unwrap(), 1);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), Some(1), "seq 1 still holds c1");
     }
 
@@ -456,5 +562,56 @@ mod tests {
         assert_eq!(log.last_seq(1).unwrap(), 2);
         // A newer epoch's Adopt may still drop what the newer owner lacks.
         assert_eq!(log.take_epoch(1, 3, Some(1)).unwrap(), Fenced::Done((1, 1)));
+    }
+
+    #[test]
+    fn a_seeded_replica_records_what_it_lacks_until_the_owner_filled_it_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        log.append(1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
+        // Not adopted at epoch 3 yet, or the log no longer ends where the owner thinks.
+        assert_eq!(log.seed_at(1, 3, 2, &message(10)).unwrap(), Fenced::Done(Err(Replicated::Gap)));
+        assert_eq!(log.take_epoch(1, 3, Some(2)).unwrap(), Fenced::Done((2, 0)));
+        assert_eq!(log.seed_at(1, 3, 1, &message(10)).unwrap(), Fenced::Done(Err(Replicated::Gap)));
+        assert_eq!(log.seed_at(1, 3, 2, &message(10)).unwrap(), Fenced::Done(Ok(Some((3, 9)))));
+        assert_eq!(log.missing(1).unwrap(), Some((3, 9)));
+        assert_eq!(log.last_seq(1).unwrap(), 10);
+        // Live replication follows the seed.
+        let at_ten = stamp(&message(10));
+        assert_eq!(log.replicate_at(1, 3, Some(&at_ten), &[message(11)]).unwrap(), Fenced::Done(Replicated::Stored));
+        // Chunks that do not start at the range, skip a seq or overrun it store nothing.
+        let range = |seqs: std::ops::RangeInclusive<Seq>| seqs.map(message).collect::<Vec<_>>();
+        assert_eq!(log.backfill_at(1, 3, &range(4..=5)).unwrap(), Fenced::Done(Some((3, 9))));
+        assert_eq!(log.backfill_at(1, 3, &[message(3), message(5)]).unwrap(), Fenced::Done(Some((3, 9))));
+        assert_eq!(log.backfill_at(1, 3, &range(3..=10)).unwrap(), Fenced::Done(Some((3, 9))));
+        assert_eq!(log.backfill_at(1, 2, &range(3..=4)).unwrap(), Fenced::Stale { fence: 3 });
+        assert_eq!(log.stamp_at(1, 4).unwrap(), None, "nothing stored by the refusals");
+        assert_eq!(log.backfill_at(1, 3, &range(3..=6)).unwrap(), Fenced::Done(Some((7, 9))));
+        assert_eq!(log.dedupe(1, 1, "c5").unwrap(), Some(5), "back-filled entries carry their dedupe keys");
+        // The range survives a late Adopt of the same epoch and a reopen.
+        assert_eq!(log.take_epoch(1, 3, Some(2)).unwrap(), Fenced::Done((11, 0)));
+        drop(log);
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        assert_eq!(log.missing(1).unwrap(), Some((7, 9)));
+        assert_eq!(log.backfill_at(1, 3, &range(7..=9)).unwrap(), Fenced::Done(None));
+        assert_eq!(log.missing(1).unwrap(), None);
+        assert_eq!(log.after(1, 0, 100).unwrap().len(), 11, "the whole log, no hole");
+    }
+
+    #[test]
+    fn adopting_below_a_missing_range_leaves_the_plain_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RoomLog::open(dir.path(), false).unwrap();
+        log.append(1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
+        assert_eq!(log.take_epoch(1, 2, Some(2)).unwrap(), Fenced::Done((2, 0)));
+        assert_eq!(log.seed_at(1, 2, 2, &message(9)).unwrap(), Fenced::Done(Ok(Some((3, 8)))));
+        assert_eq!(log.backfill_at(1, 2, &[message(3), message(4)]).unwrap(), Fenced::Done(Some((5, 8))));
+        // A newer owner whose log ends above the range keeps it as it is.
+        assert_eq!(log.take_epoch(1, 3, Some(9)).unwrap(), Fenced::Done((9, 0)));
+        assert_eq!(log.missing(1).unwrap(), Some((5, 8)));
+        // One whose log ends inside it: what lies above the range's start goes with it.
+        assert_eq!(log.take_epoch(1, 4, Some(6)).unwrap(), Fenced::Done((4, 1)));
+        assert_eq!(log.missing(1).unwrap(), None);
+        assert_eq!(log.after(1, 0, 100).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     }
 }

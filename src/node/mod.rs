@@ -317,15 +317,18 @@ impl Node {
     }
 
     /// (room, epoch) of the rooms `routes` gives this node to own, with a replica the
-    /// table does not show in sync, whose owner synced that replica at that epoch: what
-    /// the next heartbeat reports (docs/REPLICATION.md, "In-sync replicas").
+    /// table does not show in sync, whose owner synced that replica at that epoch and
+    /// finished any background copy to it: what the next heartbeat reports
+    /// (docs/REPLICATION.md, "The configuration and who may change it", I9).
     pub fn replicas_synced(&self, routes: &Routes) -> Vec<(RoomId, u64)> {
         let owners = self.owners_lock();
         routes
             .rooms
             .values()
             .filter(|route| route.owner == Some(self.id) && route.replica.is_some() && !route.replica_in_sync)
-            .filter(|route| owners.get(&route.id).is_some_and(|owner| owner.epoch == route.epoch && owner.is_ready()))
+            .filter(|route| {
+                owners.get(&route.id).is_some_and(|owner| owner.epoch == route.epoch && owner.replica_complete())
+            })
             .map(|route| (route.id, route.epoch))
             .collect()
     }
@@ -513,6 +516,12 @@ impl Node {
         let log = self.log.clone();
         let limit = limit as usize;
         blocking(move || {
+            if log.missing(room)?.is_some() {
+                // A read across the range would skip messages (docs/REPLICATION.md, "Reads").
+                return Ok(Err(NodeError::Unavailable(
+                    "this copy of the room is still receiving older messages".into(),
+                )));
+            }
             let held = log.last_seq(room)?;
             let last_seq = match committed {
                 Some(committed) => held.min(committed),
@@ -660,6 +669,8 @@ impl Dispatch for Node {
                 self.store_replica(room, epoch, prev, committed, messages).await
             }
             MeshRequest::Adopt { room, epoch, base } => self.adopt(room, epoch, base).await,
+            MeshRequest::Seed { room, epoch, after, message } => self.store_seed(room, epoch, after, message).await,
+            MeshRequest::Backfill { room, epoch, messages } => self.store_backfill(room, epoch, messages).await,
             MeshRequest::Fetch { room, after, before, limit } => self
                 .fetch_local(room, after, before, limit.min(1_000))
                 .await
@@ -732,7 +743,42 @@ impl Node {
         // Only the owner at `epoch` (busy waiting for this answer) or a newer one writes
         // the room now, so this read belongs with the truncation above.
         let log = self.log.clone();
-        let tail = blocking(move || log.tail_stamps(room, owner::MAX_BATCH)).await?;
-        Ok(MeshResponse::Adopted { last_seq, tail })
+        let (tail, missing) =
+            blocking(move || Ok((log.tail_stamps(room, owner::MAX_BATCH)?, log.missing(room)?))).await?;
+        Ok(MeshResponse::Adopted { last_seq, tail, missing })
+    }
+
+    /// A seeded replica: store the owner's newest entry and record what lies between as
+    /// missing (docs/REPLICATION.md, "Background copy").
+    async fn store_seed(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        after: Seq,
+        message: StoredMessage,
+    ) -> Result<MeshResponse, NodeError> {
+        let log = self.log.clone();
+        match blocking(move || log.seed_at(room, epoch, after, &message)).await? {
+            Fenced::Done(Ok(missing)) => {
+                tracing::info!(room, epoch, ?missing, "seeded by the owner; receiving the older log in the background");
+                Ok(MeshResponse::Copied { missing })
+            }
+            Fenced::Done(Err(_)) => Err(NodeError::LogMismatch),
+            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        }
+    }
+
+    /// A chunk of the older log for this replica's missing range.
+    async fn store_backfill(
+        &self,
+        room: RoomId,
+        epoch: u64,
+        messages: Vec<StoredMessage>,
+    ) -> Result<MeshResponse, NodeError> {
+        let log = self.log.clone();
+        match blocking(move || log.backfill_at(room, epoch, &messages)).await? {
+            Fenced::Done(missing) => Ok(MeshResponse::Copied { missing }),
+            Fenced::Stale { .. } => Err(NodeError::StaleEpoch),
+        }
     }
 }

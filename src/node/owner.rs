@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::{stamp, Fenced};
+use super::log::{stamp, Fenced, Missing};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
@@ -34,6 +34,12 @@ const START_RETRY_FIRST: Duration = Duration::from_millis(250);
 const START_RETRY_LAST: Duration = Duration::from_secs(2);
 /// How long the owner waits for its replica.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most entries a new owner copies to its replica before taking sends; a replica that
+/// lacks more is seeded and filled in behind live sends (docs/REPLICATION.md,
+/// "Background copy"). Also the size of one copy chunk.
+const INLINE_COPY: usize = 1_000;
+/// How long the background copy waits after its replica did not answer.
+const BACKFILL_RETRY: Duration = Duration::from_secs(1);
 
 /// What an owner task is asked to do.
 pub enum OwnerCommand {
@@ -64,8 +70,12 @@ pub struct OwnerHandle {
     pub epoch: u64,
     pub tx: mpsc::Sender<OwnerCommand>,
     /// Set once the owner took the room over (its replica adopted the epoch and holds the
-    /// log): from then on it takes sends. Heartbeats count the owners still without it.
+    /// log's newest entry): from then on it takes sends. Heartbeats count the owners still
+    /// without it.
     ready: Arc<AtomicBool>,
+    /// Set once the replica holds the whole log (no background copy left): what makes the
+    /// owner report it in sync (docs/REPLICATION.md, I9).
+    replica_complete: Arc<AtomicBool>,
     /// The commit point (see [`CommitPoint`]), shared with the task.
     committed: CommitPoint,
     task: tokio::task::AbortHandle,
@@ -75,6 +85,12 @@ impl OwnerHandle {
     /// Whether the owner has synced its replica and takes sends.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the owner's replica holds its whole log: ready, and no background copy
+    /// left.
+    pub fn replica_complete(&self) -> bool {
+        self.is_ready() && self.replica_complete.load(Ordering::Acquire)
     }
 
     /// The highest seq known to be acknowledged (`None` until the owner first took the
@@ -110,8 +126,9 @@ impl Drop for OwnerHandle {
 pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
     let (tx, rx) = mpsc::channel(4_096);
     let ready = Arc::new(AtomicBool::new(false));
+    let replica_complete = Arc::new(AtomicBool::new(false));
     let committed = CommitPoint::default();
-    let (flag, commit_point) = (ready.clone(), committed.clone());
+    let (flag, complete, commit_point) = (ready.clone(), replica_complete.clone(), committed.clone());
     let task = tokio::spawn(async move {
         let mut owner = Owner {
             node,
@@ -122,6 +139,8 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
             interest: HashMap::new(),
             ready: flag,
             committed: commit_point,
+            backfill: None,
+            replica_complete: complete,
         };
         let ready = match owner.start().await {
             Ok(()) => true,
@@ -132,7 +151,7 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
         };
         owner.run(rx, ready).await;
     });
-    OwnerHandle { epoch, tx, ready, committed, task: task.abort_handle() }
+    OwnerHandle { epoch, tx, ready, replica_complete, committed, task: task.abort_handle() }
 }
 
 struct Owner {
@@ -150,6 +169,19 @@ struct Owner {
     ready: Arc<AtomicBool>,
     /// Shared with the [`OwnerHandle`], for reads.
     committed: CommitPoint,
+    /// The background copy still to do, if the replica was seeded.
+    backfill: Option<Backfill>,
+    /// Shared with the [`OwnerHandle`]: the replica holds the whole log.
+    replica_complete: Arc<AtomicBool>,
+}
+
+/// What the replica still lacks of the older log, and when the next chunk may go.
+#[derive(Debug, Clone, Copy)]
+struct Backfill {
+    first: Seq,
+    last: Seq,
+    due: tokio::time::Instant,
+    started: tokio::time::Instant,
 }
 
 impl Owner {
@@ -179,14 +211,33 @@ impl Owner {
             Fenced::Stale { .. } => return Err(self.moved()),
         };
         let log = self.node.log.clone();
+        if let Some((first, to)) = blocking(move || log.missing(room)).await? {
+            // Only a complete (in-sync) replica is promoted, so this cannot happen; if it
+            // did, owning the room would serve and build on a log with a hole.
+            tracing::error!(room, epoch, first, last = to, "this node's copy of the room lacks older messages");
+            return Err(NodeError::Internal(format!(
+                "this node's copy of room {room} lacks seqs {first}..={to}; it cannot own the room"
+            )));
+        }
+        let log = self.node.log.clone();
         self.last_stamp = blocking(move || log.stamp_at(room, last)).await?;
         self.next_seq = last + 1;
-        self.sync_replica(last).await?;
-        // The replica now holds this whole log: all of it is committed, including a batch
-        // a failed round left unacknowledged (docs/REPLICATION.md, "No rollback").
+        let missing = self.sync_replica(last).await?;
+        // A newer owner may have adopted this node as its replica meanwhile: this task is
+        // stale, and its log no longer its own to vouch for.
+        let log = self.node.log.clone();
+        if blocking(move || log.fence(room)).await? > epoch {
+            return Err(self.moved());
+        }
+        // The replica now holds this log's newest entry and everything it lacks is on its
+        // way: all of it is committed, including a batch a failed round left unacknowledged
+        // (docs/REPLICATION.md, "No rollback", "Background copy").
         self.committed.set(last);
+        let now = tokio::time::Instant::now();
+        self.backfill = missing.map(|(first, last)| Backfill { first, last, due: now, started: now });
+        self.replica_complete.store(missing.is_none(), Ordering::Release);
         self.ready.store(true, Ordering::Release);
-        tracing::info!(room, epoch, last_seq = last, "owning the room");
+        tracing::info!(room, epoch, last_seq = last, replica_lacks = ?missing, "owning the room");
         Ok(())
     }
 
@@ -195,20 +246,22 @@ impl Owner {
     /// from this log at the same seq `d` is a stale tail (a batch the replica wrote as an
     /// owner but never got acknowledged, while this log gave those seqs to others): the
     /// replica adopts again with base `d - 1`, which drops it with its dedupe keys. Then
-    /// it receives what it lacks up to `base`.
-    async fn sync_replica(&mut self, base: Seq) -> Result<(), NodeError> {
-        let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
+    /// it receives what it lacks up to `base`: at once if that is at most [`INLINE_COPY`]
+    /// entries, else only the entry at `base` (a seed). Returns what the replica still
+    /// lacks below its end, for the background copy.
+    async fn sync_replica(&mut self, base: Seq) -> Result<Missing, NodeError> {
+        let Some(replica) = self.node.replica_of(self.room) else { return Ok(None) };
         let mut adopt_base = base;
         let mut replica_last = None;
         for _ in 0..ADOPT_ROUNDS {
             let adopt = MeshRequest::Adopt { room: self.room, epoch: self.epoch, base: adopt_base };
-            let (last_seq, tail) = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
-                MeshResponse::Adopted { last_seq, tail } => (last_seq, tail),
+            let (last_seq, tail, missing) = match self.node.mesh_request(replica, adopt, REPLICATION_TIMEOUT).await? {
+                MeshResponse::Adopted { last_seq, tail, missing } => (last_seq, tail, missing),
                 other => return Err(NodeError::from_response(other)),
             };
             match self.first_difference(&tail).await? {
                 None => {
-                    replica_last = Some(last_seq);
+                    replica_last = Some((last_seq, missing));
                     break;
                 }
                 Some(seq) => {
@@ -223,15 +276,21 @@ impl Owner {
                 }
             }
         }
-        let Some(mut replica_last) = replica_last else {
+        let Some((mut replica_last, missing)) = replica_last else {
             return Err(NodeError::Internal(format!(
                 "the log of replica {replica} still differs from this owner's after {ADOPT_ROUNDS} adoptions"
             )));
         };
+        if missing.is_some_and(|(_, last)| last >= replica_last) {
+            return Err(NodeError::Internal(format!("replica {replica} reports a missing range past its last entry")));
+        }
+        if base.saturating_sub(replica_last) > INLINE_COPY as Seq {
+            return self.seed(replica, replica_last, base).await;
+        }
         while replica_last < base {
             let (log, room, from) = (self.node.log.clone(), self.room, replica_last);
             let (prev, messages) =
-                blocking(move || Ok((log.stamp_at(room, from)?, log.after(room, from, 1_000)?))).await?;
+                blocking(move || Ok((log.stamp_at(room, from)?, log.after(room, from, INLINE_COPY)?))).await?;
             let Some(last) = messages.last().map(|m| m.seq) else { break };
             let committed = self.committed.get().unwrap_or(0);
             let copy = MeshRequest::Replicate { room: self.room, epoch: self.epoch, prev, committed, messages };
@@ -240,7 +299,82 @@ impl Owner {
                 other => return Err(NodeError::from_response(other)),
             }
         }
-        Ok(())
+        Ok(missing)
+    }
+
+    /// Gives a replica whose log ends at `after` this log's entry at `base`, and has it
+    /// record everything between as missing (docs/REPLICATION.md, "Background copy").
+    async fn seed(&self, replica: NodeId, after: Seq, base: Seq) -> Result<Missing, NodeError> {
+        let (log, room) = (self.node.log.clone(), self.room);
+        let newest = blocking(move || log.after(room, base.saturating_sub(1), 1)).await?;
+        let message = newest
+            .into_iter()
+            .find(|m| m.seq == base)
+            .ok_or_else(|| NodeError::Internal(format!("this log lacks its own last entry {base}")))?;
+        let seed = MeshRequest::Seed { room, epoch: self.epoch, after, message };
+        match self.node.mesh_request(replica, seed, REPLICATION_TIMEOUT).await? {
+            MeshResponse::Copied { missing } => {
+                tracing::info!(
+                    room,
+                    epoch = self.epoch,
+                    replica,
+                    ?missing,
+                    "seeded the replica; the older log follows"
+                );
+                Ok(missing)
+            }
+            other => Err(NodeError::from_response(other)),
+        }
+    }
+
+    /// Copies the next chunk of the older log to a seeded replica, if one is due: at most
+    /// `replication.backfill_per_sec` messages a second, one chunk per turn of the owner
+    /// loop so sends keep their turns (docs/REPLICATION.md, "Background copy").
+    #[tracing::instrument(level = "debug", skip_all, fields(room = self.room, epoch = self.epoch))]
+    async fn backfill_step(&mut self) {
+        let now = tokio::time::Instant::now();
+        let Some(fill) = self.backfill.filter(|fill| fill.due <= now) else { return };
+        let Some(replica) = self.node.replica_of(self.room) else { return };
+        let rate = self.node.config.replication.backfill_per_sec as usize;
+        let chunk = if rate == 0 { INLINE_COPY } else { INLINE_COPY.min(rate) };
+        let count = (fill.last.saturating_sub(fill.first) as usize + 1).min(chunk);
+        let (log, room, epoch, from) = (self.node.log.clone(), self.room, self.epoch, fill.first.saturating_sub(1));
+        let answer = match blocking(move || log.after(room, from, count)).await {
+            Ok(messages) => {
+                let request = MeshRequest::Backfill { room, epoch, messages };
+                self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await
+            }
+            Err(e) => Err(e),
+        };
+        let retry = |fill: Backfill| Some(Backfill { due: tokio::time::Instant::now() + BACKFILL_RETRY, ..fill });
+        self.backfill = match answer {
+            Ok(MeshResponse::Copied { missing: None }) => {
+                metrics::counter!("districhat_backfill_messages_total").increment(fill.last - fill.first + 1);
+                let seconds = fill.started.elapsed().as_secs_f64();
+                tracing::info!(room, epoch, replica, seconds, "the replica holds the room's whole log");
+                self.replica_complete.store(true, Ordering::Release);
+                None
+            }
+            Ok(MeshResponse::Copied { missing: Some((first, last)) }) => {
+                let copied = first.saturating_sub(fill.first);
+                metrics::counter!("districhat_backfill_messages_total").increment(copied);
+                let pause = match (copied, rate) {
+                    // Refused (the range had moved): go on from the replica's, after a pause.
+                    (0, _) => BACKFILL_RETRY,
+                    (_, 0) => Duration::ZERO,
+                    (copied, rate) => Duration::from_secs_f64(copied as f64 / rate as f64),
+                };
+                Some(Backfill { first, last, due: now + pause, ..fill })
+            }
+            Ok(other) => {
+                tracing::debug!(room, epoch, replica, error = %NodeError::from_response(other), "background copy refused");
+                retry(fill)
+            }
+            Err(e) => {
+                tracing::debug!(room, epoch, replica, error = %e, "background copy failed; retrying");
+                retry(fill)
+            }
+        };
     }
 
     /// The first seq where a replica's `tail` (ascending stamps) differs from this log,
@@ -265,8 +399,17 @@ impl Owner {
         // the next attempt back.
         let mut retry_at = tokio::time::Instant::now() + retry_in;
         loop {
+            if ready {
+                self.backfill_step().await;
+            }
             let received = if ready {
-                rx.recv_many(&mut commands, MAX_BATCH).await
+                match self.backfill.map(|fill| fill.due) {
+                    Some(due) => tokio::select! {
+                        received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                        _ = tokio::time::sleep_until(due) => continue,
+                    },
+                    None => rx.recv_many(&mut commands, MAX_BATCH).await,
+                }
             } else {
                 // Taking over failed (replica unreachable?): retry in the background too,
                 // so the replica is synced even when no send comes (it may have a stale
