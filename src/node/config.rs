@@ -60,11 +60,25 @@ pub struct Limits {
     pub sends_per_sec: u32,
     /// Most rooms one connection may follow.
     pub max_subscriptions: usize,
+    /// A write to a browser's socket that does not finish within this many ms (the
+    /// browser stopped reading) closes the connection as `lagging`; the browser resumes
+    /// with `since` when it reconnects.
+    pub write_timeout_ms: u64,
+    /// Live frames of one room a connection holds back while it catches up; past this,
+    /// it drops them and fetches them from the log after the catch-up.
+    pub held_frames: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_frame_bytes: 16 * 1024, max_text_chars: 4_000, sends_per_sec: 50, max_subscriptions: 200 }
+        Self {
+            max_frame_bytes: 16 * 1024,
+            max_text_chars: 4_000,
+            sends_per_sec: 50,
+            max_subscriptions: 200,
+            write_timeout_ms: 10_000,
+            held_frames: 1_000,
+        }
     }
 }
 

@@ -280,8 +280,13 @@ pub async fn history(api: &Api, base: &str, room: u64) -> Option<BTreeMap<u64, S
 /// Sends `count` messages (client_ids `m0`, `m1`, ...) without waiting between them and
 /// collects their acks, as seq -> client_id; panics on any error (no fault is expected).
 pub async fn fill(ws: &mut WsClient, room: u64, count: u64) -> BTreeMap<u64, String> {
+    fill_with(ws, room, count, "x").await
+}
+
+/// [`fill`] with `text` as every message's text.
+pub async fn fill_with(ws: &mut WsClient, room: u64, count: u64, text: &str) -> BTreeMap<u64, String> {
     for i in 0..count {
-        ws.send(json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": "x"})).await;
+        ws.send(json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": text})).await;
     }
     let mut acked = BTreeMap::new();
     while (acked.len() as u64) < count {

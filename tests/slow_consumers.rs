@@ -1,0 +1,114 @@
+//! Clients that stop reading must not hold a node's memory or its sessions (issue 12): a
+//! socket whose writes stall is closed within `limits.write_timeout_ms`, and a flood of
+//! resumes from seq 0 by clients that never read stays within a stated memory bound,
+//! because catch-up is written page by page instead of gathered. Real in-process
+//! controls and nodes; the node's memory is this test process's RSS.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::chat::{fill_with, token, ChatCluster, WsClient};
+use common::{wait_for, Api};
+use serde_json::json;
+
+/// This process's resident set, in bytes (the controls and nodes run in it).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Two nodes that close a stalled socket after 2 s, and a room holding `messages`
+/// messages of `text_len` characters, sent through a connection that is closed again.
+async fn setup(user: &str, messages: u64, text_len: usize) -> (ChatCluster, String, u64, usize) {
+    let cluster = ChatCluster::start_with(2, |node| {
+        node.limits.sends_per_sec = 100_000;
+        node.limits.write_timeout_ms = 2_000;
+    })
+    .await;
+    let api = Api::logged_in(&cluster.url(), user).await;
+    let room = cluster.create_room(&api, user, false).await;
+    let (room, owner) = (room["id"].as_u64().expect("id"), cluster.index_of(room["owner"].as_u64().expect("owner")));
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut writer = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    fill_with(&mut writer, room, messages, &"x".repeat(text_len)).await;
+    drop(writer);
+    let node = cluster.node(owner).node.clone();
+    wait_for("the writer's session to end", Duration::from_secs(10), || {
+        let open = node.connections.load(Ordering::SeqCst);
+        async move { (open == 0).then_some(()) }
+    })
+    .await;
+    (cluster, ws_token, room, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_within_the_write_timeout() {
+    // ~9 MB of history: more than the kernel buffers of one loopback socket hold.
+    let (cluster, ws_token, room, owner) = setup("stalled", 2_500, 3_500).await;
+    let node = cluster.node(owner).node.clone();
+    let mut stalled = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    stalled.send(json!({"type": "subscribe", "room": room, "since": 0})).await;
+
+    // It never reads again; the node must close it (bounded: the write timeout is 2 s).
+    wait_for("the stalled session to be closed", Duration::from_secs(30), || {
+        let open = node.connections.load(Ordering::SeqCst);
+        async move { (open == 0).then_some(()) }
+    })
+    .await;
+
+    // What it reads now ends before the whole history: the node gave up on it.
+    let mut received = 0;
+    while let Some(frame) = stalled.next(Duration::from_secs(5)).await {
+        if frame["type"] == "message" {
+            received += 1;
+        }
+    }
+    assert!(received < 2_500, "the stalled client was closed, not served everything ({received})");
+
+    // The node serves others as before.
+    let mut client = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    let (_, last) = client.subscribe(room, Some(2_500)).await;
+    assert_eq!(last, 2_500);
+    client.send(json!({"type": "send", "room": room, "client_id": "after", "text": "still here"})).await;
+    assert_eq!(client.expect("ack").await["seq"], 2_501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound() {
+    const CLIENTS: usize = 100;
+    // ~20 MB of history; 100 full resumes gathered at once would take over 4 GB.
+    let (cluster, ws_token, room, owner) = setup("flood", 10_000, 2_000).await;
+    let node = cluster.node(owner).node.clone();
+    let resting = rss_bytes();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await);
+    }
+    for client in &mut clients {
+        client.send(json!({"type": "subscribe", "room": room, "since": 0})).await;
+    }
+
+    // None of them reads. Sample the memory until the node closed them all.
+    let started = Instant::now();
+    let mut peak = resting;
+    while node.connections.load(Ordering::SeqCst) > 0 {
+        peak = peak.max(rss_bytes());
+        assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
+        assert!(started.elapsed() < Duration::from_secs(120), "the stalled clients were not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak = peak.max(rss_bytes());
+    eprintln!("resume flood: {CLIENTS} clients, peak growth {} MB", (peak - resting) >> 20);
+    assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
+    drop(clients);
+}
+
+/// Most the flood may grow this process (controls, nodes and the clients' own buffers).
+const BOUND: u64 = 300 << 20;
