@@ -111,4 +111,4 @@ async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound()
 }
 
 /// Most the flood may grow this process (controls, nodes and the clients' own buffers).
-const BOUND: u64 = 300 << 20;
+const BOUND: u64 = 100 << 20;

@@ -20,10 +20,19 @@ pub enum Outbound {
     Room { room: RoomId, seq: Seq, text: Utf8Bytes },
     /// A finished frame for this session only (ack, error, history...).
     Frame(String),
-    /// The result of a catch-up fetch for `room`.
-    CatchUp { room: RoomId, result: Result<(Vec<StoredMessage>, Seq), NodeError> },
+    /// One page of a catch-up fetch for `room`.
+    CatchUp { room: RoomId, result: Result<CatchUpPage, NodeError> },
     /// The room's owner changed: fetch what may have been missed.
     Resync { room: RoomId },
+}
+
+/// One page of messages a session missed, ascending; `last_seq` is the room's readable
+/// end when the page was read. A session asks for the next page only once it wrote this
+/// one, so a resume holds at most one page in memory however long the history.
+pub struct CatchUpPage {
+    pub messages: Vec<StoredMessage>,
+    pub has_more: bool,
+    pub last_seq: Seq,
 }
 
 /// One local follower of a room.

@@ -3,17 +3,22 @@
 //! history, and limits. Everything a session owns lives in this one task; fetches and
 //! sends run in spawned tasks that post their results back to the session's queue, so
 //! per-room order and "never twice" are decided in one place.
+//!
+//! Memory per session is bounded: a resume is fetched and written one page at a time,
+//! live frames held back during a catch-up are capped (`limits.held_frames`; past it they
+//! are fetched from the log afterwards), and a write that does not finish within
+//! `limits.write_timeout_ms` closes the connection as `lagging`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
-use super::hub::{Outbound, Subscriber};
+use super::hub::{CatchUpPage, Outbound, Subscriber};
 use super::owner::{chat_message, frame_json};
 use super::{Node, NodeError};
 use crate::now_ms;
@@ -21,9 +26,16 @@ use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, Serv
 
 /// Frames a session may have queued before it counts as lagging.
 const QUEUE: usize = 4_096;
-/// Messages fetched per catch-up page.
-const CATCH_UP_PAGE: u32 = 500;
+/// Messages fetched per catch-up page: what one resuming session holds at most (with
+/// their frames, ~2 × 100 × the text size).
+const CATCH_UP_PAGE: u32 = 100;
 const KNOWN_TYPES: [&str; 6] = ["hello", "subscribe", "unsubscribe", "send", "typing", "history"];
+
+/// How long a session waits before fetching a gap again that the last catch-up did not
+/// fill (the copy it read from was behind the live frames).
+const GAP_RETRY: Duration = Duration::from_millis(100);
+/// How long the last words to a stalled socket (`lagging` and a close frame) may take.
+const LAST_WORDS: Duration = Duration::from_millis(100);
 
 /// Per-room state of one session.
 struct Subscription {
@@ -31,6 +43,9 @@ struct Subscription {
     last: Seq,
     /// While catching up: live frames held back until the catch-up is written.
     held: Option<Vec<(Seq, Utf8Bytes)>>,
+    /// Live frames were dropped while catching up (more than `limits.held_frames`): fetch
+    /// them from the log once this catch-up is written.
+    overflowed: bool,
 }
 
 struct Session {
@@ -64,6 +79,7 @@ pub async fn run(node: Node, mut socket: WebSocket) {
     metrics::gauge!("districhat_connections").increment(1.0);
     let mut shutdown = node.shutdown.clone();
     let mut isolation = node.isolation();
+    let write_timeout = Duration::from_millis(node.config.limits.write_timeout_ms);
     loop {
         let outgoing: Vec<Message> = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -77,32 +93,62 @@ pub async fn run(node: Node, mut socket: WebSocket) {
                 None => break,
             },
             _ = kick.notified() => {
-                let _ = socket.send(error("lagging", "this connection fell behind; reconnect and resume", None)).await;
-                let _ = socket.send(Message::Close(Some(CloseFrame { code: 4008, reason: "lagging".into() }))).await;
+                close(&mut socket, "lagging", "this connection fell behind; reconnect and resume", 4008).await;
                 break;
             }
             _ = async { drop(isolation.wait_for(|isolated| *isolated).await) } => {
-                let _ = socket.send(error("isolated", "this node lost the control plane; reconnect to another", None)).await;
-                let _ = socket.send(Message::Close(Some(CloseFrame { code: 4009, reason: "isolated".into() }))).await;
+                close(&mut socket, "isolated", "this node lost the control plane; reconnect to another", 4009).await;
                 break;
             }
             _ = crate::stopped(&mut shutdown) => break,
         };
         metrics::counter!("districhat_frames_out_total").increment(outgoing.len() as u64);
-        let mut failed = false;
-        for message in outgoing {
-            if socket.send(message).await.is_err() {
-                failed = true;
+        match write_all(&mut socket, outgoing, write_timeout).await {
+            Ok(()) => {}
+            Err(Stalled::Gone) => break,
+            Err(Stalled::Timeout) => {
+                metrics::counter!("districhat_sessions_kicked_total").increment(1);
+                tracing::debug!(session = session.id, "a write did not finish in time; closing as lagging");
+                close(&mut socket, "lagging", "this connection stopped reading; reconnect and resume", 4008).await;
                 break;
             }
-        }
-        if failed {
-            break;
         }
     }
     session.leave_all();
     node.connections.fetch_sub(1, Ordering::Relaxed);
     metrics::gauge!("districhat_connections").decrement(1.0);
+}
+
+/// Why writing to a socket ended early.
+enum Stalled {
+    /// The connection is closed.
+    Gone,
+    /// The browser did not take the frames within the write timeout.
+    Timeout,
+}
+
+/// Writes `messages` in order; all of them must be written within `timeout`.
+async fn write_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Duration) -> Result<(), Stalled> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let writing = async {
+        for message in messages {
+            socket.send(message).await.map_err(|_| Stalled::Gone)?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, writing).await.unwrap_or(Err(Stalled::Timeout))
+}
+
+/// Tells the browser why it is disconnected and closes with `code`, if the socket takes
+/// that within [`LAST_WORDS`] (a stalled one does not: it is just dropped).
+async fn close(socket: &mut WebSocket, code: &str, message: &str, close_code: u16) {
+    let last_words = vec![
+        error(code, message, None),
+        Message::Close(Some(CloseFrame { code: close_code, reason: code.to_string().into() })),
+    ];
+    let _ = write_all(socket, last_words, LAST_WORDS).await;
 }
 
 fn text(frame: &ServerFrame) -> Message {
@@ -185,35 +231,27 @@ impl Session {
         let subscriber = Subscriber { username: user.username.clone(), tx: self.tx.clone(), kick: self.kick.clone() };
         let users = self.node.hub.join(room, self.id, subscriber);
         self.node.send_interest(room, users);
-        let subscription = self.rooms.entry(room).or_insert(Subscription { last: since.unwrap_or(0), held: None });
+        let subscription =
+            self.rooms.entry(room).or_insert(Subscription { last: since.unwrap_or(0), held: None, overflowed: false });
         subscription.last = since.unwrap_or(subscription.last);
         subscription.held = Some(Vec::new());
         let after = since.map(|_| subscription.last);
-        self.catch_up(room, after);
+        self.catch_up(room, after, Duration::ZERO);
         Vec::new()
     }
 
-    /// Fetches the messages after `after` (all pages), or only the room's last seq when
-    /// `after` is `None`, and posts the result back to this session.
-    fn catch_up(&self, room: RoomId, after: Option<Seq>) {
+    /// Fetches one page of the messages after `after`, or only the room's last seq when
+    /// `after` is `None`, after `delay`, and posts it back to this session; the session
+    /// asks for the next page once it wrote this one.
+    fn catch_up(&self, room: RoomId, after: Option<Seq>, delay: Duration) {
         let (node, tx) = (self.node.clone(), self.tx.clone());
         tokio::spawn(async move {
-            let result = async {
-                let Some(mut cursor) = after else {
-                    let (_, _, last_seq) = node.fetch(room, Some(u64::MAX - 1), None, 0).await?;
-                    return Ok((Vec::new(), last_seq));
-                };
-                let mut all = Vec::new();
-                loop {
-                    let (messages, has_more, last_seq) = node.fetch(room, Some(cursor), None, CATCH_UP_PAGE).await?;
-                    cursor = messages.last().map_or(cursor, |m| m.seq);
-                    all.extend(messages);
-                    if !has_more {
-                        return Ok((all, last_seq.max(cursor)));
-                    }
-                }
-            }
-            .await;
+            tokio::time::sleep(delay).await;
+            let result = match after {
+                None => node.fetch(room, Some(u64::MAX - 1), None, 0).await,
+                Some(after) => node.fetch(room, Some(after), None, CATCH_UP_PAGE).await,
+            };
+            let result = result.map(|(messages, has_more, last_seq)| CatchUpPage { messages, has_more, last_seq });
             let _ = tx.send(Outbound::CatchUp { room, result }).await;
         });
     }
@@ -324,7 +362,7 @@ impl Session {
                     if subscription.held.is_none() {
                         subscription.held = Some(Vec::new());
                         let last = subscription.last;
-                        self.catch_up(room, Some(last));
+                        self.catch_up(room, Some(last), Duration::ZERO);
                     }
                 }
                 Vec::new()
@@ -333,10 +371,13 @@ impl Session {
     }
 
     fn on_room_frame(&mut self, room: RoomId, seq: Seq, text: Utf8Bytes) -> Vec<Message> {
+        let cap = self.node.config.limits.held_frames;
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
         if let Some(held) = &mut subscription.held {
-            if seq > 0 {
+            if seq > 0 && held.len() < cap {
                 held.push((seq, text));
+            } else if seq > 0 {
+                subscription.overflowed = true;
             }
             return Vec::new();
         }
@@ -350,41 +391,55 @@ impl Session {
             // A gap: hold this frame and fetch what is missing first.
             subscription.held = Some(vec![(seq, text)]);
             let last = subscription.last;
-            self.catch_up(room, Some(last));
+            self.catch_up(room, Some(last), Duration::ZERO);
             return Vec::new();
         }
         subscription.last = seq;
         vec![Message::Text(text)]
     }
 
-    fn on_catch_up(
-        &mut self,
-        room: RoomId,
-        result: Result<(Vec<crate::protocol::StoredMessage>, Seq), NodeError>,
-    ) -> Vec<Message> {
+    /// Writes one catch-up page; then asks for the next, or, after the last, says
+    /// `subscribed` and writes the held live frames that follow. Live frames it could not
+    /// hold, or a gap the page did not fill, are fetched again instead of dropped.
+    fn on_catch_up(&mut self, room: RoomId, result: Result<CatchUpPage, NodeError>) -> Vec<Message> {
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
-        let (messages, last_seq) = match result {
-            Ok(found) => found,
+        let page = match result {
+            Ok(page) => page,
             Err(e) => {
                 // Stay subscribed; the next owner change or gap retries the catch-up.
-                let held = subscription.held.take().unwrap_or_default();
+                let mut held = subscription.held.take().unwrap_or_default();
+                subscription.overflowed = false;
                 let mut out = vec![node_error(&e, Some(room.to_string()))];
-                out.extend(release(subscription, held));
+                out.extend(release(subscription, &mut held));
                 return out;
             }
         };
         let mut out = Vec::new();
-        for message in messages {
+        for message in &page.messages {
             if message.seq > subscription.last {
                 subscription.last = message.seq;
-                out.push(text(&ServerFrame::Message(chat_message(room, &message))));
+                out.push(text(&ServerFrame::Message(chat_message(room, message))));
             }
         }
+        let last = subscription.last;
+        if page.has_more && !page.messages.is_empty() {
+            self.catch_up(room, Some(last), Duration::ZERO);
+            return out;
+        }
         // Without `since` only the last seq was fetched: live messages start after it.
-        subscription.last = subscription.last.max(last_seq);
-        out.push(text(&ServerFrame::Subscribed { room, seq: subscription.last }));
-        let held = subscription.held.take().unwrap_or_default();
-        out.extend(release(subscription, held));
+        subscription.last = subscription.last.max(page.last_seq);
+        let mut held = subscription.held.take().unwrap_or_default();
+        out.extend(release(subscription, &mut held));
+        let last = subscription.last;
+        if std::mem::take(&mut subscription.overflowed) || !held.is_empty() {
+            // Frames were dropped, or some follow a gap the copy read did not fill yet:
+            // fetch from the log again (the held ones wait).
+            let delay = if held.is_empty() { Duration::ZERO } else { GAP_RETRY };
+            subscription.held = Some(held);
+            self.catch_up(room, Some(last), delay);
+            return out;
+        }
+        out.push(text(&ServerFrame::Subscribed { room, seq: last }));
         if let Some(presence) = self.node.hub.presence(room) {
             out.push(Message::Text(presence));
         }
@@ -392,15 +447,17 @@ impl Session {
     }
 }
 
-/// Writes held live frames that follow on from `last`, in seq order, once each.
-fn release(subscription: &mut Subscription, mut held: Vec<(Seq, Utf8Bytes)>) -> Vec<Message> {
+/// Writes held live frames that follow on from `last`, in seq order, once each; the ones
+/// past a gap stay in `held`, the ones already written go.
+fn release(subscription: &mut Subscription, held: &mut Vec<(Seq, Utf8Bytes)>) -> Vec<Message> {
     held.sort_by_key(|(seq, _)| *seq);
     let mut out = Vec::new();
-    for (seq, text) in held {
-        if seq == subscription.last + 1 {
-            subscription.last = seq;
-            out.push(Message::Text(text));
+    held.retain(|(seq, text)| {
+        if *seq == subscription.last + 1 {
+            subscription.last = *seq;
+            out.push(Message::Text(text.clone()));
         }
-    }
+        *seq > subscription.last
+    });
     out
 }
