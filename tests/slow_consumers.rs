@@ -1,8 +1,9 @@
-//! Clients that stop reading must not hold a node's memory or its sessions (issue 12): a
-//! socket whose writes stall is closed within `limits.write_timeout_ms`, and a flood of
-//! resumes from seq 0 by clients that never read stays within a stated memory bound,
-//! because catch-up is written page by page instead of gathered. Real in-process
-//! controls and nodes; the node's memory is this test process's RSS.
+//! Clients that stop reading and peers that died must not hold a node's memory or its
+//! sessions (issue 12): a socket whose writes stall is closed within
+//! `limits.write_timeout_ms`; a flood of resumes from seq 0 by clients that never read
+//! stays within a stated memory bound, because catch-up is written page by page instead
+//! of gathered; an owner queues nothing more for a peer the catalog called down. Real
+//! in-process controls and nodes; the node's memory is this test process's RSS.
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::chat::{fill_with, token, ChatCluster, WsClient};
 use common::{wait_for, Api};
+use districhat::node::mesh::Dispatch;
+use districhat::protocol::MeshRequest;
 use serde_json::json;
 
 /// This process's resident set, in bytes (the controls and nodes run in it).
@@ -112,3 +115,49 @@ async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound()
 
 /// Most the flood may grow this process (controls, nodes and the clients' own buffers).
 const BOUND: u64 = 100 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_queues_nothing_for_a_peer_called_down() {
+    let mut cluster = ChatCluster::start_with(3, |node| node.limits.sends_per_sec = 100_000).await;
+    let api = Api::logged_in(&cluster.url(), "peer").await;
+    let room = cluster.create_room(&api, "peer", false).await;
+    let id = |field: &str| room[field].as_u64().expect("placed");
+    let (room, owner, replica) = (id("id"), cluster.index_of(id("owner")), cluster.index_of(id("replica")));
+    let follower = (0..3).find(|i| *i != owner && *i != replica).expect("a third node");
+    let follower_id = cluster.node(follower).id();
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+
+    // A user on the third node follows the room; the node dies. (Stopping it here says
+    // goodbye to the owner; a killed node does not, which is played by announcing its
+    // user again on its behalf.)
+    let mut reader = WsClient::connect(&cluster.node(follower).ws_url(), &ws_token).await;
+    reader.subscribe(room, Some(0)).await;
+    let mut writer = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    fill_with(&mut writer, room, 20, "before").await;
+    cluster.stop_node(follower).await;
+    drop(reader);
+    let node = cluster.node(owner).node.clone();
+    wait_for("the owner to see the follower down", Duration::from_secs(30), || {
+        let down = node.routes().nodes.get(&follower_id).is_some_and(|route| !route.up);
+        async move { down.then_some(()) }
+    })
+    .await;
+    node.handle_inline(MeshRequest::Interest { room, node: follower_id, users: vec!["peer".into()] });
+
+    // A busy room: nothing more piles up on the dead peer's link.
+    let queued = node.mesh.queued(follower_id);
+    for round in 0..5 {
+        for i in 0..200 {
+            let client_id = format!("busy-{round}-{i}");
+            writer.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "x"})).await;
+        }
+        for _ in 0..200 {
+            writer.expect("ack").await;
+        }
+    }
+    assert!(
+        node.mesh.queued(follower_id) <= queued,
+        "frames queued for the dead peer grew from {queued} to {}",
+        node.mesh.queued(follower_id)
+    );
+}

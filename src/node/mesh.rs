@@ -4,7 +4,8 @@
 //! the listener answers [`MeshReply`]s on the same socket, so a pair of nodes that talk
 //! both ways holds two sockets, one per direction. A link reconnects by itself with
 //! backoff; requests in flight when it drops fail at once (callers retry idempotently).
-//! The listening side ([`serve_link`]) hands every request to the node's dispatcher.
+//! The listening side ([`serve_link`]) hands every request to the node's dispatcher, at
+//! most [`LINK_CONCURRENCY`] at once per link.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,9 @@ use crate::store;
 
 /// Frames waiting for a link before senders see back-pressure.
 const LINK_QUEUE: usize = 8_192;
+/// Requests of one incoming link handled at once; past that the link stops reading, so a
+/// peer's flood fills its own queue (and gets `Saturated`) instead of this node's memory.
+const LINK_CONCURRENCY: usize = 256;
 
 /// Why a mesh request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,11 @@ impl Mesh {
         let link = self.link(node, addr);
         let frame = encode(&MeshEnvelope { id: 0, request });
         link.tx.try_send(frame).map_err(|_| MeshError::Saturated(node))
+    }
+
+    /// Frames queued for `node`'s link, not yet written (0 without a link).
+    pub fn queued(&self, node: NodeId) -> usize {
+        lock(&self.links).get(&node).map_or(0, |link| LINK_QUEUE - link.tx.capacity())
     }
 
     /// The link to `node`, (re)created when it is new or its address changed.
@@ -223,6 +232,7 @@ pub trait Dispatch: Clone + Send + Sync + 'static {
 pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdown: watch::Receiver<bool>) {
     let (mut sink, mut stream) = socket.split();
     let (reply_tx, mut reply_rx) = mpsc::channel::<MeshReply>(LINK_QUEUE);
+    let working = Arc::new(tokio::sync::Semaphore::new(LINK_CONCURRENCY));
     let writer = tokio::spawn(async move {
         while let Some(reply) = reply_rx.recv().await {
             if sink.send(AxumMessage::Binary(encode(&reply).into())).await.is_err() {
@@ -251,10 +261,12 @@ pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdow
             dispatch.handle_inline(envelope.request);
             continue;
         }
+        let Ok(permit) = working.clone().acquire_owned().await else { break };
         let (dispatch, reply_tx) = (dispatch.clone(), reply_tx.clone());
         tokio::spawn(async move {
             let response = dispatch.handle(envelope.request).await;
             let _ = reply_tx.send(MeshReply { id: envelope.id, response }).await;
+            drop(permit);
         });
     }
     drop(reply_tx);

@@ -379,7 +379,14 @@ impl Node {
             self.hub.deliver(room, frames, sequenced_ms);
             return;
         }
-        let Some(addr) = self.node_addr(node) else { return };
+        let Some(route) = self.routes().nodes.get(&node).cloned() else { return };
+        if !route.up {
+            // A node the catalog calls down gets nothing queued for it (its link would hold
+            // it until the queue is full); when it is up again it resyncs its sessions.
+            metrics::counter!("districhat_deliveries_skipped_total").increment(1);
+            return;
+        }
+        let addr = route.addr;
         if let Err(e) = self.mesh.notify(node, &addr, MeshRequest::Deliver { room, frames, sequenced_ms }) {
             tracing::warn!(peer = node, room, error = %e, "delivery dropped; the peer's sessions will resync");
         }
@@ -625,10 +632,14 @@ impl Node {
                 }
             }
         }
+        // Back from being called down: owners skipped this node's deliveries meanwhile and
+        // may have lost its interest, so every followed room resyncs.
+        let was_down = old.nodes.get(&self.id).is_some_and(|route| !route.up);
+        let back = was_down && new.nodes.get(&self.id).is_some_and(|route| route.up);
         for room in self.hub.rooms() {
             let before = old.rooms.get(&room).map(|r| (r.owner, r.epoch));
             let after = new.rooms.get(&room).map(|r| (r.owner, r.epoch));
-            if before != after {
+            if back || before != after {
                 self.send_interest(room, self.hub.users(room));
                 self.hub.resync(room);
             }
