@@ -214,3 +214,47 @@ async fn bad_frames_get_error_codes_and_the_connection_lives_on() {
     let health = reqwest::get(format!("http://{}/healthz", cluster.node(0).node.addr)).await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+/// A frame far over the limit (here 70 KB, 1 MB) cannot be read to its end, so the
+/// connection cannot go on; but the browser is told why — `frame_too_large` and close
+/// code 1009 (message too big) — instead of the socket just dropping (1006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_too_large_to_read_is_refused_with_a_reason() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "huge").await;
+    let room = cluster.create_room(&api, "huge", false).await["id"].as_u64().unwrap();
+    let (token, _) = token(&api, &cluster.url()).await;
+    for size in [70_000, 1_000_000] {
+        let (mut socket, _) = tokio_tungstenite::connect_async(cluster.node(0).ws_url()).await.expect("connect");
+        socket.send(Message::Text(json!({"type": "hello", "token": token}).to_string().into())).await.unwrap();
+        let text = "x".repeat(size);
+        let frame = json!({"type": "send", "room": room, "client_id": "huge", "text": text}).to_string();
+        // The node may close before it read everything; the write may then fail.
+        let _ = socket.send(Message::Text(frame.into())).await;
+        let (mut code, mut close) = (None, None);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            match message {
+                Message::Text(text) => {
+                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] == "error" {
+                        code = frame["code"].as_str().map(str::to_string);
+                    }
+                }
+                Message::Close(frame) => {
+                    close = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(code.as_deref(), Some("frame_too_large"), "{size} bytes");
+        assert_eq!(close, Some(1009), "{size} bytes: closed as message too big");
+    }
+    // The node serves on.
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &token).await;
+    ws.send(json!({"type": "send", "room": room, "client_id": "after", "text": "fine"})).await;
+    assert_eq!(ws.expect("ack").await["seq"], 1);
+}
