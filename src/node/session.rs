@@ -85,6 +85,12 @@ pub async fn run(node: Node, mut socket: WebSocket) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => session.on_text(&text).await,
                 Some(Ok(Message::Binary(_))) => vec![error("bad_frame", "frames are JSON text", None)],
+                Some(Err(e)) if too_long(&e) => {
+                    // Past the socket's message limit the frame cannot be read to its end,
+                    // so the connection cannot go on; say why (docs/PROTOCOL.md).
+                    close(&mut socket, "frame_too_large", "the frame exceeds the size limit", 1009).await;
+                    break;
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 Some(Ok(_)) => continue,
             },
@@ -139,6 +145,12 @@ async fn write_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Dura
         Ok(())
     };
     tokio::time::timeout(timeout, writing).await.unwrap_or(Err(Stalled::Timeout))
+}
+
+/// Whether a read failed because the frame is over the socket's message limit (the
+/// WebSocket library reports it as a capacity error, "Message too long").
+fn too_long(error: &axum::Error) -> bool {
+    error.to_string().contains("Message too long")
 }
 
 /// Tells the browser why it is disconnected and closes with `code`, if the socket takes
