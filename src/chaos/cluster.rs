@@ -90,7 +90,8 @@ impl ChaosCluster {
             Some(net) => net.command(name, &exe),
             None => std::process::Command::new(&exe),
         });
-        let processes = Cluster::new(&control_urls[0], &data, &configs)?.with_launcher(launcher);
+        let processes =
+            Cluster::new(&control_urls[0], &data, &configs)?.with_launcher(launcher).with_controls(&control_urls);
         let cluster = Self { processes, control_urls, data, net };
         for (i, name) in CONTROLS.iter().enumerate() {
             cluster.processes.spawn(name, "control", if i == 0 { &["--init"] } else { &[] })?;

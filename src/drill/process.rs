@@ -36,6 +36,8 @@ pub struct Cluster {
     control_names: BTreeMap<u64, String>,
     /// Chat node process names: the configs with a `controls` list.
     node_names: Vec<String>,
+    /// Every control's URL, when known: asked in turn when `control` is down.
+    other_controls: Vec<String>,
 }
 
 impl Cluster {
@@ -62,7 +64,15 @@ impl Cluster {
             configs: configs.to_path_buf(),
             control_names,
             node_names,
+            other_controls: Vec::new(),
         })
+    }
+
+    /// Asks these controls too when the first one does not answer (it may be the one a
+    /// fault just killed).
+    pub fn with_controls(mut self, urls: &[String]) -> Self {
+        self.other_controls = urls.to_vec();
+        self
     }
 
     /// Starts processes with `launcher` from now on.
@@ -78,6 +88,7 @@ impl Cluster {
     /// GETs `path` from the first control that answers.
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let mut urls = vec![self.control.clone()];
+        urls.extend(self.other_controls.iter().cloned());
         if let Ok(cluster) = self.http.get(format!("{}/api/cluster", self.control)).send().await {
             if let Ok(view) = cluster.json::<Value>().await {
                 urls.extend(members(&view).into_iter().map(|(_, addr)| format!("http://{addr}")));
