@@ -42,6 +42,14 @@ pub struct ControlConfig {
     /// heartbeat about once a second, so the default tolerates two lost heartbeats.
     #[serde(default = "default_node_timeout_ms")]
     pub node_timeout_ms: u64,
+    /// Password hashes (argon2id, ~19 MiB each: registrations and logins) run at once;
+    /// 0 means one per core. Bounds the memory and threads a login flood can take.
+    #[serde(default)]
+    pub password_hashing_concurrency: usize,
+    /// Hashes that may wait for a free slot; a request past them is refused at once with
+    /// `503 busy` and `Retry-After: 1` instead of queueing without bound.
+    #[serde(default = "default_password_hashing_queue")]
+    pub password_hashing_queue: usize,
 }
 
 /// One member of the initial group.
@@ -93,6 +101,10 @@ fn default_node_timeout_ms() -> u64 {
     3_000
 }
 
+fn default_password_hashing_queue() -> usize {
+    64
+}
+
 /// `backup_dir`, when set, must be absolute: backups must not depend on the directory a
 /// process happened to start in. Shared by control and node configs.
 pub fn check_backup_dir(backup_dir: Option<&Path>) -> Result<(), String> {
@@ -142,6 +154,16 @@ impl ControlConfig {
             max_body_bytes: default_max_body_bytes(),
             require_node_approval: false,
             node_timeout_ms: default_node_timeout_ms(),
+            password_hashing_concurrency: 0,
+            password_hashing_queue: default_password_hashing_queue(),
+        }
+    }
+
+    /// Password hashes run at once: `password_hashing_concurrency`, or one per core when 0.
+    pub fn password_hashing_slots(&self) -> usize {
+        match self.password_hashing_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            slots => slots,
         }
     }
 }
@@ -170,6 +192,9 @@ mod tests {
         assert!(config.raft.fsync);
         assert!(!config.require_node_approval);
         assert_eq!(config.node_timeout_ms, 3_000);
+        assert_eq!(config.password_hashing_concurrency, 0);
+        assert!(config.password_hashing_slots() >= 1);
+        assert_eq!(config.password_hashing_queue, 64);
         assert!(toml::from_str::<ControlConfig>("id = 1\nbogus = 2").is_err());
         assert_eq!(config.backup_dir(), std::path::absolute("data/cluster/backups").unwrap());
     }

@@ -195,6 +195,12 @@ enum AdminAction {
     },
 }
 
+/// mimalloc gives freed memory back to the OS. With glibc malloc a control kept the
+/// argon2 buffers of a login burst (~400 MB after 400 hashes, even two at a time);
+/// docs/OPERATIONS.md, "Bounds", has the measurements.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

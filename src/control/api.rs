@@ -72,11 +72,7 @@ async fn register(State(app): State<AppState>, ApiJson(body): ApiJson<Credential
     if !(8..=128).contains(&body.password.chars().count()) {
         return Err(ApiError::bad_request("invalid_password", "passwords are 8 to 128 characters"));
     }
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let hash = app.hashing.hash(body.password).await?;
     let command = Command::CreateUser { username: body.username, password_hash: hash, at_ms: now_ms() };
     match app.writer.write(command).await? {
         CommandOutput::User(user) => {
@@ -112,12 +108,11 @@ async fn login(
         (state.catalog.user_by_name(&body.username).cloned(), state.catalog.meta.signing_key.clone())
     };
     let key = key.ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
-    let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
-    let password = body.password;
-    let verified =
-        tokio::task::spawn_blocking(move || stored_hash.is_some_and(|hash| auth::verify_password(&password, &hash)))
-            .await
-            .map_err(ApiError::internal)?;
+    // A refusal (`busy`) happens before the password is checked: it is no failed login.
+    let verified = match user.as_ref() {
+        Some(user) => app.hashing.verify(body.password, user.password_hash.clone()).await?,
+        None => false,
+    };
     let known = user.is_some();
     let Some(user) = user.filter(|_| verified) else {
         // Only wrong passwords count: a user this member has not applied yet (a login

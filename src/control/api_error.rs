@@ -4,13 +4,14 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::catalog::CatalogError;
+use super::hashing::HashingError;
 use super::write::WriteError;
 
 /// An error answer of the HTTP API.
@@ -19,6 +20,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for `Retry-After`, when the client should simply come back later.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -29,7 +32,13 @@ struct ErrorBody<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// The server is at its bound for this kind of work (password hashing): `503 busy`
+    /// with `Retry-After: 1`. Quiet: it is the bound doing its job, not a failure.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message) }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -62,7 +71,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { code: self.code, message: &self.message };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -111,6 +124,15 @@ impl From<WriteError> for ApiError {
     }
 }
 
+impl From<HashingError> for ApiError {
+    fn from(e: HashingError) -> Self {
+        match e {
+            HashingError::Busy => Self::busy(e.to_string()),
+            HashingError::Failed(_) => Self::internal(e),
+        }
+    }
+}
+
 /// `Json<T>` whose rejections are [`ApiError`]s with stable codes.
 pub struct ApiJson<T>(pub T);
 
@@ -137,5 +159,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
         }
         other => ApiError::new(other.status(), "bad_request", message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_a_503_with_retry_after() {
+        let error = ApiError::from(HashingError::Busy);
+        assert_eq!(error.code, HashingError::Busy.code());
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        assert!(ApiError::unavailable("x").into_response().headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod chat_api;
 pub mod cluster;
 pub mod drain;
+pub mod hashing;
 pub mod liveness;
 pub mod nodes;
 pub mod raft;
@@ -74,6 +75,8 @@ pub struct AppState {
     pub liveness: Liveness,
     /// Copies this member's database for `POST /api/admin/backup`.
     pub checkpointer: raft::checkpoint::Checkpointer,
+    /// The bounded slots registrations and logins hash passwords in.
+    pub hashing: hashing::PasswordHashing,
 }
 
 /// A running control member.
@@ -119,6 +122,11 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         secret,
         liveness: Liveness::default(),
         checkpointer,
+        hashing: hashing::PasswordHashing::new(
+            config.password_hashing_slots(),
+            config.password_hashing_queue,
+            config.id,
+        ),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let router = api::router(app_state.clone());

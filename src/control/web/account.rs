@@ -1,14 +1,15 @@
 //! Accounts in the browser: the register and login forms, and logout. Passwords are
 //! hashed with argon2 ([`auth`]); a login sets the same signed, HttpOnly, SameSite=Lax
 //! session cookie the REST API sets (plus `Secure` over TLS). A failed form is shown
-//! again with its error and the fitting status (400, 401, 409, 429).
+//! again with its error and the fitting status (400, 401, 409, 429; 503 with
+//! `Retry-After: 1` when the member's password-hashing slots and queue are full).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use askama::Template;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use super::super::api_error::ApiError;
 use super::super::auth;
 use super::super::catalog::{Command, CommandOutput};
+use super::super::hashing::HashingError;
 use super::super::raft::state_machine::read_state;
 use super::super::AppState;
 use super::csrf::CsrfForm;
@@ -76,11 +78,11 @@ pub async fn register(
     if form.password != form.confirm {
         return refuse(visitor, StatusCode::BAD_REQUEST, "The two passwords differ.".into());
     }
-    let password = form.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(WebError::internal)?
-        .map_err(WebError::internal)?;
+    let hash = match app.hashing.hash(form.password).await {
+        Ok(hash) => hash,
+        Err(HashingError::Busy) => return refuse(visitor, StatusCode::SERVICE_UNAVAILABLE, BUSY.into()).map(busy),
+        Err(e) => return Err(WebError::internal(e)),
+    };
     let command = Command::CreateUser { username: username.clone(), password_hash: hash, at_ms: now_ms() };
     let user = match app.writer.write(command).await {
         Ok(CommandOutput::User(user)) => user,
@@ -157,12 +159,17 @@ pub async fn login(
         return Ok(response);
     }
     let user = read_state(&app.state).catalog.user_by_name(&username).cloned();
-    let stored_hash = user.as_ref().map(|user| user.password_hash.clone());
-    let password = form.password;
-    let verified =
-        tokio::task::spawn_blocking(move || stored_hash.is_some_and(|hash| auth::verify_password(&password, &hash)))
-            .await
-            .map_err(WebError::internal)?;
+    // A refusal (`busy`) happens before the password is checked: it is no failed login.
+    let verified = match user.as_ref() {
+        Some(user) => match app.hashing.verify(form.password, user.password_hash.clone()).await {
+            Ok(verified) => verified,
+            Err(HashingError::Busy) => {
+                return Ok(busy(refuse(visitor, StatusCode::SERVICE_UNAVAILABLE, BUSY.into())));
+            }
+            Err(e) => return Err(WebError::internal(e)),
+        },
+        None => false,
+    };
     let Some(user) = user.filter(|_| verified) else {
         web.limiter.failed(&keys, Instant::now());
         return Ok(refuse(visitor, StatusCode::UNAUTHORIZED, "Wrong username or password.".into()));
@@ -198,6 +205,15 @@ pub async fn logout(
     with_cookies(visitor.redirect("/", Some(flash)), &[clear])
 }
 
+/// What a form says when the member refused to hash a password right now.
+const BUSY: &str = "The server is busy with other logins right now. Try again in a moment.";
+
+/// `response` (a form refused with 503) with `Retry-After: 1`.
+fn busy(mut response: Response) -> Response {
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// A redirect target from a form or query: a local path, else the dashboard.
 fn local_path(next: Option<&str>) -> String {
     match next {
@@ -225,8 +241,6 @@ pub(crate) fn client_addr(peer: Option<SocketAddr>, headers: &HeaderMap) -> Opti
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
     #[test]

@@ -1,0 +1,296 @@
+//! Hostile input against a control member: floods it must meet with a bound, answering
+//! or refusing each request, instead of growing until the process dies.
+//!
+//! The test process hosts the member, so the process's RSS is the member's. It runs with
+//! the binary's allocator (mimalloc, `src/main.rs`): with glibc malloc the freed argon2
+//! buffers of a burst stayed in the process (docs/OPERATIONS.md, "Bounds").
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{tuning, wait_for, Api, TestCluster};
+use reqwest::header::{CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
+use serde_json::{json, Value};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Accounts the flood registers and logs in with (each one until it succeeds).
+const USERS: usize = 500;
+/// Requests in flight at once.
+const CLIENTS: usize = 32;
+/// A refused client asks again this soon: a flood, not a polite client (which would wait
+/// the second `Retry-After` asks for).
+const BACKOFF: Duration = Duration::from_millis(50);
+/// How long one account may keep being refused before the test calls it starved.
+const PATIENCE: Duration = Duration::from_secs(120);
+/// The member's hashing slots and queue: fixed, so the test does not depend on the cores
+/// of the machine (the default is one slot per core).
+const SLOTS: usize = 2;
+const QUEUE: usize = 8;
+/// Bound on the growth of the process's RSS during the flood. The hashes running at once
+/// hold SLOTS × 19 MiB; this test grew by about 50 MB. It grew by 456 MB with 64 slots
+/// (no bound for 32 clients) and by 518 MB with glibc malloc instead of mimalloc.
+const MAX_GROWTH_MB: u64 = 200;
+/// After the flood the RSS must come back within this much of where it started.
+const MAX_KEPT_MB: u64 = 64;
+const PASSWORD: &str = "correct horse battery";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registration_and_login_flood_is_served_or_refused_busy_within_bounded_memory() {
+    let cluster = TestCluster::start_with(1, tuning(), |config| {
+        config.password_hashing_concurrency = SLOTS;
+        config.password_hashing_queue = QUEUE;
+    })
+    .await;
+    let base = cluster.url(0);
+    // One account first, so one-time allocations (pools, caches) are in the baseline.
+    Api::logged_in(&base, "warmup").await;
+    let rest = rss_mb();
+    let peak = Arc::new(AtomicU64::new(rest));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            while sampling.load(Ordering::Relaxed) {
+                every.tick().await;
+                peak.fetch_max(rss_mb(), Ordering::Relaxed);
+            }
+        }
+    });
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (http, base, next, tally) = (http.clone(), base.clone(), next.clone(), tally.clone());
+        clients.push(tokio::spawn(async move {
+            // Every fourth client uses the HTML forms, the others the JSON API.
+            let form = if client % 4 == 0 { Some(FormVisitor::new(&http, &base).await) } else { None };
+            let client = Client { http, base, form, tally };
+            loop {
+                let user = next.fetch_add(1, Ordering::Relaxed);
+                if user >= USERS {
+                    return;
+                }
+                let username = format!("flood-{user}");
+                if client.until_served(Step::Register, &username).await {
+                    client.until_served(Step::Login, &username).await;
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("client task");
+    }
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let tally = tally.lock().expect("tally").clone();
+    let peak = peak.load(Ordering::Relaxed);
+    eprintln!("{tally:?}; RSS {rest} MB at rest, {peak} MB at the peak");
+
+    assert!(tally.other.is_empty(), "answers other than success or `503 busy` with Retry-After: {:?}", tally.other);
+    assert_eq!((tally.ok(Step::Register), tally.ok(Step::Login)), (USERS, USERS), "{tally:?}");
+    assert!(peak.saturating_sub(rest) <= MAX_GROWTH_MB, "RSS grew from {rest} MB to {peak} MB during the flood");
+    let settled = wait_for("RSS to come back after the flood", Duration::from_secs(30), || async {
+        let now = rss_mb();
+        (now <= rest + MAX_KEPT_MB).then_some(now)
+    })
+    .await;
+    eprintln!("RSS {settled} MB after the flood");
+    // The member still serves: the refusals were no failed logins (no lockout).
+    let (status, body) = Api::new()
+        .post(&format!("{base}/api/sessions"), json!({"username": "warmup", "password": PASSWORD}))
+        .await
+        .expect("login after the flood");
+    assert_eq!(status, 200, "{body}");
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Register,
+    Login,
+}
+
+/// One of the flood's clients: the JSON API, or the HTML forms when it has a visitor.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    form: Option<FormVisitor>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl Client {
+    /// Asks for `step` until it succeeds, asking again after [`BACKOFF`] when refused
+    /// `busy`; whether it succeeded (anything else is recorded and ends the account).
+    async fn until_served(&self, step: Step, username: &str) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let answer = self.ask(step, username).await;
+            if let Some(served) = self.record(step, username, answer, Instant::now() < deadline) {
+                return served;
+            }
+            tokio::time::sleep(BACKOFF).await;
+        }
+    }
+
+    /// Counts `answer`; `None` when the client should ask again.
+    fn record(&self, step: Step, username: &str, answer: Answer, patient: bool) -> Option<bool> {
+        let mut tally = self.tally.lock().expect("tally");
+        match answer {
+            Answer::Ok => {
+                *tally.ok.entry(step).or_default() += 1;
+                Some(true)
+            }
+            Answer::Busy if patient => {
+                *tally.busy.entry(step).or_default() += 1;
+                None
+            }
+            Answer::Busy => {
+                tally.other.push(format!("{step:?} {username}: still refused after {PATIENCE:?}"));
+                Some(false)
+            }
+            Answer::Other(what) => {
+                tally.other.push(format!("{step:?} {username}: {what}"));
+                Some(false)
+            }
+        }
+    }
+
+    async fn ask(&self, step: Step, username: &str) -> Answer {
+        let (http, base) = (&self.http, &self.base);
+        match (&self.form, step) {
+            (Some(form), Step::Register) => form.register(http, base, username).await,
+            (Some(form), Step::Login) => form.login(http, base, username).await,
+            (None, Step::Register) => api_call(http, &format!("{base}/api/users"), username, 201).await,
+            (None, Step::Login) => api_call(http, &format!("{base}/api/sessions"), username, 200).await,
+        }
+    }
+}
+
+/// Answers per step.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    ok: BTreeMap<Step, usize>,
+    busy: BTreeMap<Step, usize>,
+    /// Anything else, described: each one fails the test.
+    other: Vec<String>,
+}
+
+impl Tally {
+    fn ok(&self, step: Step) -> usize {
+        self.ok.get(&step).copied().unwrap_or(0)
+    }
+}
+
+/// One request's outcome.
+enum Answer {
+    Ok,
+    Busy,
+    Other(String),
+}
+
+/// A JSON API call with the flood's credentials; `ok` is the success status.
+async fn api_call(http: &reqwest::Client, url: &str, username: &str, ok: u16) -> Answer {
+    let sent = http.post(url).json(&json!({"username": username, "password": PASSWORD})).send().await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => return Answer::Other(format!("transport error: {e}")),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get(RETRY_AFTER).and_then(|value| value.to_str().ok()).map(str::to_string);
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match status {
+        _ if status == ok => Answer::Ok,
+        503 if body["code"] == "busy" && retry_after.as_deref() == Some("1") => Answer::Busy,
+        _ => Answer::Other(format!("{status} (Retry-After {retry_after:?}): {body}")),
+    }
+}
+
+/// A browser-like visitor of the HTML forms: its anonymous CSRF cookie and token.
+struct FormVisitor {
+    cookie: String,
+    csrf: String,
+}
+
+impl FormVisitor {
+    async fn new(http: &reqwest::Client, base: &str) -> Self {
+        let page = http.get(format!("{base}/register")).send().await.expect("register page");
+        let cookie = page
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find(|value| value.starts_with("districhat_csrf="))
+            .and_then(|value| value.split(';').next())
+            .expect("an anonymous csrf cookie")
+            .to_string();
+        let html = page.text().await.expect("html");
+        let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next());
+        Self { cookie, csrf: csrf.expect("csrf field").to_string() }
+    }
+
+    async fn register(&self, http: &reqwest::Client, base: &str, username: &str) -> Answer {
+        let password = PASSWORD.replace(' ', "+");
+        self.post(
+            http,
+            &format!("{base}/register"),
+            format!("username={username}&password={password}&confirm={password}"),
+        )
+        .await
+    }
+
+    async fn login(&self, http: &reqwest::Client, base: &str, username: &str) -> Answer {
+        let password = PASSWORD.replace(' ', "+");
+        self.post(http, &format!("{base}/login"), format!("username={username}&password={password}")).await
+    }
+
+    /// A form POST: success is the redirect (303); a refusal is the form again with 503,
+    /// `Retry-After: 1` and a message saying so.
+    async fn post(&self, http: &reqwest::Client, url: &str, fields: String) -> Answer {
+        let sent = http
+            .post(url)
+            .header(COOKIE, &self.cookie)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(format!("{fields}&csrf={}", self.csrf))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => return Answer::Other(format!("transport error: {e}")),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|value| value.to_str().ok()).map(str::to_string);
+        let html = response.text().await.unwrap_or_default();
+        match status {
+            303 => Answer::Ok,
+            503 if retry_after.as_deref() == Some("1") && html.contains("The server is busy") => Answer::Busy,
+            _ => Answer::Other(format!(
+                "form {status} (Retry-After {retry_after:?}): {}",
+                html.chars().take(300).collect::<String>()
+            )),
+        }
+    }
+}
+
+/// This process's resident set size in MB (`VmRSS` in /proc/self/status).
+fn rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb / 1024
+}
