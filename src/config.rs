@@ -50,6 +50,15 @@ pub struct ControlConfig {
     /// `503 busy` and `Retry-After: 1` instead of queueing without bound.
     #[serde(default = "default_password_hashing_queue")]
     pub password_hashing_queue: usize,
+    /// Rooms one user may create (direct messages not counted); past it, `403
+    /// quota_exceeded`. 0: no limit. Checked by the member taking the request, so
+    /// creates in flight at once may pass it by their number.
+    #[serde(default = "default_max_rooms_per_user")]
+    pub max_rooms_per_user: usize,
+}
+
+fn default_max_rooms_per_user() -> usize {
+    1_000
 }
 
 /// One member of the initial group.
@@ -156,6 +165,7 @@ impl ControlConfig {
             node_timeout_ms: default_node_timeout_ms(),
             password_hashing_concurrency: 0,
             password_hashing_queue: default_password_hashing_queue(),
+            max_rooms_per_user: default_max_rooms_per_user(),
         }
     }
 

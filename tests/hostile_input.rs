@@ -294,3 +294,35 @@ fn rss_mb() -> u64 {
         .expect("VmRSS in /proc/self/status");
     kb / 1024
 }
+
+/// One user cannot create rooms without end: past `max_rooms_per_user` the member answers
+/// `403 quota_exceeded` (through the API and the form alike) and creates nothing; other
+/// users are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_past_the_room_quota_is_refused_and_others_are_not() {
+    let cluster = TestCluster::start_with(1, tuning(), |config| config.max_rooms_per_user = 5).await;
+    let base = cluster.url(0);
+    let hoarder = Api::logged_in(&base, "hoarder").await;
+    for i in 0..5 {
+        let (status, body) =
+            hoarder.post(&format!("{base}/api/rooms"), json!({"name": format!("h{i}")})).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = hoarder.post(&format!("{base}/api/rooms"), json!({"name": "h5"})).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (403, Some("quota_exceeded")), "{body}");
+    let rooms: Value = hoarder
+        .http
+        .get(format!("{base}/api/rooms"))
+        .bearer_auth(hoarder.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = rooms["rooms"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(!names.contains(&"h5"), "nothing was created: {names:?}");
+    let other = Api::logged_in(&base, "other").await;
+    let (status, body) = other.post(&format!("{base}/api/rooms"), json!({"name": "o1"})).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+}
