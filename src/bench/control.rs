@@ -69,7 +69,11 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
 pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchReport> {
     let base = args.control.trim_end_matches('/').to_string();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let token = bench_login(&client, &base).await?;
+    // One user per writer: a user may create at most `max_rooms_per_user` rooms.
+    let mut tokens = Vec::new();
+    for _ in 0..args.writers {
+        tokens.push(bench_login(&client, &base).await?);
+    }
     let run_id: u32 = rand::random();
     let stop = Arc::new(AtomicBool::new(false));
     // Completion instants and latencies of successful writes; std Mutex, never held across await.
@@ -79,9 +83,9 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
     let progress = ProgressBar::new(args.seconds);
     progress.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")?);
     let mut tasks = Vec::new();
-    for writer in 0..args.writers {
-        let (client, base, token, stop, samples, errors) =
-            (client.clone(), base.clone(), token.clone(), stop.clone(), samples.clone(), errors.clone());
+    for (writer, token) in tokens.into_iter().enumerate() {
+        let (client, base, stop, samples, errors) =
+            (client.clone(), base.clone(), stop.clone(), samples.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {

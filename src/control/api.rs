@@ -222,6 +222,18 @@ struct NewRoom {
     private: bool,
 }
 
+/// Refuses a user who created `max_rooms_per_user` rooms already (`403 quota_exceeded`).
+/// Checked on this member's catalog before the write: creates in flight at the same time
+/// may pass the quota by their number.
+pub(super) fn check_room_quota(app: &AppState, user: UserId) -> Result<(), ApiError> {
+    let quota = app.config.max_rooms_per_user;
+    if quota > 0 && read_state(&app.state).catalog.rooms_created_by(user) >= quota {
+        let message = format!("you created {quota} rooms, the most one user may; delete or reuse one");
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message));
+    }
+    Ok(())
+}
+
 /// `POST /api/rooms`: create a room; the creator is its first member.
 async fn create_room(
     State(app): State<AppState>,
@@ -229,6 +241,7 @@ async fn create_room(
     ApiJson(body): ApiJson<NewRoom>,
 ) -> Result<Response, ApiError> {
     let user = current_user(&app, &headers)?;
+    check_room_quota(&app, user)?;
     let command = Command::CreateRoom { name: body.name, private: body.private, created_by: user, at_ms: now_ms() };
     match app.writer.write(command).await? {
         CommandOutput::Room(room) => {

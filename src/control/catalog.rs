@@ -664,6 +664,11 @@ impl Catalog {
         self.nodes.values().find(|node| node.name == name)
     }
 
+    /// Rooms `user` created, direct messages not counted (the room quota).
+    pub fn rooms_created_by(&self, user: UserId) -> usize {
+        self.rooms.values().filter(|room| room.created_by == user && !room.is_dm()).count()
+    }
+
     /// Rooms a user may see: every public room and the private rooms they belong to.
     pub fn visible_rooms(&self, user: UserId) -> impl Iterator<Item = &Room> {
         self.rooms.values().filter(move |room| !room.private || self.is_member(room.id, user))

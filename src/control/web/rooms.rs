@@ -31,6 +31,9 @@ pub async fn create(
     CsrfForm(visitor, form): CsrfForm<NewRoomForm>,
 ) -> Result<Response, WebError> {
     let user = visitor.require_user("/app")?.id;
+    if let Err(refused) = super::super::api::check_room_quota(&app, user) {
+        return Ok(visitor.redirect("/app", Some(Flash::error(refused.message))));
+    }
     let name = form.name.trim().to_string();
     let command =
         Command::CreateRoom { name: name.clone(), private: form.private.is_some(), created_by: user, at_ms: now_ms() };
