@@ -227,16 +227,7 @@ async fn a_follower_reads_its_own_writes_at_once() {
         let name = format!("ryw-{i}");
         let (status, body) = api.post(&format!("{follower}/api/rooms"), json!({"name": name})).await.unwrap();
         assert_eq!(status, 201, "create {name}: {body}");
-        let listed: Value = api
-            .http
-            .get(format!("{follower}/api/rooms"))
-            .bearer_auth(api.token.as_deref().unwrap_or_default())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed = api.get(&format!("{follower}/api/rooms")).await.unwrap();
         let rooms = listed["rooms"].as_array().expect("room list");
         assert!(rooms.iter().any(|room| room["name"] == name.as_str()), "round {i}: {name} not listed at once");
     }

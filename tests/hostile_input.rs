@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{tuning, wait_for, Api, TestCluster};
+use common::{rss_bytes, tuning, wait_for, Api, TestCluster};
 use reqwest::header::{CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
 use serde_json::{json, Value};
 
@@ -50,7 +50,7 @@ async fn a_registration_and_login_flood_is_served_or_refused_busy_within_bounded
     let base = cluster.url(0);
     // One account first, so one-time allocations (pools, caches) are in the baseline.
     Api::logged_in(&base, "warmup").await;
-    let rest = rss_mb();
+    let rest = rss_bytes() >> 20;
     let peak = Arc::new(AtomicU64::new(rest));
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = tokio::spawn({
@@ -59,7 +59,7 @@ async fn a_registration_and_login_flood_is_served_or_refused_busy_within_bounded
             let mut every = tokio::time::interval(Duration::from_millis(10));
             while sampling.load(Ordering::Relaxed) {
                 every.tick().await;
-                peak.fetch_max(rss_mb(), Ordering::Relaxed);
+                peak.fetch_max(rss_bytes() >> 20, Ordering::Relaxed);
             }
         }
     });
@@ -103,7 +103,7 @@ async fn a_registration_and_login_flood_is_served_or_refused_busy_within_bounded
     assert_eq!((tally.ok(Step::Register), tally.ok(Step::Login)), (USERS, USERS), "{tally:?}");
     assert!(peak.saturating_sub(rest) <= MAX_GROWTH_MB, "RSS grew from {rest} MB to {peak} MB during the flood");
     let settled = wait_for("RSS to come back after the flood", Duration::from_secs(30), || async {
-        let now = rss_mb();
+        let now = rss_bytes() >> 20;
         (now <= rest + MAX_KEPT_MB).then_some(now)
     })
     .await;
@@ -284,17 +284,6 @@ impl FormVisitor {
     }
 }
 
-/// This process's resident set size in MB (`VmRSS` in /proc/self/status).
-fn rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS in /proc/self/status");
-    kb / 1024
-}
-
 /// One user cannot create rooms without end: past `max_rooms_per_user` the member answers
 /// `403 quota_exceeded` (through the API and the form alike) and creates nothing; other
 /// users are not affected.
@@ -310,16 +299,7 @@ async fn a_user_past_the_room_quota_is_refused_and_others_are_not() {
     }
     let (status, body) = hoarder.post(&format!("{base}/api/rooms"), json!({"name": "h5"})).await.unwrap();
     assert_eq!((status, body["code"].as_str()), (403, Some("quota_exceeded")), "{body}");
-    let rooms: Value = hoarder
-        .http
-        .get(format!("{base}/api/rooms"))
-        .bearer_auth(hoarder.token.as_deref().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rooms = hoarder.get(&format!("{base}/api/rooms")).await.unwrap();
     let names: Vec<&str> = rooms["rooms"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
     assert!(!names.contains(&"h5"), "nothing was created: {names:?}");
     let other = Api::logged_in(&base, "other").await;

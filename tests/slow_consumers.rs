@@ -11,21 +11,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::chat::{fill_with, token, ChatCluster, WsClient};
-use common::{wait_for, Api};
+use common::{rss_bytes, wait_for, Api};
 use districhat::node::mesh::Dispatch;
 use districhat::protocol::MeshRequest;
 use serde_json::json;
-
-/// This process's resident set, in bytes (the controls and nodes run in it).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
 
 /// Two nodes that close a stalled socket after 2 s, and a room holding `messages`
 /// messages of `text_len` characters, sent through a connection that is closed again.

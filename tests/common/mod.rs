@@ -169,6 +169,15 @@ impl Api {
         Ok((status, body))
     }
 
+    /// GETs JSON with the token; the JSON body (Null if none).
+    pub async fn get(&self, url: &str) -> reqwest::Result<Value> {
+        let mut request = self.http.get(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        Ok(request.send().await?.json().await.unwrap_or(Value::Null))
+    }
+
     /// Registers `username` and logs in through `base`; the returned client carries the token.
     pub async fn logged_in(base: &str, username: &str) -> Self {
         let mut api = Self::new();
@@ -207,3 +216,15 @@ pub fn init_logs() {
 pub mod browser;
 pub mod chat;
 pub mod senders;
+
+/// This process's resident set size in bytes (`VmRSS` in /proc/self/status): the memory
+/// of the controls and nodes a test runs in it.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
