@@ -55,6 +55,9 @@ pub struct ControlConfig {
     /// creates in flight at once may pass it by their number.
     #[serde(default = "default_max_rooms_per_user")]
     pub max_rooms_per_user: usize,
+    /// RocksDB memory of the catalog and Raft log (docs/OPERATIONS.md, "Bounds").
+    #[serde(default)]
+    pub storage: crate::store::StoreMemory,
 }
 
 fn default_max_rooms_per_user() -> usize {
@@ -166,6 +169,7 @@ impl ControlConfig {
             password_hashing_concurrency: 0,
             password_hashing_queue: default_password_hashing_queue(),
             max_rooms_per_user: default_max_rooms_per_user(),
+            storage: crate::store::StoreMemory::default(),
         }
     }
 

@@ -213,7 +213,7 @@ async fn a_chat_node_backup_holds_every_acked_message_of_its_rooms() {
 
     let restored_dir = cluster.controls.dir.path().join("node-restored");
     copy_flat_dir(&dir, &restored_dir);
-    let restored = RoomLog::open(&restored_dir, false).expect("open the restored copy");
+    let restored = RoomLog::open(&restored_dir, false, &Default::default()).expect("open the restored copy");
     assert_eq!(restored.last_seq(room_id).expect("last seq"), MESSAGES, "every acked message is in the backup");
 }
 

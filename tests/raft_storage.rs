@@ -13,7 +13,7 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let (log, machine) = open_storage(dir.path(), true).map_err(|e| {
+        let (log, machine) = open_storage(dir.path(), true, &Default::default()).map_err(|e| {
             let e = std::io::Error::other(e.to_string());
             StorageIOError::write(AnyError::new(&e))
         })?;

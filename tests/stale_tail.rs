@@ -72,7 +72,7 @@ async fn a_returning_nodes_unacknowledged_tail_is_dropped() {
     let a_dir = cluster.node_configs[a].data_dir.clone();
     let planted = wait_for("A's log to be free to open", Duration::from_secs(10), || {
         let dir = a_dir.clone();
-        async move { RoomLog::open(&dir, true).ok() }
+        async move { RoomLog::open(&dir, true, &Default::default()).ok() }
     })
     .await;
     let ghost = StoredMessage {

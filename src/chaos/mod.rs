@@ -402,7 +402,8 @@ async fn final_history(
 
 /// Node `name`'s log of `room` from disk (the node must be stopped).
 fn read_log(cluster: &ChaosCluster, name: &str, room: u64) -> anyhow::Result<Vec<(u64, String)>> {
-    let log = RoomLog::open(&cluster.node_db(name), false).with_context(|| format!("opening {name}'s room log"))?;
+    let log = RoomLog::open(&cluster.node_db(name), false, &Default::default())
+        .with_context(|| format!("opening {name}'s room log"))?;
     Ok(check::log_entries(&log.after(room, 0, usize::MAX)?))
 }
 

@@ -239,8 +239,8 @@ async fn open_storage_retrying(
     let mut attempts = 0;
     loop {
         let dir = config.data_dir.clone();
-        let fsync = config.raft.fsync;
-        let opened = tokio::task::spawn_blocking(move || raft::open_storage(&dir, fsync))
+        let (fsync, memory) = (config.raft.fsync, config.storage.clone());
+        let opened = tokio::task::spawn_blocking(move || raft::open_storage(&dir, fsync, &memory))
             .await
             .map_err(|e| ControlError::RaftStart(format!("storage task: {e}")))?;
         match opened {

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub replication: Replication,
+    /// RocksDB memory of the room log (docs/OPERATIONS.md, "Bounds").
+    #[serde(default)]
+    pub storage: crate::store::StoreMemory,
     /// Browser origins allowed to open `/ws` (scheme://host:port). Empty: same host as
     /// one of `controls`, or no Origin header (non-browser clients).
     #[serde(default)]
@@ -144,6 +147,7 @@ impl NodeConfig {
             cluster_secret: secret.into(),
             limits: Limits::default(),
             replication: Replication::default(),
+            storage: crate::store::StoreMemory::default(),
             allowed_origins: Vec::new(),
             control_lease_ms: default_control_lease_ms(),
         }

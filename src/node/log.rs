@@ -22,7 +22,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use crate::protocol::{MessageStamp, RoomId, Seq, StoredMessage, UserId};
 use crate::store::checkpoint::{CheckpointError, CheckpointFiles};
-use crate::store::{self, StoreError};
+use crate::store::{self, StoreError, StoreMemory};
 
 const CF_MESSAGES: &str = "messages";
 const CF_DEDUPE: &str = "dedupe";
@@ -64,9 +64,10 @@ pub enum Fenced<T> {
 }
 
 impl RoomLog {
-    pub fn open(dir: &Path, fsync: bool) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, fsync: bool, memory: &StoreMemory) -> Result<Self, StoreError> {
         let fence_locks = Arc::new((0..FENCE_STRIPES).map(|_| Mutex::new(())).collect());
-        Ok(Self { db: store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES, CF_MISSING])?, fsync, fence_locks })
+        let db = store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES, CF_MISSING], memory)?;
+        Ok(Self { db, fsync, fence_locks })
     }
 
     /// Appends for a writer at `epoch` (an owner, or an owner's replication): refused if
@@ -462,7 +463,7 @@ mod tests {
     #[test]
     fn log_scans_ranges_per_room_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
         log.append(2, &[message(1)], None).unwrap();
         assert_eq!(log.last_seq(1).unwrap(), 5);
@@ -482,7 +483,7 @@ mod tests {
     #[test]
     fn tail_stamps_are_the_last_messages_ascending() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         assert!(log.tail_stamps(1, 3).unwrap().is_empty());
         log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
         log.append(2, &[message(9)], None).unwrap();
@@ -494,7 +495,7 @@ mod tests {
     #[test]
     fn dedupe_keys_follow_the_message_that_holds_the_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         log.append(1, &[message(1), message(2)], None).unwrap();
         // A replica gets seq 2 again with another message (its owner rolled back and
         // sequenced anew): the replaced message's dedupe key goes.
@@ -519,7 +520,7 @@ mod tests {
     #[test]
     fn fenced_writes_refuse_older_epochs_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         assert_eq!(log.append_at(1, 2, &[message(1), message(2)]).unwrap(), Fenced::Done(()));
         assert_eq!(log.fence(1).unwrap(), 2, "a newer writer raises the fence");
         assert_eq!(log.take_epoch(1, 3, None).unwrap(), Fenced::Done((2, 0)));
@@ -532,7 +533,7 @@ mod tests {
     #[test]
     fn a_replica_stores_only_what_follows_its_log_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         let stored = Fenced::Done(Replicated::Stored);
         let gap = Fenced::Done(Replicated::Gap);
         assert_eq!(log.replicate_at(1, 1, None, &[message(2)]).unwrap(), gap, "seq 1 has no predecessor");
@@ -554,7 +555,7 @@ mod tests {
         // Adopt at epoch 2 times out, a second one succeeds, a batch is stored and
         // acknowledged; then the first Adopt arrives, with the older base.
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         assert_eq!(log.take_epoch(1, 2, Some(0)).unwrap(), Fenced::Done((0, 0)), "the second Adopt");
         let stored = log.replicate_at(1, 2, None, &[message(1), message(2)]).unwrap();
         assert_eq!(stored, Fenced::Done(Replicated::Stored));
@@ -567,7 +568,7 @@ mod tests {
     #[test]
     fn a_seeded_replica_records_what_it_lacks_until_the_owner_filled_it_in() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         log.append(1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
         // Not adopted at epoch 3 yet, or the log no longer ends where the owner thinks.
         assert_eq!(log.seed_at(1, 3, 2, &message(10)).unwrap(), Fenced::Done(Err(Replicated::Gap)));
@@ -591,7 +592,7 @@ mod tests {
         // The range survives a late Adopt of the same epoch and a reopen.
         assert_eq!(log.take_epoch(1, 3, Some(2)).unwrap(), Fenced::Done((11, 0)));
         drop(log);
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         assert_eq!(log.missing(1).unwrap(), Some((7, 9)));
         assert_eq!(log.backfill_at(1, 3, &range(7..=9)).unwrap(), Fenced::Done(None));
         assert_eq!(log.missing(1).unwrap(), None);
@@ -601,7 +602,7 @@ mod tests {
     #[test]
     fn adopting_below_a_missing_range_leaves_the_plain_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RoomLog::open(dir.path(), false).unwrap();
+        let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         log.append(1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
         assert_eq!(log.take_epoch(1, 2, Some(2)).unwrap(), Fenced::Done((2, 0)));
         assert_eq!(log.seed_at(1, 2, 2, &message(9)).unwrap(), Fenced::Done(Ok(Some((3, 8)))));

@@ -216,7 +216,8 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         control_link::register(&http, &config, &secret, &advertise, shutdown_rx.clone()).await?;
     let dir = config.data_dir.clone();
     let fsync = config.replication.fsync;
-    let log = tokio::task::spawn_blocking(move || RoomLog::open(&dir, fsync)).await??;
+    let memory = config.storage.clone();
+    let log = tokio::task::spawn_blocking(move || RoomLog::open(&dir, fsync, &memory)).await??;
     let node = Node(Arc::new(NodeInner {
         id: registration.node_id,
         name: config.name.clone(),

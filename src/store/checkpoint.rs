@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn checkpoints_copy_the_data_and_refuse_unsafe_targets() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::store::open(&dir.path().join("live"), &["rows"]).unwrap();
+        let db = crate::store::open(&dir.path().join("live"), &["rows"], &Default::default()).unwrap();
         let rows = crate::store::cf(&db, "rows").unwrap();
         db.put_cf(rows, b"k", b"v").unwrap();
 

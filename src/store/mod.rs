@@ -10,7 +10,7 @@ pub mod checkpoint;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBufferManager, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -33,15 +33,47 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens (creating if needed) the database at `path` with the given column families.
-pub fn open(path: &Path, column_families: &[&'static str]) -> Result<Arc<DB>> {
-    let mut options = Options::default();
+/// How much memory RocksDB may take for one database (`[storage]` in the control and
+/// node configs): a block cache shared by its column families, and memtables (write
+/// buffers) whose total is capped across them. Outside these, RocksDB keeps index and
+/// filter blocks of open files and its own small structures.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreMemory {
+    /// The LRU cache of uncompressed blocks read from disk, in MiB.
+    pub block_cache_mb: usize,
+    /// All memtables together, in MiB; past it RocksDB flushes the largest.
+    pub write_buffer_mb: usize,
+}
+
+impl Default for StoreMemory {
+    fn default() -> Self {
+        Self { block_cache_mb: 32, write_buffer_mb: 32 }
+    }
+}
+
+/// Opens (creating if needed) the database at `path` with the given column families and
+/// memory bounds.
+pub fn open(path: &Path, column_families: &[&'static str], memory: &StoreMemory) -> Result<Arc<DB>> {
+    let cache = Cache::new_lru_cache(memory.block_cache_mb.max(1) << 20);
+    let write_buffers = memory.write_buffer_mb.max(1) << 20;
+    // Each column family may hold one active and one immutable memtable of this size.
+    let per_family = (write_buffers / (2 * column_families.len().max(1))).max(1 << 20);
+    let bounded = || {
+        let mut options = Options::default();
+        options.set_write_buffer_size(per_family);
+        options.set_max_write_buffer_number(2);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        options.set_block_based_table_factory(&table);
+        options
+    };
+    let mut options = bounded();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
-    // A control's catalog is small: keep RocksDB's own memory modest.
     options.set_max_background_jobs(2);
-    options.set_write_buffer_size(8 * 1024 * 1024);
-    let descriptors = column_families.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    options.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(write_buffers, false));
+    let descriptors = column_families.iter().map(|name| ColumnFamilyDescriptor::new(*name, bounded()));
     let db = DB::open_cf_descriptors(&options, path, descriptors)?;
     Ok(Arc::new(db))
 }
@@ -110,5 +142,22 @@ mod tests {
         assert!(pair_key(1, u64::MAX) < pair_key(2, 0));
         assert_eq!(key_pair(&pair_key(7, 9)).ok(), Some((7, 9)));
         assert!(key_u64(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn a_database_keeps_to_its_memory_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = StoreMemory { block_cache_mb: 4, write_buffer_mb: 4 };
+        let db = open(dir.path(), &["a", "b"], &memory).unwrap();
+        // 40 MiB written to one column family: its memtables stay within the bound
+        // (one active and one immutable of 1 MiB each), the rest is flushed to disk.
+        let cf = cf(&db, "a").unwrap();
+        assert_eq!(db.property_int_value_cf(cf, "rocksdb.block-cache-capacity").unwrap(), Some(4 << 20));
+        let value = vec![7u8; 4096];
+        for i in 0..10_240u64 {
+            db.put_cf(cf, u64_key(i), &value).unwrap();
+        }
+        let held = db.property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables").unwrap().unwrap();
+        assert!(held <= 3 << 20, "memtables hold {held} bytes");
     }
 }

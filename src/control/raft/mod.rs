@@ -29,8 +29,12 @@ pub const COLUMN_FAMILIES: [&str; 10] = [
 ];
 
 /// Opens (or creates) a member's database and loads its state machine.
-pub fn open_storage(dir: &Path, fsync: bool) -> Result<(LogStore, StateMachineStore), StorageOpenError> {
-    let db = store::open(dir, &COLUMN_FAMILIES)?;
+pub fn open_storage(
+    dir: &Path,
+    fsync: bool,
+    memory: &store::StoreMemory,
+) -> Result<(LogStore, StateMachineStore), StorageOpenError> {
+    let db = store::open(dir, &COLUMN_FAMILIES, memory)?;
     let machine = StateMachineStore::open(db.clone()).map_err(|e| StorageOpenError::Load(e.to_string()))?;
     Ok((LogStore::new(db, fsync), machine))
 }
