@@ -258,3 +258,32 @@ async fn a_frame_too_large_to_read_is_refused_with_a_reason() {
     ws.send(json!({"type": "send", "room": room, "client_id": "after", "text": "fine"})).await;
     assert_eq!(ws.expect("ack").await["seq"], 1);
 }
+
+/// History and subscribe requests cost the node a read each: a flood of them is refused
+/// in part with `rate_limited` (its `ref` names the room), and the connection lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_flood_is_rate_limited_and_the_connection_lives_on() {
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "reader").await;
+    let room = cluster.create_room(&api, "reads", false).await["id"].as_u64().unwrap();
+    let (token, _) = token(&api, &cluster.url()).await;
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &token).await;
+    for _ in 0..300 {
+        ws.send(json!({"type": "history", "room": room, "limit": 10})).await;
+    }
+    let (mut limited, mut served) = (0, 0);
+    while limited + served < 300 {
+        let frame = ws.next(Duration::from_secs(15)).await.expect("an answer to every history request");
+        match frame["type"].as_str() {
+            Some("history") => served += 1,
+            Some("error") => {
+                assert_eq!((frame["code"].as_str(), frame["ref"].as_u64()), (Some("rate_limited"), Some(room)));
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(limited > 0 && served > 0, "limited {limited}, served {served}");
+    ws.send(json!({"type": "send", "room": room, "client_id": "after", "text": "still here"})).await;
+    assert_eq!(ws.expect("ack").await["seq"], 1);
+}
