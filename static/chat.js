@@ -691,7 +691,9 @@
         if (this.view && id === this.open) this.view.showError('You may not read this room (forbidden).');
       } else if (RETRIABLE.has(frame.code)) {
         // The room is failing over: subscribe again (resuming) in a moment.
-        if (this.view && id === this.open) this.view.showError('This room is moving to another node; retrying…');
+        if (this.view && id === this.open && frame.code !== 'rate_limited') {
+          this.view.showError('This room is moving to another node; retrying…');
+        }
         setTimeout(() => {
           if (this.rooms.has(id)) this.subscribe(id, room);
         }, 1500);

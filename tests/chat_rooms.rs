@@ -277,7 +277,11 @@ async fn a_history_flood_is_rate_limited_and_the_connection_lives_on() {
         match frame["type"].as_str() {
             Some("history") => served += 1,
             Some("error") => {
-                assert_eq!((frame["code"].as_str(), frame["ref"].as_u64()), (Some("rate_limited"), Some(room)));
+                let reference = room.to_string();
+                assert_eq!(
+                    (frame["code"].as_str(), frame["ref"].as_str()),
+                    (Some("rate_limited"), Some(reference.as_str()))
+                );
                 limited += 1;
             }
             _ => {}

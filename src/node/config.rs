@@ -61,6 +61,9 @@ pub struct Limits {
     pub max_text_chars: usize,
     /// Sustained sends per second per connection (burst: twice that).
     pub sends_per_sec: u32,
+    /// Sustained history and subscribe requests per second per connection (burst: twice
+    /// that); each costs a read of the room log.
+    pub reads_per_sec: u32,
     /// Most rooms one connection may follow.
     pub max_subscriptions: usize,
     /// A write to a browser's socket that does not finish within this many ms (the
@@ -78,6 +81,7 @@ impl Default for Limits {
             max_frame_bytes: 16 * 1024,
             max_text_chars: 4_000,
             sends_per_sec: 50,
+            reads_per_sec: 50,
             max_subscriptions: 200,
             write_timeout_ms: 10_000,
             held_frames: 1_000,

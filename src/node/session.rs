@@ -55,16 +55,40 @@ struct Session {
     rooms: HashMap<RoomId, Subscription>,
     tx: mpsc::Sender<Outbound>,
     kick: Arc<Notify>,
-    /// Token bucket for sends.
+    sends: Bucket,
+    /// History and subscribe requests: each costs the node a read of the room log.
+    reads: Bucket,
+}
+
+/// A token bucket: `rate` a second, bursts of twice that.
+struct Bucket {
+    rate: f64,
     tokens: f64,
     refilled: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self { rate, tokens: rate * 2.0, refilled: Instant::now() }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * self.rate).min(self.rate * 2.0);
+        self.refilled = Instant::now();
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// Runs a browser session until the socket closes, it lags, or the node stops.
 pub async fn run(node: Node, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let kick = Arc::new(Notify::new());
-    let burst = f64::from(node.config.limits.sends_per_sec) * 2.0;
     let mut session = Session {
         id: node.next_session_id(),
         node: node.clone(),
@@ -72,8 +96,8 @@ pub async fn run(node: Node, mut socket: WebSocket) {
         rooms: HashMap::new(),
         tx,
         kick: kick.clone(),
-        tokens: burst,
-        refilled: Instant::now(),
+        sends: Bucket::new(node.config.limits.sends_per_sec),
+        reads: Bucket::new(node.config.limits.reads_per_sec),
     };
     node.connections.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("districhat_connections").increment(1.0);
@@ -234,6 +258,13 @@ impl Session {
     }
 
     async fn subscribe(&mut self, user: &ConnectionClaims, room: RoomId, since: Option<Seq>) -> Vec<Message> {
+        if !self.reads.take() {
+            return vec![error(
+                "rate_limited",
+                "too many subscribe and history requests; slow down",
+                Some(room.to_string()),
+            )];
+        }
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, Some(room.to_string()))];
         }
@@ -298,13 +329,9 @@ impl Session {
                 reference,
             )];
         }
-        let rate = f64::from(limits.sends_per_sec);
-        self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * rate).min(rate * 2.0);
-        self.refilled = Instant::now();
-        if self.tokens < 1.0 {
+        if !self.sends.take() {
             return vec![error("rate_limited", "too many messages; slow down", reference)];
         }
-        self.tokens -= 1.0;
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, reference)];
         }
@@ -341,6 +368,13 @@ impl Session {
         before: Option<Seq>,
         limit: Option<u32>,
     ) -> Vec<Message> {
+        if !self.reads.take() {
+            return vec![error(
+                "rate_limited",
+                "too many subscribe and history requests; slow down",
+                Some(room.to_string()),
+            )];
+        }
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, Some(room.to_string()))];
         }
