@@ -130,6 +130,16 @@ impl NodeConfig {
                 ));
             }
         }
+        let limits = &self.limits;
+        let too_small = [
+            ("limits.write_timeout_ms", limits.write_timeout_ms < 100, "at least 100"),
+            ("limits.held_frames", limits.held_frames == 0, "at least 1"),
+            ("limits.sends_per_sec", limits.sends_per_sec == 0, "at least 1"),
+            ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
+        ];
+        if let Some((key, _, bound)) = too_small.iter().find(|(_, bad, _)| *bad) {
+            return Err(format!("{key} must be {bound}: below it no connection could be served"));
+        }
         crate::config::check_backup_dir(self.backup_dir.as_deref())
     }
 
@@ -184,5 +194,19 @@ mod tests {
         assert_eq!(config.public_ws_url.as_deref(), Some("wss://chat.example.com/n1/ws"));
         assert_eq!(config.backup_dir(), Path::new("/srv/b"));
         assert_eq!(load("").unwrap().backup_dir(), Path::new("/d/backups"));
+    }
+
+    #[test]
+    fn limits_that_would_serve_no_connection_stop_the_node_at_load() {
+        for (bad, key) in [
+            ("[limits]\nwrite_timeout_ms = 0\n", "limits.write_timeout_ms"),
+            ("[limits]\nheld_frames = 0\n", "limits.held_frames"),
+            ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
+        ] {
+            let error = load(bad).unwrap_err().to_string();
+            assert!(error.contains(key), "{bad}: {error}");
+        }
+        let config = load("[limits]\nwrite_timeout_ms = 2000\n[storage]\nblock_cache_mb = 8\n").unwrap();
+        assert_eq!((config.limits.write_timeout_ms, config.storage.block_cache_mb), (2_000, 8));
     }
 }

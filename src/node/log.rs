@@ -312,6 +312,20 @@ impl RoomLog {
         }
     }
 
+    /// The stamps of the messages at `seqs` (`None` where this log holds none), in order.
+    pub fn stamps_at(&self, room: RoomId, seqs: &[Seq]) -> Result<Vec<Option<MessageStamp>>, StoreError> {
+        let cf = store::cf(&self.db, CF_MESSAGES)?;
+        let keys = seqs.iter().map(|seq| (cf, store::pair_key(room, *seq)));
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|found| match found? {
+                Some(bytes) => Ok(Some(stamp(&store::decode(&bytes)?))),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     /// The highest seq stored for the room (0 when empty).
     pub fn last_seq(&self, room: RoomId) -> Result<Seq, StoreError> {
         let cf = store::cf(&self.db, CF_MESSAGES)?;
@@ -487,6 +501,7 @@ mod tests {
         assert!(log.tail_stamps(1, 3).unwrap().is_empty());
         log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
         log.append(2, &[message(9)], None).unwrap();
+        assert_eq!(log.stamps_at(1, &[2, 7]).unwrap(), vec![Some(stamp(&message(2))), None]);
         let stamps = log.tail_stamps(1, 3).unwrap();
         assert_eq!(stamps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(stamps[0], stamp(&message(3)));

@@ -5,7 +5,7 @@
 //! both ways holds two sockets, one per direction. A link reconnects by itself with
 //! backoff; requests in flight when it drops fail at once (callers retry idempotently).
 //! The listening side ([`serve_link`]) hands every request to the node's dispatcher, at
-//! most [`LINK_CONCURRENCY`] at once per link.
+//! most [`LINK_CONCURRENCY`] at once per link (more are refused at once).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,9 +24,10 @@ use crate::store;
 
 /// Frames waiting for a link before senders see back-pressure.
 const LINK_QUEUE: usize = 8_192;
-/// Requests of one incoming link handled at once; past that the link stops reading, so a
-/// peer's flood fills its own queue (and gets `Saturated`) instead of this node's memory.
-const LINK_CONCURRENCY: usize = 256;
+/// Requests of one incoming link handled at once; past that they are answered
+/// `unavailable` at once, so a peer's flood cannot grow this node's tasks and memory, and
+/// the link keeps reading its other frames.
+const LINK_CONCURRENCY: usize = 4_096;
 
 /// Why a mesh request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +262,17 @@ pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdow
             dispatch.handle_inline(envelope.request);
             continue;
         }
-        let Ok(permit) = working.clone().acquire_owned().await else { break };
+        let Ok(permit) = working.clone().try_acquire_owned() else {
+            // Refused at once rather than waiting: the link must keep reading (deliveries
+            // and other requests share it). The caller retries as after any `unavailable`.
+            metrics::counter!("districhat_mesh_requests_refused_total").increment(1);
+            let response = MeshResponse::Error {
+                code: "unavailable".into(),
+                message: format!("this node is serving {LINK_CONCURRENCY} requests of this peer already"),
+            };
+            let _ = reply_tx.try_send(MeshReply { id: envelope.id, response });
+            continue;
+        };
         let (dispatch, reply_tx) = (dispatch.clone(), reply_tx.clone());
         tokio::spawn(async move {
             let response = dispatch.handle(envelope.request).await;

@@ -383,7 +383,8 @@ impl Node {
         let Some(route) = self.routes().nodes.get(&node).cloned() else { return };
         if !route.up {
             // A node the catalog calls down gets nothing queued for it (its link would hold
-            // it until the queue is full); when it is up again it resyncs its sessions.
+            // it until the queue is full); when it is up again in this node's table, each
+            // owner here shows it the newest message (`OwnerCommand::Returned`).
             metrics::counter!("districhat_deliveries_skipped_total").increment(1);
             return;
         }
@@ -622,8 +623,21 @@ impl Node {
             std::mem::replace(&mut *routes, new.clone())
         };
         self.take_token_key(token_key);
+        // Nodes up again in this table: owners skipped their deliveries while they were
+        // down (see `deliver_to`), so each owner shows them its newest message.
+        let returned: Vec<NodeId> = new
+            .nodes
+            .values()
+            .filter(|node| node.up && old.nodes.get(&node.id).is_some_and(|before| !before.up))
+            .map(|node| node.id)
+            .collect();
         {
             let mut owners = self.owners_lock();
+            for handle in owners.values() {
+                for node in &returned {
+                    let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
+                }
+            }
             owners.retain(|room, handle| {
                 new.rooms.get(room).is_some_and(|route| route.owner == Some(self.id) && route.epoch == handle.epoch)
             });

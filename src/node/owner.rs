@@ -40,6 +40,9 @@ const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 const INLINE_COPY: usize = 1_000;
 /// How long the background copy waits after its replica did not answer.
 const BACKFILL_RETRY: Duration = Duration::from_secs(1);
+/// How long one chunk of the background copy may take: the owner's sends wait for it,
+/// so shorter than [`REPLICATION_TIMEOUT`].
+const BACKFILL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What an owner task is asked to do.
 pub enum OwnerCommand {
@@ -54,6 +57,12 @@ pub enum OwnerCommand {
     },
     Typing {
         username: String,
+    },
+    /// Node `node` is up again in this node's routing table: deliveries to it were
+    /// skipped while it was down, so it gets the newest message (its sessions then fetch
+    /// any gap).
+    Returned {
+        node: NodeId,
     },
 }
 
@@ -334,7 +343,12 @@ impl Owner {
     async fn backfill_step(&mut self) {
         let now = tokio::time::Instant::now();
         let Some(fill) = self.backfill.filter(|fill| fill.due <= now) else { return };
-        let Some(replica) = self.node.replica_of(self.room) else { return };
+        let retry = |fill: Backfill| Some(Backfill { due: tokio::time::Instant::now() + BACKFILL_RETRY, ..fill });
+        let Some(replica) = self.node.replica_of(self.room) else {
+            // The room lost its replica (this task ends with the new epoch); do not spin.
+            self.backfill = retry(fill);
+            return;
+        };
         let rate = self.node.config.replication.backfill_per_sec as usize;
         let chunk = if rate == 0 { INLINE_COPY } else { INLINE_COPY.min(rate) };
         let count = (fill.last.saturating_sub(fill.first) as usize + 1).min(chunk);
@@ -342,11 +356,10 @@ impl Owner {
         let answer = match blocking(move || log.after(room, from, count)).await {
             Ok(messages) => {
                 let request = MeshRequest::Backfill { room, epoch, messages };
-                self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await
+                self.node.mesh_request(replica, request, BACKFILL_TIMEOUT).await
             }
             Err(e) => Err(e),
         };
-        let retry = |fill: Backfill| Some(Backfill { due: tokio::time::Instant::now() + BACKFILL_RETRY, ..fill });
         self.backfill = match answer {
             Ok(MeshResponse::Copied { missing: None }) => {
                 metrics::counter!("districhat_backfill_messages_total").increment(fill.last - fill.first + 1);
@@ -366,10 +379,17 @@ impl Owner {
                 };
                 Some(Backfill { first, last, due: now + pause, ..fill })
             }
-            Ok(other) => {
-                tracing::debug!(room, epoch, replica, error = %NodeError::from_response(other), "background copy refused");
-                retry(fill)
-            }
+            Ok(other) => match NodeError::from_response(other) {
+                NodeError::StaleEpoch => {
+                    // A newer owner holds the room: learn it now; this task is replaced.
+                    let _ = self.moved();
+                    None
+                }
+                error => {
+                    tracing::debug!(room, epoch, replica, %error, "background copy refused");
+                    retry(fill)
+                }
+            },
             Err(e) => {
                 tracing::debug!(room, epoch, replica, error = %e, "background copy failed; retrying");
                 retry(fill)
@@ -380,16 +400,12 @@ impl Owner {
     /// The first seq where a replica's `tail` (ascending stamps) differs from this log,
     /// if any. A seq this log lacks counts as different.
     async fn first_difference(&self, tail: &[MessageStamp]) -> Result<Option<Seq>, NodeError> {
-        let (Some(first), Some(last)) = (tail.first(), tail.last()) else { return Ok(None) };
-        let (log, room, from, count) = (
-            self.node.log.clone(),
-            self.room,
-            first.seq.saturating_sub(1),
-            (last.seq.saturating_sub(first.seq) + 1) as usize,
-        );
-        let ours: HashMap<Seq, MessageStamp> =
-            blocking(move || log.after(room, from, count)).await?.iter().map(|m| (m.seq, stamp(m))).collect();
-        Ok(tail.iter().find(|theirs| ours.get(&theirs.seq) != Some(theirs)).map(|theirs| theirs.seq))
+        // Only the seqs the tail names: a replica still receiving the older log has a
+        // tail that spans its missing range, and reading everything between would grow
+        // with the room's history.
+        let (log, room, seqs) = (self.node.log.clone(), self.room, tail.iter().map(|t| t.seq).collect::<Vec<_>>());
+        let ours = blocking(move || log.stamps_at(room, &seqs)).await?;
+        Ok(tail.iter().zip(ours).find(|(theirs, ours)| ours.as_ref() != Some(*theirs)).map(|(theirs, _)| theirs.seq))
     }
 
     async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
@@ -438,6 +454,11 @@ impl Owner {
                 match command {
                     OwnerCommand::Send { message, reply } => sends.push(PendingSend { message, reply }),
                     OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
+                    OwnerCommand::Returned { node } => {
+                        if self.interest.contains_key(&node) {
+                            self.show_newest(node).await;
+                        }
+                    }
                     OwnerCommand::Typing { username } => {
                         let frame = ServerFrame::Typing { room: self.room, user: username };
                         self.fan_out(vec![(0, frame_json(&frame))], 0);
@@ -583,21 +604,26 @@ impl Owner {
         } else {
             self.interest.insert(node, users);
         }
-        // Only an acknowledged message is shown (docs/REPLICATION.md, "Reads").
-        if let Some(last) = self.committed.get().filter(|last| newcomer && *last > 0) {
-            let (log, room) = (self.node.log.clone(), self.room);
-            if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
-                let frames: Vec<(Seq, String)> = newest
-                    .iter()
-                    .map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m)))))
-                    .collect();
-                self.node.deliver_to(node, self.room, frames, 0);
-            }
+        if newcomer {
+            self.show_newest(node).await;
         }
         let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
         if everyone != before {
             let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
             self.fan_out(vec![(0, frame_json(&frame))], 0);
+        }
+    }
+
+    /// Delivers the room's newest committed message to `node`: its sessions notice any
+    /// message they missed (a gap) and fetch it. Only an acknowledged message is shown
+    /// (docs/REPLICATION.md, "Reads").
+    async fn show_newest(&self, node: NodeId) {
+        let Some(last) = self.committed.get().filter(|last| *last > 0) else { return };
+        let (log, room) = (self.node.log.clone(), self.room);
+        if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
+            let frames: Vec<(Seq, String)> =
+                newest.iter().map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(room, m))))).collect();
+            self.node.deliver_to(node, room, frames, 0);
         }
     }
 
