@@ -306,3 +306,48 @@ async fn a_user_past_the_room_quota_is_refused_and_others_are_not() {
     let (status, body) = other.post(&format!("{base}/api/rooms"), json!({"name": "o1"})).await.unwrap();
     assert_eq!(status, 201, "{body}");
 }
+
+/// Tokens that are garbage, forged (a valid token with one character changed) or missing
+/// are refused with `unauthorized` and the connection lives on; a foreign Origin, and the
+/// mesh and internal routes without the cluster secret, are refused before any work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_foreign_origins_and_missing_secrets_are_refused_with_their_codes() {
+    use common::chat::{token, ChatCluster, WsClient};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "intruder").await;
+    let room = cluster.create_room(&api, "guarded", false).await["id"].as_u64().unwrap();
+    let (valid, _) = token(&api, &cluster.url()).await;
+    let node = cluster.node(0);
+
+    let (socket, _) = tokio_tungstenite::connect_async(node.ws_url()).await.expect("connect");
+    let mut ws = WsClient::from_socket(socket);
+    let mut forged = valid.clone().into_bytes();
+    let middle = forged.len() / 2;
+    forged[middle] = if forged[middle] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for bad in ["", "garbage", forged.as_str()] {
+        ws.send(json!({"type": "hello", "token": bad})).await;
+        assert_eq!(ws.expect("error").await["code"], "unauthorized", "token {bad:?}");
+    }
+    ws.send(json!({"type": "send", "room": room, "client_id": "sneak", "text": "no hello"})).await;
+    assert_eq!(ws.expect("error").await["code"], "unauthorized", "a send before a valid hello");
+    ws.send(json!({"type": "hello", "token": valid})).await;
+    ws.expect("welcome").await;
+    ws.send(json!({"type": "send", "room": room, "client_id": "fine", "text": "after all that"})).await;
+    assert_eq!(ws.expect("ack").await["seq"], 1, "the same connection serves once it said a valid hello");
+
+    let mut request = node.ws_url().into_client_request().unwrap();
+    request.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(request).await.expect_err("a foreign origin is refused");
+    assert!(refused.to_string().contains("403"), "{refused}");
+
+    let base = format!("http://{}", node.node.addr);
+    let mesh = tokio_tungstenite::connect_async(format!("ws://{}/mesh", node.node.addr)).await;
+    assert!(mesh.expect_err("no secret, no mesh").to_string().contains("401"));
+    let internal = api.http.get(format!("{base}/internal/rooms/{room}/messages")).send().await.unwrap();
+    assert_eq!(internal.status().as_u16(), 401);
+    let backup = api.http.post(format!("{base}/api/admin/backup")).body("{}").send().await.unwrap();
+    assert_eq!(backup.status().as_u16(), 401);
+}

@@ -163,6 +163,11 @@ impl WsClient {
         client
     }
 
+    /// A client on an open socket that has not said hello yet.
+    pub fn from_socket(socket: Socket) -> Self {
+        Self { socket, user: String::new(), user_id: 0 }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.socket.send(Message::Text(frame.to_string().into())).await.expect("ws send");
     }
