@@ -351,3 +351,90 @@ async fn bad_tokens_foreign_origins_and_missing_secrets_are_refused_with_their_c
     let backup = api.http.post(format!("{base}/api/admin/backup")).body("{}").send().await.unwrap();
     assert_eq!(backup.status().as_u16(), 401);
 }
+
+/// Mutated browser frames (a small deterministic fuzzer: byte flips, truncations, swapped
+/// types, out-of-range and wrongly typed numbers, deep nesting) against one live session:
+/// every answer is a documented frame or error code, the connection stays open, and a
+/// valid send after each batch is acknowledged. Not a substitute for cargo-fuzz (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_frames_get_typed_errors_and_the_session_lives_on() {
+    use common::chat::{token, ChatCluster, WsClient};
+
+    const KNOWN_CODES: [&str; 16] = [
+        "bad_frame",
+        "forbidden",
+        "frame_too_large",
+        "internal",
+        "invalid_json",
+        "not_subscribed",
+        "rate_limited",
+        "stale_epoch",
+        "text_too_long",
+        "too_many_subscriptions",
+        "unauthorized",
+        "unavailable",
+        "unknown_room",
+        "unknown_type",
+        "isolated",
+        "lagging",
+    ];
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "mutant").await;
+    let room = cluster.create_room(&api, "mutations", false).await["id"].as_u64().unwrap();
+    let (valid, _) = token(&api, &cluster.url()).await;
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &valid).await;
+    let seeds = [
+        json!({"type": "send", "room": room, "client_id": "c", "text": "hello"}).to_string(),
+        json!({"type": "subscribe", "room": room, "since": 3}).to_string(),
+        json!({"type": "history", "room": room, "before": 10, "limit": 20}).to_string(),
+        json!({"type": "typing", "room": room}).to_string(),
+        json!({"type": "unsubscribe", "room": room}).to_string(),
+        json!({"type": "hello", "token": "x"}).to_string(),
+    ];
+    let replacements = ["-1", "18446744073709551616", "\"x\"", "null", "[]", "{}", "1e308", "[[[[[[[[[[]]]]]]]]]]"];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for batch in 0..20 {
+        for _ in 0..50 {
+            let mut frame = seeds[(next() % seeds.len() as u64) as usize].clone().into_bytes();
+            match next() % 4 {
+                0 => {
+                    let at = (next() % frame.len() as u64) as usize;
+                    frame[at] = (next() % 128) as u8;
+                }
+                1 => frame.truncate((next() % frame.len() as u64) as usize),
+                2 => {
+                    let text = String::from_utf8_lossy(&frame).into_owned();
+                    let with = replacements[(next() % replacements.len() as u64) as usize];
+                    frame = text.replacen(&room.to_string(), with, 1).into_bytes();
+                }
+                _ => frame = format!("{}{}", "[".repeat(200), "]".repeat(200)).into_bytes(),
+            }
+            ws.send_raw(String::from_utf8_lossy(&frame).into_owned()).await;
+        }
+        let client_id = format!("alive-{batch}");
+        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "still here"})).await;
+        let mut acked = false;
+        while !acked {
+            let frame = ws.next(Duration::from_secs(15)).await.expect("the session still answers");
+            match frame["type"].as_str() {
+                Some("ack") if frame["client_id"] == client_id.as_str() => acked = true,
+                Some("error") if frame["ref"] == client_id.as_str() && frame["code"] == "rate_limited" => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "still here"})).await;
+                }
+                Some("error") => {
+                    let code = frame["code"].as_str().unwrap_or_default();
+                    assert!(KNOWN_CODES.contains(&code), "an undocumented error code: {frame}");
+                }
+                Some(_) => {}
+                None => panic!("a frame without a type: {frame}"),
+            }
+        }
+    }
+}
