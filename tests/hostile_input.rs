@@ -438,3 +438,27 @@ async fn mutated_frames_get_typed_errors_and_the_session_lives_on() {
         }
     }
 }
+
+/// Password guessing is slowed per username and per client address: after 5 failures in
+/// a minute the next attempt is refused with `429 rate_limited` even with the right
+/// password, for that user and for anyone else from that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_guessing_is_limited_per_user_and_per_address() {
+    let cluster = TestCluster::start_with(1, tuning(), |_| {}).await;
+    let base = cluster.url(0);
+    Api::logged_in(&base, "victim").await;
+    Api::logged_in(&base, "bystander").await;
+    let api = Api::new();
+    let login = |username: &str, password: &str| json!({"username": username, "password": password});
+    for guess in 0..5 {
+        let (status, body) =
+            api.post(&format!("{base}/api/sessions"), login("victim", &format!("guess-{guess}"))).await.unwrap();
+        assert_eq!((status, body["code"].as_str()), (401, Some("invalid_credentials")), "{body}");
+    }
+    let (status, body) =
+        api.post(&format!("{base}/api/sessions"), login("victim", "correct horse battery")).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "the right password waits too: {body}");
+    let (status, body) =
+        api.post(&format!("{base}/api/sessions"), login("bystander", "correct horse battery")).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "the same address is limited: {body}");
+}
