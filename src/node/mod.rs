@@ -647,14 +647,10 @@ impl Node {
                 }
             }
         }
-        // Back from being called down: owners skipped this node's deliveries meanwhile and
-        // may have lost its interest, so every followed room resyncs.
-        let was_down = old.nodes.get(&self.id).is_some_and(|route| !route.up);
-        let back = was_down && new.nodes.get(&self.id).is_some_and(|route| route.up);
         for room in self.hub.rooms() {
             let before = old.rooms.get(&room).map(|r| (r.owner, r.epoch));
             let after = new.rooms.get(&room).map(|r| (r.owner, r.epoch));
-            if back || before != after {
+            if before != after {
                 self.send_interest(room, self.hub.users(room));
                 self.hub.resync(room);
             }

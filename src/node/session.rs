@@ -244,6 +244,13 @@ impl Session {
         }
     }
 
+    /// A `rate_limited` error when this connection's subscribe and history requests are
+    /// over `limits.reads_per_sec`; else takes one.
+    fn read_refused(&mut self, room: RoomId) -> Option<Message> {
+        let message = "too many subscribe and history requests; slow down";
+        (!self.reads.take()).then(|| error("rate_limited", message, Some(room.to_string())))
+    }
+
     fn hello(&mut self, token: &str) -> Message {
         let key = self.node.token_key.read().unwrap_or_else(|p| p.into_inner()).clone();
         match crate::token::verify(&key, token, now_ms()) {
@@ -258,12 +265,8 @@ impl Session {
     }
 
     async fn subscribe(&mut self, user: &ConnectionClaims, room: RoomId, since: Option<Seq>) -> Vec<Message> {
-        if !self.reads.take() {
-            return vec![error(
-                "rate_limited",
-                "too many subscribe and history requests; slow down",
-                Some(room.to_string()),
-            )];
+        if let Some(refused) = self.read_refused(room) {
+            return vec![refused];
         }
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, Some(room.to_string()))];
@@ -368,12 +371,8 @@ impl Session {
         before: Option<Seq>,
         limit: Option<u32>,
     ) -> Vec<Message> {
-        if !self.reads.take() {
-            return vec![error(
-                "rate_limited",
-                "too many subscribe and history requests; slow down",
-                Some(room.to_string()),
-            )];
+        if let Some(refused) = self.read_refused(room) {
+            return vec![refused];
         }
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, Some(room.to_string()))];
