@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod config;
 mod control_link;
+pub mod frames;
 mod http;
 pub mod hub;
 pub mod log;

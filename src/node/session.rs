@@ -18,6 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+use super::frames;
 use super::hub::{CatchUpPage, Outbound, Subscriber};
 use super::owner::{chat_message, frame_json};
 use super::{Node, NodeError};
@@ -29,7 +30,6 @@ const QUEUE: usize = 4_096;
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
 /// their frames, ~2 × 100 × the text size).
 const CATCH_UP_PAGE: u32 = 100;
-const KNOWN_TYPES: [&str; 6] = ["hello", "subscribe", "unsubscribe", "send", "typing", "history"];
 
 /// How long a session waits before fetching a gap again that the last catch-up did not
 /// fill (the copy it read from was behind the live frames).
@@ -203,20 +203,9 @@ impl Session {
     /// Parses and handles one browser frame; returns the frames to write back now.
     async fn on_text(&mut self, raw: &str) -> Vec<Message> {
         metrics::counter!("districhat_frames_in_total").increment(1);
-        if raw.len() > self.node.config.limits.max_frame_bytes {
-            return vec![error("frame_too_large", "the frame exceeds the size limit", None)];
-        }
-        let value: serde_json::Value = match serde_json::from_str(raw) {
-            Ok(value) => value,
-            Err(e) => return vec![error("invalid_json", &e.to_string(), None)],
-        };
-        let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-        if !KNOWN_TYPES.contains(&kind.as_str()) {
-            return vec![error("unknown_type", &format!("unknown frame type {kind:?}"), None)];
-        }
-        let frame: ClientFrame = match serde_json::from_value(value) {
+        let frame = match frames::parse(raw, &self.node.config.limits) {
             Ok(frame) => frame,
-            Err(e) => return vec![error("bad_frame", &e.to_string(), None)],
+            Err(refused) => return vec![error(refused.code, &refused.message, refused.reference)],
         };
         if let ClientFrame::Hello { token } = frame {
             return vec![self.hello(&token)];
@@ -317,21 +306,7 @@ impl Session {
     }
 
     async fn send(&mut self, user: &ConnectionClaims, room: RoomId, client_id: String, body: String) -> Vec<Message> {
-        let limits = &self.node.config.limits;
         let reference = Some(client_id.clone());
-        if client_id.is_empty() || client_id.len() > 128 {
-            return vec![error("bad_frame", "client_id must be 1 to 128 bytes", reference)];
-        }
-        if body.trim().is_empty() {
-            return vec![error("bad_frame", "the message is empty", reference)];
-        }
-        if body.chars().count() > limits.max_text_chars {
-            return vec![error(
-                "text_too_long",
-                &format!("messages are at most {} characters", limits.max_text_chars),
-                reference,
-            )];
-        }
         if !self.sends.take() {
             return vec![error("rate_limited", "too many messages; slow down", reference)];
         }
