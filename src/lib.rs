@@ -11,6 +11,7 @@
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.
+//! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`.
 //! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
 //! - [`chaos`]: `chaos`, fault injection against a cluster of its own, with a history checker.
 //! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
@@ -23,6 +24,7 @@ pub mod control;
 pub mod dev;
 pub mod drain;
 pub mod drill;
+pub mod fuzzing;
 pub mod http_edge;
 pub mod node;
 pub mod protocol;

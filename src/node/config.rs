@@ -114,8 +114,13 @@ impl NodeConfig {
     /// (a bad `public_ws_url` would make registration fail on every attempt).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and checks the text of the file at `path` (named in errors).
+    pub fn from_toml(text: &str, path: &Path) -> anyhow::Result<Self> {
         let config: Self =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid node config: {e}", path.display()))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{} is not a valid node config: {e}", path.display()))?;
         config.check().map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
         Ok(config)
     }
