@@ -70,9 +70,13 @@ pub struct Limits {
     /// browser stopped reading) closes the connection as `lagging`; the browser resumes
     /// with `since` when it reconnects.
     pub write_timeout_ms: u64,
-    /// Live frames of one room a connection holds back while it catches up; past this,
-    /// it drops them and fetches them from the log after the catch-up.
+    /// Live frames a connection holds back, over all its rooms, while it catches up;
+    /// past this, it drops them and fetches them from the log after the catch-up.
     pub held_frames: usize,
+    /// Reads of the room log a connection may have fetched and not yet written, of each
+    /// kind: catch-up pages (more wait their turn) and history answers (more get
+    /// `rate_limited`). A page is at most 100 messages, an answer 200.
+    pub reads_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +89,7 @@ impl Default for Limits {
             max_subscriptions: 200,
             write_timeout_ms: 10_000,
             held_frames: 1_000,
+            reads_in_flight: 4,
         }
     }
 }
@@ -141,6 +146,7 @@ impl NodeConfig {
             ("limits.held_frames", limits.held_frames == 0, "at least 1"),
             ("limits.sends_per_sec", limits.sends_per_sec == 0, "at least 1"),
             ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
+            ("limits.reads_in_flight", limits.reads_in_flight == 0, "at least 1"),
         ];
         if let Some((key, _, bound)) = too_small.iter().find(|(_, bad, _)| *bad) {
             return Err(format!("{key} must be {bound}: below it no connection could be served"));
@@ -207,6 +213,7 @@ mod tests {
             ("[limits]\nwrite_timeout_ms = 0\n", "limits.write_timeout_ms"),
             ("[limits]\nheld_frames = 0\n", "limits.held_frames"),
             ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
+            ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),
         ] {
             let error = load(bad).unwrap_err().to_string();
             assert!(error.contains(key), "{bad}: {error}");

@@ -5,11 +5,14 @@
 //! per-room order and "never twice" are decided in one place.
 //!
 //! Memory per session is bounded: a resume is fetched and written one page at a time,
-//! live frames held back during a catch-up are capped (`limits.held_frames`; past it they
-//! are fetched from the log afterwards), and a write that does not finish within
-//! `limits.write_timeout_ms` closes the connection as `lagging`.
+//! at most `limits.reads_in_flight` catch-up pages and as many history answers are
+//! fetched and not yet written (more catch-ups wait their turn, more history requests get
+//! `rate_limited`), live frames held back during a catch-up are capped over all rooms
+//! (`limits.held_frames`; past it they are fetched from the log afterwards), and a write
+//! that does not finish within `limits.write_timeout_ms` closes the connection as
+//! `lagging`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +61,22 @@ struct Session {
     sends: Bucket,
     /// History and subscribe requests: each costs the node a read of the room log.
     reads: Bucket,
+    /// Catch-up pages being fetched or queued for this session and not yet taken off its
+    /// queue: at most `limits.reads_in_flight`.
+    catch_ups_in_flight: usize,
+    /// Catch-ups waiting for a slot, oldest first; at most one per room.
+    waiting: VecDeque<CatchUp>,
+    /// History answers being fetched or queued and not yet taken off the queue: at most
+    /// `limits.reads_in_flight`.
+    histories_in_flight: usize,
+}
+
+/// A catch-up to start: one page of `room` after `after` (only its last seq when
+/// `None`), fetched after `delay`.
+struct CatchUp {
+    room: RoomId,
+    after: Option<Seq>,
+    delay: Duration,
 }
 
 /// A token bucket: `rate` a second, bursts of twice that.
@@ -98,6 +117,9 @@ pub async fn run(node: Node, mut socket: WebSocket) {
         kick: kick.clone(),
         sends: Bucket::new(node.config.limits.sends_per_sec),
         reads: Bucket::new(node.config.limits.reads_per_sec),
+        catch_ups_in_flight: 0,
+        waiting: VecDeque::new(),
+        histories_in_flight: 0,
     };
     node.connections.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("districhat_connections").increment(1.0);
@@ -277,8 +299,31 @@ impl Session {
 
     /// Fetches one page of the messages after `after`, or only the room's last seq when
     /// `after` is `None`, after `delay`, and posts it back to this session; the session
-    /// asks for the next page once it wrote this one.
-    fn catch_up(&self, room: RoomId, after: Option<Seq>, delay: Duration) {
+    /// asks for the next page once it wrote this one. With `limits.reads_in_flight`
+    /// pages already under way it waits its turn (a newer request for the same room
+    /// replaces a waiting one).
+    fn catch_up(&mut self, room: RoomId, after: Option<Seq>, delay: Duration) {
+        let next = CatchUp { room, after, delay };
+        if self.catch_ups_in_flight >= self.node.config.limits.reads_in_flight {
+            match self.waiting.iter_mut().find(|waiting| waiting.room == room) {
+                Some(waiting) => *waiting = next,
+                None => self.waiting.push_back(next),
+            }
+            return;
+        }
+        self.start_catch_up(next);
+    }
+
+    /// Starts catch-ups that wait, while there are slots.
+    fn start_waiting(&mut self) {
+        while self.catch_ups_in_flight < self.node.config.limits.reads_in_flight {
+            let Some(next) = self.waiting.pop_front() else { return };
+            self.start_catch_up(next);
+        }
+    }
+
+    fn start_catch_up(&mut self, CatchUp { room, after, delay }: CatchUp) {
+        self.catch_ups_in_flight += 1;
         let (node, tx) = (self.node.clone(), self.tx.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -292,6 +337,7 @@ impl Session {
     }
 
     fn leave(&mut self, room: RoomId) {
+        self.waiting.retain(|waiting| waiting.room != room);
         if self.rooms.remove(&room).is_some() {
             let users = self.node.hub.leave(room, self.id);
             self.node.send_interest(room, users);
@@ -349,9 +395,14 @@ impl Session {
         if let Some(refused) = self.read_refused(room) {
             return vec![refused];
         }
+        if self.histories_in_flight >= self.node.config.limits.reads_in_flight {
+            let message = "too many history answers not read yet; read them first";
+            return vec![error("rate_limited", message, Some(room.to_string()))];
+        }
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, Some(room.to_string()))];
         }
+        self.histories_in_flight += 1;
         let (node, tx) = (self.node.clone(), self.tx.clone());
         let limit = limit.unwrap_or(50).clamp(1, 200);
         tokio::spawn(async move {
@@ -366,7 +417,7 @@ impl Session {
                     r#ref: Some(room.to_string()),
                 }),
             };
-            let _ = tx.send(Outbound::Frame(frame)).await;
+            let _ = tx.send(Outbound::History(frame)).await;
         });
         Vec::new()
     }
@@ -375,8 +426,17 @@ impl Session {
     fn on_outbound(&mut self, outbound: Outbound) -> Vec<Message> {
         match outbound {
             Outbound::Frame(frame) => vec![Message::Text(frame.into())],
+            Outbound::History(frame) => {
+                self.histories_in_flight = self.histories_in_flight.saturating_sub(1);
+                vec![Message::Text(frame.into())]
+            }
             Outbound::Room { room, seq, text } => self.on_room_frame(room, seq, text),
-            Outbound::CatchUp { room, result } => self.on_catch_up(room, result),
+            Outbound::CatchUp { room, result } => {
+                self.catch_ups_in_flight = self.catch_ups_in_flight.saturating_sub(1);
+                let out = self.on_catch_up(room, result);
+                self.start_waiting();
+                out
+            }
             Outbound::Resync { room } => {
                 if let Some(subscription) = self.rooms.get_mut(&room) {
                     if subscription.held.is_none() {
@@ -391,10 +451,11 @@ impl Session {
     }
 
     fn on_room_frame(&mut self, room: RoomId, seq: Seq, text: Utf8Bytes) -> Vec<Message> {
-        let cap = self.node.config.limits.held_frames;
+        let holding = self.rooms.get(&room).is_some_and(|subscription| subscription.held.is_some());
+        let room_for_more = holding && self.held_frames() < self.node.config.limits.held_frames;
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
         if let Some(held) = &mut subscription.held {
-            if seq > 0 && held.len() < cap {
+            if seq > 0 && room_for_more {
                 held.push((seq, text));
             } else if seq > 0 {
                 subscription.overflowed = true;
@@ -416,6 +477,11 @@ impl Session {
         }
         subscription.last = seq;
         vec![Message::Text(text)]
+    }
+
+    /// Live frames held back over all rooms (`limits.held_frames` caps them).
+    fn held_frames(&self) -> usize {
+        self.rooms.values().filter_map(|subscription| subscription.held.as_ref()).map(Vec::len).sum()
     }
 
     /// Writes one catch-up page; then asks for the next, or, after the last, says
