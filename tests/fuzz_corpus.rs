@@ -3,11 +3,17 @@
 //! `fuzz/regressions/<target>/`) runs through the target's entry point in
 //! `districhat::fuzzing`, so a crash the fuzzer once found stays fixed without nightly.
 //!
+//! Each input must also stay within an allocation bound: no single allocation over
+//! [`ALLOCATION_BOUND`] or 16 times the input's size. A length field inside hostile bytes
+//! must not make a decoder reserve gigabytes (the fuzzer's first finding; docs/RELIABILITY.md).
+//!
 //! The seeds are built here from real values, so they follow the encodings: after a wire
 //! or storage format change, `DISTRICHAT_WRITE_SEEDS=1 cargo test --test fuzz_corpus`
 //! writes them anew (docs/RELIABILITY.md, "Fuzzing").
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use districhat::control::catalog::{Catalog, Command, NodeStatus, ReadMark};
 use districhat::control::raft::types::{Entry, LogId, TypeConfig, Vote};
@@ -18,13 +24,51 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{CommittedLeaderId, EntryPayload};
 use serde_json::json;
 
+/// The largest single allocation any input may make, whatever its size.
+const ALLOCATION_BOUND: usize = 1 << 20;
+
+/// The system allocator, watching the largest single request since the last reset.
+struct Watched;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on unchanged to the system allocator.
+unsafe impl GlobalAlloc for Watched {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Watched = Watched;
+
 #[test]
 fn every_committed_input_runs_clean_through_its_target() {
     let mut ran = 0;
     for (target, run) in TARGETS {
         for folder in ["corpus", "regressions"] {
             for file in files(&fuzz_dir().join(folder).join(target)) {
-                run(&std::fs::read(&file).expect("read an input"));
+                let input = std::fs::read(&file).expect("read an input");
+                LARGEST.store(0, Ordering::Relaxed);
+                run(&input);
+                let largest = LARGEST.load(Ordering::Relaxed);
+                let bound = ALLOCATION_BOUND.max(16 * input.len());
+                assert!(largest <= bound, "{}: one allocation of {largest} bytes", file.display());
                 ran += 1;
             }
         }
