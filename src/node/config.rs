@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub replication: Replication,
+    /// Bounds of the mesh links to other nodes.
+    #[serde(default)]
+    pub mesh: MeshLimits,
     /// RocksDB memory of the room log (docs/OPERATIONS.md, "Bounds").
     #[serde(default)]
     pub storage: crate::store::StoreMemory,
@@ -77,6 +80,9 @@ pub struct Limits {
     /// kind: catch-up pages (more wait their turn) and history answers (more get
     /// `rate_limited`). A page is at most 100 messages, an answer 200.
     pub reads_in_flight: usize,
+    /// Frames waiting in one connection's queue (live frames, acks, answers); a
+    /// connection whose queue is full when a room frame arrives is closed as `lagging`.
+    pub queued_frames: usize,
 }
 
 impl Default for Limits {
@@ -90,7 +96,26 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             held_frames: 1_000,
             reads_in_flight: 4,
+            queued_frames: 4_096,
         }
+    }
+}
+
+/// Bounds of the mesh: what one peer can make this node hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshLimits {
+    /// Frames waiting on the link to one peer; past it, deliveries to that peer are
+    /// dropped (its sessions notice the gap) and requests fail as saturated.
+    pub link_queue: usize,
+    /// Requests of one peer's link this node handles at once; past it they are answered
+    /// `unavailable` at once and the link keeps reading.
+    pub requests_per_link: usize,
+}
+
+impl Default for MeshLimits {
+    fn default() -> Self {
+        Self { link_queue: 8_192, requests_per_link: 4_096 }
     }
 }
 
@@ -147,6 +172,9 @@ impl NodeConfig {
             ("limits.sends_per_sec", limits.sends_per_sec == 0, "at least 1"),
             ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
             ("limits.reads_in_flight", limits.reads_in_flight == 0, "at least 1"),
+            ("limits.queued_frames", limits.queued_frames == 0, "at least 1"),
+            ("mesh.link_queue", self.mesh.link_queue == 0, "at least 1"),
+            ("mesh.requests_per_link", self.mesh.requests_per_link == 0, "at least 1"),
         ];
         if let Some((key, _, bound)) = too_small.iter().find(|(_, bad, _)| *bad) {
             return Err(format!("{key} must be {bound}: below it no connection could be served"));
@@ -172,6 +200,7 @@ impl NodeConfig {
             cluster_secret: secret.into(),
             limits: Limits::default(),
             replication: Replication::default(),
+            mesh: MeshLimits::default(),
             storage: crate::store::StoreMemory::default(),
             allowed_origins: Vec::new(),
             control_lease_ms: default_control_lease_ms(),
@@ -214,6 +243,9 @@ mod tests {
             ("[limits]\nheld_frames = 0\n", "limits.held_frames"),
             ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
             ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),
+            ("[limits]\nqueued_frames = 0\n", "limits.queued_frames"),
+            ("[mesh]\nlink_queue = 0\n", "mesh.link_queue"),
+            ("[mesh]\nrequests_per_link = 0\n", "mesh.requests_per_link"),
         ] {
             let error = load(bad).unwrap_err().to_string();
             assert!(error.contains(key), "{bad}: {error}");

@@ -5,7 +5,7 @@
 //! both ways holds two sockets, one per direction. A link reconnects by itself with
 //! backoff; requests in flight when it drops fail at once (callers retry idempotently).
 //! The listening side ([`serve_link`]) hands every request to the node's dispatcher, at
-//! most [`LINK_CONCURRENCY`] at once per link (more are refused at once).
+//! most `mesh.requests_per_link` at once per link (more are refused at once).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,13 +21,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::control::secret::{ClusterSecret, SECRET_HEADER};
 use crate::protocol::{MeshEnvelope, MeshReply, MeshRequest, MeshResponse, NodeId};
 use crate::store;
-
-/// Frames waiting for a link before senders see back-pressure.
-const LINK_QUEUE: usize = 8_192;
-/// Requests of one incoming link handled at once; past that they are answered
-/// `unavailable` at once, so a peer's flood cannot grow this node's tasks and memory, and
-/// the link keeps reading its other frames.
-const LINK_CONCURRENCY: usize = 4_096;
 
 /// Why a mesh request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +53,13 @@ pub struct Mesh {
     next_id: Arc<AtomicU64>,
     secret: ClusterSecret,
     shutdown: watch::Receiver<bool>,
+    /// Frames waiting for one link before senders see back-pressure (`mesh.link_queue`).
+    link_queue: usize,
 }
 
 impl Mesh {
-    pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>) -> Self {
-        Self { links: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), secret, shutdown }
+    pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>, link_queue: usize) -> Self {
+        Self { links: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), secret, shutdown, link_queue }
     }
 
     /// Sends a request and waits for its answer.
@@ -106,7 +101,7 @@ impl Mesh {
 
     /// Frames queued for `node`'s link, not yet written (0 without a link).
     pub fn queued(&self, node: NodeId) -> usize {
-        lock(&self.links).get(&node).map_or(0, |link| LINK_QUEUE - link.tx.capacity())
+        lock(&self.links).get(&node).map_or(0, |link| link.tx.max_capacity() - link.tx.capacity())
     }
 
     /// The link to `node`, (re)created when it is new or its address changed.
@@ -115,7 +110,7 @@ impl Mesh {
         if let Some(link) = links.get(&node).filter(|link| link.addr == addr) {
             return link.clone();
         }
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let (tx, rx) = mpsc::channel(self.link_queue);
         let reachable = Arc::new(AtomicBool::new(true));
         let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default(), reachable: reachable.clone() });
         let state = LinkState { node, addr: link.addr.clone(), pending: link.pending.clone(), reachable };
@@ -230,10 +225,18 @@ pub trait Dispatch: Clone + Send + Sync + 'static {
 }
 
 /// Serves one incoming link: decodes envelopes, dispatches them, writes the replies.
-pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdown: watch::Receiver<bool>) {
+/// At most `requests_at_once` requests run at once (`mesh.requests_per_link`); past that
+/// they are answered `unavailable` at once, so a peer's flood cannot grow this node's
+/// tasks and memory, and the link keeps reading its other frames.
+pub async fn serve_link<D: Dispatch>(
+    socket: WebSocket,
+    dispatch: D,
+    mut shutdown: watch::Receiver<bool>,
+    requests_at_once: usize,
+) {
     let (mut sink, mut stream) = socket.split();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<MeshReply>(LINK_QUEUE);
-    let working = Arc::new(tokio::sync::Semaphore::new(LINK_CONCURRENCY));
+    let (reply_tx, mut reply_rx) = mpsc::channel::<MeshReply>(requests_at_once);
+    let working = Arc::new(tokio::sync::Semaphore::new(requests_at_once));
     let writer = tokio::spawn(async move {
         while let Some(reply) = reply_rx.recv().await {
             if sink.send(AxumMessage::Binary(encode(&reply).into())).await.is_err() {
@@ -268,7 +271,7 @@ pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdow
             metrics::counter!("districhat_mesh_requests_refused_total").increment(1);
             let response = MeshResponse::Error {
                 code: "unavailable".into(),
-                message: format!("this node is serving {LINK_CONCURRENCY} requests of this peer already"),
+                message: format!("this node is serving {requests_at_once} requests of this peer already"),
             };
             let _ = reply_tx.try_send(MeshReply { id: envelope.id, response });
             continue;

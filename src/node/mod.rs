@@ -223,7 +223,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         id: registration.node_id,
         name: config.name.clone(),
         addr: advertise,
-        mesh: Mesh::new(secret.clone(), shutdown_rx.clone()),
+        mesh: Mesh::new(secret.clone(), shutdown_rx.clone(), config.mesh.link_queue),
         config,
         log,
         hub: Hub::default(),

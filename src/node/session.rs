@@ -28,8 +28,6 @@ use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, ServerFrame};
 
-/// Frames a session may have queued before it counts as lagging.
-const QUEUE: usize = 4_096;
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
 /// their frames, ~2 × 100 × the text size).
 const CATCH_UP_PAGE: u32 = 100;
@@ -106,7 +104,7 @@ impl Bucket {
 
 /// Runs a browser session until the socket closes, it lags, or the node stops.
 pub async fn run(node: Node, mut socket: WebSocket) {
-    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let (tx, mut rx) = mpsc::channel(node.config.limits.queued_frames);
     let kick = Arc::new(Notify::new());
     let mut session = Session {
         id: node.next_session_id(),
