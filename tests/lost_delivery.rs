@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_lost_with_a_broken_link_reaches_the_peer_in_a_quiet_room() {
+    common::init_logs();
     let proxy: Arc<Mutex<Option<Proxy>>> = Arc::default();
     let slot = proxy.clone();
     let cluster = ChatCluster::start_with(3, move |node| {
@@ -117,6 +118,8 @@ async fn carry(
     (swallow, swallowed): (Arc<AtomicBool>, Arc<AtomicU64>),
     mut cut: watch::Receiver<u64>,
 ) {
+    // Only cuts from now on end this connection.
+    cut.mark_unchanged();
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upstream = async {

@@ -6,8 +6,14 @@
 //! backoff; requests in flight when it drops fail at once (callers retry idempotently).
 //! The listening side ([`serve_link`]) hands every request to the node's dispatcher, at
 //! most `mesh.requests_per_link` at once per link (more are refused at once).
+//!
+//! A link may lose what it was given: frames in flight when its connection breaks, a
+//! notification that finds its queue full, the queue of a link replaced for a new
+//! address. It records the peer in [`Losses`]; the node then shows that peer the newest
+//! message of each room it follows, so its sessions find any gap even in a room that
+//! stays quiet (docs/REPLICATION.md, "Live delivery").
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,11 +61,41 @@ pub struct Mesh {
     shutdown: watch::Receiver<bool>,
     /// Frames waiting for one link before senders see back-pressure (`mesh.link_queue`).
     link_queue: usize,
+    /// Peers that may have missed frames sent to them.
+    pub losses: Arc<Losses>,
+}
+
+/// Peers to which frames may have been lost since the node last took them.
+#[derive(Default)]
+pub struct Losses {
+    peers: Mutex<BTreeSet<NodeId>>,
+    recorded: tokio::sync::Notify,
+}
+
+impl Losses {
+    /// Notes that `node` may have missed frames.
+    pub fn record(&self, node: NodeId) {
+        metrics::counter!("districhat_mesh_losses_total").increment(1);
+        lock(&self.peers).insert(node);
+        self.recorded.notify_one();
+    }
+
+    /// Waits until a peer is recorded; takes every peer recorded so far.
+    pub async fn next(&self) -> BTreeSet<NodeId> {
+        loop {
+            self.recorded.notified().await;
+            let peers = std::mem::take(&mut *lock(&self.peers));
+            if !peers.is_empty() {
+                return peers;
+            }
+        }
+    }
 }
 
 impl Mesh {
     pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>, link_queue: usize) -> Self {
-        Self { links: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), secret, shutdown, link_queue }
+        let (links, next_id, losses) = (Arc::default(), Arc::new(AtomicU64::new(1)), Arc::default());
+        Self { links, next_id, secret, shutdown, link_queue, losses }
     }
 
     /// Sends a request and waits for its answer.
@@ -96,7 +132,10 @@ impl Mesh {
     pub fn notify(&self, node: NodeId, addr: &str, request: MeshRequest) -> Result<(), MeshError> {
         let link = self.link(node, addr);
         let frame = encode(&MeshEnvelope { id: 0, request });
-        link.tx.try_send(frame).map_err(|_| MeshError::Saturated(node))
+        link.tx.try_send(frame).map_err(|_| {
+            self.losses.record(node);
+            MeshError::Saturated(node)
+        })
     }
 
     /// Frames queued for `node`'s link, not yet written (0 without a link).
@@ -107,13 +146,17 @@ impl Mesh {
     /// The link to `node`, (re)created when it is new or its address changed.
     fn link(&self, node: NodeId, addr: &str) -> Arc<Link> {
         let mut links = lock(&self.links);
-        if let Some(link) = links.get(&node).filter(|link| link.addr == addr) {
-            return link.clone();
+        match links.get(&node) {
+            Some(link) if link.addr == addr => return link.clone(),
+            // The old link's queue goes with it.
+            Some(_) => self.losses.record(node),
+            None => {}
         }
         let (tx, rx) = mpsc::channel(self.link_queue);
         let reachable = Arc::new(AtomicBool::new(true));
         let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default(), reachable: reachable.clone() });
-        let state = LinkState { node, addr: link.addr.clone(), pending: link.pending.clone(), reachable };
+        let (pending, losses) = (link.pending.clone(), self.losses.clone());
+        let state = LinkState { node, addr: link.addr.clone(), pending, reachable, losses };
         tokio::spawn(run_link(state, rx, self.secret.clone(), self.shutdown.clone()));
         links.insert(node, link.clone());
         link
@@ -135,6 +178,7 @@ struct LinkState {
     addr: String,
     pending: Pending,
     reachable: Arc<AtomicBool>,
+    losses: Arc<Losses>,
 }
 
 /// Keeps one outgoing link connected until shutdown or until the [`Link`] is dropped.
@@ -144,7 +188,7 @@ async fn run_link(
     secret: ClusterSecret,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let LinkState { node, addr, pending, reachable } = state;
+    let LinkState { node, addr, pending, reachable, losses } = state;
     let link_up = metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string());
     // Frames queued for the peer behind the one being written.
     let queue_depth = metrics::gauge!("districhat_mesh_queue_depth", "peer" => node.to_string());
@@ -184,6 +228,8 @@ async fn run_link(
                     }
                 }
                 link_up.set(0.0);
+                // Frames written to the broken connection may never have been read.
+                losses.record(node);
                 tracing::info!(peer = node, %addr, "mesh link dropped; reconnecting");
             }
             Err(e) => {

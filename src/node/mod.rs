@@ -255,6 +255,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     });
     let dir = node.config.data_dir.clone();
     tokio::spawn(crate::telemetry::export_rocksdb_size(dir, "node", node.name.clone(), shutdown_rx.clone()));
+    tokio::spawn(repair_losses(node.clone(), shutdown_rx.clone()));
     let heartbeat = tokio::spawn(control_link::heartbeat_loop(node.clone(), shutdown_rx));
     // Learn the rooms before taking traffic.
     if let Err(e) = node.refresh_routes().await {
@@ -264,7 +265,38 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     Ok(NodeHandle { node, addr, shutdown, tasks: vec![server, heartbeat] })
 }
 
+/// How often at most the owners here show peers their newest messages after losses: a
+/// saturated link records a loss per dropped frame.
+const LOSS_REPAIR_EVERY: Duration = Duration::from_millis(100);
+
+/// Shows every peer the mesh may have lost frames to the newest message of each room it
+/// follows here, so its sessions find any gap (docs/REPLICATION.md, "Live delivery").
+async fn repair_losses(node: Node, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let peers = tokio::select! {
+            peers = node.mesh.losses.next() => peers,
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let peers: Vec<NodeId> = peers.into_iter().collect();
+        tracing::debug!(?peers, "frames to these peers may be lost; showing them the newest messages");
+        node.show_newest_to(&peers);
+        tokio::select! {
+            _ = tokio::time::sleep(LOSS_REPAIR_EVERY) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 impl Node {
+    /// Has each owner here show `nodes` its newest message, if they follow its room.
+    fn show_newest_to(&self, nodes: &[NodeId]) {
+        for handle in self.owners_lock().values() {
+            for node in nodes {
+                let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
+            }
+        }
+    }
+
     fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, OwnerHandle>> {
         self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -632,13 +664,9 @@ impl Node {
             .filter(|node| node.up && old.nodes.get(&node.id).is_some_and(|before| !before.up))
             .map(|node| node.id)
             .collect();
+        self.show_newest_to(&returned);
         {
             let mut owners = self.owners_lock();
-            for handle in owners.values() {
-                for node in &returned {
-                    let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
-                }
-            }
             owners.retain(|room, handle| {
                 new.rooms.get(room).is_some_and(|route| route.owner == Some(self.id) && route.epoch == handle.epoch)
             });
