@@ -12,7 +12,8 @@ use std::path::Path;
 use crate::control::catalog::{Catalog, Command};
 use crate::control::raft::types::{MemberId, TypeConfig};
 use crate::node::config::{Limits, NodeConfig};
-use crate::protocol::{ConnectionClaims, MeshEnvelope, MeshReply};
+use crate::node::subscription::{AfterPage, Subscription};
+use crate::protocol::{ConnectionClaims, MeshEnvelope, MeshReply, Seq};
 use crate::store;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -24,8 +25,9 @@ pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by name: the name is the file in `fuzz/fuzz_targets/` and the folder
 /// in `fuzz/corpus/`.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("browser_frame", browser_frame),
+    ("subscription_order", subscription_order),
     ("mesh_frame", mesh_frame),
     ("raft_rpc", raft_rpc),
     ("catalog_commands", catalog_commands),
@@ -45,6 +47,77 @@ pub fn browser_frame(data: &[u8]) {
             assert_eq!(crate::node::frames::parse(&again, &limits).ok(), Some(frame), "{raw:?} reads two ways");
         }
         Err(refused) => assert!(KNOWN_CODES.contains(&refused.code), "undocumented code {}", refused.code),
+    }
+}
+
+/// One room's messages on one connection (`node::subscription`) against a log of
+/// committed messages, in any order of events the bytes pick: live frames delivered,
+/// dropped, repeated or late, catch-up pages read from copies that lag, failed fetches,
+/// resyncs. Whatever happens, what the session writes is each seq at most once, in
+/// order, with no hole, never past the log, and from `since + 1` when a `since` was given.
+pub fn subscription_order(data: &[u8]) {
+    let mut bytes = data.iter().copied();
+    let mut committed = Seq::from(bytes.next().unwrap_or(0) % 16);
+    let since = match bytes.next().unwrap_or(0) {
+        choice if choice % 4 == 0 => None,
+        choice => Some(Seq::from(choice) % (committed + 1)),
+    };
+    let mut subscription = Subscription::<Seq>::new();
+    // The fetch the session has asked for and not had answered: `Some(None)` for the
+    // room's last seq only.
+    let mut fetch = Some(subscription.subscribe(since));
+    let mut written: Vec<Seq> = Vec::new();
+    while let Some(op) = bytes.next() {
+        let arg = bytes.next().unwrap_or(0);
+        let out = match op % 6 {
+            0 | 1 => {
+                committed += 1;
+                if op % 6 == 1 {
+                    continue; // the delivery is lost
+                }
+                let (out, gap) = subscription.live(committed, committed, arg % 8 != 0);
+                fetch = gap.map(Some).or(fetch);
+                out
+            }
+            2 if committed > 0 => {
+                let seq = 1 + Seq::from(arg) % committed;
+                let (out, gap) = subscription.live(seq, seq, arg % 8 != 0);
+                fetch = gap.map(Some).or(fetch);
+                out
+            }
+            3 => {
+                let Some(after) = fetch.take() else { continue };
+                // The copy read may lag the log by a few messages.
+                let readable = committed.saturating_sub(Seq::from(arg % 4));
+                let page = Seq::from(1 + arg / 64);
+                let (messages, has_more) = match after {
+                    None => (Vec::new(), false),
+                    Some(after) => {
+                        let end = readable.min(after.saturating_add(page));
+                        ((after + 1..=end).map(|seq| (seq, seq)).collect(), readable > end)
+                    }
+                };
+                let (out, next) = subscription.page(messages, has_more, readable);
+                if let AfterPage::Fetch { after, .. } = next {
+                    fetch = Some(Some(after));
+                }
+                out
+            }
+            4 if fetch.take().is_some() => subscription.page_failed(),
+            5 => {
+                if let Some(after) = subscription.resync() {
+                    fetch = Some(Some(after));
+                }
+                Vec::new()
+            }
+            _ => continue,
+        };
+        for seq in out {
+            let expected = written.last().map(|last| last + 1).or(since.map(|since| since + 1));
+            assert!(expected.is_none_or(|expected| seq == expected), "wrote {seq} after {written:?} (since {since:?})");
+            assert!(seq <= committed, "wrote {seq}, past the log's {committed}");
+            written.push(seq);
+        }
     }
 }
 

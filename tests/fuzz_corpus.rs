@@ -121,6 +121,17 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         seeds.push(("browser_frame", name, frame.to_string().into_bytes()));
     }
 
+    // (log length, since choice, then op/arg pairs: 0 live, 1 lost, 2 repeated, 3 page,
+    // 4 failed fetch, 5 resync.)
+    for (name, events) in [
+        ("resume", vec![5, 3, 3, 0, 0, 1, 3, 64, 0, 1]),
+        ("lost-then-gap", vec![2, 0, 3, 0, 0, 1, 1, 0, 0, 1, 3, 0, 2, 1]),
+        ("lagging-copy", vec![9, 2, 0, 1, 3, 3, 0, 1, 3, 0, 3, 0, 5, 0, 3, 0]),
+        ("failed-fetch", vec![4, 1, 0, 1, 4, 0, 0, 1, 1, 0, 0, 1, 3, 0]),
+    ] {
+        seeds.push(("subscription_order", name, events));
+    }
+
     let message = districhat::protocol::StoredMessage {
         seq: 3,
         sender_id: 7,

@@ -15,6 +15,7 @@ pub mod log;
 pub mod mesh;
 pub mod owner;
 mod session;
+pub mod subscription;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

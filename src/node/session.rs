@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::frames;
 use super::hub::{CatchUpPage, Outbound, Subscriber};
 use super::owner::{chat_message, frame_json};
+use super::subscription::{AfterPage, Subscription};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, ServerFrame};
@@ -32,28 +33,14 @@ use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, Serv
 /// their frames, ~2 × 100 × the text size).
 const CATCH_UP_PAGE: u32 = 100;
 
-/// How long a session waits before fetching a gap again that the last catch-up did not
-/// fill (the copy it read from was behind the live frames).
-const GAP_RETRY: Duration = Duration::from_millis(100);
 /// How long the last words to a stalled socket (`lagging` and a close frame) may take.
 const LAST_WORDS: Duration = Duration::from_millis(100);
-
-/// Per-room state of one session.
-struct Subscription {
-    /// Highest seq sent to the browser.
-    last: Seq,
-    /// While catching up: live frames held back until the catch-up is written.
-    held: Option<Vec<(Seq, Utf8Bytes)>>,
-    /// Live frames were dropped while catching up (more than `limits.held_frames`): fetch
-    /// them from the log once this catch-up is written.
-    overflowed: bool,
-}
 
 struct Session {
     node: Node,
     id: u64,
     user: Option<ConnectionClaims>,
-    rooms: HashMap<RoomId, Subscription>,
+    rooms: HashMap<RoomId, Subscription<Message>>,
     tx: mpsc::Sender<Outbound>,
     kick: Arc<Notify>,
     sends: Bucket,
@@ -286,11 +273,7 @@ impl Session {
         let subscriber = Subscriber { username: user.username.clone(), tx: self.tx.clone(), kick: self.kick.clone() };
         let users = self.node.hub.join(room, self.id, subscriber);
         self.node.send_interest(room, users);
-        let subscription =
-            self.rooms.entry(room).or_insert(Subscription { last: since.unwrap_or(0), held: None, overflowed: false });
-        subscription.last = since.unwrap_or(subscription.last);
-        subscription.held = Some(Vec::new());
-        let after = since.map(|_| subscription.last);
+        let after = self.rooms.entry(room).or_default().subscribe(since);
         self.catch_up(room, after, Duration::ZERO);
         Vec::new()
     }
@@ -436,12 +419,8 @@ impl Session {
                 out
             }
             Outbound::Resync { room } => {
-                if let Some(subscription) = self.rooms.get_mut(&room) {
-                    if subscription.held.is_none() {
-                        subscription.held = Some(Vec::new());
-                        let last = subscription.last;
-                        self.catch_up(room, Some(last), Duration::ZERO);
-                    }
+                if let Some(after) = self.rooms.get_mut(&room).and_then(Subscription::resync) {
+                    self.catch_up(room, Some(after), Duration::ZERO);
                 }
                 Vec::new()
             }
@@ -449,37 +428,19 @@ impl Session {
     }
 
     fn on_room_frame(&mut self, room: RoomId, seq: Seq, text: Utf8Bytes) -> Vec<Message> {
-        let holding = self.rooms.get(&room).is_some_and(|subscription| subscription.held.is_some());
-        let room_for_more = holding && self.held_frames() < self.node.config.limits.held_frames;
+        let cap = self.node.config.limits.held_frames;
+        let may_hold = self.rooms.get(&room).is_some_and(Subscription::catching_up) && self.held_frames() < cap;
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
-        if let Some(held) = &mut subscription.held {
-            if seq > 0 && room_for_more {
-                held.push((seq, text));
-            } else if seq > 0 {
-                subscription.overflowed = true;
-            }
-            return Vec::new();
+        let (out, gap) = subscription.live(seq, Message::Text(text), may_hold);
+        if let Some(after) = gap {
+            self.catch_up(room, Some(after), Duration::ZERO);
         }
-        if seq == 0 {
-            return vec![Message::Text(text)];
-        }
-        if seq <= subscription.last {
-            return Vec::new();
-        }
-        if seq > subscription.last + 1 {
-            // A gap: hold this frame and fetch what is missing first.
-            subscription.held = Some(vec![(seq, text)]);
-            let last = subscription.last;
-            self.catch_up(room, Some(last), Duration::ZERO);
-            return Vec::new();
-        }
-        subscription.last = seq;
-        vec![Message::Text(text)]
+        out
     }
 
     /// Live frames held back over all rooms (`limits.held_frames` caps them).
     fn held_frames(&self) -> usize {
-        self.rooms.values().filter_map(|subscription| subscription.held.as_ref()).map(Vec::len).sum()
+        self.rooms.values().map(Subscription::held).sum()
     }
 
     /// Writes one catch-up page; then asks for the next, or, after the last, says
@@ -491,57 +452,23 @@ impl Session {
             Ok(page) => page,
             Err(e) => {
                 // Stay subscribed; the next owner change or gap retries the catch-up.
-                let mut held = subscription.held.take().unwrap_or_default();
-                subscription.overflowed = false;
                 let mut out = vec![node_error(&e, Some(room.to_string()))];
-                out.extend(release(subscription, &mut held));
+                out.extend(subscription.page_failed());
                 return out;
             }
         };
-        let mut out = Vec::new();
-        for message in &page.messages {
-            if message.seq > subscription.last {
-                subscription.last = message.seq;
-                out.push(text(&ServerFrame::Message(chat_message(room, message))));
+        let messages =
+            page.messages.iter().map(|m| (m.seq, text(&ServerFrame::Message(chat_message(room, m))))).collect();
+        let (mut out, next) = subscription.page(messages, page.has_more, page.last_seq);
+        match next {
+            AfterPage::Fetch { after, delay } => self.catch_up(room, Some(after), delay),
+            AfterPage::Subscribed(seq) => {
+                out.push(text(&ServerFrame::Subscribed { room, seq }));
+                if let Some(presence) = self.node.hub.presence(room) {
+                    out.push(Message::Text(presence));
+                }
             }
-        }
-        let last = subscription.last;
-        if page.has_more && !page.messages.is_empty() {
-            self.catch_up(room, Some(last), Duration::ZERO);
-            return out;
-        }
-        // Without `since` only the last seq was fetched: live messages start after it.
-        subscription.last = subscription.last.max(page.last_seq);
-        let mut held = subscription.held.take().unwrap_or_default();
-        out.extend(release(subscription, &mut held));
-        let last = subscription.last;
-        if std::mem::take(&mut subscription.overflowed) || !held.is_empty() {
-            // Frames were dropped, or some follow a gap the copy read did not fill yet:
-            // fetch from the log again (the held ones wait).
-            let delay = if held.is_empty() { Duration::ZERO } else { GAP_RETRY };
-            subscription.held = Some(held);
-            self.catch_up(room, Some(last), delay);
-            return out;
-        }
-        out.push(text(&ServerFrame::Subscribed { room, seq: last }));
-        if let Some(presence) = self.node.hub.presence(room) {
-            out.push(Message::Text(presence));
         }
         out
     }
-}
-
-/// Writes held live frames that follow on from `last`, in seq order, once each; the ones
-/// past a gap stay in `held`, the ones already written go.
-fn release(subscription: &mut Subscription, held: &mut Vec<(Seq, Utf8Bytes)>) -> Vec<Message> {
-    held.sort_by_key(|(seq, _)| *seq);
-    let mut out = Vec::new();
-    held.retain(|(seq, text)| {
-        if *seq == subscription.last + 1 {
-            subscription.last = *seq;
-            out.push(Message::Text(text.clone()));
-        }
-        *seq > subscription.last
-    });
-    out
 }
