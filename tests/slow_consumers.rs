@@ -87,19 +87,27 @@ async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound()
         client.send(json!({"type": "subscribe", "room": room, "since": 0})).await;
     }
 
-    // None of them reads. Sample the memory until the node closed them all.
+    // None of them reads.
+    let growth = peak_growth_until_closed(&node, resting).await;
+    eprintln!("resume flood: {CLIENTS} clients, peak growth {} MB", growth >> 20);
+    drop(clients);
+}
+
+/// Samples this process's memory until the node closed every connection; asserts the
+/// growth over `resting` stays within [`BOUND`] and returns its peak.
+async fn peak_growth_until_closed(node: &districhat::node::Node, resting: u64) -> u64 {
     let started = Instant::now();
     let mut peak = resting;
-    while node.connections.load(Ordering::SeqCst) > 0 {
+    loop {
+        let open = node.connections.load(Ordering::SeqCst);
         peak = peak.max(rss_bytes());
         assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
+        if open == 0 {
+            return peak - resting;
+        }
         assert!(started.elapsed() < Duration::from_secs(120), "the stalled clients were not closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    peak = peak.max(rss_bytes());
-    eprintln!("resume flood: {CLIENTS} clients, peak growth {} MB", (peak - resting) >> 20);
-    assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
-    drop(clients);
 }
 
 /// Most the flood may grow this process (controls, nodes and the clients' own buffers).
@@ -129,17 +137,8 @@ async fn a_history_flood_of_clients_that_never_read_stays_within_a_memory_bound(
         }
     }
 
-    let started = Instant::now();
-    let mut peak = resting;
-    while node.connections.load(Ordering::SeqCst) > 0 {
-        peak = peak.max(rss_bytes());
-        assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
-        assert!(started.elapsed() < Duration::from_secs(120), "the stalled clients were not closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    peak = peak.max(rss_bytes());
-    eprintln!("history flood: {CLIENTS} clients x {REQUESTS} requests, peak growth {} MB", (peak - resting) >> 20);
-    assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
+    let growth = peak_growth_until_closed(&node, resting).await;
+    eprintln!("history flood: {CLIENTS} clients x {REQUESTS} requests, peak growth {} MB", growth >> 20);
     drop(clients);
 }
 
