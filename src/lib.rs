@@ -11,23 +11,15 @@
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.
-//! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
-//! - [`chaos`]: `chaos`, fault injection against a cluster of its own, with a history checker.
-//! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
-//! - [`rebalance`]: `admin rebalance`, the client of the control's rebalance API.
+//! - [`cli`]: the clients that talk to a cluster from outside: `status`, `admin`,
+//!   `dev`, `drill`, `bench`, `chaos`.
 
-pub mod bench;
-pub mod chaos;
+pub mod cli;
 pub mod config;
 pub mod control;
-pub mod dev;
-pub mod drain;
-pub mod drill;
 pub mod http_edge;
 pub mod node;
 pub mod protocol;
-pub mod rebalance;
-pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod token;

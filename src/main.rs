@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use districhat::bench::chat::ChatBenchArgs;
-use districhat::bench::control::ControlBenchArgs;
-use districhat::chaos::ChaosArgs;
+use districhat::cli::bench::chat::ChatBenchArgs;
+use districhat::cli::bench::control::ControlBenchArgs;
+use districhat::cli::chaos::ChaosArgs;
+use districhat::cli::drain::{self, DrainTarget};
+use districhat::cli::drill::DrillArgs;
+use districhat::cli::rebalance::{self, RebalanceEvent, RebalanceTarget};
+use districhat::cli::{bench, chaos, dev, drill, status};
 use districhat::config::ControlConfig;
 use districhat::control::secret::SECRET_HEADER;
-use districhat::drain::{self, DrainTarget};
-use districhat::drill::DrillArgs;
-use districhat::rebalance::{self, RebalanceEvent, RebalanceTarget};
-use districhat::{bench, chaos, control, dev, drill, node, status, telemetry};
+use districhat::{control, node, telemetry};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]

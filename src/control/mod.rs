@@ -6,24 +6,15 @@
 //! returns a [`ControlHandle`] to initialise or stop it. Binding outside is what lets
 //! tests run members on port 0.
 
-pub mod admin;
-pub mod api;
-pub mod api_error;
 pub mod auth;
-pub mod backup;
 pub mod catalog;
-pub mod chat_api;
-pub mod cluster;
-pub mod drain;
 pub mod hashing;
+pub mod http;
 pub mod liveness;
-pub mod nodes;
 pub mod raft;
 pub mod read_marks;
-pub mod rebalance;
 pub mod restore;
 pub mod secret;
-pub mod web;
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -129,7 +120,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         ),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let router = api::router(app_state.clone());
+    let router = http::rooms::router(app_state.clone());
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         let stop = async move {

@@ -31,9 +31,9 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::api::current_user;
-use super::api_error::{ApiError, ApiJson};
 use super::catalog::{Catalog, Command, ReadMark, RoomId, UserId};
+use super::http::error::{ApiError, ApiJson};
+use super::http::rooms::current_user;
 use super::raft::state_machine::read_state;
 use super::write::Writer;
 use super::AppState;

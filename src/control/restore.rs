@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::api_error::ApiError;
 use super::catalog::{ChatNodeId, Command, CommandOutput, RoomId, UserId};
+use super::http::error::ApiError;
 use super::secret::SecretChecked;
 use super::AppState;
 

@@ -7,7 +7,7 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 
-use super::api_error::ApiError;
+use super::http::error::ApiError;
 
 /// The header internal callers put the secret in.
 pub const SECRET_HEADER: &str = "x-districhat-secret";

@@ -5,7 +5,6 @@
 //! and the HTTP server (`/ws`, `/mesh`, `/internal/...`) and returns a [`NodeHandle`].
 //! The shared [`Node`] is what every part holds: routing table, owners, hub, mesh, log.
 
-pub mod backup;
 pub mod config;
 mod control_link;
 mod http;
