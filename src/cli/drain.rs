@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::control::http::chat::NodeView;
 use crate::control::http::drain::{DrainProgress, DrainReport};
+use crate::control::http::views::NodeView;
 use crate::control::secret::SECRET_HEADER;
 
 /// How often [`drain`] asks for progress.

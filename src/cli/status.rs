@@ -9,8 +9,8 @@ use std::time::Duration;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
-use crate::control::http::chat::{NodeView, NodesView};
-use crate::control::http::cluster::ClusterView;
+use crate::control::http::views::ClusterView;
+use crate::control::http::views::{NodeView, NodesView};
 use crate::control::raft::types::MemberId;
 
 /// What `status --json` prints.

@@ -11,9 +11,11 @@ pub mod catalog;
 pub mod hashing;
 pub mod http;
 pub mod liveness;
+pub mod loads;
 pub mod raft;
 pub mod read_marks;
 pub mod restore;
+pub mod routing;
 pub mod secret;
 pub mod write;
 
@@ -120,19 +122,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         ),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let router = http::rooms::router(app_state.clone());
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let stop = async move {
-            let _ = server_shutdown.wait_for(|stop| *stop).await;
-        };
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the control HTTP server stopped");
-        }
-    });
+    let server = http::serve(listener, app_state.clone(), shutdown_rx.clone());
     let tasks = vec![
         server,
         tokio::spawn(ensure_signing_key(app_state.clone(), shutdown_rx.clone())),

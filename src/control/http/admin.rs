@@ -1,14 +1,15 @@
 //! Operator endpoints, guarded by the cluster secret: bootstrap the group, change its
 //! membership online (a new member joins as a learner, catches up, then becomes a voter),
-//! and approve chat nodes (the backup and after-restore handlers live in their own
-//! modules). Membership changes must run on the leader: another member relays the
-//! request there.
+//! approve chat nodes, and the step after a whole-control-plane restore
+//! ([`restore`](crate::control::restore)). Membership changes must run on the leader:
+//! another member relays the request there. (Backups, drains and rebalancing have their
+//! own modules.)
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
@@ -16,11 +17,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
-use super::chat::NodeView;
 use super::error::{ApiError, ApiJson};
+use super::extractor::SecretChecked;
+use super::views::NodeView;
 use crate::control::catalog::{ChatNodeId, Command, CommandOutput};
 use crate::control::raft::state_machine::read_state;
 use crate::control::raft::types::MemberId;
+use crate::control::restore::{self, AfterRestoreReply};
 use crate::control::secret::SECRET_HEADER;
 use crate::control::AppState;
 
@@ -30,17 +33,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/members", post(add_member))
         .route("/api/admin/members/{id}", delete(remove_member))
         .route("/api/admin/nodes/{id}/approve", post(approve_node))
-        .route("/api/admin/backup", post(super::backup::create_backup))
-        .route("/api/admin/after-restore", post(crate::control::restore::after_restore))
+        .route("/api/admin/after-restore", post(after_restore))
 }
 
 /// `POST /api/admin/nodes/{id}/approve`: a pending chat node may serve (idempotent).
 async fn approve_node(
+    _: SecretChecked,
     State(app): State<AppState>,
     Path(id): Path<ChatNodeId>,
-    headers: HeaderMap,
 ) -> Result<Json<NodeView>, ApiError> {
-    require_secret(&app, &headers)?;
     match app.writer.write(Command::ApproveNode { node: id }).await? {
         CommandOutput::Node(node) => {
             tracing::info!(node = node.id, name = %node.name, "chat node approved");
@@ -50,13 +51,8 @@ async fn approve_node(
     }
 }
 
-fn require_secret(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    app.secret.require(headers)
-}
-
 /// `POST /api/admin/init`: bootstrap with the configured peers (idempotent).
-async fn init(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
-    require_secret(&app, &headers)?;
+async fn init(_: SecretChecked, State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     crate::control::initialize(&app.raft, &app.config, &app.config.peers).await.map_err(ApiError::internal)?;
     Ok(Json(serde_json::json!({"initialized": true})))
 }
@@ -76,11 +72,10 @@ pub struct MembershipView {
 
 /// `POST /api/admin/members`: add a member as learner, wait for it to catch up, promote it.
 async fn add_member(
+    _: SecretChecked,
     State(app): State<AppState>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<NewMember>,
 ) -> Result<Response, ApiError> {
-    require_secret(&app, &headers)?;
     if let Some(relayed) = relay_to_leader(&app, Method::POST, "/api/admin/members", Some(&body)).await? {
         return Ok(relayed);
     }
@@ -96,11 +91,10 @@ async fn add_member(
 
 /// `DELETE /api/admin/members/{id}`: remove a member (voter or learner) from the group.
 async fn remove_member(
+    _: SecretChecked,
     State(app): State<AppState>,
     Path(id): Path<MemberId>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_secret(&app, &headers)?;
     let path = format!("/api/admin/members/{id}");
     if let Some(relayed) = relay_to_leader::<()>(&app, Method::DELETE, &path, None).await? {
         return Ok(relayed);
@@ -122,6 +116,23 @@ async fn remove_member(
     tracing::info!(member = id, "removed a member");
     let view = latest.as_ref().map(membership_view);
     Ok(Json(view).into_response())
+}
+
+/// `POST /api/admin/after-restore`: see [`restore`]. Relayed to the leader like any write.
+async fn after_restore(_: SecretChecked, State(app): State<AppState>) -> Result<Json<AfterRestoreReply>, ApiError> {
+    match app.writer.write(restore::command()).await? {
+        CommandOutput::Recovered { next_user_id, next_room_id, next_node_id } => {
+            tracing::warn!(
+                member = app.id,
+                next_user_id,
+                next_room_id,
+                next_node_id,
+                "after a restore: rotated the signing key (every session ends) and moved the id counters forward"
+            );
+            Ok(Json(AfterRestoreReply { signing_key_rotated: true, next_user_id, next_room_id, next_node_id }))
+        }
+        other => Err(ApiError::internal(format!("RecoverFromRestore returned {other:?}"))),
+    }
 }
 
 fn membership_view(membership: &Option<openraft::Membership<MemberId, BasicNode>>) -> MembershipView {

@@ -9,22 +9,20 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{backup_error, ApiError, ApiJson};
+use super::extractor::SecretChecked;
+use super::views::BackupRequest;
 use crate::control::raft::checkpoint::ControlBackup;
 use crate::control::raft::types::MemberId;
-use crate::control::secret::SecretChecked;
 use crate::control::AppState;
-use crate::store::checkpoint::{backup_target, CheckpointError};
+use crate::store::checkpoint::backup_target;
 
-/// The request: the name of the new backup inside the process's `backup_dir`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupRequest {
-    /// 1-64 characters of `A-Za-z0-9._-`, not starting with a dot; must not exist yet.
-    pub name: String,
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/admin/backup", post(create_backup))
 }
 
 /// The answer: which member wrote the copy, and what it holds.
@@ -58,26 +56,4 @@ pub async fn create_backup(
         "wrote a backup of this member's database"
     );
     Ok((StatusCode::CREATED, Json(BackupReply { member: app.id, backup })))
-}
-
-/// Bad names and unusable backup directories are the operator's to fix (4xx, with the
-/// reason); a failure while writing is logged here and answered without detail.
-pub fn backup_error(e: CheckpointError) -> ApiError {
-    match e {
-        CheckpointError::InvalidName(_) | CheckpointError::RelativePath(_) => {
-            ApiError::bad_request(e.code(), e.to_string())
-        }
-        CheckpointError::TargetExists(_) | CheckpointError::NotWritable { .. } => {
-            tracing::warn!(error = %e, "a backup was refused");
-            ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
-        }
-        CheckpointError::Io { .. } | CheckpointError::Rocks(_) | CheckpointError::Unreadable(_) => {
-            tracing::error!(error = %e, "a backup failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.code(),
-                "the backup failed; the server log has the details",
-            )
-        }
-    }
 }

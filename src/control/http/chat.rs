@@ -14,21 +14,22 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiJson};
-use super::nodes::{node_loads, NodeSeen};
-use super::rooms::{current_user, RoomView};
+use super::extractor::AuthUser;
+use super::views::{NodeView, NodesView, RoomView};
 use crate::control::catalog::{dm_name, ChatNode, ChatNodeId, Command, CommandOutput, NodeStatus, RoomId};
+use crate::control::loads::{node_loads, NodeSeen};
 use crate::control::raft::state_machine::read_state;
 use crate::control::secret::SECRET_HEADER;
 use crate::control::AppState;
 use crate::now_ms;
-use crate::protocol::{ConnectionClaims, HistoryPage, NodeLoad};
+use crate::protocol::{ConnectionClaims, HistoryPage};
 use crate::token;
 
 /// How long the control waits for a node's history page before it tries the next node.
@@ -65,8 +66,10 @@ pub struct TokenNode {
 }
 
 /// `GET /api/token`: a fresh connection token and where to use it.
-async fn connection_token(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<TokenView>, ApiError> {
-    let user_id = current_user(&app, &headers)?;
+async fn connection_token(
+    AuthUser(user_id): AuthUser,
+    State(app): State<AppState>,
+) -> Result<Json<TokenView>, ApiError> {
     let loads = node_loads(&app).await;
     let state = read_state(&app.state);
     let catalog = &state.catalog;
@@ -94,58 +97,6 @@ fn connections(seen: Option<&NodeSeen>) -> u64 {
     seen.and_then(|seen| seen.load.as_ref()).map_or(0, |load| load.connections)
 }
 
-/// What `GET /api/nodes` (and `districhat status`) shows of the node registry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodesView {
-    pub nodes: Vec<NodeView>,
-}
-
-/// One chat node: the catalog's facts and the leader's last heartbeat figures.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeView {
-    pub id: ChatNodeId,
-    pub name: String,
-    /// `host:port` of the node (mesh links, internal history).
-    pub addr: String,
-    pub ws_url: String,
-    /// `up`, `down`, `pending` (awaiting approval) or `drained` (out of service, alive).
-    pub status: String,
-    /// Rooms the catalog assigns to it as owner and as replica.
-    pub rooms_owned: u64,
-    pub rooms_replicated: u64,
-    /// Its last heartbeat's figures; `null` when the leader has none (or could not be asked).
-    pub load: Option<NodeLoad>,
-    /// Milliseconds since the leader last heard from it.
-    pub last_seen_ms: Option<u64>,
-}
-
-impl NodeView {
-    pub fn new(catalog: &crate::control::catalog::Catalog, node: &ChatNode, seen: Option<&NodeSeen>) -> Self {
-        let (rooms_owned, rooms_replicated) = catalog.node_room_counts().get(&node.id).copied().unwrap_or_default();
-        Self::with_counts(node, (rooms_owned, rooms_replicated), seen)
-    }
-
-    fn with_counts(node: &ChatNode, (rooms_owned, rooms_replicated): (u64, u64), seen: Option<&NodeSeen>) -> Self {
-        let status = match node.status {
-            NodeStatus::Up => "up",
-            NodeStatus::Down => "down",
-            NodeStatus::Pending => "pending",
-            NodeStatus::Drained => "drained",
-        };
-        Self {
-            id: node.id,
-            name: node.name.clone(),
-            addr: node.mesh_addr.clone(),
-            ws_url: node.ws_url.clone(),
-            status: status.into(),
-            rooms_owned,
-            rooms_replicated,
-            load: seen.and_then(|seen| seen.load.clone()),
-            last_seen_ms: seen.map(|seen| seen.last_seen_ms),
-        }
-    }
-}
-
 /// `GET /api/nodes`: the node registry with health and load. Public and read-only: it
 /// holds addresses browsers get anyway and no secrets, and `districhat status` reads it.
 async fn list_nodes(State(app): State<AppState>) -> Json<NodesView> {
@@ -171,11 +122,10 @@ struct NewDm {
 
 /// `POST /api/dms`: the caller's DM room with `username`, created on first use.
 async fn open_dm(
+    AuthUser(caller): AuthUser,
     State(app): State<AppState>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<NewDm>,
 ) -> Result<Response, ApiError> {
-    let caller = current_user(&app, &headers)?;
     let peer = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;
@@ -211,9 +161,8 @@ async fn room_messages(
     State(app): State<AppState>,
     Path(room_id): Path<RoomId>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
-    headers: HeaderMap,
+    AuthUser(user): AuthUser,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let user = current_user(&app, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
     let targets: Vec<(ChatNodeId, String)> = {

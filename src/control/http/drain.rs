@@ -12,19 +12,18 @@
 //! routing tables; progress compares the version each node last reported in a heartbeat
 //! with the version that carries the drain.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::chat::NodeView;
 use super::error::ApiError;
-use super::nodes::{node_loads, version, NodeSeen};
-use crate::control::catalog::{Catalog, ChatNode, ChatNodeId, Command, CommandOutput, NodeStatus};
+use super::extractor::SecretChecked;
+use super::views::NodeView;
+use crate::control::catalog::{ChatNodeId, Command, CommandOutput, NodeStatus};
+use crate::control::loads::{node_loads, nodes_behind};
 use crate::control::raft::state_machine::read_state;
+use crate::control::routing::version;
 use crate::control::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -75,11 +74,10 @@ struct ProgressQuery {
 
 /// `POST /api/admin/nodes/{id}/drain`.
 async fn drain(
+    _: SecretChecked,
     State(app): State<AppState>,
     Path(id): Path<ChatNodeId>,
-    headers: HeaderMap,
 ) -> Result<Json<DrainReport>, ApiError> {
-    app.secret.require(&headers)?;
     let (node, owners_moved, replicas_moved) = match app.writer.write(Command::DrainNode { node: id }).await? {
         CommandOutput::NodeDown { node, owners_moved, replicas_moved } => (node, owners_moved, replicas_moved),
         other => return Err(ApiError::internal(format!("DrainNode returned {other:?}"))),
@@ -93,12 +91,11 @@ async fn drain(
 
 /// `GET /api/admin/nodes/{id}/drain?since=V` (default: this member's applied version).
 async fn progress(
+    _: SecretChecked,
     State(app): State<AppState>,
     Path(id): Path<ChatNodeId>,
     Query(query): Query<ProgressQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<DrainProgress>, ApiError> {
-    app.secret.require(&headers)?;
     let loads = node_loads(&app).await;
     let state = read_state(&app.state);
     let catalog = &state.catalog;
@@ -126,31 +123,12 @@ async fn progress(
     }))
 }
 
-/// The `Up` nodes (and the others `also` names) whose last heartbeat carried a routing
-/// table older than `since`, or that have not heartbeated to this leader: they have not
-/// acted on the room moves in `since` yet. Shared by drain and rebalance progress.
-pub(super) fn nodes_behind(
-    catalog: &Catalog,
-    loads: &BTreeMap<ChatNodeId, NodeSeen>,
-    since: u64,
-    also: impl Fn(&ChatNode) -> bool,
-) -> Vec<ChatNodeId> {
-    catalog
-        .nodes
-        .values()
-        .filter(|node| node.status == NodeStatus::Up || also(node))
-        .filter(|node| loads.get(&node.id).is_none_or(|seen| seen.routes_version < since))
-        .map(|node| node.id)
-        .collect()
-}
-
 /// `POST /api/admin/nodes/{id}/undrain`: back in service, a candidate for new rooms.
 async fn undrain(
+    _: SecretChecked,
     State(app): State<AppState>,
     Path(id): Path<ChatNodeId>,
-    headers: HeaderMap,
 ) -> Result<Json<NodeView>, ApiError> {
-    app.secret.require(&headers)?;
     match app.writer.write(Command::UndrainNode { node: id }).await? {
         CommandOutput::Node(node) => {
             tracing::info!(node = node.id, name = %node.name, "chat node back in service");

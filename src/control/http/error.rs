@@ -1,6 +1,8 @@
 //! The web edge's one error type and JSON extractor. Every error leaves as
 //! `{"code": "...", "message": "..."}` with a fitting status; 4xx are quiet and precise,
-//! 5xx are logged with detail and shown to the client without it.
+//! 5xx are logged with detail and shown to the client without it. The core's errors
+//! (`CatalogError`, `WriteError`, `HashingError`, a backup's `CheckpointError`) become
+//! [`ApiError`]s here, and only here. The chat node's edge answers with the same type.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -13,6 +15,7 @@ use serde::Serialize;
 use crate::control::catalog::CatalogError;
 use crate::control::hashing::HashingError;
 use crate::control::write::WriteError;
+use crate::store::checkpoint::CheckpointError;
 
 /// An error answer of the HTTP API.
 #[derive(Debug)]
@@ -129,6 +132,28 @@ impl From<HashingError> for ApiError {
         match e {
             HashingError::Busy => Self::busy(e.to_string()),
             HashingError::Failed(_) => Self::internal(e),
+        }
+    }
+}
+
+/// Bad names and unusable backup directories are the operator's to fix (4xx, with the
+/// reason); a failure while writing is logged here and answered without detail.
+pub fn backup_error(e: CheckpointError) -> ApiError {
+    match e {
+        CheckpointError::InvalidName(_) | CheckpointError::RelativePath(_) => {
+            ApiError::bad_request(e.code(), e.to_string())
+        }
+        CheckpointError::TargetExists(_) | CheckpointError::NotWritable { .. } => {
+            tracing::warn!(error = %e, "a backup was refused");
+            ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
+        }
+        CheckpointError::Io { .. } | CheckpointError::Rocks(_) | CheckpointError::Unreadable(_) => {
+            tracing::error!(error = %e, "a backup failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.code(),
+                "the backup failed; the server log has the details",
+            )
         }
     }
 }

@@ -18,16 +18,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::drain::nodes_behind;
 use super::error::ApiError;
-use super::nodes::{node_loads, version};
+use super::extractor::SecretChecked;
 use crate::control::catalog::{Catalog, ChatNodeId, Command, CommandOutput, RoomMove};
+use crate::control::loads::{node_loads, nodes_behind};
 use crate::control::raft::state_machine::read_state;
+use crate::control::routing::version;
 use crate::control::AppState;
 
 /// How long a batch request waits for the nodes to settle before it refuses.
@@ -91,11 +92,10 @@ struct ProgressQuery {
 
 /// `POST /api/admin/rebalance?max_moves=N`: waits for the nodes to settle, then one batch.
 async fn rebalance(
+    _: SecretChecked,
     State(app): State<AppState>,
     Query(query): Query<BatchQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<RebalanceReport>, ApiError> {
-    app.secret.require(&headers)?;
     let max_moves = query.max_moves.unwrap_or(DEFAULT_BATCH);
     // The placement the settle check below vouches for; the catalog refuses the batch if
     // it changed by the time the command applies (see `Command::Rebalance`).
@@ -141,11 +141,10 @@ async fn rebalance(
 
 /// `GET /api/admin/rebalance?since=V` (default: this member's applied version).
 async fn progress(
+    _: SecretChecked,
     State(app): State<AppState>,
     Query(query): Query<ProgressQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<RebalanceProgress>, ApiError> {
-    app.secret.require(&headers)?;
     let since = query.since.unwrap_or_else(|| version(&read_state(&app.state)));
     Ok(Json(progress_since(&app, since).await))
 }

@@ -9,9 +9,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::control::http::backup::{backup_error, BackupRequest};
-use crate::control::http::error::{ApiError, ApiJson};
-use crate::control::secret::{ClusterSecret, SecretChecked};
+use crate::control::http::error::{backup_error, ApiError, ApiJson};
+use crate::control::http::extractor::SecretChecked;
+use crate::control::http::views::BackupRequest;
+use crate::control::secret::ClusterSecret;
 use crate::node::Node;
 use crate::protocol::NodeId;
 use crate::store::checkpoint::backup_target;

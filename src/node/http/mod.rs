@@ -22,7 +22,7 @@ pub fn router(node: Node) -> Router {
         .route("/internal/rooms/{id}/messages", get(history))
         .route("/api/admin/backup", axum::routing::post(backup::create_backup))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(crate::control::http::cluster::metrics))
+        .route("/metrics", get(crate::http_edge::metrics))
         .with_state(node)
         .layer(axum::middleware::from_fn(crate::http_edge::close_if_body_unread))
 }

@@ -4,7 +4,7 @@
 //! again with its error and the fitting status (400, 401, 409, 429; 503 with
 //! `Retry-After: 1` when the member's password-hashing slots and queue are full).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use askama::Template;
@@ -15,9 +15,10 @@ use axum::Extension;
 use serde::Deserialize;
 
 use super::super::error::ApiError;
-use super::csrf::CsrfForm;
+use super::super::extractor::end_session;
+use super::super::limiter::{self, client_addr, MAX_FAILURES};
+use super::csrf::{CsrfForm, EmptyForm};
 use super::flash::Flash;
-use super::limiter::{self, MAX_FAILURES};
 use super::visitor::{with_cookies, Layout, Visitor, ADMIN_USER};
 use super::{WebError, WebState};
 use crate::control::auth;
@@ -48,8 +49,7 @@ pub struct NextQuery {
 }
 
 /// `GET /register`.
-pub async fn register_page(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
+pub async fn register_page(visitor: Visitor) -> Result<Response, WebError> {
     let page = RegisterPage { layout: visitor.layout("Register", "register"), username: String::new() };
     Ok(visitor.page(StatusCode::OK, &page))
 }
@@ -110,12 +110,7 @@ pub async fn register(
 }
 
 /// `GET /login[?next=/path]`.
-pub async fn login_page(
-    State(app): State<AppState>,
-    Query(query): Query<NextQuery>,
-    headers: HeaderMap,
-) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
+pub async fn login_page(Query(query): Query<NextQuery>, visitor: Visitor) -> Result<Response, WebError> {
     let next = local_path(query.next.as_deref());
     let page = LoginPage { layout: visitor.layout("Log in", "login"), username: String::new(), next };
     Ok(visitor.page(StatusCode::OK, &page))
@@ -181,9 +176,6 @@ pub async fn login(
     Ok(with_cookies(visitor.redirect(&next, None), &[session]))
 }
 
-#[derive(Deserialize)]
-pub struct EmptyForm {}
-
 /// `POST /logout`: ends the session on every member (the token is refused from now on,
 /// wherever a copy of it is) and forgets the cookie. If the cluster cannot take the write
 /// (no leader for 10 s), the cookie is still forgotten and the page says so.
@@ -192,7 +184,7 @@ pub async fn logout(
     headers: HeaderMap,
     CsrfForm(visitor, _): CsrfForm<EmptyForm>,
 ) -> Response {
-    let flash = match super::super::rooms::end_session(&app, &headers).await {
+    let flash = match end_session(&app, &headers).await {
         Ok(()) => Flash::notice("You are logged out."),
         Err(e) => {
             tracing::warn!(error = ?e, "a logout could not end the session on the cluster");
@@ -222,23 +214,6 @@ fn local_path(next: Option<&str>) -> String {
     }
 }
 
-/// The client's address: the peer, or — when the peer is a proxy on this host — the last
-/// hop the proxy recorded in `X-Forwarded-For`.
-pub(crate) fn client_addr(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-    let peer = peer.map(|addr| addr.ip());
-    if peer.is_some_and(|ip| ip.is_loopback()) {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .and_then(|last| last.trim().parse().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
-    peer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,16 +224,5 @@ mod tests {
         for bad in [None, Some(""), Some("https://evil.example"), Some("//evil.example"), Some("/\\evil")] {
             assert_eq!(local_path(bad), "/app", "{bad:?}");
         }
-    }
-
-    #[test]
-    fn forwarded_addresses_are_trusted_from_a_local_proxy_only() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 2.2.2.2"));
-        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let remote: SocketAddr = "3.3.3.3:5000".parse().unwrap();
-        assert_eq!(client_addr(Some(local), &headers), Some("2.2.2.2".parse().unwrap()));
-        assert_eq!(client_addr(Some(remote), &headers), Some("3.3.3.3".parse().unwrap()));
-        assert_eq!(client_addr(None, &headers), None);
     }
 }

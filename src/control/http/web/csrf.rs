@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::visitor::{cookie, secure_suffix, Visitor};
+use super::super::cookies::{cookie, secure_suffix};
+use super::visitor::Visitor;
 use super::WebError;
 use crate::control::auth::SESSION_COOKIE;
 use crate::control::AppState;
@@ -62,6 +63,10 @@ pub fn new_anonymous_binding() -> String {
 pub fn anonymous_cookie(binding: &str, secure: bool) -> String {
     secure_suffix(format!("{CSRF_COOKIE}={binding}; Path=/; HttpOnly; SameSite=Strict"), secure)
 }
+
+/// A form with no field but its CSRF token (logout, join, approve, ...).
+#[derive(Deserialize)]
+pub struct EmptyForm {}
 
 /// A form body of type `T` that passed the CSRF check, and the visitor who sent it.
 pub struct CsrfForm<T>(pub Visitor, pub T);

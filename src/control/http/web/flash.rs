@@ -9,7 +9,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::visitor::{cookie, secure_suffix};
+use super::super::cookies::{cookie, secure_suffix};
 
 const FLASH_COOKIE: &str = "districhat_flash";
 /// Flash texts longer than this are cut (cookies are small).

@@ -28,12 +28,11 @@
 //! - Pages send a strict Content-Security-Policy (scripts and styles from this origin only,
 //!   WebSockets to any node), so user text can only ever be text.
 
-pub(crate) mod account;
+mod account;
 mod assets;
 pub mod csrf;
 mod error;
 mod flash;
-pub mod limiter;
 mod ops;
 mod pages;
 mod rooms;
@@ -47,7 +46,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 
 pub use self::error::WebError;
-use self::limiter::LoginLimiter;
+use super::limiter::LoginLimiter;
 use crate::control::read_marks::ReadMarks;
 use crate::control::AppState;
 
@@ -84,12 +83,6 @@ pub fn routes(state: WebState) -> Router<AppState> {
         .route("/static/{file}", get(assets::serve))
         .layer(Extension(state))
         .layer(axum::middleware::map_response(security_headers))
-}
-
-/// `cookie` with `; Secure` added when the request came over TLS (for the JSON login,
-/// which sets the same session cookie as the form).
-pub(crate) fn secure_cookie(cookie: String, headers: &axum::http::HeaderMap) -> String {
-    visitor::secure_suffix(cookie, visitor::came_over_tls(headers))
 }
 
 /// Headers every web answer carries. The CSP is what makes an injected `<img onerror>` or

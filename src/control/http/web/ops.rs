@@ -8,20 +8,18 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::super::chat::NodeView;
-use super::super::cluster::{self, ClusterQuery, ClusterView};
-use super::super::nodes::node_loads;
-use super::account::EmptyForm;
-use super::csrf::CsrfForm;
+use super::super::views::{ClusterView, NodeView};
+use super::csrf::{CsrfForm, EmptyForm};
 use super::flash::Flash;
 use super::visitor::{Layout, Visitor};
 use super::WebError;
 use crate::control::catalog::{ChatNodeId, Command};
+use crate::control::loads::node_loads;
 use crate::control::raft::state_machine::read_state;
 use crate::control::raft::types::MemberId;
 use crate::control::secret::SECRET_HEADER;
@@ -62,8 +60,7 @@ struct NodesPage {
 }
 
 /// `GET /nodes`: open to everyone, like `/api/cluster` and `/api/nodes`.
-pub async fn nodes_page(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
+pub async fn nodes_page(State(app): State<AppState>, visitor: Visitor) -> Result<Response, WebError> {
     let (cluster, members) = cluster_rows(&app).await?;
     let nodes = node_rows(&app).await;
     let page = NodesPage { layout: visitor.layout("Nodes", "nodes"), cluster, members, nodes };
@@ -72,9 +69,7 @@ pub async fn nodes_page(State(app): State<AppState>, headers: HeaderMap) -> Resu
 
 /// The `/api/cluster` view (the leader's when it can be had) and its member rows.
 async fn cluster_rows(app: &AppState) -> Result<(ClusterView, Vec<MemberRow>), WebError> {
-    let query = Query::<ClusterQuery>::try_from_uri(&Uri::from_static("/api/cluster"))
-        .map_err(|e| WebError::internal(format!("cluster query: {e}")))?;
-    let view = cluster::cluster(State(app.clone()), query).await.0;
+    let view = ClusterView::gather(app, false).await;
     let members = view
         .members
         .iter()
@@ -140,8 +135,7 @@ struct AdminPage {
 }
 
 /// `GET /admin`: the administrator only.
-pub async fn admin_page(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
+pub async fn admin_page(State(app): State<AppState>, visitor: Visitor) -> Result<Response, WebError> {
     require_admin(&visitor, "/admin")?;
     let (cluster, members) = cluster_rows(&app).await?;
     let nodes = node_rows(&app).await;

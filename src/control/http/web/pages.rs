@@ -6,7 +6,7 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 
@@ -77,8 +77,7 @@ struct HomePage {
 }
 
 /// `GET /`.
-pub async fn home(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
+pub async fn home(visitor: Visitor) -> Result<Response, WebError> {
     let page = HomePage { layout: visitor.layout("Welcome", "home") };
     Ok(visitor.page(StatusCode::OK, &page))
 }
@@ -97,9 +96,8 @@ struct DashboardPage {
 pub async fn dashboard(
     State(app): State<AppState>,
     Extension(web): Extension<WebState>,
-    headers: HeaderMap,
+    visitor: Visitor,
 ) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
     let me = visitor.require_user("/app")?.id;
     let page = {
         let state = read_state(&app.state);
@@ -136,9 +134,8 @@ pub async fn room(
     State(app): State<AppState>,
     Extension(web): Extension<WebState>,
     Path(id): Path<RoomId>,
-    headers: HeaderMap,
+    visitor: Visitor,
 ) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
     let me = visitor.require_user(&format!("/rooms/{id}"))?.id;
     let page = {
         let state = read_state(&app.state);
@@ -175,9 +172,8 @@ struct DmStartPage {
 pub async fn dm(
     State(app): State<AppState>,
     Path(username): Path<String>,
-    headers: HeaderMap,
+    visitor: Visitor,
 ) -> Result<Response, WebError> {
-    let visitor = Visitor::read(&app, &headers)?;
     let me = visitor.require_user(&format!("/dms/{username}"))?.id;
     let existing = {
         let state = read_state(&app.state);

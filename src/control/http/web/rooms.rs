@@ -8,8 +8,8 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::super::error::ApiError;
-use super::account::EmptyForm;
-use super::csrf::CsrfForm;
+use super::super::extractor::check_room_quota;
+use super::csrf::{CsrfForm, EmptyForm};
 use super::flash::Flash;
 use super::WebError;
 use crate::control::catalog::{dm_name, Command, CommandOutput, RoomId};
@@ -31,7 +31,7 @@ pub async fn create(
     CsrfForm(visitor, form): CsrfForm<NewRoomForm>,
 ) -> Result<Response, WebError> {
     let user = visitor.require_user("/app")?.id;
-    if let Err(refused) = super::super::rooms::check_room_quota(&app, user) {
+    if let Err(refused) = check_room_quota(&app, user) {
         return Ok(visitor.redirect("/app", Some(Flash::error(refused.message))));
     }
     let name = form.name.trim().to_string();

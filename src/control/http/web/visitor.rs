@@ -4,10 +4,13 @@
 //! a consumed flash).
 
 use askama::Template;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use super::super::rooms::current_user;
+use super::super::cookies::{came_over_tls, secure_suffix};
+use super::super::extractor::MaybeAuthUser;
 use super::csrf;
 use super::flash::{self, Flash};
 use super::WebError;
@@ -49,6 +52,10 @@ pub struct Layout {
 impl Visitor {
     /// Reads the visitor from the request; 503 while the cluster has no signing key yet.
     pub fn read(app: &AppState, headers: &HeaderMap) -> Result<Self, WebError> {
+        Self::with_user(app, headers, MaybeAuthUser::from_headers(app, headers))
+    }
+
+    fn with_user(app: &AppState, headers: &HeaderMap, logged_in: MaybeAuthUser) -> Result<Self, WebError> {
         let key = read_state(&app.state).catalog.meta.signing_key.clone().ok_or_else(|| {
             WebError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -56,8 +63,8 @@ impl Visitor {
                 "The cluster is still starting; retry shortly.",
             )
         })?;
-        let user =
-            current_user(app, headers).ok().and_then(|id| read_state(&app.state).catalog.users.get(&id).cloned());
+        let MaybeAuthUser(user) = logged_in;
+        let user = user.and_then(|id| read_state(&app.state).catalog.users.get(&id).cloned());
         let secure = came_over_tls(headers);
         let mut cookies = Vec::new();
         let binding = match csrf::binding(headers) {
@@ -124,6 +131,17 @@ impl Visitor {
     }
 }
 
+/// A page's argument: who is visiting (the same [`MaybeAuthUser`] as the JSON API), with
+/// this visit's CSRF token and flash message; 503 while the cluster has no signing key.
+impl FromRequestParts<AppState> for Visitor {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, WebError> {
+        let Ok(logged_in) = MaybeAuthUser::from_request_parts(parts, app).await;
+        Self::with_user(app, &parts.headers, logged_in)
+    }
+}
+
 /// Adds `cookies` as `Set-Cookie` headers.
 pub fn with_cookies(mut response: Response, cookies: &[String]) -> Response {
     for cookie in cookies {
@@ -135,57 +153,4 @@ pub fn with_cookies(mut response: Response, cookies: &[String]) -> Response {
         }
     }
     response
-}
-
-/// Appends `; Secure` when the visit came over TLS.
-pub fn secure_suffix(cookie: String, secure: bool) -> String {
-    if secure {
-        format!("{cookie}; Secure")
-    } else {
-        cookie
-    }
-}
-
-/// TLS ends at a proxy in front of the control (nginx); it says so in `X-Forwarded-Proto`.
-pub(crate) fn came_over_tls(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|proto| proto.split(',').next().is_some_and(|first| first.trim().eq_ignore_ascii_case("https")))
-}
-
-/// The value of cookie `name` in the request, if any.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
-        .filter(|value| !value.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_is_read_from_the_proxy_header() {
-        let mut headers = HeaderMap::new();
-        assert!(!came_over_tls(&headers));
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        assert!(came_over_tls(&headers));
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http, https"));
-        assert!(!came_over_tls(&headers));
-    }
-
-    #[test]
-    fn cookies_are_found_by_exact_name() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("ab=1; a=2; empty="));
-        assert_eq!(cookie(&headers, "a"), Some("2"));
-        assert_eq!(cookie(&headers, "ab"), Some("1"));
-        assert_eq!(cookie(&headers, "empty"), None);
-        assert_eq!(cookie(&headers, "b"), None);
-    }
 }

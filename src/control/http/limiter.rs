@@ -3,12 +3,15 @@
 //! refused (429) until its oldest failure leaves the window — even with the right
 //! password, so guessing cannot go on at full speed. A successful login clears the
 //! username's failures. Each control counts for itself; with three controls behind a
-//! balancer an attacker gets at most three times the budget, which is still slow.
+//! balancer an attacker gets at most three times the budget, which is still slow. The
+//! JSON login (`sessions.rs`) and the login form (`web/account.rs`) share one limiter.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
 
 /// Failed attempts allowed per key within [`WINDOW`].
 pub const MAX_FAILURES: usize = 5;
@@ -29,6 +32,23 @@ pub fn keys(username: &str, addr: Option<IpAddr>) -> Vec<String> {
     let mut keys = vec![format!("user:{}", username.to_ascii_lowercase())];
     keys.extend(addr.map(|addr| format!("addr:{addr}")));
     keys
+}
+
+/// The client's address: the peer, or — when the peer is a proxy on this host — the last
+/// hop the proxy recorded in `X-Forwarded-For`.
+pub fn client_addr(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer.map(|addr| addr.ip());
+    if peer.is_some_and(|ip| ip.is_loopback()) {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer
 }
 
 impl LoginLimiter {
@@ -93,6 +113,8 @@ fn expire(times: &mut VecDeque<Instant>, now: Instant) {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -115,5 +137,16 @@ mod tests {
         assert!(limiter.check(&alice, start + WINDOW).is_ok());
         limiter.clear("user:alice");
         assert!(limiter.check(&keys("alice", None), start).is_ok());
+    }
+
+    #[test]
+    fn forwarded_addresses_are_trusted_from_a_local_proxy_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 2.2.2.2"));
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "3.3.3.3:5000".parse().unwrap();
+        assert_eq!(client_addr(Some(local), &headers), Some("2.2.2.2".parse().unwrap()));
+        assert_eq!(client_addr(Some(remote), &headers), Some("3.3.3.3".parse().unwrap()));
+        assert_eq!(client_addr(None, &headers), None);
     }
 }
