@@ -31,6 +31,19 @@ impl DevCluster {
     }
 }
 
+/// `districhat dev`: starts the cluster, prints where it is, runs until Ctrl-C.
+pub async fn run(host: &str, port: u16, data_dir: &Path) -> anyhow::Result<()> {
+    let cluster = start_with_nodes(host, port, data_dir).await?;
+    println!("DistriChat dev cluster is up: http://{host}:{port}");
+    println!("  controls: {}", cluster.controls.iter().map(|c| c.url()).collect::<Vec<_>>().join(", "));
+    println!("  nodes:    {}", cluster.nodes.iter().map(|n| n.ws_url()).collect::<Vec<_>>().join(", "));
+    println!("  data:     {}", data_dir.display());
+    println!("  press Ctrl-C to stop");
+    crate::shutdown_signal().await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// Starts the controls (`port`..`port+2`), then two chat nodes (`port+100`, `port+101`).
 pub async fn start_with_nodes(host: &str, port: u16, data_dir: &Path) -> anyhow::Result<DevCluster> {
     let controls = start(host, port, data_dir).await?;

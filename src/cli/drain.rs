@@ -1,5 +1,5 @@
 //! `districhat admin drain-node N` and `admin undrain-node N`: the operator's client for
-//! the control's drain API (`control/drain.rs`).
+//! the control's drain API (`control/http/drain.rs`).
 //!
 //! A drain is one catalog write (the node becomes `drained`, its rooms get new owners and
 //! replicas, epoch + 1), then a bounded wait until the chat nodes have acted on it: every

@@ -1,5 +1,5 @@
 //! `districhat admin rebalance`: the operator's client for the control's rebalance API
-//! (`control/rebalance.rs`).
+//! (`control/http/rebalance.rs`).
 //!
 //! Repeats batches until the control answers that nothing is left to move: each batch is
 //! one catalog write of at most `batch` safe moves (small Raft entries, short log copies),

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 
@@ -36,6 +37,20 @@ pub struct MemberStatus {
     pub applied: Option<u64>,
     /// How far its applied index is behind the leader's.
     pub lag: Option<u64>,
+}
+
+/// `districhat status`: once (a table, or JSON), or with `watch` every that many seconds.
+pub async fn run(control: &str, json: bool, watch_every: Option<f64>) -> anyhow::Result<()> {
+    if let Some(interval) = watch_every {
+        return watch(control, json, interval).await;
+    }
+    let status = fetch(control).await.with_context(|| format!("asking {control}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("{}", render(&status));
+    }
+    Ok(())
 }
 
 /// Asks `control` (and then each member) and assembles the status.

@@ -21,11 +21,13 @@ pub mod write;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::openraft::error::{InitializeError, RaftError};
 use ::openraft::{BasicNode, SnapshotPolicy};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -83,6 +85,27 @@ pub struct ControlHandle {
     config: Arc<ControlConfig>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Runs a control member from its config file until Ctrl-C / SIGTERM; with `init`,
+/// bootstraps the group with the config's peers first (idempotent).
+pub async fn run_from_config(config_path: &Path, init: bool, secret: Option<String>) -> anyhow::Result<()> {
+    let mut config = ControlConfig::load(config_path)?;
+    if let Some(secret) = secret {
+        config.cluster_secret = secret;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let listener = crate::bind_listener(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let peers = config.peers.clone();
+    let handle = start(config, listener).await?;
+    if init {
+        handle.initialize(&peers).await?;
+    }
+    crate::shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
 }
 
 /// Starts a control member on `listener`.
