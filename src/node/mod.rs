@@ -233,18 +233,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         shutdown: shutdown_rx.clone(),
         isolated: watch::Sender::new(false),
     }));
-    let router = http::router(node.clone());
-    let mut stop = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the node's HTTP server stopped");
-        }
-    });
+    let server = http::serve(listener, node.clone(), shutdown_rx.clone());
     let dir = node.config.data_dir.clone();
     tokio::spawn(crate::telemetry::export_rocksdb_size(dir, "node", node.name.clone(), shutdown_rx.clone()));
     let heartbeat = tokio::spawn(control_link::heartbeat_loop(node.clone(), shutdown_rx));

@@ -11,14 +11,14 @@
 //! | [`cluster`] | `/healthz`, `/metrics`, `GET /api/cluster` |
 //! | [`nodes`] | `/internal/nodes/*`, `/internal/routes` (chat nodes; cluster secret) |
 //! | [`forward`] | `POST /internal/write` (a forwarded catalog write; cluster secret) |
+//! | [`raft`] | `/raft/{append,vote,snapshot}` (Raft RPC; cluster secret) |
 //! | [`admin`] | `/api/admin/{init,members,nodes/{id}/approve,after-restore}` (cluster secret) |
 //! | [`backup`] | `POST /api/admin/backup` (cluster secret) |
 //! | [`drain`] | `/api/admin/nodes/{id}/{drain,undrain}` (cluster secret) |
 //! | [`rebalance`] | `POST,GET /api/admin/rebalance` (cluster secret) |
 //! | [`web`] | the pages, forms and static files |
 //!
-//! Raft's own RPC (`/raft/*`) is served by [`crate::control::raft::network`]. Handler
-//! modules never import each other: what two of them need lives in [`extractor`] (who
+//! Handler modules never import each other: what two of them need lives in [`extractor`] (who
 //! is calling), [`views`] (what the API shows), [`error`] (`ApiError`), [`cookies`] and
 //! [`limiter`] (the login limit shared by the JSON login and the form).
 
@@ -33,6 +33,7 @@ pub mod extractor;
 pub mod forward;
 pub mod limiter;
 pub mod nodes;
+pub mod raft;
 pub mod read_marks;
 pub mod rebalance;
 pub mod rooms;
@@ -50,7 +51,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::error::ApiError;
-use crate::control::{raft, AppState};
+use crate::control::AppState;
 
 /// Largest body the internal routes (Raft RPC, forwarded writes) accept; snapshot chunks
 /// are far smaller (see `snapshot_max_chunk_size`).
@@ -60,7 +61,7 @@ const INTERNAL_BODY_LIMIT: usize = 64 * 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     let web_state = web::WebState::default();
     let internal = forward::routes(state.writer.clone())
-        .merge(raft::network::routes(state.raft.clone(), state.secret.clone()))
+        .merge(raft::routes(state.raft.clone(), state.secret.clone()))
         .layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
     Router::new()
         .merge(cluster::routes())

@@ -4,12 +4,17 @@
 
 pub mod backup;
 
+use std::net::SocketAddr;
+
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::node::owner::chat_message;
 use crate::node::{mesh, session, Node};
@@ -25,6 +30,21 @@ pub fn router(node: Node) -> Router {
         .route("/metrics", get(crate::http_edge::metrics))
         .with_state(node)
         .layer(axum::middleware::from_fn(crate::http_edge::close_if_body_unread))
+}
+
+/// Serves [`router`] on `listener` until `shutdown` says stop.
+pub fn serve(listener: TcpListener, node: Node, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let router = router(node);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the node's HTTP server stopped");
+        }
+    })
 }
 
 async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
