@@ -1,6 +1,6 @@
 //! What every HTTP server of ours (controls and nodes) does at the edge, whatever the route.
 //!
-//! [`metrics`]: `GET /metrics`, the process's Prometheus text (controls and nodes alike).
+//! [`metrics`](fn@metrics): `GET /metrics`, the process's Prometheus text (controls and nodes alike).
 //!
 //! [`close_if_body_unread`]: a request whose body the handler did not read to its end (a
 //! 413, a 401 before the body, any early refusal) is answered with `Connection: close`.

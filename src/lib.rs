@@ -4,10 +4,12 @@
 //! - [`config`]: typed configuration (TOML file + flags/env).
 //! - [`control`]: a control-plane member — the openraft group replicating the catalog
 //!   (users, signing key, chat-node registry, rooms, memberships, room assignments),
-//!   its RocksDB storage, HTTP network, REST API and admin endpoints.
+//!   its RocksDB storage and Raft network (the core), and its HTTP edge
+//!   ([`control::http`]: REST API, pages, internal and admin endpoints).
 //! - [`store`]: RocksDB helpers (opening, encoding, big-endian keys).
 //! - [`telemetry`]: tracing and Prometheus metrics.
-//! - [`node`]: a chat node — browser WebSockets, room owners with replicated logs, mesh.
+//! - [`node`]: a chat node — browser WebSockets, room owners with replicated logs,
+//!   replicas, mesh; its HTTP edge in `node/http/`.
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.

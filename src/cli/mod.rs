@@ -10,7 +10,7 @@
 //! - [`drain`], [`rebalance`]: the drain and rebalance API clients with their bounded waits.
 //! - [`dev`]: `districhat dev`, three controls and two nodes in one process.
 //! - [`drill`]: `districhat drill`, kill a leader, node or replica of a running cluster.
-//! - [`bench`]: `districhat bench` and `bench-control`, load over WebSockets and HTTP.
+//! - [`bench`](mod@bench): `districhat bench` and `bench-control`, load over WebSockets and HTTP.
 //! - [`chaos`]: `districhat chaos`, a cluster of its own under faults, with a history checker.
 
 pub mod admin;

@@ -5,6 +5,11 @@
 //! background tasks (signing key, Raft gauges, the chat-node failure detector), and
 //! returns a [`ControlHandle`] to initialise or stop it. Binding outside is what lets
 //! tests run members on port 0.
+//!
+//! Two layers: the core — [`catalog`] (the state and its one `apply`), [`raft`] (storage
+//! and the RPC client), [`write`](mod@write), [`liveness`], [`loads`], [`routing`], [`auth`],
+//! [`hashing`], [`secret`], [`read_marks`], [`restore`] — and the HTTP edge, [`http`],
+//! which is the only part that knows axum. The core never imports the edge.
 
 pub mod auth;
 pub mod catalog;

@@ -1,7 +1,7 @@
 //! Operator endpoints, guarded by the cluster secret: bootstrap the group, change its
 //! membership online (a new member joins as a learner, catches up, then becomes a voter),
 //! approve chat nodes, and the step after a whole-control-plane restore
-//! ([`restore`](crate::control::restore)). Membership changes must run on the leader:
+//! ([`crate::control::restore`]). Membership changes must run on the leader:
 //! another member relays the request there. (Backups, drains and rebalancing have their
 //! own modules.)
 

@@ -7,7 +7,7 @@
 //! | method path | what |
 //! |---|---|
 //! | `GET /` | home |
-//! | `GET,POST /register` · `GET,POST /login` · `POST /logout` | accounts ([`account`]) |
+//! | `GET,POST /register` · `GET,POST /login` · `POST /logout` | accounts (`account`) |
 //! | `GET /app` | dashboard: my rooms and DMs with unread counts, public rooms, forms |
 //! | `GET /rooms/{id}[?node=ID]` | a room or DM; `?node=ID` makes the page try node ID first |
 //! | `POST /rooms` · `POST /rooms/{id}/join` · `POST /rooms/{id}/invite` | create, join, add someone |
@@ -22,8 +22,9 @@
 //! - **CSRF** ([`csrf`]): every form carries `csrf = HMAC(signing key, binding)`, where the
 //!   binding is the session cookie (or, before login, a random anonymous cookie). A POST
 //!   without a valid token, or with a foreign `Origin`, gets 403 with the code `csrf`.
-//! - **Login attempts** ([`limiter`]) are limited per username and per client address:
-//!   5 failures in a minute lock that key for the rest of the minute (429).
+//! - **Login attempts** ([`limiter`](super::limiter), shared with the JSON login) are
+//!   limited per username and per client address: 5 failures in a minute lock that key
+//!   for the rest of the minute (429).
 //! - Cookies get `Secure` when the request came over TLS (`X-Forwarded-Proto: https`).
 //! - Pages send a strict Content-Security-Policy (scripts and styles from this origin only,
 //!   WebSockets to any node), so user text can only ever be text.
