@@ -141,7 +141,12 @@ impl ControlConfig {
     /// Reads a TOML file. Relative paths inside it are relative to the working directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and checks the text of the file at `path` (named in errors).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         check_backup_dir(config.backup_dir.as_deref())
             .map_err(|reason| ConfigError::Invalid { path: path.into(), reason })?;
         Ok(config)

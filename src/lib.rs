@@ -15,10 +15,12 @@
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.
 //! - [`cli`]: the clients that talk to a cluster from outside: `status`, `admin`,
 //!   `dev`, `drill`, `bench`, `chaos`.
+//! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`.
 
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fuzzing;
 pub mod http_edge;
 pub mod node;
 pub mod protocol;

@@ -70,7 +70,8 @@ async fn a_replica_refuses_an_owner_with_a_stale_epoch() {
     ws.expect("ack").await;
 
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mesh = Mesh::new(ClusterSecret::new(SECRET), stop_rx);
+    let mesh =
+        Mesh::new(ClusterSecret::new(SECRET), stop_rx, districhat::node::config::MeshLimits::default().link_queue);
     let replica_addr = cluster.node(cluster.index_of(replica)).node.addr.clone();
     let forged = StoredMessage {
         seq: 2,

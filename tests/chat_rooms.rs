@@ -291,3 +291,52 @@ async fn a_history_flood_is_rate_limited_and_the_connection_lives_on() {
     ws.send(json!({"type": "send", "room": room, "client_id": "after", "text": "still here"})).await;
     assert_eq!(ws.expect("ack").await["seq"], 1);
 }
+
+/// One connection resuming more rooms at once than it may have reads in flight: the
+/// catch-ups past `limits.reads_in_flight` wait their turn, and every room still arrives
+/// whole, in order, once each, before its `subscribed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_more_rooms_than_reads_in_flight_gets_each_room_whole() {
+    const ROOMS: usize = 6;
+    const MESSAGES: u64 = 150;
+    let cluster = ChatCluster::start_with(2, |node| {
+        node.limits.reads_in_flight = 2;
+        node.limits.sends_per_sec = 100_000;
+    })
+    .await;
+    let api = Api::logged_in(&cluster.url(), "resumer").await;
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut writer = WsClient::connect(&cluster.node(0).ws_url(), &ws_token).await;
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        let room = cluster.create_room(&api, &format!("resume-{i}"), false).await["id"].as_u64().unwrap();
+        common::chat::fill(&mut writer, room, MESSAGES).await;
+        rooms.push(room);
+    }
+
+    let mut reader = WsClient::connect(&cluster.node(1).ws_url(), &ws_token).await;
+    for room in &rooms {
+        reader.send(json!({"type": "subscribe", "room": room, "since": 0})).await;
+    }
+    let mut seen: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    let mut subscribed = std::collections::BTreeMap::new();
+    while subscribed.len() < ROOMS {
+        let frame = reader.next(Duration::from_secs(15)).await.expect("the resume goes on");
+        let room = frame["room"].as_u64().unwrap_or_default();
+        match frame["type"].as_str() {
+            Some("message") => {
+                assert!(!subscribed.contains_key(&room), "a message after subscribed: {frame}");
+                seen.entry(room).or_default().push(frame["seq"].as_u64().unwrap());
+            }
+            Some("subscribed") => {
+                subscribed.insert(room, frame["seq"].as_u64().unwrap());
+            }
+            Some("error") => panic!("{frame}"),
+            _ => {}
+        }
+    }
+    for room in rooms {
+        assert_eq!(seen[&room], (1..=MESSAGES).collect::<Vec<_>>(), "room {room}");
+        assert_eq!(subscribed[&room], MESSAGES);
+    }
+}

@@ -313,6 +313,7 @@ async fn a_user_past_the_room_quota_is_refused_and_others_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_foreign_origins_and_missing_secrets_are_refused_with_their_codes() {
     use common::chat::{token, ChatCluster, WsClient};
+    use districhat::protocol::ConnectionClaims;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     let cluster = ChatCluster::start(2).await;
@@ -327,7 +328,14 @@ async fn bad_tokens_foreign_origins_and_missing_secrets_are_refused_with_their_c
     let middle = forged.len() / 2;
     forged[middle] = if forged[middle] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
-    for bad in ["", "garbage", forged.as_str()] {
+    // A token of this cluster that has expired, and one signed by another cluster.
+    let key = node.node.token_key.read().unwrap().clone();
+    let claims = districhat::token::verify(&key, &valid, districhat::now_ms()).expect("a valid token");
+    let expired =
+        districhat::token::sign(&key, &ConnectionClaims { expires_ms: districhat::now_ms() - 1, ..claims.clone() });
+    let other_key = districhat::token::derive_token_key(b"another cluster's signing key");
+    let other_cluster = districhat::token::sign(&other_key, &claims);
+    for bad in ["", "garbage", forged.as_str(), expired.as_str(), other_cluster.as_str()] {
         ws.send(json!({"type": "hello", "token": bad})).await;
         assert_eq!(ws.expect("error").await["code"], "unauthorized", "token {bad:?}");
     }
@@ -461,4 +469,146 @@ async fn login_guessing_is_limited_per_user_and_per_address() {
     let (status, body) =
         api.post(&format!("{base}/api/sessions"), login("bystander", "correct horse battery")).await.unwrap();
     assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "the same address is limited: {body}");
+}
+
+/// Positions and page sizes out of range, over the WebSocket and REST: each gets a typed
+/// error or a documented clamp, and the same connection then serves a normal send. A
+/// `since` past any seq used to be taken as it was: the subscription then waited for seqs
+/// that never come, muted without a word (and `last + 1` overflowed in a debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_positions_get_typed_errors_and_the_connection_serves_on() {
+    use common::chat::{fill, send_acked, token, ChatCluster, WsClient};
+
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let api = Api::logged_in(&base, "ranger").await;
+    let room = cluster.create_room(&api, "ranges", false).await["id"].as_u64().unwrap();
+    let (valid, _) = token(&api, &base).await;
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &valid).await;
+    fill(&mut ws, room, 3).await;
+
+    for since in [json!(u64::MAX), json!(1_u64 << 53), json!(-1), json!("2"), json!(1.5)] {
+        ws.send(json!({"type": "subscribe", "room": room, "since": since})).await;
+        let answer = first_answer(&mut ws).await;
+        assert_eq!((answer["type"].as_str(), answer["code"].as_str()), (Some("error"), Some("bad_frame")), "{since}");
+    }
+    let (missed, at) = ws.subscribe(room, Some(0)).await;
+    let seqs: Vec<u64> = missed.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!((seqs, at), (vec![1, 2, 3], 3), "since 0 resumes from the first message");
+    ws.send(json!({"type": "send", "room": room, "client_id": "live", "text": "live"})).await;
+    let (mut acked, mut delivered) = (None, None);
+    while acked.is_none() || delivered.is_none() {
+        let frame = first_answer(&mut ws).await;
+        match frame["type"].as_str() {
+            Some("ack") => acked = frame["seq"].as_u64(),
+            Some("message") => delivered = frame["seq"].as_u64(),
+            _ => panic!("a send gets its ack and its message: {frame}"),
+        }
+    }
+    assert_eq!((acked, delivered), (Some(4), Some(4)), "the subscription is live, not muted");
+
+    for (frame, expected) in [
+        (json!({"type": "history", "room": room, "before": 0}), Ok(0)),
+        (json!({"type": "history", "room": room, "limit": 0}), Ok(1)),
+        (json!({"type": "history", "room": room, "before": u64::MAX, "limit": 500}), Ok(4)),
+        (json!({"type": "history", "room": room, "limit": -1}), Err("bad_frame")),
+        (json!({"type": "history", "room": room, "limit": u64::MAX}), Err("bad_frame")),
+        (json!({"type": "history", "room": room, "before": "x"}), Err("bad_frame")),
+    ] {
+        ws.send(frame.clone()).await;
+        let answer = first_answer(&mut ws).await;
+        let got = match answer["type"].as_str() {
+            Some("history") => Ok(answer["messages"].as_array().map_or(0, Vec::len)),
+            _ => Err(answer["code"].as_str().unwrap_or("no code").to_string()),
+        };
+        assert_eq!(got, expected.map_err(str::to_string), "{frame}: {answer}");
+    }
+
+    for (query, expected) in [
+        ("before=0", Ok(0)),
+        ("limit=0", Ok(1)),
+        ("before=18446744073709551615&limit=999", Ok(4)),
+        ("before=-1", Err("invalid_query")),
+        ("before=18446744073709551616", Err("invalid_query")),
+        ("limit=x", Err("invalid_query")),
+    ] {
+        let response = api
+            .http
+            .get(format!("{base}/api/rooms/{room}/messages?{query}"))
+            .bearer_auth(api.token.as_deref().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        let got = match status {
+            200 => Ok(body["messages"].as_array().map_or(0, Vec::len)),
+            _ => Err(format!("{status} {}", body["code"].as_str().unwrap_or("no code"))),
+        };
+        assert_eq!(got, expected.map_err(|code| format!("400 {code}")), "?{query}: {body}");
+    }
+    send_acked(&mut ws, room, "after", Duration::from_secs(10)).await;
+}
+
+/// The next frame that answers a request (not presence or typing); panics after 15 s.
+async fn first_answer(ws: &mut common::chat::WsClient) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let Some(frame) = ws.next(Duration::from_millis(200)).await else { continue };
+        if !matches!(frame["type"].as_str(), Some("presence" | "typing")) {
+            return frame;
+        }
+    }
+    panic!("no answer within 15 s");
+}
+
+/// Private rooms and DMs stay closed to an outsider on the paths the chat tests do not
+/// cover: read marks for them are skipped and never shown, joining answers as if the room
+/// did not exist, and a DM is only ever between its caller and the peer (an outsider who
+/// opens a DM with one of them gets a room of their own). The member serves on after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_get_nothing_of_private_rooms_and_dms_through_marks_joins_or_dm_creation() {
+    use common::chat::{send_acked, token, ChatCluster, WsClient};
+
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let alice = Api::logged_in(&base, "alice").await;
+    let _bob = Api::logged_in(&base, "bob").await;
+    let carol = Api::logged_in(&base, "carol").await;
+    let private = cluster.create_room(&alice, "inner", true).await["id"].as_u64().unwrap();
+    let (status, dm) = alice.post(&format!("{base}/api/dms"), json!({"username": "bob"})).await.unwrap();
+    assert_eq!(status, 201, "{dm}");
+    let dm = dm["id"].as_u64().unwrap();
+
+    let marks = json!({"marks": [{"room": private, "seq": 5}, {"room": dm, "seq": 5}]});
+    let (status, body) = carol.post(&format!("{base}/api/read-marks"), marks).await.unwrap();
+    assert_eq!((status, body["accepted"].as_u64()), (202, Some(0)), "{body}");
+    let mut skipped: Vec<u64> = body["skipped"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    skipped.sort_unstable();
+    assert_eq!(skipped, vec![private.min(dm), private.max(dm)]);
+    let shown = carol.get(&format!("{base}/api/read-marks")).await.unwrap();
+    assert_eq!(shown["marks"], json!({}), "an outsider's marks show no private room");
+
+    for room in [private, dm] {
+        for body in [json!({}), json!({"username": "carol"})] {
+            let (status, answer) = carol.post(&format!("{base}/api/rooms/{room}/members"), body).await.unwrap();
+            assert_eq!((status, answer["code"].as_str()), (404, Some("not_found")), "join {room}: {answer}");
+        }
+    }
+    let (carol_token, _) = token(&carol, &base).await;
+    let mut ws = WsClient::connect(&cluster.node(0).ws_url(), &carol_token).await;
+    ws.send(json!({"type": "subscribe", "room": dm})).await;
+    assert_eq!(first_answer(&mut ws).await["code"], "forbidden");
+
+    let (status, own) = carol.post(&format!("{base}/api/dms"), json!({"username": "bob"})).await.unwrap();
+    assert_eq!(status, 201, "{own}");
+    let own = own["id"].as_u64().unwrap();
+    assert_ne!(own, dm, "carol's DM with bob is not alice's");
+    let (alice_token, _) = token(&alice, &base).await;
+    let mut alice_ws = WsClient::connect(&cluster.node(1).ws_url(), &alice_token).await;
+    alice_ws.send(json!({"type": "subscribe", "room": own})).await;
+    assert_eq!(first_answer(&mut alice_ws).await["code"], "forbidden", "alice is not in carol's DM");
+
+    let (_, _) = ws.subscribe(own, None).await;
+    send_acked(&mut ws, own, "still-served", Duration::from_secs(10)).await;
 }

@@ -17,8 +17,8 @@ use districhat::protocol::MeshRequest;
 use serde_json::json;
 
 /// Two nodes that close a stalled socket after 2 s, and a room holding `messages`
-/// messages of `text_len` characters, sent through a connection that is closed again.
-async fn setup(user: &str, messages: u64, text_len: usize) -> (ChatCluster, String, u64, usize) {
+/// messages of `text`, sent through a connection that is closed again.
+async fn setup(user: &str, messages: u64, text: &str) -> (ChatCluster, String, u64, usize) {
     let cluster = ChatCluster::start_with(2, |node| {
         node.limits.sends_per_sec = 100_000;
         node.limits.write_timeout_ms = 2_000;
@@ -29,7 +29,7 @@ async fn setup(user: &str, messages: u64, text_len: usize) -> (ChatCluster, Stri
     let (room, owner) = (room["id"].as_u64().expect("id"), cluster.index_of(room["owner"].as_u64().expect("owner")));
     let (ws_token, _) = token(&api, &cluster.url()).await;
     let mut writer = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
-    fill_with(&mut writer, room, messages, &"x".repeat(text_len)).await;
+    fill_with(&mut writer, room, messages, text).await;
     drop(writer);
     let node = cluster.node(owner).node.clone();
     wait_for("the writer's session to end", Duration::from_secs(10), || {
@@ -43,7 +43,7 @@ async fn setup(user: &str, messages: u64, text_len: usize) -> (ChatCluster, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_within_the_write_timeout() {
     // ~9 MB of history: more than the kernel buffers of one loopback socket hold.
-    let (cluster, ws_token, room, owner) = setup("stalled", 2_500, 3_500).await;
+    let (cluster, ws_token, room, owner) = setup("stalled", 2_500, &"x".repeat(3_500)).await;
     let node = cluster.node(owner).node.clone();
     let mut stalled = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
     stalled.send(json!({"type": "subscribe", "room": room, "since": 0})).await;
@@ -76,7 +76,7 @@ async fn a_client_that_stops_reading_is_closed_within_the_write_timeout() {
 async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound() {
     const CLIENTS: usize = 100;
     // ~20 MB of history; 100 full resumes gathered at once would take over 4 GB.
-    let (cluster, ws_token, room, owner) = setup("flood", 10_000, 2_000).await;
+    let (cluster, ws_token, room, owner) = setup("flood", 10_000, &"x".repeat(2_000)).await;
     let node = cluster.node(owner).node.clone();
     let resting = rss_bytes();
     let mut clients = Vec::new();
@@ -104,6 +104,44 @@ async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound()
 
 /// Most the flood may grow this process (controls, nodes and the clients' own buffers).
 const BOUND: u64 = 100 << 20;
+
+/// Clients that ask for long history pages as fast as they may and never read the
+/// answers: a connection has at most `limits.reads_in_flight` answers fetched and not yet
+/// written (more requests get `rate_limited`), so the node holds a few pages per client,
+/// not every answer it was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_flood_of_clients_that_never_read_stays_within_a_memory_bound() {
+    const CLIENTS: usize = 5;
+    // The reads bucket's burst: each client asks this often at once.
+    const REQUESTS: usize = 100;
+    // 400 messages of 4,000 two-byte characters: a page of 200 is ~1.6 MB of JSON, and
+    // all the requests answered at once would be ~800 MB.
+    let (cluster, ws_token, room, owner) = setup("history-flood", 400, &"é".repeat(4_000)).await;
+    let node = cluster.node(owner).node.clone();
+    let resting = rss_bytes();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await);
+    }
+    for client in &mut clients {
+        for _ in 0..REQUESTS {
+            client.send(json!({"type": "history", "room": room, "limit": 200})).await;
+        }
+    }
+
+    let started = Instant::now();
+    let mut peak = resting;
+    while node.connections.load(Ordering::SeqCst) > 0 {
+        peak = peak.max(rss_bytes());
+        assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
+        assert!(started.elapsed() < Duration::from_secs(120), "the stalled clients were not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak = peak.max(rss_bytes());
+    eprintln!("history flood: {CLIENTS} clients x {REQUESTS} requests, peak growth {} MB", (peak - resting) >> 20);
+    assert!(peak - resting <= BOUND, "the flood grew the process by {} MB", (peak - resting) >> 20);
+    drop(clients);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_queues_nothing_for_a_peer_called_down() {

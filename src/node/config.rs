@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub replication: Replication,
+    /// Bounds of the mesh links to other nodes.
+    #[serde(default)]
+    pub mesh: MeshLimits,
     /// RocksDB memory of the room log (docs/OPERATIONS.md, "Bounds").
     #[serde(default)]
     pub storage: crate::store::StoreMemory,
@@ -70,9 +73,16 @@ pub struct Limits {
     /// browser stopped reading) closes the connection as `lagging`; the browser resumes
     /// with `since` when it reconnects.
     pub write_timeout_ms: u64,
-    /// Live frames of one room a connection holds back while it catches up; past this,
-    /// it drops them and fetches them from the log after the catch-up.
+    /// Live frames a connection holds back, over all its rooms, while it catches up;
+    /// past this, it drops them and fetches them from the log after the catch-up.
     pub held_frames: usize,
+    /// Reads of the room log a connection may have fetched and not yet written, of each
+    /// kind: catch-up pages (more wait their turn) and history answers (more get
+    /// `rate_limited`). A page is at most 100 messages, an answer 200.
+    pub reads_in_flight: usize,
+    /// Frames waiting in one connection's queue (live frames, acks, answers); a
+    /// connection whose queue is full when a room frame arrives is closed as `lagging`.
+    pub queued_frames: usize,
 }
 
 impl Default for Limits {
@@ -85,7 +95,27 @@ impl Default for Limits {
             max_subscriptions: 200,
             write_timeout_ms: 10_000,
             held_frames: 1_000,
+            reads_in_flight: 4,
+            queued_frames: 4_096,
         }
+    }
+}
+
+/// Bounds of the mesh: what one peer can make this node hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshLimits {
+    /// Frames waiting on the link to one peer; past it, deliveries to that peer are
+    /// dropped (its sessions notice the gap) and requests fail as saturated.
+    pub link_queue: usize,
+    /// Requests of one peer's link this node handles at once; past it they are answered
+    /// `unavailable` at once and the link keeps reading.
+    pub requests_per_link: usize,
+}
+
+impl Default for MeshLimits {
+    fn default() -> Self {
+        Self { link_queue: 8_192, requests_per_link: 4_096 }
     }
 }
 
@@ -114,8 +144,13 @@ impl NodeConfig {
     /// (a bad `public_ws_url` would make registration fail on every attempt).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and checks the text of the file at `path` (named in errors).
+    pub fn from_toml(text: &str, path: &Path) -> anyhow::Result<Self> {
         let config: Self =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid node config: {e}", path.display()))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{} is not a valid node config: {e}", path.display()))?;
         config.check().map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
         Ok(config)
     }
@@ -136,6 +171,10 @@ impl NodeConfig {
             ("limits.held_frames", limits.held_frames == 0, "at least 1"),
             ("limits.sends_per_sec", limits.sends_per_sec == 0, "at least 1"),
             ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
+            ("limits.reads_in_flight", limits.reads_in_flight == 0, "at least 1"),
+            ("limits.queued_frames", limits.queued_frames == 0, "at least 1"),
+            ("mesh.link_queue", self.mesh.link_queue == 0, "at least 1"),
+            ("mesh.requests_per_link", self.mesh.requests_per_link == 0, "at least 1"),
         ];
         if let Some((key, _, bound)) = too_small.iter().find(|(_, bad, _)| *bad) {
             return Err(format!("{key} must be {bound}: below it no connection could be served"));
@@ -161,6 +200,7 @@ impl NodeConfig {
             cluster_secret: secret.into(),
             limits: Limits::default(),
             replication: Replication::default(),
+            mesh: MeshLimits::default(),
             storage: crate::store::StoreMemory::default(),
             allowed_origins: Vec::new(),
             control_lease_ms: default_control_lease_ms(),
@@ -202,6 +242,10 @@ mod tests {
             ("[limits]\nwrite_timeout_ms = 0\n", "limits.write_timeout_ms"),
             ("[limits]\nheld_frames = 0\n", "limits.held_frames"),
             ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
+            ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),
+            ("[limits]\nqueued_frames = 0\n", "limits.queued_frames"),
+            ("[mesh]\nlink_queue = 0\n", "mesh.link_queue"),
+            ("[mesh]\nrequests_per_link = 0\n", "mesh.requests_per_link"),
         ] {
             let error = load(bad).unwrap_err().to_string();
             assert!(error.contains(key), "{bad}: {error}");

@@ -18,9 +18,12 @@ pub type SessionId = u64;
 pub enum Outbound {
     /// A frame of a followed room; `seq` 0 for ephemeral frames (typing, presence).
     Room { room: RoomId, seq: Seq, text: Utf8Bytes },
-    /// A finished frame for this session only (ack, error, history...).
+    /// A finished frame for this session only (an ack or an error).
     Frame(String),
-    /// One page of a catch-up fetch for `room`.
+    /// The answer to a `history` request (a page or an error): counted against the
+    /// session's `limits.reads_in_flight` until the session takes it off its queue.
+    History(String),
+    /// One page of a catch-up fetch for `room` (counted like `History`).
     CatchUp { room: RoomId, result: Result<CatchUpPage, NodeError> },
     /// The room's owner changed: fetch what may have been missed.
     Resync { room: RoomId },
@@ -28,7 +31,8 @@ pub enum Outbound {
 
 /// One page of messages a session missed, ascending; `last_seq` is the room's readable
 /// end when the page was read. A session asks for the next page only once it wrote this
-/// one, so a resume holds at most one page in memory however long the history.
+/// one, so a resume holds at most one page in memory however long the history, and a
+/// session has at most `limits.reads_in_flight` pages fetched and not written.
 pub struct CatchUpPage {
     pub messages: Vec<StoredMessage>,
     pub has_more: bool,

@@ -5,9 +5,15 @@
 //! both ways holds two sockets, one per direction. A link reconnects by itself with
 //! backoff; requests in flight when it drops fail at once (callers retry idempotently).
 //! The listening side ([`serve_link`]) hands every request to the node's dispatcher, at
-//! most [`LINK_CONCURRENCY`] at once per link (more are refused at once).
+//! most `mesh.requests_per_link` at once per link (more are refused at once).
+//!
+//! A link may lose what it was given: frames in flight when its connection breaks, a
+//! notification that finds its queue full, the queue of a link replaced for a new
+//! address. It records the peer in [`Losses`]; the node then shows that peer the newest
+//! message of each room it follows, so its sessions find any gap even in a room that
+//! stays quiet (docs/REPLICATION.md, "Live delivery").
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,13 +27,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::control::secret::{ClusterSecret, SECRET_HEADER};
 use crate::protocol::{MeshEnvelope, MeshReply, MeshRequest, MeshResponse, NodeId};
 use crate::store;
-
-/// Frames waiting for a link before senders see back-pressure.
-const LINK_QUEUE: usize = 8_192;
-/// Requests of one incoming link handled at once; past that they are answered
-/// `unavailable` at once, so a peer's flood cannot grow this node's tasks and memory, and
-/// the link keeps reading its other frames.
-const LINK_CONCURRENCY: usize = 4_096;
 
 /// Why a mesh request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +59,43 @@ pub struct Mesh {
     next_id: Arc<AtomicU64>,
     secret: ClusterSecret,
     shutdown: watch::Receiver<bool>,
+    /// Frames waiting for one link before senders see back-pressure (`mesh.link_queue`).
+    link_queue: usize,
+    /// Peers that may have missed frames sent to them.
+    pub losses: Arc<Losses>,
+}
+
+/// Peers to which frames may have been lost since the node last took them.
+#[derive(Default)]
+pub struct Losses {
+    peers: Mutex<BTreeSet<NodeId>>,
+    recorded: tokio::sync::Notify,
+}
+
+impl Losses {
+    /// Notes that `node` may have missed frames.
+    pub fn record(&self, node: NodeId) {
+        metrics::counter!("districhat_mesh_losses_total").increment(1);
+        lock(&self.peers).insert(node);
+        self.recorded.notify_one();
+    }
+
+    /// Waits until a peer is recorded; takes every peer recorded so far.
+    pub async fn next(&self) -> BTreeSet<NodeId> {
+        loop {
+            self.recorded.notified().await;
+            let peers = std::mem::take(&mut *lock(&self.peers));
+            if !peers.is_empty() {
+                return peers;
+            }
+        }
+    }
 }
 
 impl Mesh {
-    pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>) -> Self {
-        Self { links: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), secret, shutdown }
+    pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>, link_queue: usize) -> Self {
+        let (links, next_id, losses) = (Arc::default(), Arc::new(AtomicU64::new(1)), Arc::default());
+        Self { links, next_id, secret, shutdown, link_queue, losses }
     }
 
     /// Sends a request and waits for its answer.
@@ -101,24 +132,31 @@ impl Mesh {
     pub fn notify(&self, node: NodeId, addr: &str, request: MeshRequest) -> Result<(), MeshError> {
         let link = self.link(node, addr);
         let frame = encode(&MeshEnvelope { id: 0, request });
-        link.tx.try_send(frame).map_err(|_| MeshError::Saturated(node))
+        link.tx.try_send(frame).map_err(|_| {
+            self.losses.record(node);
+            MeshError::Saturated(node)
+        })
     }
 
     /// Frames queued for `node`'s link, not yet written (0 without a link).
     pub fn queued(&self, node: NodeId) -> usize {
-        lock(&self.links).get(&node).map_or(0, |link| LINK_QUEUE - link.tx.capacity())
+        lock(&self.links).get(&node).map_or(0, |link| link.tx.max_capacity() - link.tx.capacity())
     }
 
     /// The link to `node`, (re)created when it is new or its address changed.
     fn link(&self, node: NodeId, addr: &str) -> Arc<Link> {
         let mut links = lock(&self.links);
-        if let Some(link) = links.get(&node).filter(|link| link.addr == addr) {
-            return link.clone();
+        match links.get(&node) {
+            Some(link) if link.addr == addr => return link.clone(),
+            // The old link's queue goes with it.
+            Some(_) => self.losses.record(node),
+            None => {}
         }
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let (tx, rx) = mpsc::channel(self.link_queue);
         let reachable = Arc::new(AtomicBool::new(true));
         let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default(), reachable: reachable.clone() });
-        let state = LinkState { node, addr: link.addr.clone(), pending: link.pending.clone(), reachable };
+        let (pending, losses) = (link.pending.clone(), self.losses.clone());
+        let state = LinkState { node, addr: link.addr.clone(), pending, reachable, losses };
         tokio::spawn(run_link(state, rx, self.secret.clone(), self.shutdown.clone()));
         links.insert(node, link.clone());
         link
@@ -140,6 +178,7 @@ struct LinkState {
     addr: String,
     pending: Pending,
     reachable: Arc<AtomicBool>,
+    losses: Arc<Losses>,
 }
 
 /// Keeps one outgoing link connected until shutdown or until the [`Link`] is dropped.
@@ -149,7 +188,7 @@ async fn run_link(
     secret: ClusterSecret,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let LinkState { node, addr, pending, reachable } = state;
+    let LinkState { node, addr, pending, reachable, losses } = state;
     let link_up = metrics::gauge!("districhat_mesh_link_up", "peer" => node.to_string());
     // Frames queued for the peer behind the one being written.
     let queue_depth = metrics::gauge!("districhat_mesh_queue_depth", "peer" => node.to_string());
@@ -189,6 +228,8 @@ async fn run_link(
                     }
                 }
                 link_up.set(0.0);
+                // Frames written to the broken connection may never have been read.
+                losses.record(node);
                 tracing::info!(peer = node, %addr, "mesh link dropped; reconnecting");
             }
             Err(e) => {
@@ -230,10 +271,18 @@ pub trait Dispatch: Clone + Send + Sync + 'static {
 }
 
 /// Serves one incoming link: decodes envelopes, dispatches them, writes the replies.
-pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdown: watch::Receiver<bool>) {
+/// At most `requests_at_once` requests run at once (`mesh.requests_per_link`); past that
+/// they are answered `unavailable` at once, so a peer's flood cannot grow this node's
+/// tasks and memory, and the link keeps reading its other frames.
+pub async fn serve_link<D: Dispatch>(
+    socket: WebSocket,
+    dispatch: D,
+    mut shutdown: watch::Receiver<bool>,
+    requests_at_once: usize,
+) {
     let (mut sink, mut stream) = socket.split();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<MeshReply>(LINK_QUEUE);
-    let working = Arc::new(tokio::sync::Semaphore::new(LINK_CONCURRENCY));
+    let (reply_tx, mut reply_rx) = mpsc::channel::<MeshReply>(requests_at_once);
+    let working = Arc::new(tokio::sync::Semaphore::new(requests_at_once));
     let writer = tokio::spawn(async move {
         while let Some(reply) = reply_rx.recv().await {
             if sink.send(AxumMessage::Binary(encode(&reply).into())).await.is_err() {
@@ -268,7 +317,7 @@ pub async fn serve_link<D: Dispatch>(socket: WebSocket, dispatch: D, mut shutdow
             metrics::counter!("districhat_mesh_requests_refused_total").increment(1);
             let response = MeshResponse::Error {
                 code: "unavailable".into(),
-                message: format!("this node is serving {LINK_CONCURRENCY} requests of this peer already"),
+                message: format!("this node is serving {requests_at_once} requests of this peer already"),
             };
             let _ = reply_tx.try_send(MeshReply { id: envelope.id, response });
             continue;

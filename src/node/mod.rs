@@ -19,6 +19,7 @@
 pub mod config;
 mod control_link;
 mod dispatch;
+pub mod frames;
 mod http;
 pub mod hub;
 pub mod log;
@@ -27,6 +28,7 @@ pub mod owner;
 mod replica;
 mod routing;
 mod session;
+pub mod subscription;
 
 pub use self::routing::Routes;
 
@@ -46,7 +48,7 @@ use self::config::NodeConfig;
 use self::hub::Hub;
 use self::log::RoomLog;
 use self::mesh::Mesh;
-use self::owner::OwnerHandle;
+use self::owner::{OwnerCommand, OwnerHandle};
 use crate::control::secret::ClusterSecret;
 use crate::protocol::{MeshResponse, NodeId, RoomId, Seq};
 
@@ -215,7 +217,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         id: registration.node_id,
         name: config.name.clone(),
         addr: advertise,
-        mesh: Mesh::new(secret.clone(), shutdown_rx.clone()),
+        mesh: Mesh::new(secret.clone(), shutdown_rx.clone(), config.mesh.link_queue),
         config,
         log,
         hub: Hub::default(),
@@ -236,6 +238,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     let server = http::serve(listener, node.clone(), shutdown_rx.clone());
     let dir = node.config.data_dir.clone();
     tokio::spawn(crate::telemetry::export_rocksdb_size(dir, "node", node.name.clone(), shutdown_rx.clone()));
+    tokio::spawn(repair_losses(node.clone(), shutdown_rx.clone()));
     let heartbeat = tokio::spawn(control_link::heartbeat_loop(node.clone(), shutdown_rx));
     // Learn the rooms before taking traffic.
     if let Err(e) = node.refresh_routes().await {
@@ -245,7 +248,38 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     Ok(NodeHandle { node, addr, shutdown, tasks: vec![server, heartbeat] })
 }
 
+/// How often at most the owners here show peers their newest messages after losses: a
+/// saturated link records a loss per dropped frame.
+const LOSS_REPAIR_EVERY: Duration = Duration::from_millis(100);
+
+/// Shows every peer the mesh may have lost frames to the newest message of each room it
+/// follows here, so its sessions find any gap (docs/REPLICATION.md, "Live delivery").
+async fn repair_losses(node: Node, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let peers = tokio::select! {
+            peers = node.mesh.losses.next() => peers,
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let peers: Vec<NodeId> = peers.into_iter().collect();
+        tracing::debug!(?peers, "frames to these peers may be lost; showing them the newest messages");
+        node.show_newest_to(&peers);
+        tokio::select! {
+            _ = tokio::time::sleep(LOSS_REPAIR_EVERY) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 impl Node {
+    /// Has each owner here show `nodes` its newest message, if they follow its room.
+    pub(super) fn show_newest_to(&self, nodes: &[NodeId]) {
+        for handle in self.owners_lock().values() {
+            for node in nodes {
+                let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
+            }
+        }
+    }
+
     fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, OwnerHandle>> {
         self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -58,9 +58,9 @@ pub enum OwnerCommand {
     Typing {
         username: String,
     },
-    /// Node `node` is up again in this node's routing table: deliveries to it were
-    /// skipped while it was down, so it gets the newest message (its sessions then fetch
-    /// any gap).
+    /// Node `node` is up again in this node's routing table (deliveries to it were
+    /// skipped while it was down), or the mesh may have lost frames to it: it gets the
+    /// newest message if it follows the room (its sessions then fetch any gap).
     Returned {
         node: NodeId,
     },

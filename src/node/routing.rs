@@ -325,13 +325,9 @@ impl Node {
             .filter(|node| node.up && old.nodes.get(&node.id).is_some_and(|before| !before.up))
             .map(|node| node.id)
             .collect();
+        self.show_newest_to(&returned);
         {
             let mut owners = self.owners_lock();
-            for handle in owners.values() {
-                for node in &returned {
-                    let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
-                }
-            }
             owners.retain(|room, handle| {
                 new.rooms.get(room).is_some_and(|route| route.owner == Some(self.id) && route.epoch == handle.epoch)
             });

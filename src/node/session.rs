@@ -5,11 +5,14 @@
 //! per-room order and "never twice" are decided in one place.
 //!
 //! Memory per session is bounded: a resume is fetched and written one page at a time,
-//! live frames held back during a catch-up are capped (`limits.held_frames`; past it they
-//! are fetched from the log afterwards), and a write that does not finish within
-//! `limits.write_timeout_ms` closes the connection as `lagging`.
+//! at most `limits.reads_in_flight` catch-up pages and as many history answers are
+//! fetched and not yet written (more catch-ups wait their turn, more history requests get
+//! `rate_limited`), live frames held back during a catch-up are capped over all rooms
+//! (`limits.held_frames`; past it they are fetched from the log afterwards), and a write
+//! that does not finish within `limits.write_timeout_ms` closes the connection as
+//! `lagging`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,46 +21,47 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+use super::frames;
 use super::hub::{CatchUpPage, Outbound, Subscriber};
 use super::owner::{chat_message, frame_json};
+use super::subscription::{AfterPage, Subscription};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, ServerFrame};
 
-/// Frames a session may have queued before it counts as lagging.
-const QUEUE: usize = 4_096;
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
 /// their frames, ~2 × 100 × the text size).
 const CATCH_UP_PAGE: u32 = 100;
-const KNOWN_TYPES: [&str; 6] = ["hello", "subscribe", "unsubscribe", "send", "typing", "history"];
 
-/// How long a session waits before fetching a gap again that the last catch-up did not
-/// fill (the copy it read from was behind the live frames).
-const GAP_RETRY: Duration = Duration::from_millis(100);
 /// How long the last words to a stalled socket (`lagging` and a close frame) may take.
 const LAST_WORDS: Duration = Duration::from_millis(100);
-
-/// Per-room state of one session.
-struct Subscription {
-    /// Highest seq sent to the browser.
-    last: Seq,
-    /// While catching up: live frames held back until the catch-up is written.
-    held: Option<Vec<(Seq, Utf8Bytes)>>,
-    /// Live frames were dropped while catching up (more than `limits.held_frames`): fetch
-    /// them from the log once this catch-up is written.
-    overflowed: bool,
-}
 
 struct Session {
     node: Node,
     id: u64,
     user: Option<ConnectionClaims>,
-    rooms: HashMap<RoomId, Subscription>,
+    rooms: HashMap<RoomId, Subscription<Message>>,
     tx: mpsc::Sender<Outbound>,
     kick: Arc<Notify>,
     sends: Bucket,
     /// History and subscribe requests: each costs the node a read of the room log.
     reads: Bucket,
+    /// Catch-up pages being fetched or queued for this session and not yet taken off its
+    /// queue: at most `limits.reads_in_flight`.
+    catch_ups_in_flight: usize,
+    /// Catch-ups waiting for a slot, oldest first; at most one per room.
+    waiting: VecDeque<CatchUp>,
+    /// History answers being fetched or queued and not yet taken off the queue: at most
+    /// `limits.reads_in_flight`.
+    histories_in_flight: usize,
+}
+
+/// A catch-up to start: one page of `room` after `after` (only its last seq when
+/// `None`), fetched after `delay`.
+struct CatchUp {
+    room: RoomId,
+    after: Option<Seq>,
+    delay: Duration,
 }
 
 /// A token bucket: `rate` a second, bursts of twice that.
@@ -87,7 +91,7 @@ impl Bucket {
 
 /// Runs a browser session until the socket closes, it lags, or the node stops.
 pub async fn run(node: Node, mut socket: WebSocket) {
-    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let (tx, mut rx) = mpsc::channel(node.config.limits.queued_frames);
     let kick = Arc::new(Notify::new());
     let mut session = Session {
         id: node.next_session_id(),
@@ -98,6 +102,9 @@ pub async fn run(node: Node, mut socket: WebSocket) {
         kick: kick.clone(),
         sends: Bucket::new(node.config.limits.sends_per_sec),
         reads: Bucket::new(node.config.limits.reads_per_sec),
+        catch_ups_in_flight: 0,
+        waiting: VecDeque::new(),
+        histories_in_flight: 0,
     };
     node.connections.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("districhat_connections").increment(1.0);
@@ -203,20 +210,9 @@ impl Session {
     /// Parses and handles one browser frame; returns the frames to write back now.
     async fn on_text(&mut self, raw: &str) -> Vec<Message> {
         metrics::counter!("districhat_frames_in_total").increment(1);
-        if raw.len() > self.node.config.limits.max_frame_bytes {
-            return vec![error("frame_too_large", "the frame exceeds the size limit", None)];
-        }
-        let value: serde_json::Value = match serde_json::from_str(raw) {
-            Ok(value) => value,
-            Err(e) => return vec![error("invalid_json", &e.to_string(), None)],
-        };
-        let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-        if !KNOWN_TYPES.contains(&kind.as_str()) {
-            return vec![error("unknown_type", &format!("unknown frame type {kind:?}"), None)];
-        }
-        let frame: ClientFrame = match serde_json::from_value(value) {
+        let frame = match frames::parse(raw, &self.node.config.limits) {
             Ok(frame) => frame,
-            Err(e) => return vec![error("bad_frame", &e.to_string(), None)],
+            Err(refused) => return vec![error(refused.code, &refused.message, refused.reference)],
         };
         if let ClientFrame::Hello { token } = frame {
             return vec![self.hello(&token)];
@@ -277,19 +273,38 @@ impl Session {
         let subscriber = Subscriber { username: user.username.clone(), tx: self.tx.clone(), kick: self.kick.clone() };
         let users = self.node.hub.join(room, self.id, subscriber);
         self.node.send_interest(room, users);
-        let subscription =
-            self.rooms.entry(room).or_insert(Subscription { last: since.unwrap_or(0), held: None, overflowed: false });
-        subscription.last = since.unwrap_or(subscription.last);
-        subscription.held = Some(Vec::new());
-        let after = since.map(|_| subscription.last);
+        let after = self.rooms.entry(room).or_default().subscribe(since);
         self.catch_up(room, after, Duration::ZERO);
         Vec::new()
     }
 
     /// Fetches one page of the messages after `after`, or only the room's last seq when
     /// `after` is `None`, after `delay`, and posts it back to this session; the session
-    /// asks for the next page once it wrote this one.
-    fn catch_up(&self, room: RoomId, after: Option<Seq>, delay: Duration) {
+    /// asks for the next page once it wrote this one. With `limits.reads_in_flight`
+    /// pages already under way it waits its turn (a newer request for the same room
+    /// replaces a waiting one).
+    fn catch_up(&mut self, room: RoomId, after: Option<Seq>, delay: Duration) {
+        let next = CatchUp { room, after, delay };
+        if self.catch_ups_in_flight >= self.node.config.limits.reads_in_flight {
+            match self.waiting.iter_mut().find(|waiting| waiting.room == room) {
+                Some(waiting) => *waiting = next,
+                None => self.waiting.push_back(next),
+            }
+            return;
+        }
+        self.start_catch_up(next);
+    }
+
+    /// Starts catch-ups that wait, while there are slots.
+    fn start_waiting(&mut self) {
+        while self.catch_ups_in_flight < self.node.config.limits.reads_in_flight {
+            let Some(next) = self.waiting.pop_front() else { return };
+            self.start_catch_up(next);
+        }
+    }
+
+    fn start_catch_up(&mut self, CatchUp { room, after, delay }: CatchUp) {
+        self.catch_ups_in_flight += 1;
         let (node, tx) = (self.node.clone(), self.tx.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -303,6 +318,7 @@ impl Session {
     }
 
     fn leave(&mut self, room: RoomId) {
+        self.waiting.retain(|waiting| waiting.room != room);
         if self.rooms.remove(&room).is_some() {
             let users = self.node.hub.leave(room, self.id);
             self.node.send_interest(room, users);
@@ -317,21 +333,7 @@ impl Session {
     }
 
     async fn send(&mut self, user: &ConnectionClaims, room: RoomId, client_id: String, body: String) -> Vec<Message> {
-        let limits = &self.node.config.limits;
         let reference = Some(client_id.clone());
-        if client_id.is_empty() || client_id.len() > 128 {
-            return vec![error("bad_frame", "client_id must be 1 to 128 bytes", reference)];
-        }
-        if body.trim().is_empty() {
-            return vec![error("bad_frame", "the message is empty", reference)];
-        }
-        if body.chars().count() > limits.max_text_chars {
-            return vec![error(
-                "text_too_long",
-                &format!("messages are at most {} characters", limits.max_text_chars),
-                reference,
-            )];
-        }
         if !self.sends.take() {
             return vec![error("rate_limited", "too many messages; slow down", reference)];
         }
@@ -374,9 +376,14 @@ impl Session {
         if let Some(refused) = self.read_refused(room) {
             return vec![refused];
         }
+        if self.histories_in_flight >= self.node.config.limits.reads_in_flight {
+            let message = "too many history answers not read yet; read them first";
+            return vec![error("rate_limited", message, Some(room.to_string()))];
+        }
         if let Err(e) = self.node.check_access(room, user.user_id).await {
             return vec![node_error(&e, Some(room.to_string()))];
         }
+        self.histories_in_flight += 1;
         let (node, tx) = (self.node.clone(), self.tx.clone());
         let limit = limit.unwrap_or(50).clamp(1, 200);
         tokio::spawn(async move {
@@ -391,7 +398,7 @@ impl Session {
                     r#ref: Some(room.to_string()),
                 }),
             };
-            let _ = tx.send(Outbound::Frame(frame)).await;
+            let _ = tx.send(Outbound::History(frame)).await;
         });
         Vec::new()
     }
@@ -400,15 +407,20 @@ impl Session {
     fn on_outbound(&mut self, outbound: Outbound) -> Vec<Message> {
         match outbound {
             Outbound::Frame(frame) => vec![Message::Text(frame.into())],
+            Outbound::History(frame) => {
+                self.histories_in_flight = self.histories_in_flight.saturating_sub(1);
+                vec![Message::Text(frame.into())]
+            }
             Outbound::Room { room, seq, text } => self.on_room_frame(room, seq, text),
-            Outbound::CatchUp { room, result } => self.on_catch_up(room, result),
+            Outbound::CatchUp { room, result } => {
+                self.catch_ups_in_flight = self.catch_ups_in_flight.saturating_sub(1);
+                let out = self.on_catch_up(room, result);
+                self.start_waiting();
+                out
+            }
             Outbound::Resync { room } => {
-                if let Some(subscription) = self.rooms.get_mut(&room) {
-                    if subscription.held.is_none() {
-                        subscription.held = Some(Vec::new());
-                        let last = subscription.last;
-                        self.catch_up(room, Some(last), Duration::ZERO);
-                    }
+                if let Some(after) = self.rooms.get_mut(&room).and_then(Subscription::resync) {
+                    self.catch_up(room, Some(after), Duration::ZERO);
                 }
                 Vec::new()
             }
@@ -417,30 +429,18 @@ impl Session {
 
     fn on_room_frame(&mut self, room: RoomId, seq: Seq, text: Utf8Bytes) -> Vec<Message> {
         let cap = self.node.config.limits.held_frames;
+        let may_hold = self.rooms.get(&room).is_some_and(Subscription::catching_up) && self.held_frames() < cap;
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
-        if let Some(held) = &mut subscription.held {
-            if seq > 0 && held.len() < cap {
-                held.push((seq, text));
-            } else if seq > 0 {
-                subscription.overflowed = true;
-            }
-            return Vec::new();
+        let (out, gap) = subscription.live(seq, Message::Text(text), may_hold);
+        if let Some(after) = gap {
+            self.catch_up(room, Some(after), Duration::ZERO);
         }
-        if seq == 0 {
-            return vec![Message::Text(text)];
-        }
-        if seq <= subscription.last {
-            return Vec::new();
-        }
-        if seq > subscription.last + 1 {
-            // A gap: hold this frame and fetch what is missing first.
-            subscription.held = Some(vec![(seq, text)]);
-            let last = subscription.last;
-            self.catch_up(room, Some(last), Duration::ZERO);
-            return Vec::new();
-        }
-        subscription.last = seq;
-        vec![Message::Text(text)]
+        out
+    }
+
+    /// Live frames held back over all rooms (`limits.held_frames` caps them).
+    fn held_frames(&self) -> usize {
+        self.rooms.values().map(Subscription::held).sum()
     }
 
     /// Writes one catch-up page; then asks for the next, or, after the last, says
@@ -452,57 +452,23 @@ impl Session {
             Ok(page) => page,
             Err(e) => {
                 // Stay subscribed; the next owner change or gap retries the catch-up.
-                let mut held = subscription.held.take().unwrap_or_default();
-                subscription.overflowed = false;
                 let mut out = vec![node_error(&e, Some(room.to_string()))];
-                out.extend(release(subscription, &mut held));
+                out.extend(subscription.page_failed());
                 return out;
             }
         };
-        let mut out = Vec::new();
-        for message in &page.messages {
-            if message.seq > subscription.last {
-                subscription.last = message.seq;
-                out.push(text(&ServerFrame::Message(chat_message(room, message))));
+        let messages =
+            page.messages.iter().map(|m| (m.seq, text(&ServerFrame::Message(chat_message(room, m))))).collect();
+        let (mut out, next) = subscription.page(messages, page.has_more, page.last_seq);
+        match next {
+            AfterPage::Fetch { after, delay } => self.catch_up(room, Some(after), delay),
+            AfterPage::Subscribed(seq) => {
+                out.push(text(&ServerFrame::Subscribed { room, seq }));
+                if let Some(presence) = self.node.hub.presence(room) {
+                    out.push(Message::Text(presence));
+                }
             }
-        }
-        let last = subscription.last;
-        if page.has_more && !page.messages.is_empty() {
-            self.catch_up(room, Some(last), Duration::ZERO);
-            return out;
-        }
-        // Without `since` only the last seq was fetched: live messages start after it.
-        subscription.last = subscription.last.max(page.last_seq);
-        let mut held = subscription.held.take().unwrap_or_default();
-        out.extend(release(subscription, &mut held));
-        let last = subscription.last;
-        if std::mem::take(&mut subscription.overflowed) || !held.is_empty() {
-            // Frames were dropped, or some follow a gap the copy read did not fill yet:
-            // fetch from the log again (the held ones wait).
-            let delay = if held.is_empty() { Duration::ZERO } else { GAP_RETRY };
-            subscription.held = Some(held);
-            self.catch_up(room, Some(last), delay);
-            return out;
-        }
-        out.push(text(&ServerFrame::Subscribed { room, seq: last }));
-        if let Some(presence) = self.node.hub.presence(room) {
-            out.push(Message::Text(presence));
         }
         out
     }
-}
-
-/// Writes held live frames that follow on from `last`, in seq order, once each; the ones
-/// past a gap stay in `held`, the ones already written go.
-fn release(subscription: &mut Subscription, held: &mut Vec<(Seq, Utf8Bytes)>) -> Vec<Message> {
-    held.sort_by_key(|(seq, _)| *seq);
-    let mut out = Vec::new();
-    held.retain(|(seq, text)| {
-        if *seq == subscription.last + 1 {
-            subscription.last = *seq;
-            out.push(Message::Text(text.clone()));
-        }
-        *seq > subscription.last
-    });
-    out
 }

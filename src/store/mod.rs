@@ -90,7 +90,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let (value, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    let (value, _) = decode_bounded(bytes)?;
     Ok(value)
 }
 
@@ -98,11 +98,42 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// prefixes of each other (an older struct would otherwise decode from a newer one's
 /// bytes, silently dropping its last fields).
 pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    let (value, used) = decode_bounded(bytes)?;
     if used != bytes.len() {
         return Err(StoreError::TrailingBytes { used, total: bytes.len() });
     }
     Ok(value)
+}
+
+/// Decodes with a limit that follows the input's size. bincode reserves a string's or a
+/// byte vector's declared length before it reads the bytes, so without a limit a
+/// corrupt or hostile length (a few bytes saying "4 GB") made it allocate that much, or
+/// abort the process when the allocation failed (found by the `snapshot` fuzz target;
+/// docs/RELIABILITY.md, "Fuzzing"). The lengths it claims add up to at most the input's
+/// size for every value [`encode`] writes, so a limit of four to sixteen times that size
+/// (at least 256 KiB) refuses only lies. The limit is a type parameter, hence the steps.
+fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize)> {
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+    const GIB: usize = 1 << 30;
+    let decoded = match bytes.len() {
+        n if n <= 64 * KIB => decode_within::<T, { 256 * KIB }>(bytes),
+        n if n <= 256 * KIB => decode_within::<T, { MIB }>(bytes),
+        n if n <= MIB => decode_within::<T, { 4 * MIB }>(bytes),
+        n if n <= 4 * MIB => decode_within::<T, { 16 * MIB }>(bytes),
+        n if n <= 16 * MIB => decode_within::<T, { 64 * MIB }>(bytes),
+        n if n <= 64 * MIB => decode_within::<T, { 256 * MIB }>(bytes),
+        n if n <= 256 * MIB => decode_within::<T, { GIB }>(bytes),
+        n if n <= GIB => decode_within::<T, { 4 * GIB }>(bytes),
+        _ => decode_within::<T, { usize::MAX / 2 }>(bytes),
+    };
+    Ok(decoded?)
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<LIMIT>())
 }
 
 /// A big-endian key, so that numeric order is byte order.

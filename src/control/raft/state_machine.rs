@@ -235,16 +235,22 @@ impl StateMachineStore {
 /// replicas (none in sync: owners report theirs again within a heartbeat). Each format
 /// must use every byte, so an older one never half-reads a newer one.
 fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
-    let data = &snapshot.data;
+    let catalog = decode_catalog(&snapshot.data).map_err(snap_read)?;
+    let applied =
+        AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
+    Ok(CatalogState { catalog, applied })
+}
+
+/// The catalog in a snapshot's data, in the newest format that uses every byte, with its
+/// indexes rebuilt. (The snapshot fuzz target's entry: `crate::fuzzing::snapshot`.)
+pub(crate) fn decode_catalog(data: &[u8]) -> Result<Catalog, store::StoreError> {
     let decoded = store::decode_exact::<Catalog>(data)
         .or_else(|e| store::decode_exact::<CatalogBeforeInSync>(data).map(Catalog::from).map_err(|_| e))
         .or_else(|e| store::decode_exact::<CatalogBeforeEndedSessions>(data).map(Catalog::from).map_err(|_| e))
         .or_else(|e| store::decode_exact::<CatalogBeforeReadMarks>(data).map(Catalog::from).map_err(|_| e));
-    let mut catalog = decoded.map_err(snap_read)?;
+    let mut catalog = decoded?;
     catalog.rebuild_indexes();
-    let applied =
-        AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
-    Ok(CatalogState { catalog, applied })
+    Ok(catalog)
 }
 
 /// The snapshot format of the catalog before `read_marks` was added.

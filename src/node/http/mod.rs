@@ -85,8 +85,10 @@ async fn mesh_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebS
     if !node.secret.matches(&headers) {
         return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
     }
-    let shutdown = node.shutdown.clone();
-    upgrade.max_message_size(64 * 1024 * 1024).on_upgrade(move |socket| mesh::serve_link(socket, node, shutdown))
+    let (shutdown, at_once) = (node.shutdown.clone(), node.config.mesh.requests_per_link);
+    upgrade
+        .max_message_size(64 * 1024 * 1024)
+        .on_upgrade(move |socket| mesh::serve_link(socket, node, shutdown, at_once))
 }
 
 #[derive(Deserialize)]

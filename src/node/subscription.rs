@@ -1,0 +1,152 @@
+//! The order of one room's messages on one browser connection: what a session writes,
+//! holds back or fetches when a live frame, a catch-up page or a failed fetch arrives.
+//! The promise it keeps (docs/PROTOCOL.md, "Messages"): each message is written once, in
+//! seq order, with no holes, whatever order live frames and pages come in. Pure and
+//! generic over the frame, so the `subscription_order` fuzz target drives it with seqs
+//! alone (`crate::fuzzing`); the session (`session.rs`) does the fetching and writing.
+
+use std::time::Duration;
+
+use crate::protocol::Seq;
+
+/// How long to wait before fetching a gap again that the last catch-up did not fill (the
+/// copy it read from was behind the live frames).
+pub const GAP_RETRY: Duration = Duration::from_millis(100);
+
+/// One room followed by one connection.
+pub struct Subscription<F> {
+    /// Highest seq written to the browser.
+    last: Seq,
+    /// While catching up: live frames held back until the catch-up is written.
+    held: Option<Vec<(Seq, F)>>,
+    /// Live frames were dropped while catching up (past the connection's cap): fetch them
+    /// from the log once this catch-up is written.
+    overflowed: bool,
+}
+
+/// What the session does after a catch-up page.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterPage {
+    /// Fetch the messages after `after`, after `delay`.
+    Fetch { after: Seq, delay: Duration },
+    /// The catch-up is done: say `subscribed` at this seq.
+    Subscribed(Seq),
+}
+
+impl<F: Clone> Subscription<F> {
+    /// A subscription that has written nothing yet.
+    pub fn new() -> Self {
+        Self { last: 0, held: None, overflowed: false }
+    }
+
+    /// Starts a catch-up for a `subscribe` (again): from `since` when given, else from the
+    /// room's last seq. Returns what to fetch after (`None`: only the room's last seq).
+    pub fn subscribe(&mut self, since: Option<Seq>) -> Option<Seq> {
+        self.last = since.unwrap_or(self.last);
+        self.held = Some(Vec::new());
+        since.map(|_| self.last)
+    }
+
+    /// Starts a catch-up after the last written seq unless one is under way (the room's
+    /// owner changed: messages may have been missed). Returns what to fetch after.
+    pub fn resync(&mut self) -> Option<Seq> {
+        if self.held.is_some() {
+            return None;
+        }
+        self.held = Some(Vec::new());
+        Some(self.last)
+    }
+
+    /// Whether a catch-up is under way (live frames are held back meanwhile).
+    pub fn catching_up(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Live frames held back now.
+    pub fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, Vec::len)
+    }
+
+    /// A live frame (`seq` 0: ephemeral, written as it is). `may_hold`: the connection
+    /// has room to hold one more. Returns the frames to write and, on a gap, what to
+    /// fetch after.
+    pub fn live(&mut self, seq: Seq, frame: F, may_hold: bool) -> (Vec<F>, Option<Seq>) {
+        if let Some(held) = &mut self.held {
+            if seq > 0 && may_hold {
+                held.push((seq, frame));
+            } else if seq > 0 {
+                self.overflowed = true;
+            }
+            return (Vec::new(), None);
+        }
+        if seq == 0 {
+            return (vec![frame], None);
+        }
+        if seq <= self.last {
+            return (Vec::new(), None);
+        }
+        if seq > self.last + 1 {
+            // A gap: hold this frame and fetch what is missing first.
+            self.held = Some(vec![(seq, frame)]);
+            return (Vec::new(), Some(self.last));
+        }
+        self.last = seq;
+        (vec![frame], None)
+    }
+
+    /// One catch-up page (ascending), `has_more` after it, and the room's readable end
+    /// when it was read. Returns the frames to write and what comes next; live frames it
+    /// could not hold, or that follow a gap the page did not fill, are fetched again.
+    pub fn page(&mut self, messages: Vec<(Seq, F)>, has_more: bool, last_seq: Seq) -> (Vec<F>, AfterPage) {
+        let more = has_more && !messages.is_empty();
+        let mut out = Vec::new();
+        for (seq, frame) in messages {
+            if seq > self.last {
+                self.last = seq;
+                out.push(frame);
+            }
+        }
+        if more {
+            return (out, AfterPage::Fetch { after: self.last, delay: Duration::ZERO });
+        }
+        // Without `since` only the last seq was fetched: live messages start after it.
+        self.last = self.last.max(last_seq);
+        let mut held = self.held.take().unwrap_or_default();
+        out.extend(self.release(&mut held));
+        if std::mem::take(&mut self.overflowed) || !held.is_empty() {
+            let delay = if held.is_empty() { Duration::ZERO } else { GAP_RETRY };
+            self.held = Some(held);
+            return (out, AfterPage::Fetch { after: self.last, delay });
+        }
+        (out, AfterPage::Subscribed(self.last))
+    }
+
+    /// A catch-up fetch failed: stay subscribed and write the held frames that follow on
+    /// (the next owner change or gap fetches again).
+    pub fn page_failed(&mut self) -> Vec<F> {
+        let mut held = self.held.take().unwrap_or_default();
+        self.overflowed = false;
+        self.release(&mut held)
+    }
+
+    /// Writes held live frames that follow on from `last`, in seq order, once each; the
+    /// ones past a gap stay in `held`, the ones already written go.
+    fn release(&mut self, held: &mut Vec<(Seq, F)>) -> Vec<F> {
+        held.sort_by_key(|(seq, _)| *seq);
+        let mut out = Vec::new();
+        held.retain(|(seq, frame)| {
+            if *seq == self.last + 1 {
+                self.last = *seq;
+                out.push(frame.clone());
+            }
+            *seq > self.last
+        });
+        out
+    }
+}
+
+impl<F: Clone> Default for Subscription<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
