@@ -1,5 +1,7 @@
 //! What every HTTP server of ours (controls and nodes) does at the edge, whatever the route.
 //!
+//! [`metrics`](fn@metrics): `GET /metrics`, the process's Prometheus text (controls and nodes alike).
+//!
 //! [`close_if_body_unread`]: a request whose body the handler did not read to its end (a
 //! 413, a 401 before the body, any early refusal) is answered with `Connection: close`.
 //! hyper closes such a connection after the response anyway, since it cannot know where
@@ -16,9 +18,14 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::header::{HeaderValue, CONNECTION};
+use axum::http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics() -> Response {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::render_metrics()).into_response()
+}
 
 /// Middleware (`axum::middleware::from_fn`): adds `Connection: close` to the response when
 /// the request's body was not read to its end.

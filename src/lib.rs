@@ -4,32 +4,26 @@
 //! - [`config`]: typed configuration (TOML file + flags/env).
 //! - [`control`]: a control-plane member — the openraft group replicating the catalog
 //!   (users, signing key, chat-node registry, rooms, memberships, room assignments),
-//!   its RocksDB storage, HTTP network, REST API and admin endpoints.
+//!   its RocksDB storage and Raft network (the core), and its HTTP edge
+//!   ([`control::http`]: REST API, pages, internal and admin endpoints).
 //! - [`store`]: RocksDB helpers (opening, encoding, big-endian keys).
 //! - [`telemetry`]: tracing and Prometheus metrics.
-//! - [`node`]: a chat node — browser WebSockets, room owners with replicated logs, mesh.
+//! - [`node`]: a chat node — browser WebSockets, room owners with replicated logs,
+//!   replicas, mesh; its HTTP edge in `node/http/`.
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.
+//! - [`cli`]: the clients that talk to a cluster from outside: `status`, `admin`,
+//!   `dev`, `drill`, `bench`, `chaos`.
 //! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`.
-//! - [`status`], [`dev`], [`bench`]: the `status`, `dev` and `bench` subcommands.
-//! - [`chaos`]: `chaos`, fault injection against a cluster of its own, with a history checker.
-//! - [`drain`]: `admin drain-node` / `undrain-node`, the client of the control's drain API.
-//! - [`rebalance`]: `admin rebalance`, the client of the control's rebalance API.
 
-pub mod bench;
-pub mod chaos;
+pub mod cli;
 pub mod config;
 pub mod control;
-pub mod dev;
-pub mod drain;
-pub mod drill;
 pub mod fuzzing;
 pub mod http_edge;
 pub mod node;
 pub mod protocol;
-pub mod rebalance;
-pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -1,21 +1,17 @@
 //! The `districhat` binary: parses the command line, sets up logging and calls one
-//! function per subcommand. All logic lives in the library.
+//! library function per subcommand (the servers' `run_from_config`, the clients in
+//! `cli/`). Nothing else lives here.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use districhat::bench::chat::ChatBenchArgs;
-use districhat::bench::control::ControlBenchArgs;
-use districhat::chaos::ChaosArgs;
-use districhat::config::ControlConfig;
-use districhat::control::secret::SECRET_HEADER;
-use districhat::drain::{self, DrainTarget};
-use districhat::drill::DrillArgs;
-use districhat::rebalance::{self, RebalanceEvent, RebalanceTarget};
-use districhat::{bench, chaos, control, dev, drill, node, status, telemetry};
-use indicatif::{ProgressBar, ProgressStyle};
+use districhat::cli::admin::{AdminAction, AdminTarget};
+use districhat::cli::bench::chat::ChatBenchArgs;
+use districhat::cli::bench::control::ControlBenchArgs;
+use districhat::cli::chaos::ChaosArgs;
+use districhat::cli::drill::DrillArgs;
+use districhat::cli::{admin, bench, chaos, dev, drill, status};
+use districhat::{control, node, telemetry};
 
 #[derive(Parser)]
 #[command(name = "districhat", version, about = "A distributed real-time chat system")]
@@ -90,111 +86,6 @@ enum Command {
     },
 }
 
-/// Which control an admin command talks to, and the secret it proves itself with.
-#[derive(clap::Args)]
-struct AdminTarget {
-    #[arg(long, default_value = "http://127.0.0.1:7000")]
-    control: String,
-    #[arg(long, env = "DISTRICHAT_SECRET", hide_env_values = true)]
-    secret: String,
-}
-
-#[derive(Subcommand)]
-enum AdminAction {
-    /// Add a control member online: it joins as a learner, catches up, becomes a voter.
-    AddMember {
-        #[command(flatten)]
-        target: AdminTarget,
-        /// The new member's id (from its config).
-        #[arg(long)]
-        id: u64,
-        /// The new member's address (host:port).
-        #[arg(long)]
-        addr: String,
-    },
-    /// Approve a chat node that registered while approval is required.
-    ApproveNode {
-        #[command(flatten)]
-        target: AdminTarget,
-        /// The node's id (see `districhat status`).
-        #[arg(long)]
-        id: u64,
-    },
-    /// Take a chat node out of service without losing anything: every room it owns moves
-    /// to that room's replica, every room it replicates gets a new replica (epoch + 1 each),
-    /// then this waits until the nodes have acted on it and prints a summary. The node
-    /// keeps running (its connected browsers keep chatting through it) but gets no new
-    /// rooms or connections, even after a restart; stop it once drained. Refused with
-    /// `no_capacity` (nothing changed) when a room would be left without two Up nodes.
-    /// Undo with `admin undrain-node`. Exits non-zero on refusal or timeout.
-    DrainNode {
-        #[command(flatten)]
-        target: AdminTarget,
-        /// The node's id (see `districhat status`).
-        node: u64,
-        /// How long to wait for the nodes to act on the move, in seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
-    },
-    /// Put a drained chat node back in service: it becomes Up and takes new rooms and
-    /// connections; rooms moved away by the drain stay where they are.
-    UndrainNode {
-        #[command(flatten)]
-        target: AdminTarget,
-        /// The node's id (see `districhat status`).
-        node: u64,
-    },
-    /// Spread rooms evenly over the Up chat nodes (after adding a node, or one came back or
-    /// was undrained): in batches of safe moves — a replica role moves to a less busy node
-    /// (which gets the room's log before the owner takes sends again), ownership moves only
-    /// by swapping a room's owner and replica (epoch + 1 each) — until every Up node owns
-    /// and replicates within one room of every other. Waits after each batch until the nodes
-    /// have acted on it, shows progress, prints a summary. Exits non-zero on refusal or
-    /// timeout; moves already made stay (run it again to continue).
-    Rebalance {
-        #[command(flatten)]
-        target: AdminTarget,
-        /// Moves per batch (one catalog command each; at most 1000).
-        #[arg(long, default_value_t = 50)]
-        batch: u64,
-        /// How long the whole rebalance may take, in seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-    },
-    /// Back up one control member's (or chat node's) database as a RocksDB checkpoint.
-    ///
-    /// The copy is written into `backup_dir/NAME` on the host of the process asked
-    /// (`--control`, or `--node`), not where this command runs; `backup_dir` comes from
-    /// that process's config (default: `backups` next to its `data_dir`).
-    Backup {
-        #[command(flatten)]
-        target: AdminTarget,
-        /// The new backup's name: 1-64 of A-Z a-z 0-9 . _ - , not starting with a dot,
-        /// not used yet (e.g. c1-20261125T0300Z).
-        #[arg(long)]
-        name: String,
-        /// Back up this chat node's room logs instead (http://host:port).
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// The step after restoring the whole control plane from a backup (docs/OPERATIONS.md):
-    /// replaces the token-signing key (every session and connection token stops working;
-    /// users log in again) and moves the user, room and node id counters forward by
-    /// 1,000,000, so no id handed out after the backup is handed out again. Harmless to
-    /// repeat.
-    AfterRestore {
-        #[command(flatten)]
-        target: AdminTarget,
-    },
-    /// Remove a control member from the group.
-    RemoveMember {
-        #[command(flatten)]
-        target: AdminTarget,
-        #[arg(long)]
-        id: u64,
-    },
-}
-
 /// mimalloc gives freed memory back to the OS. With glibc malloc a control kept the
 /// argon2 buffers of a login burst (~400 MB after 400 hashes, even two at a time);
 /// docs/OPERATIONS.md, "Bounds", has the measurements.
@@ -206,189 +97,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_json);
     match cli.command {
-        Command::Control { config, init, secret } => run_control(config, init, secret).await,
+        Command::Control { config, init, secret } => control::run_from_config(&config, init, secret).await,
         Command::Node { config, secret } => node::run_from_config(&config, secret).await,
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
         Command::Drill(args) => drill::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
-        Command::Init { target } => {
-            let reply = admin_request(reqwest::Method::POST, &target, "/api/admin/init", None).await?;
-            println!("{reply}");
-            Ok(())
-        }
-        Command::Status { control, json, watch: None } => {
-            let status = status::fetch(&control).await.with_context(|| format!("asking {control}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                println!("{}", status::render(&status));
-            }
-            Ok(())
-        }
-        Command::Status { control, json, watch: Some(interval) } => status::watch(&control, json, interval).await,
-        Command::Dev { host, port, data_dir } => run_dev(&host, port, &data_dir).await,
-        Command::Admin { action } => run_admin(action).await,
+        Command::Init { target } => admin::init(&target).await,
+        Command::Status { control, json, watch } => status::run(&control, json, watch).await,
+        Command::Dev { host, port, data_dir } => dev::run(&host, port, &data_dir).await,
+        Command::Admin { action } => admin::run(action).await,
     }
-}
-
-async fn run_control(config_path: PathBuf, init: bool, secret: Option<String>) -> anyhow::Result<()> {
-    let mut config = ControlConfig::load(&config_path)?;
-    if let Some(secret) = secret {
-        config.cluster_secret = secret;
-    }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let listener =
-        districhat::bind_listener(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let peers = config.peers.clone();
-    let handle = control::start(config, listener).await?;
-    if init {
-        handle.initialize(&peers).await?;
-    }
-    districhat::shutdown_signal().await;
-    tracing::info!("shutting down");
-    handle.shutdown().await;
-    Ok(())
-}
-
-async fn run_dev(host: &str, port: u16, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let cluster = dev::start_with_nodes(host, port, data_dir).await?;
-    println!("DistriChat dev cluster is up: http://{host}:{port}");
-    println!("  controls: {}", cluster.controls.iter().map(|c| c.url()).collect::<Vec<_>>().join(", "));
-    println!("  nodes:    {}", cluster.nodes.iter().map(|n| n.ws_url()).collect::<Vec<_>>().join(", "));
-    println!("  data:     {}", data_dir.display());
-    println!("  press Ctrl-C to stop");
-    districhat::shutdown_signal().await;
-    cluster.shutdown().await;
-    Ok(())
-}
-
-async fn run_admin(action: AdminAction) -> anyhow::Result<()> {
-    let reply = match action {
-        AdminAction::AddMember { target, id, addr } => {
-            let body = serde_json::json!({"id": id, "addr": addr});
-            admin_request(reqwest::Method::POST, &target, "/api/admin/members", Some(body)).await?
-        }
-        AdminAction::ApproveNode { target, id } => {
-            admin_request(reqwest::Method::POST, &target, &format!("/api/admin/nodes/{id}/approve"), None).await?
-        }
-        AdminAction::Backup { mut target, name, node } => {
-            // A node answers the same request on the same path.
-            if let Some(node) = node {
-                target.control = node;
-            }
-            let body = serde_json::json!({"name": name});
-            admin_request(reqwest::Method::POST, &target, "/api/admin/backup", Some(body)).await?
-        }
-        AdminAction::AfterRestore { target } => {
-            admin_request(reqwest::Method::POST, &target, "/api/admin/after-restore", None).await?
-        }
-        AdminAction::RemoveMember { target, id } => {
-            admin_request(reqwest::Method::DELETE, &target, &format!("/api/admin/members/{id}"), None).await?
-        }
-        AdminAction::DrainNode { target, node, timeout } => {
-            return run_drain(target, node, Duration::from_secs(timeout)).await;
-        }
-        AdminAction::Rebalance { target, batch, timeout } => {
-            return run_rebalance(target, batch, Duration::from_secs(timeout)).await;
-        }
-        AdminAction::UndrainNode { target, node } => {
-            let target = DrainTarget { control: target.control, secret: target.secret, node };
-            let view = drain::undrain(&target).await?;
-            format!("node {} ({}) is {}: it takes new rooms and connections again", view.id, view.name, view.status)
-        }
-    };
-    println!("{reply}");
-    Ok(())
-}
-
-/// `admin drain-node`: drains with a spinner showing each step, then prints the summary.
-async fn run_drain(target: AdminTarget, node: u64, timeout: Duration) -> anyhow::Result<()> {
-    let target = DrainTarget { control: target.control, secret: target.secret, node };
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")?);
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    spinner.set_message(format!("draining node {node}…"));
-    let result = drain::drain(&target, timeout, |progress| {
-        let line = drain::describe(progress);
-        spinner.println(&line);
-        spinner.set_message(line);
-    })
-    .await;
-    spinner.finish_and_clear();
-    let summary = result.with_context(|| format!("draining node {node}"))?;
-    println!(
-        "drained node {} ({}): {} rooms moved as owner, {} as replica, in {:.1} s",
-        summary.node,
-        summary.name,
-        summary.owners_moved,
-        summary.replicas_moved,
-        summary.elapsed.as_secs_f64()
-    );
-    println!("it owns and replicates nothing now; stop it, or `admin undrain-node {node}` to put it back");
-    Ok(())
-}
-
-/// `admin rebalance`: batches with a progress bar (rooms moved / moved + still uneven),
-/// then the summary with each node's owned/replicated rooms before → after.
-async fn run_rebalance(target: AdminTarget, batch: u64, timeout: Duration) -> anyhow::Result<()> {
-    let target = RebalanceTarget { control: target.control, secret: target.secret, batch };
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("[{elapsed}] {bar:30} {pos}/{len} moves  {msg}")?);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar.set_message("waiting for the nodes to settle…");
-    let result = rebalance::rebalance(&target, timeout, |event| match event {
-        RebalanceEvent::Batch(report) => {
-            bar.inc(report.moves.len() as u64);
-            bar.set_length(bar.position() + report.remaining_imbalance);
-            bar.set_message(format!("batch of {} moves committed", report.moves.len()));
-        }
-        RebalanceEvent::Progress(progress) => bar.set_message(rebalance::describe(progress)),
-    })
-    .await;
-    bar.finish_and_clear();
-    let summary = result.context("rebalancing")?;
-    if summary.moves() == 0 && summary.remaining_imbalance == 0 {
-        println!("already balanced: nothing to move ({:.1} s)", summary.elapsed.as_secs_f64());
-    } else {
-        println!(
-            "rebalanced: {} rooms moved ({} owner/replica swaps, {} replica moves) in {} batches, {:.1} s",
-            summary.moves(),
-            summary.swaps,
-            summary.replica_moves,
-            summary.batches,
-            summary.elapsed.as_secs_f64()
-        );
-    }
-    for line in rebalance::render_counts(&summary.before, &summary.after) {
-        println!("  {line}");
-    }
-    if summary.remaining_imbalance > 0 {
-        println!(
-            "not fully even (imbalance {}): rooms with a node that is not Up stay where they are",
-            summary.remaining_imbalance
-        );
-    }
-    Ok(())
-}
-
-/// Sends an admin request with the cluster secret; a non-2xx answer is an error.
-async fn admin_request(
-    method: reqwest::Method,
-    target: &AdminTarget,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
-    let control = target.control.trim_end_matches('/');
-    let mut request = client.request(method, format!("{control}{path}")).header(SECRET_HEADER, &target.secret);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.with_context(|| format!("reaching {control}"))?;
-    let status = response.status();
-    let text = response.text().await?;
-    anyhow::ensure!(status.is_success(), "{control} answered {status}: {text}");
-    Ok(text)
 }

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_districhat");
 
 #[test]
 fn the_named_scenarios_lose_nothing_and_every_room_comes_back() {
-    let netns = districhat::chaos::netns::Net::available();
+    let netns = districhat::cli::chaos::netns::Net::available();
     let seconds = std::env::var("DISTRICHAT_CHAOS_SECONDS").unwrap_or_else(|_| "0".into());
     let mut command = Command::new(BIN);
     command.args(["chaos", "--json", "--seconds", &seconds]).env("RUST_LOG", "warn");

@@ -129,14 +129,14 @@ async fn status_shows_three_members_and_one_leader() {
     let cluster = TestCluster::start(3, tuning()).await;
     let leader = cluster.wait_ready().await;
     let status = wait_for("every member reachable in status", Duration::from_secs(10), || async {
-        let status = districhat::status::fetch(&cluster.url((leader + 2) % 3)).await.ok()?;
+        let status = districhat::cli::status::fetch(&cluster.url((leader + 2) % 3)).await.ok()?;
         status.members.iter().all(|m| m.reachable && m.healthy == Some(true)).then_some(status)
     })
     .await;
     assert_eq!(status.leader, Some(leader as u64 + 1));
     assert_eq!(status.members.len(), 3);
     assert_eq!(status.members.iter().filter(|m| m.role == "leader").count(), 1);
-    let table = districhat::status::render(&status);
+    let table = districhat::cli::status::render(&status);
     assert!(table.contains("leader") && table.contains("follower"), "{table}");
 
     let metrics = reqwest::get(format!("{}/metrics", cluster.url(leader))).await.unwrap().text().await.unwrap();

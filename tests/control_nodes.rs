@@ -276,9 +276,9 @@ async fn tokens_verify_with_the_node_key_and_the_least_loaded_node_comes_first()
     assert_eq!(nodes["nodes"][0]["status"], "up");
     assert_eq!(nodes["nodes"][0]["load"]["connections"], 10);
 
-    let status = districhat::status::fetch(&follower).await.expect("status");
+    let status = districhat::cli::status::fetch(&follower).await.expect("status");
     assert_eq!(status.nodes.len(), 2);
-    let table = districhat::status::render(&status);
+    let table = districhat::cli::status::render(&status);
     assert!(table.contains("n1") && table.contains("127.0.0.1:7102") && table.contains("rooms owned"), "{table}");
 }
 

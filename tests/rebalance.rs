@@ -16,9 +16,9 @@ use std::time::Duration;
 use common::chat::ChatCluster;
 use common::senders::{checked_history, collect, spawn_on_every_node, Collected};
 use common::{wait_for, Api, SECRET};
+use districhat::cli::rebalance::{self, RebalanceEvent, RebalanceTarget};
 use districhat::control::catalog::{Catalog, NodeStatus};
 use districhat::node::{self, config::NodeConfig};
-use districhat::rebalance::{self, RebalanceEvent, RebalanceTarget};
 use tokio::net::TcpListener;
 
 const ROOMS: usize = 12;

@@ -2,11 +2,11 @@
 //! with the catalog's HMAC key (so any control verifies a session without a lookup).
 //!
 //! A token is `base64url(user_id ‖ expires_ms) "." base64url(hmac_sha256)`. The browser
-//! gets it in an HttpOnly, SameSite=Lax cookie; API clients send it as a Bearer token.
+//! gets it in an HttpOnly, SameSite=Lax cookie; API clients send it as a Bearer token
+//! (read from a request by `control/http/extractor.rs`).
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -61,23 +61,6 @@ fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The session token of a request: the Bearer token, else the session cookie.
-pub fn session_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(bearer) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-    {
-        return Some(bearer.trim());
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-}
-
 /// The `Set-Cookie` value for a new session.
 pub fn session_cookie(token: &str) -> String {
     format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}", SESSION_TTL_MS / 1000)
@@ -97,14 +80,5 @@ mod tests {
         let mut tampered = token.clone();
         tampered.insert(0, 'A');
         assert_eq!(session_claims(b"key", &tampered, 1), None);
-    }
-
-    #[test]
-    fn session_token_comes_from_bearer_or_cookie() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, "a=b; districhat_session=tok; c=d".parse().unwrap());
-        assert_eq!(session_token(&headers), Some("tok"));
-        headers.insert(header::AUTHORIZATION, "Bearer bear".parse().unwrap());
-        assert_eq!(session_token(&headers), Some("bear"));
     }
 }

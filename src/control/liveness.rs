@@ -135,7 +135,7 @@ pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>)
         let now = Instant::now();
         let was_away = now.duration_since(last_look) > DETECT_EVERY * 2;
         last_look = now;
-        let leader = super::nodes::leader(&app);
+        let leader = super::loads::leader(&app);
         if leader.id != Some(app.id) || !leader.holds_quorum || was_away {
             if was_away && leader.id == Some(app.id) {
                 tracing::warn!("the failure detector was not running for a while; starting a new detection period");

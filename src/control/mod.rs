@@ -5,34 +5,34 @@
 //! background tasks (signing key, Raft gauges, the chat-node failure detector), and
 //! returns a [`ControlHandle`] to initialise or stop it. Binding outside is what lets
 //! tests run members on port 0.
+//!
+//! Two layers: the core — [`catalog`] (the state and its one `apply`), [`raft`] (storage
+//! and the RPC client), [`write`](mod@write), [`liveness`], [`loads`], [`routing`], [`auth`],
+//! [`hashing`], [`secret`], [`read_marks`], [`restore`] — and the HTTP edge, [`http`],
+//! which is the only part that knows axum. The core never imports the edge.
 
-pub mod admin;
-pub mod api;
-pub mod api_error;
 pub mod auth;
-pub mod backup;
 pub mod catalog;
-pub mod chat_api;
-pub mod cluster;
-pub mod drain;
 pub mod hashing;
+pub mod http;
 pub mod liveness;
-pub mod nodes;
+pub mod loads;
 pub mod raft;
 pub mod read_marks;
-pub mod rebalance;
 pub mod restore;
+pub mod routing;
 pub mod secret;
-pub mod web;
 pub mod write;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::openraft::error::{InitializeError, RaftError};
 use ::openraft::{BasicNode, SnapshotPolicy};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -92,6 +92,27 @@ pub struct ControlHandle {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Runs a control member from its config file until Ctrl-C / SIGTERM; with `init`,
+/// bootstraps the group with the config's peers first (idempotent).
+pub async fn run_from_config(config_path: &Path, init: bool, secret: Option<String>) -> anyhow::Result<()> {
+    let mut config = ControlConfig::load(config_path)?;
+    if let Some(secret) = secret {
+        config.cluster_secret = secret;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let listener = crate::bind_listener(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let peers = config.peers.clone();
+    let handle = start(config, listener).await?;
+    if init {
+        handle.initialize(&peers).await?;
+    }
+    crate::shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
 /// Starts a control member on `listener`.
 pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<ControlHandle, ControlError> {
     crate::telemetry::install_metrics();
@@ -129,19 +150,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
         ),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let router = api::router(app_state.clone());
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let stop = async move {
-            let _ = server_shutdown.wait_for(|stop| *stop).await;
-        };
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the control HTTP server stopped");
-        }
-    });
+    let server = http::serve(listener, app_state.clone(), shutdown_rx.clone());
     let tasks = vec![
         server,
         tokio::spawn(ensure_signing_key(app_state.clone(), shutdown_rx.clone())),

@@ -1,4 +1,5 @@
-//! `POST /api/admin/after-restore` (cluster secret): the step that makes a control plane
+//! After a restore (`POST /api/admin/after-restore`, cluster secret, in
+//! `control/http/admin.rs`): the step that makes a control plane
 //! restored from a backup safe to open again (docs/OPERATIONS.md, "Restoring the whole
 //! control plane"). A restored catalog has rolled its id counters back to the backup
 //! while the old token-signing key lives on, so without this step a session token of a
@@ -9,14 +10,9 @@
 //! user, room and node counters forward by [`ID_GAP`]. Relayed to the leader like any
 //! write; repeating it is harmless.
 
-use axum::extract::State;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::api_error::ApiError;
-use super::catalog::{ChatNodeId, Command, CommandOutput, RoomId, UserId};
-use super::secret::SecretChecked;
-use super::AppState;
+use super::catalog::{ChatNodeId, Command, RoomId, UserId};
 
 /// How far the id counters jump: far more users, rooms and nodes than a cluster creates
 /// between a backup and a restore, so nothing handed out in between is handed out again.
@@ -31,20 +27,8 @@ pub struct AfterRestoreReply {
     pub next_node_id: ChatNodeId,
 }
 
-pub async fn after_restore(_: SecretChecked, State(app): State<AppState>) -> Result<Json<AfterRestoreReply>, ApiError> {
+/// The catalog command of the step: a fresh signing key and the counters' jump.
+pub fn command() -> Command {
     let key: [u8; 32] = rand::random();
-    let command = Command::RecoverFromRestore { signing_key: key.to_vec(), id_gap: ID_GAP };
-    match app.writer.write(command).await? {
-        CommandOutput::Recovered { next_user_id, next_room_id, next_node_id } => {
-            tracing::warn!(
-                member = app.id,
-                next_user_id,
-                next_room_id,
-                next_node_id,
-                "after a restore: rotated the signing key (every session ends) and moved the id counters forward"
-            );
-            Ok(Json(AfterRestoreReply { signing_key_rotated: true, next_user_id, next_room_id, next_node_id }))
-        }
-        other => Err(ApiError::internal(format!("RecoverFromRestore returned {other:?}"))),
-    }
+    Command::RecoverFromRestore { signing_key: key.to_vec(), id_gap: ID_GAP }
 }

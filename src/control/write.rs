@@ -1,7 +1,8 @@
 //! Catalog writes from any member. A write goes to the local Raft if this member leads;
 //! otherwise it is forwarded to the leader over `/internal/write` (bincode, cluster
-//! secret). Across a leader change it retries, bounded by [`WRITE_DEADLINE`], so a
-//! client never sees "not leader" — at worst a typed `unavailable`.
+//! secret; the leader's end is `control/http/forward.rs`). Across a leader change it
+//! retries, bounded by [`WRITE_DEADLINE`], so a client never sees "not leader" — at worst
+//! a typed `unavailable`.
 //!
 //! Read-your-writes: [`Writer::write`] returns only once this member's own catalog has
 //! applied the write's log entry (the leader answers a forwarded write with the entry's
@@ -12,10 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +40,7 @@ pub enum WriteError {
 
 /// What `/internal/write` answers: the command's result, or why the leader could not run it.
 #[derive(Debug, Serialize, Deserialize)]
-enum ForwardReply {
+pub enum ForwardReply {
     /// The result and the index of the log entry that carried the command.
     Applied(CommandResult, u64),
     /// The receiver is not (or no longer) the leader; the sender should look again.
@@ -172,25 +169,14 @@ enum LocalFailure {
     Other(String),
 }
 
-/// `POST /internal/write`: a follower forwarding a command to this (leading) member.
-pub async fn internal_write(State(writer): State<Writer>, headers: HeaderMap, body: Bytes) -> Response {
-    if !writer.secret.matches(&headers) {
-        return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
-    }
-    let command: Command = match store::decode(&body) {
-        Ok(command) => command,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable command: {e}")).into_response(),
-    };
-    let reply = match writer.write_local(command).await {
-        Ok((result, index)) => ForwardReply::Applied(result, index),
-        Err(LocalFailure::NotLeader(_)) => ForwardReply::NotLeader,
-        Err(LocalFailure::Other(reason)) => ForwardReply::Failed(reason),
-    };
-    match store::encode(&reply) {
-        Ok(bytes) => bytes.into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a forwarded write's reply");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+impl Writer {
+    /// The leader's side of a forwarded write (`POST /internal/write`,
+    /// `control/http/forward.rs`): runs `command` on this member's Raft if it leads.
+    pub async fn serve_forwarded(&self, command: Command) -> ForwardReply {
+        match self.write_local(command).await {
+            Ok((result, index)) => ForwardReply::Applied(result, index),
+            Err(LocalFailure::NotLeader(_)) => ForwardReply::NotLeader,
+            Err(LocalFailure::Other(reason)) => ForwardReply::Failed(reason),
         }
     }
 }

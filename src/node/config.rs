@@ -158,7 +158,7 @@ impl NodeConfig {
     /// The checks [`NodeConfig::load`] makes beyond the TOML shape.
     pub fn check(&self) -> Result<(), String> {
         if let Some(url) = &self.public_ws_url {
-            if !crate::control::nodes::valid_ws_url(url) {
+            if !crate::control::routing::valid_ws_url(url) {
                 return Err(format!(
                     "public_ws_url must be a ws:// or wss:// URL with a host, at most 255 printable ASCII \
                      characters (like \"wss://chat.example.com/n1/ws\"), got {url:?}"

@@ -18,7 +18,7 @@
 //! - Ownership never goes to a node that holds no copy. To give a node with few owned
 //!   rooms one more, a *preparing* replica move first makes it the replica of a room of
 //!   the busiest owner; a later command swaps the two. In between the caller must wait
-//!   until the owner has copied the log (`control/rebalance.rs` does: a batch starts
+//!   until the owner has copied the log (`control/http/rebalance.rs` does: a batch starts
 //!   only when every `Up` node acted on the routing table and has no owner still syncing
 //!   its replica). Within one command a room moves at most once, so a swap never uses a
 //!   replica that the same command assigned.

@@ -1,0 +1,217 @@
+//! The public REST API's chat parts: connection tokens and the node list a browser needs
+//! to open its WebSocket, the node registry, direct messages, and room history (proxied
+//! to the node that owns the room, or its replica).
+//!
+//! | method path | auth | answer |
+//! |---|---|---|
+//! | `GET /api/token` | session | [`TokenView`] `{token, expires_ms, nodes:[{id, ws_url, load}]}` |
+//! | `GET /api/nodes` | none (read-only, no secrets) | [`NodesView`] `{nodes:[NodeView]}` |
+//! | `POST /api/dms` `{username}` | session | the DM room (201 created, 200 existing) |
+//! | `GET /api/rooms/{id}/messages?before=&limit=` | session; members only for private rooms | `{messages, has_more}` |
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiJson};
+use super::extractor::AuthUser;
+use super::views::{NodeView, NodesView, RoomView};
+use crate::control::catalog::{dm_name, ChatNode, ChatNodeId, Command, CommandOutput, NodeStatus, RoomId};
+use crate::control::loads::{node_loads, NodeSeen};
+use crate::control::raft::state_machine::read_state;
+use crate::control::secret::SECRET_HEADER;
+use crate::control::AppState;
+use crate::now_ms;
+use crate::protocol::{ConnectionClaims, HistoryPage};
+use crate::token;
+
+/// How long the control waits for a node's history page before it tries the next node.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
+/// History page size when the client does not say, and the most it may ask for.
+const HISTORY_DEFAULT_LIMIT: u32 = 50;
+const HISTORY_MAX_LIMIT: u32 = 200;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/token", get(connection_token))
+        .route("/api/nodes", get(list_nodes))
+        .route("/api/dms", post(open_dm))
+        .route("/api/rooms/{id}/messages", get(room_messages))
+}
+
+/// What `GET /api/token` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    /// For the WebSocket's `hello` frame; checked by the node without a round trip.
+    pub token: String,
+    /// When the token stops being accepted for a new connection (Unix milliseconds).
+    pub expires_ms: u64,
+    /// The `Up` nodes, least-loaded first: try them in order.
+    pub nodes: Vec<TokenNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenNode {
+    pub id: ChatNodeId,
+    pub ws_url: String,
+    /// Open connections at the node's last heartbeat (0 when unknown).
+    pub load: u64,
+}
+
+/// `GET /api/token`: a fresh connection token and where to use it.
+async fn connection_token(
+    AuthUser(user_id): AuthUser,
+    State(app): State<AppState>,
+) -> Result<Json<TokenView>, ApiError> {
+    let loads = node_loads(&app).await;
+    let state = read_state(&app.state);
+    let catalog = &state.catalog;
+    let user = catalog.users.get(&user_id).ok_or_else(ApiError::unauthorized)?;
+    let key = catalog
+        .meta
+        .signing_key
+        .as_deref()
+        .ok_or_else(|| ApiError::unavailable("the cluster is still starting; retry shortly"))?;
+    let expires_ms = now_ms() + token::CONNECTION_TOKEN_TTL_MS;
+    let claims = ConnectionClaims { user_id, username: user.username.clone(), expires_ms };
+    let token = token::sign(&token::derive_token_key(key), &claims);
+    let mut nodes: Vec<TokenNode> = catalog
+        .nodes
+        .values()
+        .filter(|node| node.status == NodeStatus::Up)
+        .map(|node| TokenNode { id: node.id, ws_url: node.ws_url.clone(), load: connections(loads.get(&node.id)) })
+        .collect();
+    // Without figures from the leader every load is 0 and this is catalog (id) order.
+    nodes.sort_by_key(|node| (node.load, node.id));
+    Ok(Json(TokenView { token, expires_ms, nodes }))
+}
+
+fn connections(seen: Option<&NodeSeen>) -> u64 {
+    seen.and_then(|seen| seen.load.as_ref()).map_or(0, |load| load.connections)
+}
+
+/// `GET /api/nodes`: the node registry with health and load. Public and read-only: it
+/// holds addresses browsers get anyway and no secrets, and `districhat status` reads it.
+async fn list_nodes(State(app): State<AppState>) -> Json<NodesView> {
+    let loads = node_loads(&app).await;
+    let state = read_state(&app.state);
+    let counts = state.catalog.node_room_counts();
+    let nodes = state
+        .catalog
+        .nodes
+        .values()
+        .map(|node| {
+            let count = counts.get(&node.id).copied().unwrap_or_default();
+            NodeView::with_counts(node, count, loads.get(&node.id))
+        })
+        .collect();
+    Json(NodesView { nodes })
+}
+
+#[derive(Deserialize)]
+struct NewDm {
+    username: String,
+}
+
+/// `POST /api/dms`: the caller's DM room with `username`, created on first use.
+async fn open_dm(
+    AuthUser(caller): AuthUser,
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<NewDm>,
+) -> Result<Response, ApiError> {
+    let peer = {
+        let state = read_state(&app.state);
+        let catalog = &state.catalog;
+        let peer = catalog.user_by_name(&body.username).ok_or_else(|| ApiError::not_found("no such user"))?.id;
+        // Already there: answer from this member's catalog without a Raft write.
+        if let Some(room) = catalog.room_by_name(&dm_name(caller, peer)) {
+            if room.is_dm() && catalog.is_member(room.id, caller) {
+                return Ok((StatusCode::OK, Json(RoomView::new(catalog, room, true))).into_response());
+            }
+        }
+        peer
+    };
+    match app.writer.write(Command::CreateDm { a: caller, b: peer, at_ms: now_ms() }).await? {
+        CommandOutput::Dm { room, created } => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let view = RoomView::new(&read_state(&app.state).catalog, &room, true);
+            Ok((status, Json(view)).into_response())
+        }
+        other => Err(ApiError::internal(format!("CreateDm returned {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    /// Messages with a lower seq than this (exclusive); the newest when absent.
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/rooms/{id}/messages`: history, newest first, from the room's owner or, when
+/// the owner does not answer, its replica. A room that never had an owner has no history.
+async fn room_messages(
+    State(app): State<AppState>,
+    Path(room_id): Path<RoomId>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
+    let targets: Vec<(ChatNodeId, String)> = {
+        let state = read_state(&app.state);
+        let catalog = &state.catalog;
+        let room = catalog.rooms.get(&room_id).ok_or_else(|| ApiError::not_found("no such room"))?;
+        if room.private && !catalog.is_member(room_id, user) {
+            return Err(ApiError::forbidden("this room is private to its members"));
+        }
+        if room.owner.is_none() {
+            return Ok(Json(HistoryPage { messages: Vec::new(), has_more: false }));
+        }
+        let up: BTreeMap<ChatNodeId, &ChatNode> =
+            catalog.nodes.iter().filter(|(_, node)| node.status == NodeStatus::Up).map(|(id, n)| (*id, n)).collect();
+        [room.owner, room.replica]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| up.get(&id).map(|node| (id, node.mesh_addr.clone())))
+            .collect()
+    };
+    for (node, addr) in targets {
+        match fetch_history(&app, &addr, room_id, query.before, limit).await {
+            Ok(page) => return Ok(Json(page)),
+            Err(reason) => tracing::warn!(room = room_id, node, %addr, %reason, "a node did not serve history"),
+        }
+    }
+    Err(ApiError::unavailable("no chat node holding this room answered; retry shortly"))
+}
+
+/// One node's `GET /internal/rooms/{id}/messages`.
+async fn fetch_history(
+    app: &AppState,
+    addr: &str,
+    room: RoomId,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<HistoryPage, String> {
+    let mut request = app
+        .client
+        .get(format!("http://{addr}/internal/rooms/{room}/messages"))
+        .header(SECRET_HEADER, app.secret.expose())
+        .query(&[("limit", limit)])
+        .timeout(HISTORY_TIMEOUT);
+    if let Some(before) = before {
+        request = request.query(&[("before", before)]);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    response.json::<HistoryPage>().await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,80 @@
+//! The routing table: what a chat node learns of the catalog (nodes, rooms with owner,
+//! replica, epoch and members of private rooms, the connection-token key), versioned by
+//! the Raft applied index it was read from; and the checks on the addresses a node
+//! registers. Pure functions of the applied catalog: no I/O.
+
+use super::catalog::NodeStatus;
+use super::raft::state_machine::CatalogState;
+use crate::protocol::{NodeRoute, RoomRoute, RoutingTable};
+use crate::token;
+
+/// The routing-table version of a catalog: its Raft applied index.
+pub fn version(state: &CatalogState) -> u64 {
+    state.applied.last_applied.map_or(0, |log_id| log_id.index)
+}
+
+/// Every node and room of the catalog as nodes need them; members only for private rooms.
+pub fn routing_table(state: &CatalogState) -> RoutingTable {
+    let catalog = &state.catalog;
+    let nodes = catalog
+        .nodes
+        .values()
+        .map(|node| NodeRoute { id: node.id, addr: node.mesh_addr.clone(), up: node.status == NodeStatus::Up })
+        .collect();
+    let rooms = catalog
+        .rooms
+        .values()
+        .map(|room| RoomRoute {
+            id: room.id,
+            owner: room.owner,
+            replica: room.replica,
+            epoch: room.epoch,
+            replica_in_sync: catalog.replica_in_sync(room),
+            private: room.private,
+            members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
+        })
+        .collect();
+    let token_key = catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default();
+    RoutingTable { version: version(state), nodes, rooms, token_key }
+}
+
+/// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only. Nodes check
+/// their own `public_ws_url` with it at start ([`crate::node::config::NodeConfig::load`]).
+pub fn valid_ws_url(url: &str) -> bool {
+    let rest = url.strip_prefix("wss://").or_else(|| url.strip_prefix("ws://"));
+    url.len() <= 255 && rest.is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// `host:port` with a non-empty host and a numeric port, nothing else.
+pub fn valid_addr(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    !host.is_empty()
+        && addr.len() <= 255
+        && port.parse::<u16>().is_ok_and(|port| port != 0)
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        for good in ["127.0.0.1:7100", "node-1.internal:80", "[::1]:7100"] {
+            assert!(valid_addr(good), "{good}");
+        }
+        for bad in ["", "127.0.0.1", ":7100", "host:0", "host:http", "a b:1", "host/x:1", "http://h:1"] {
+            assert!(!valid_addr(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_websocket_urls_are_ws_or_wss() {
+        for good in ["wss://chat.example.com/n1/ws", "ws://10.0.0.5:7100/ws"] {
+            assert!(valid_ws_url(good), "{good}");
+        }
+        for bad in ["", "wss://", "https://chat.example.com/ws", "wss://a b/ws", "javascript:alert(1)"] {
+            assert!(!valid_ws_url(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The node's HTTP surface: `/ws` (browsers, Origin-checked), `/mesh` (other nodes,
+//! cluster secret), `/internal/rooms/{id}/messages` (history for the control's REST API,
+//! cluster secret), `/healthz` and `/metrics`.
+
+pub mod backup;
+
+use std::net::SocketAddr;
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::node::owner::chat_message;
+use crate::node::{mesh, session, Node};
+use crate::protocol::HistoryPage;
+
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/ws", get(browser_socket))
+        .route("/mesh", get(mesh_socket))
+        .route("/internal/rooms/{id}/messages", get(history))
+        .route("/api/admin/backup", axum::routing::post(backup::create_backup))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(crate::http_edge::metrics))
+        .with_state(node)
+        .layer(axum::middleware::from_fn(crate::http_edge::close_if_body_unread))
+}
+
+/// Serves [`router`] on `listener` until `shutdown` says stop.
+pub fn serve(listener: TcpListener, node: Node, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let router = router(node);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the node's HTTP server stopped");
+        }
+    })
+}
+
+async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    if !origin_allowed(&node, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if node.is_isolated() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this node lost the control plane; use another").into_response();
+    }
+    let max = node.config.limits.max_frame_bytes;
+    // Frames a little over the limit still arrive, so the session can answer
+    // `frame_too_large` instead of the socket being cut.
+    // Small socket buffers: most browsers sit idle, and tungstenite's defaults (128 KiB
+    // each way) would cost over 100 KiB per idle connection.
+    upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_message_size(max.saturating_mul(4).max(64 * 1024))
+        .on_upgrade(move |socket| session::run(node, socket))
+}
+
+/// Browsers must come from a page of the cluster: a control, this node, or a configured
+/// origin. Clients without an Origin header (CLI, bench, other programs) are allowed; they
+/// still need a valid token.
+fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok()) else { return true };
+    let host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
+    node.config.allowed_origins.iter().any(|allowed| allowed.trim_end_matches('/') == origin.trim_end_matches('/'))
+        || host == node.addr
+        || node
+            .config
+            .controls
+            .iter()
+            .any(|control| control.split_once("://").map_or(control.as_str(), |(_, h)| h).trim_end_matches('/') == host)
+}
+
+async fn mesh_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    if !node.secret.matches(&headers) {
+        return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
+    }
+    let (shutdown, at_once) = (node.shutdown.clone(), node.config.mesh.requests_per_link);
+    upgrade
+        .max_message_size(64 * 1024 * 1024)
+        .on_upgrade(move |socket| mesh::serve_link(socket, node, shutdown, at_once))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// History for the control plane's REST API (which checked access already).
+async fn history(
+    State(node): State<Node>,
+    Path(room): Path<u64>,
+    Query(query): Query<HistoryQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !node.secret.matches(&headers) {
+        return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
+    }
+    let limit = query.limit.unwrap_or(50).clamp(1, 200);
+    match node.fetch_local(room, None, query.before, limit).await {
+        Ok((messages, has_more, _)) => {
+            let messages = messages.iter().map(|m| chat_message(room, m)).collect();
+            Json(HistoryPage { messages, has_more }).into_response()
+        }
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"code": e.code(), "message": e.to_string()})))
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The node's routing table and what follows from it: where each room's owner and
+//! replica are ([`Routes`]), sending a message through the owner and reading history from
+//! the owner or its replica (refreshing the table once when a room moved), notifying an
+//! owner of interest and typing, delivering frames to a node's sessions, and installing a
+//! newer table from the control plane (which starts and stops this node's owners).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::mesh::Dispatch;
+use super::owner::{self, blocking, OwnerCommand, Sent};
+use super::{control_link, Node, NodeError};
+use crate::protocol::{
+    MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, RoomId, RoomRoute, RoutingTable, Seq, StoredMessage, UserId,
+};
+
+/// The routing table as lookups.
+#[derive(Debug, Default)]
+pub struct Routes {
+    pub version: u64,
+    pub rooms: HashMap<RoomId, RoomRoute>,
+    pub nodes: HashMap<NodeId, NodeRoute>,
+}
+
+impl From<RoutingTable> for Routes {
+    fn from(table: RoutingTable) -> Self {
+        Self {
+            version: table.version,
+            rooms: table.rooms.into_iter().map(|room| (room.id, room)).collect(),
+            nodes: table.nodes.into_iter().map(|node| (node.id, node)).collect(),
+        }
+    }
+}
+
+impl Node {
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn room(&self, room: RoomId) -> Option<RoomRoute> {
+        self.routes().rooms.get(&room).cloned()
+    }
+
+    pub fn owner_of(&self, room: RoomId) -> Option<NodeId> {
+        self.routes().rooms.get(&room).and_then(|route| route.owner)
+    }
+
+    pub fn replica_of(&self, room: RoomId) -> Option<NodeId> {
+        self.routes().rooms.get(&room).and_then(|route| route.replica)
+    }
+
+    fn node_addr(&self, node: NodeId) -> Option<String> {
+        self.routes().nodes.get(&node).map(|route| route.addr.clone())
+    }
+
+    /// Sends a mesh request to another node by id.
+    pub async fn mesh_request(
+        &self,
+        node: NodeId,
+        request: MeshRequest,
+        timeout: Duration,
+    ) -> Result<MeshResponse, NodeError> {
+        let addr = self.node_addr(node).ok_or_else(|| NodeError::Unavailable(format!("node {node} is unknown")))?;
+        Ok(self.mesh.request(node, &addr, request, timeout).await?)
+    }
+
+    /// Delivers frames of a room to a node's sessions (locally or over the mesh);
+    /// `sequenced_ms` as in [`MeshRequest::Deliver`].
+    pub fn deliver_to(&self, node: NodeId, room: RoomId, frames: Vec<(Seq, String)>, sequenced_ms: u64) {
+        if node == self.id {
+            self.hub.deliver(room, frames, sequenced_ms);
+            return;
+        }
+        let Some(route) = self.routes().nodes.get(&node).cloned() else { return };
+        if !route.up {
+            // A node the catalog calls down gets nothing queued for it (its link would hold
+            // it until the queue is full); when it is up again in this node's table, each
+            // owner here shows it the newest message (`OwnerCommand::Returned`).
+            metrics::counter!("districhat_deliveries_skipped_total").increment(1);
+            return;
+        }
+        let addr = route.addr;
+        if let Err(e) = self.mesh.notify(node, &addr, MeshRequest::Deliver { room, frames, sequenced_ms }) {
+            tracing::warn!(peer = node, room, error = %e, "delivery dropped; the peer's sessions will resync");
+        }
+    }
+
+    /// Access check for a user on a room, refreshing the routing table once on a miss.
+    pub async fn check_access(&self, room: RoomId, user: UserId) -> Result<(), NodeError> {
+        let allowed = |route: &RoomRoute| !route.private || route.members.contains(&user);
+        match self.room(room) {
+            Some(route) if allowed(&route) => return Ok(()),
+            _ => {
+                let _ = self.refresh_routes().await;
+            }
+        }
+        match self.room(room) {
+            Some(route) if allowed(&route) => Ok(()),
+            Some(_) => Err(NodeError::Forbidden),
+            None => Err(NodeError::UnknownRoom),
+        }
+    }
+
+    /// Sends a chat message through the room's owner. When the send meets a room on the
+    /// move (a drain or failover under way: the owner answers "moved", or the routing
+    /// table has a new epoch by now), the routing table is refreshed and the send goes
+    /// once more to the room's owner: the client's `client_id` makes that safe (the new
+    /// owner holds the dedupe index of every message the old one got acknowledged). An
+    /// owner that could not be reached at all is not asked twice unless the room moved.
+    #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id, owner))]
+    pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
+        let placement = |route: RoomRoute| route.owner.map(|owner| (owner, route.epoch));
+        let (owner, epoch) = self
+            .room(room)
+            .and_then(placement)
+            .ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        tracing::Span::current().record("owner", owner);
+        let (error, owner_answered) = match self.send_via(owner, room, message.clone()).await {
+            Ok(Ok(sent)) => return Ok(sent),
+            Ok(Err(error @ (NodeError::Unavailable(_) | NodeError::StaleEpoch))) => (error, true),
+            Ok(Err(error)) => return Err(error),
+            Err(unreached) => (unreached, false),
+        };
+        let _ = self.refresh_routes().await;
+        match self.room(room).and_then(placement) {
+            Some((new_owner, new_epoch)) if owner_answered || new_epoch != epoch => {
+                tracing::debug!(room, owner, new_owner, new_epoch, %error, "the room is moving; sending again");
+                self.send_via(new_owner, room, message).await.and_then(|answer| answer)
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// One attempt at the owner: `Err` when it could not be reached, else its answer.
+    async fn send_via(
+        &self,
+        owner: NodeId,
+        room: RoomId,
+        message: Outgoing,
+    ) -> Result<Result<Sent, NodeError>, NodeError> {
+        if owner == self.id {
+            return Ok(self.send_local(room, message).await);
+        }
+        let request = MeshRequest::Send { room, message };
+        match self.mesh_request(owner, request, Duration::from_secs(10)).await? {
+            MeshResponse::Sent { seq, ts, duplicate } => Ok(Ok(Sent { seq, ts, duplicate })),
+            other => Ok(Err(NodeError::from_response(other))),
+        }
+    }
+
+    pub(super) async fn send_local(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
+        if self.is_isolated() {
+            // The control plane may have moved this room already: let the sender's node
+            // look again (docs/REPLICATION.md, "Leases").
+            return Err(NodeError::Unavailable("this node lost the control plane; retry".into()));
+        }
+        let mut tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        if tx.is_none() {
+            // Asked as owner before our routing table says so: it may just be stale.
+            let _ = self.refresh_routes().await;
+            tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        }
+        let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(OwnerCommand::Send { message, reply })
+            .await
+            .map_err(|_| NodeError::Unavailable("the room moved; retry".into()))?;
+        match tokio::time::timeout(Duration::from_secs(10), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Unavailable("the room moved; retry".into())),
+            Err(_) => Err(NodeError::Unavailable("the room's owner is slow; retry".into())),
+        }
+    }
+
+    /// Reads messages of a room from its owner, or its replica if the owner fails.
+    /// Returns (messages, has_more, last_seq).
+    pub async fn fetch(
+        &self,
+        room: RoomId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+        let route = self.room(room).ok_or(NodeError::UnknownRoom)?;
+        let mut last_error = NodeError::Unavailable("the room has no owner or replica".into());
+        for holder in [route.owner, route.replica].into_iter().flatten() {
+            let result = if holder == self.id {
+                self.fetch_local(room, after, before, limit).await
+            } else {
+                let request = MeshRequest::Fetch { room, after, before, limit };
+                match self.mesh_request(holder, request, Duration::from_secs(5)).await {
+                    Ok(MeshResponse::Messages { messages, has_more, last_seq }) => Ok((messages, has_more, last_seq)),
+                    Ok(other) => Err(NodeError::from_response(other)),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(found) => return Ok(found),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Reads this node's copy of a room's log, up to the commit point this node knows
+    /// (an owner's own, or the one its owner last told this replica): never a message
+    /// that is not acknowledged yet, which a failed round could still give up.
+    pub async fn fetch_local(
+        &self,
+        room: RoomId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+        let committed = self.readable_up_to(room);
+        let log = self.log.clone();
+        let limit = limit as usize;
+        blocking(move || {
+            if log.missing(room)?.is_some() {
+                // A read across the range would skip messages (docs/REPLICATION.md, "Reads").
+                return Ok(Err(NodeError::Unavailable(
+                    "this copy of the room is still receiving older messages".into(),
+                )));
+            }
+            let held = log.last_seq(room)?;
+            let last_seq = match committed {
+                Some(committed) => held.min(committed),
+                None if held == 0 => 0,
+                None => {
+                    return Ok(Err(NodeError::Unavailable("this copy of the room is not readable yet; retry".into())))
+                }
+            };
+            let mut messages = match (after, before) {
+                (Some(after), _) => log.after(room, after, limit + 1)?,
+                (None, before) => log.before(room, before.unwrap_or(u64::MAX).min(last_seq + 1), limit + 1)?,
+            };
+            messages.retain(|message| message.seq <= last_seq);
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            Ok(Ok((messages, has_more, last_seq)))
+        })
+        .await?
+    }
+
+    /// The commit point reads of `room` on this node stop at (`None`: not known).
+    fn readable_up_to(&self, room: RoomId) -> Option<Seq> {
+        if let Some(owner) = self.owners_lock().get(&room) {
+            return owner.committed();
+        }
+        self.replica_commits.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&room).copied()
+    }
+
+    /// Tells the room's owner which local users follow it.
+    pub fn send_interest(&self, room: RoomId, users: Vec<String>) {
+        let Some(owner) = self.owner_of(room) else { return };
+        let command = MeshRequest::Interest { room, node: self.id, users };
+        self.to_owner(owner, room, command);
+    }
+
+    pub fn send_typing(&self, room: RoomId, username: String) {
+        let Some(owner) = self.owner_of(room) else { return };
+        self.to_owner(owner, room, MeshRequest::Typing { room, username });
+    }
+
+    fn to_owner(&self, owner: NodeId, room: RoomId, request: MeshRequest) {
+        if owner == self.id {
+            self.handle_inline(request);
+        } else if let Some(addr) = self.node_addr(owner) {
+            if let Err(e) = self.mesh.notify(owner, &addr, request) {
+                tracing::warn!(peer = owner, room, error = %e, "could not reach the room's owner");
+            }
+        }
+    }
+
+    /// Fetches the whole routing table from the control plane. Callers that miss at the
+    /// same time share one fetch: whoever finds a fetch that started after it asked is done.
+    pub async fn refresh_routes(&self) -> anyhow::Result<()> {
+        let asked = std::time::Instant::now();
+        let mut last = self.refresh.lock().await;
+        if *last > asked {
+            return Ok(());
+        }
+        *last = std::time::Instant::now();
+        let table = control_link::fetch_routes(self).await?;
+        self.apply_routes(table);
+        Ok(())
+    }
+
+    /// Swaps in the connection-token key of a newer routing table when it changed (empty:
+    /// the cluster has no key yet, keep the one from registration).
+    fn take_token_key(&self, key: Vec<u8>) {
+        // A std lock, never held across an await.
+        let mut current = self.token_key.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !key.is_empty() && *current != key {
+            *current = key;
+            tracing::warn!(
+                node = self.id,
+                "the connection-token key changed (after a restore); older tokens are refused"
+            );
+        }
+    }
+
+    /// Installs a newer routing table and acts on it: takes its connection-token key,
+    /// starts or stops owners, and makes the sessions of rooms whose owner changed
+    /// re-announce themselves and resync.
+    pub fn apply_routes(&self, mut table: RoutingTable) {
+        let token_key = std::mem::take(&mut table.token_key);
+        let new = Arc::new(Routes::from(table));
+        let old = {
+            let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if new.version < routes.version {
+                return;
+            }
+            std::mem::replace(&mut *routes, new.clone())
+        };
+        self.take_token_key(token_key);
+        // Nodes up again in this table: owners skipped their deliveries while they were
+        // down (see `deliver_to`), so each owner shows them its newest message.
+        let returned: Vec<NodeId> = new
+            .nodes
+            .values()
+            .filter(|node| node.up && old.nodes.get(&node.id).is_some_and(|before| !before.up))
+            .map(|node| node.id)
+            .collect();
+        self.show_newest_to(&returned);
+        {
+            let mut owners = self.owners_lock();
+            owners.retain(|room, handle| {
+                new.rooms.get(room).is_some_and(|route| route.owner == Some(self.id) && route.epoch == handle.epoch)
+            });
+            for route in new.rooms.values() {
+                if route.owner == Some(self.id) && !owners.contains_key(&route.id) {
+                    owners.insert(route.id, owner::spawn(self.clone(), route.id, route.epoch));
+                }
+            }
+        }
+        for room in self.hub.rooms() {
+            let before = old.rooms.get(&room).map(|r| (r.owner, r.epoch));
+            let after = new.rooms.get(&room).map(|r| (r.owner, r.epoch));
+            if before != after {
+                self.send_interest(room, self.hub.users(room));
+                self.hub.resync(room);
+            }
+        }
+        metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(self.owned_rooms() as f64);
+    }
+}
