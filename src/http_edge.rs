@@ -10,6 +10,9 @@
 //! request fails with a transport error (a POST is not retried). The header tells the
 //! client before it reuses the connection. Draining the rest of the body instead would
 //! make a refused 10 MB upload cost 10 MB of reading; closing costs one new connection.
+//!
+//! [`no_delay`]: every accepted connection sends small frames at once (`TCP_NODELAY`)
+//! instead of holding them for Nagle's algorithm (docs/BENCHMARKS.md, "Nagle").
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,5 +74,13 @@ impl HttpBody for Watched {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Turns Nagle's algorithm off on an accepted connection: a chat frame is small and
+/// wanted now; held back until the peer's delayed ACK, it waited up to tens of ms.
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }

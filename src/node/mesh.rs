@@ -255,7 +255,8 @@ async fn connect(addr: &str, secret: &ClusterSecret) -> Result<ClientSocket, tok
     if let Ok(value) = secret.expose().parse() {
         request.headers_mut().insert(SECRET_HEADER, value);
     }
-    let connecting = tokio_tungstenite::connect_async(request);
+    // Without Nagle's algorithm: replication and deliveries are small frames wanted now.
+    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
     match tokio::time::timeout(Duration::from_secs(2), connecting).await {
         Ok(result) => Ok(result?.0),
         Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other("connect timed out"))),

@@ -90,6 +90,7 @@ pub fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::Receiv
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
+        let listener = axum::serve::ListenerExt::tap_io(listener, crate::http_edge::no_delay);
         let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop)
             .await;

@@ -36,6 +36,7 @@ pub fn router(node: Node) -> Router {
 pub fn serve(listener: TcpListener, node: Node, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     let router = router(node);
     tokio::spawn(async move {
+        let listener = axum::serve::ListenerExt::tap_io(listener, crate::http_edge::no_delay);
         let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
