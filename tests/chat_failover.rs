@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::chat::{token, ChatCluster, WsClient};
-use common::senders::{checked_history, collect, full_history, Sender};
+use common::senders::{checked_history, collect, full_history, Sender, TailGate};
 use common::{Api, SECRET};
 use districhat::control::secret::ClusterSecret;
 use districhat::node::mesh::Mesh;
@@ -30,6 +30,8 @@ async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
     let owner_index = cluster.index_of(owner);
     let replica_index = cluster.index_of(replica);
     let acked_total = Arc::new(AtomicUsize::new(0));
+    // Each client's last 5 sends wait for the kill, so some surely come after it.
+    let gate = TailGate::new(5);
     let mut clients = Vec::new();
     for index in 0..CLIENTS {
         let node = if index % 2 == 0 { owner_index } else { replica_index };
@@ -43,6 +45,7 @@ async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
             label,
             count: PER_CLIENT,
             acked: acked_total.clone(),
+            tail: gate.tail(),
         };
         clients.push(tokio::spawn(sender.run()));
     }
@@ -51,6 +54,7 @@ async fn killing_the_owner_under_load_loses_and_doubles_nothing() {
     })
     .await;
     cluster.stop_node(owner_index).await;
+    gate.open();
     let acked = collect(clients).await.acked;
     assert_eq!(acked.len(), CLIENTS * PER_CLIENT);
     checked_history(&api, &cluster.url(), room, &acked, "").await;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::chat::{token, ChatCluster, WsClient};
-use common::senders::{checked_history, collect, spawn_on_every_node, Collected};
+use common::senders::{checked_history, collect, spawn_on_every_node, Collected, TailGate};
 use common::{wait_for, Api, SECRET};
 use districhat::cli::drain::{self, DrainError, DrainTarget};
 use districhat::control::catalog::{Catalog, ChatNodeId, NodeStatus};
@@ -69,7 +69,9 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     let drained_index = cluster.index_of(drained);
 
     let acked_total = Arc::new(AtomicUsize::new(0));
-    let clients = spawn_on_every_node(&cluster, &api, &rooms, PER_CLIENT, &acked_total);
+    // Each client's last 5 sends wait for the drain to end.
+    let gate = TailGate::new(5);
+    let clients = spawn_on_every_node(&cluster, &api, &rooms, PER_CLIENT, &acked_total, &gate);
     wait_for("load before the drain", Duration::from_secs(60), || async {
         (acked_total.load(Ordering::SeqCst) >= DRAIN_AFTER).then_some(())
     })
@@ -81,6 +83,7 @@ async fn draining_a_node_under_load_moves_all_its_rooms_and_loses_nothing() {
     .await
     .expect("drain");
     let acked_at_drain_end = acked_total.load(Ordering::SeqCst);
+    gate.open();
     assert_eq!((summary.owners_moved, summary.replicas_moved), (owned, replicated), "{steps:#?}");
     assert!(cluster.node(drained_index).node.owned_rooms() == 0, "the drained node runs no owner");
 

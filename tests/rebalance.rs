@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::chat::ChatCluster;
-use common::senders::{checked_history, collect, spawn_on_every_node, Collected};
+use common::senders::{checked_history, collect, spawn_on_every_node, Collected, TailGate};
 use common::{wait_for, Api, SECRET};
 use districhat::cli::rebalance::{self, RebalanceEvent, RebalanceTarget};
 use districhat::control::catalog::{Catalog, NodeStatus};
@@ -73,7 +73,9 @@ async fn a_late_node_gets_its_share_under_load_and_nothing_is_lost() {
     assert_eq!(up_counts(&before)[&late], (0, 0), "the late node starts with nothing");
 
     let acked_total = Arc::new(AtomicUsize::new(0));
-    let clients = spawn_on_every_node(&cluster, &api, &rooms, PER_CLIENT, &acked_total);
+    // Each client's last 5 sends wait for the rebalance to end.
+    let gate = TailGate::new(5);
+    let clients = spawn_on_every_node(&cluster, &api, &rooms, PER_CLIENT, &acked_total, &gate);
     wait_for("load before the rebalance", Duration::from_secs(60), || async {
         (acked_total.load(Ordering::SeqCst) >= REBALANCE_AFTER).then_some(())
     })
@@ -90,6 +92,7 @@ async fn a_late_node_gets_its_share_under_load_and_nothing_is_lost() {
     .await
     .expect("rebalance");
     let acked_at_end = acked_total.load(Ordering::SeqCst);
+    gate.open();
     assert!(summary.moves() > 0 && summary.swaps > 0 && summary.replica_moves > 0, "{summary:?}");
     assert_eq!(summary.remaining_imbalance, 0, "{summary:?}");
     assert!(batches.len() >= 3, "small batches, several of them: {batches:?}");
@@ -111,9 +114,8 @@ async fn a_late_node_gets_its_share_under_load_and_nothing_is_lost() {
         rebalance::render_counts(&summary.before, &summary.after).join("\n  "),
         steps.join("\n  ")
     );
-    // The first batch is committed a moment after the load passed its threshold, long
-    // before ~150 rate-limited sends per client are done; later batches usually are too
-    // (`acked_at_batches`, printed above), but that depends on the machine's speed.
+    // Every client's last sends wait for the rebalance to end (the gate), so each batch
+    // is committed under load whatever the machine's speed (`acked_at_batches`, above).
     assert!(acked_at_batches[0] < total, "the rebalance ran under load: {acked_at_batches:?} of {total}");
     // Reconnects are allowed (a send answered after 5 s of silence counts as one) and
     // printed; what matters is checked below: nothing lost, doubled or reordered.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::chat::{token, ChatCluster, WsClient};
@@ -40,18 +41,46 @@ pub struct Sender {
     pub count: usize,
     /// Bumped on every ack (tests wait on it to act mid-load).
     pub acked: Arc<AtomicUsize>,
+    /// The last `.0` messages wait until `.1` says true: a test that acts mid-load opens
+    /// it when it is done, so some sends surely come after, however fast the machine.
+    pub tail: (usize, watch::Receiver<bool>),
+}
+
+/// Holds back the last sends of every sender until [`TailGate::open`].
+pub struct TailGate {
+    open: watch::Sender<bool>,
+    held: usize,
+}
+
+impl TailGate {
+    /// Holds back each sender's last `held` messages.
+    pub fn new(held: usize) -> Self {
+        Self { open: watch::Sender::new(false), held }
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// What a [`Sender`] holds back, and the gate it waits on.
+    pub fn tail(&self) -> (usize, watch::Receiver<bool>) {
+        (self.held, self.open.subscribe())
+    }
 }
 
 impl Sender {
     /// Sends every message, each retried with the same client_id until acknowledged
     /// (at most 60 s each). Only `unavailable` and `rate_limited` errors are expected.
     pub async fn run(self) -> Outcome {
-        let Sender { api, base, ws_url, room, label, count, acked } = self;
+        let Sender { api, base, ws_url, room, label, count, acked, tail: (held, mut gate) } = self;
         let mut outcome = Outcome::default();
         let mut ws = connect_any(&api, &base, &ws_url).await;
         ws.subscribe(room, None).await;
         let mut last_seen = 0u64;
         for i in 0..count {
+            if i + held >= count {
+                let _ = gate.wait_for(|open| *open).await;
+            }
             let client_id = format!("{label}-{i}");
             let started = Instant::now();
             'retry: loop {
@@ -143,13 +172,15 @@ pub async fn full_history(api: &Api, base: &str, room: u64) -> Vec<Value> {
 }
 
 /// One sender per room on every running node of `cluster`, labelled `r{room}-n{index}`,
-/// each sending `count` messages; `acked` counts the acks of all of them.
+/// each sending `count` messages, the last ones once `gate` is open; `acked` counts the
+/// acks of all of them.
 pub fn spawn_on_every_node(
     cluster: &ChatCluster,
     api: &Api,
     rooms: &[u64],
     count: usize,
     acked: &Arc<AtomicUsize>,
+    gate: &TailGate,
 ) -> Vec<JoinHandle<Outcome>> {
     let mut clients = Vec::new();
     for room in rooms {
@@ -162,6 +193,7 @@ pub fn spawn_on_every_node(
                 label: format!("r{room}-n{index}"),
                 count,
                 acked: acked.clone(),
+                tail: gate.tail(),
             };
             clients.push(tokio::spawn(sender.run()));
         }
