@@ -150,3 +150,46 @@ impl<F: Clone> Default for Subscription<F> {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(range: std::ops::RangeInclusive<Seq>) -> Vec<(Seq, Seq)> {
+        range.map(|seq| (seq, seq)).collect()
+    }
+
+    #[test]
+    fn a_gap_in_live_frames_is_fetched_and_the_held_frame_follows_it() {
+        let mut subscription = Subscription::new();
+        assert_eq!(subscription.subscribe(Some(3)), Some(3));
+        assert_eq!(subscription.page(Vec::new(), false, 3), (vec![], AfterPage::Subscribed(3)));
+        assert_eq!(subscription.live(4, 4, true), (vec![4], None));
+        assert_eq!(subscription.live(6, 6, true), (vec![], Some(4)), "5 was lost: fetch after 4");
+        assert_eq!(subscription.live(7, 7, true), (vec![], None), "held while fetching");
+        assert_eq!(subscription.page(page(5..=5), false, 5), (vec![5, 6, 7], AfterPage::Subscribed(7)));
+        assert_eq!(subscription.live(7, 7, true), (vec![], None), "never twice");
+    }
+
+    #[test]
+    fn a_page_from_a_copy_behind_the_live_frames_is_fetched_again_after_a_pause() {
+        let mut subscription = Subscription::new();
+        subscription.subscribe(Some(0));
+        subscription.live(5, 5, true);
+        let (out, next) = subscription.page(page(1..=3), false, 3);
+        assert_eq!(out, vec![1, 2, 3]);
+        assert_eq!(next, AfterPage::Fetch { after: 3, delay: GAP_RETRY }, "4 is missing, 5 waits");
+        assert_eq!(subscription.page(page(4..=5), false, 5), (vec![4, 5], AfterPage::Subscribed(5)));
+    }
+
+    #[test]
+    fn frames_past_the_hold_cap_are_fetched_instead_of_dropped() {
+        let mut subscription = Subscription::new();
+        subscription.subscribe(Some(0));
+        subscription.live(3, 3, false);
+        assert_eq!(subscription.held(), 0);
+        let (out, next) = subscription.page(page(1..=2), false, 2);
+        assert_eq!((out, next), (vec![1, 2], AfterPage::Fetch { after: 2, delay: Duration::ZERO }));
+        assert_eq!(subscription.page(page(3..=3), false, 3), (vec![3], AfterPage::Subscribed(3)));
+    }
+}
