@@ -79,10 +79,7 @@ async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound()
     let (cluster, ws_token, room, owner) = setup("flood", 10_000, &"x".repeat(2_000)).await;
     let node = cluster.node(owner).node.clone();
     let resting = rss_bytes();
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await);
-    }
+    let mut clients = connect_clients(&cluster, owner, &ws_token, CLIENTS).await;
     for client in &mut clients {
         client.send(json!({"type": "subscribe", "room": room, "since": 0})).await;
     }
@@ -91,6 +88,15 @@ async fn a_resume_flood_of_clients_that_never_read_stays_within_a_memory_bound()
     let growth = peak_growth_until_closed(&node, resting).await;
     eprintln!("resume flood: {CLIENTS} clients, peak growth {} MB", growth >> 20);
     drop(clients);
+}
+
+/// `count` clients of node `node`, each past its hello.
+async fn connect_clients(cluster: &ChatCluster, node: usize, ws_token: &str, count: usize) -> Vec<WsClient> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        clients.push(WsClient::connect(&cluster.node(node).ws_url(), ws_token).await);
+    }
+    clients
 }
 
 /// Samples this process's memory until the node closed every connection; asserts the
@@ -127,10 +133,7 @@ async fn a_history_flood_of_clients_that_never_read_stays_within_a_memory_bound(
     let (cluster, ws_token, room, owner) = setup("history-flood", 400, &"é".repeat(4_000)).await;
     let node = cluster.node(owner).node.clone();
     let resting = rss_bytes();
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await);
-    }
+    let mut clients = connect_clients(&cluster, owner, &ws_token, CLIENTS).await;
     for client in &mut clients {
         for _ in 0..REQUESTS {
             client.send(json!({"type": "history", "room": room, "limit": 200})).await;

@@ -285,14 +285,11 @@ impl Session {
     /// replaces a waiting one).
     fn catch_up(&mut self, room: RoomId, after: Option<Seq>, delay: Duration) {
         let next = CatchUp { room, after, delay };
-        if self.catch_ups_in_flight >= self.node.config.limits.reads_in_flight {
-            match self.waiting.iter_mut().find(|waiting| waiting.room == room) {
-                Some(waiting) => *waiting = next,
-                None => self.waiting.push_back(next),
-            }
-            return;
+        match self.waiting.iter_mut().find(|waiting| waiting.room == room) {
+            Some(waiting) => *waiting = next,
+            None => self.waiting.push_back(next),
         }
-        self.start_catch_up(next);
+        self.start_waiting();
     }
 
     /// Starts catch-ups that wait, while there are slots.
