@@ -98,7 +98,8 @@ impl Load {
     /// Creates rooms `{prefix}-{i}` through the `controls` (the first that answers, like a
     /// client behind a load balancer: a member that cannot be reached or answers 5xx makes
     /// it move to the next), each retried until acknowledged.
-    pub fn control(http: reqwest::Client, controls: Vec<String>, token: String, prefix: String) -> Self {
+    /// A user past the room quota (`max_rooms_per_user`) is replaced by a new one.
+    pub fn control(http: reqwest::Client, controls: Vec<String>, mut token: String, prefix: String) -> Self {
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
         let task = tokio::spawn(async move {
@@ -130,6 +131,12 @@ impl Load {
                     }
                     if state.stop.load(Ordering::SeqCst) {
                         return;
+                    }
+                    if status == 403 && body["code"] == "quota_exceeded" {
+                        if let Ok(fresh) = crate::cli::bench::control::bench_login(&http, &control).await {
+                            token = fresh;
+                            continue;
+                        }
                     }
                     if status == 0 || status >= 500 {
                         current += 1;
