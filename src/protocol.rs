@@ -184,6 +184,9 @@ pub struct RoutingTable {
     /// The key connection tokens are checked with (it changes only with `admin
     /// after-restore`; a new version of the table carries the new key).
     pub token_key: Vec<u8>,
+    /// The cluster's admins: they moderate every room.
+    #[serde(default)]
+    pub admins: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +209,17 @@ pub struct RoomRoute {
     pub private: bool,
     /// Members, listed for private rooms only (public rooms are open to every user).
     pub members: Vec<UserId>,
+    /// Users who may moderate the room: its owner (creator) and the moderators it named.
+    /// The cluster's admins (`RoutingTable::admins`) moderate every room too.
+    #[serde(default)]
+    pub moderators: Vec<UserId>,
+    /// Users banned from the room: refused on every path with `banned`.
+    #[serde(default)]
+    pub banned: Vec<UserId>,
+    /// Users muted in the room, each until a time (milliseconds since the Unix epoch):
+    /// their sends and message events are refused with `muted` until then.
+    #[serde(default)]
+    pub muted: Vec<(UserId, u64)>,
 }
 
 /// A node's answer to `GET /internal/rooms/{id}/messages?before=&limit=` (history for the

@@ -32,10 +32,13 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
             replica_in_sync: catalog.replica_in_sync(room),
             private: room.private,
             members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
+            moderators: Vec::new(),
+            banned: Vec::new(),
+            muted: Vec::new(),
         })
         .collect();
     let token_key = catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default();
-    RoutingTable { version: version(state), nodes, rooms, token_key }
+    RoutingTable { version: version(state), nodes, rooms, token_key, admins: Vec::new() }
 }
 
 /// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only. Nodes check

@@ -61,6 +61,17 @@ pub enum NodeError {
     Forbidden,
     #[error("no such room")]
     UnknownRoom,
+    #[error("you are muted in this room for now")]
+    Muted,
+    #[error("you are banned from this room")]
+    Banned,
+    /// A message event names a message the room does not hold (or one deleted).
+    #[error("no such message in this room")]
+    NoSuchMessage,
+    /// A message event the sender may not make (editing another's message, deleting one
+    /// without moderating the room).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("the sender's epoch is stale")]
     StaleEpoch,
     /// A replica does not hold the entry a `Replicate` follows (docs/REPLICATION.md).
@@ -76,6 +87,10 @@ impl NodeError {
             Self::Unavailable(_) => "unavailable",
             Self::Forbidden => "forbidden",
             Self::UnknownRoom => "unknown_room",
+            Self::Muted => "muted",
+            Self::Banned => "banned",
+            Self::NoSuchMessage => "not_found",
+            Self::NotAllowed(_) => "forbidden",
             Self::StaleEpoch => "stale_epoch",
             Self::LogMismatch => "log_mismatch",
             Self::Internal(_) => "internal",
@@ -86,8 +101,12 @@ impl NodeError {
     pub fn from_response(response: MeshResponse) -> Self {
         match response {
             MeshResponse::Error { code, message } => match code.as_str() {
-                "forbidden" => Self::Forbidden,
+                "forbidden" if message == Self::Forbidden.to_string() => Self::Forbidden,
+                "forbidden" => Self::NotAllowed(message),
                 "unknown_room" => Self::UnknownRoom,
+                "muted" => Self::Muted,
+                "banned" => Self::Banned,
+                "not_found" => Self::NoSuchMessage,
                 "stale_epoch" => Self::StaleEpoch,
                 "log_mismatch" => Self::LogMismatch,
                 "unavailable" => Self::Unavailable(message),

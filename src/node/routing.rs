@@ -23,6 +23,8 @@ pub struct Routes {
     pub version: u64,
     pub rooms: HashMap<RoomId, RoomRoute>,
     pub nodes: HashMap<NodeId, NodeRoute>,
+    /// The cluster's admins, who moderate every room.
+    pub admins: Vec<UserId>,
 }
 
 impl From<RoutingTable> for Routes {
@@ -31,6 +33,7 @@ impl From<RoutingTable> for Routes {
             version: table.version,
             rooms: table.rooms.into_iter().map(|room| (room.id, room)).collect(),
             nodes: table.nodes.into_iter().map(|node| (node.id, node)).collect(),
+            admins: table.admins,
         }
     }
 }
@@ -88,18 +91,45 @@ impl Node {
         }
     }
 
-    /// Access check for a user on a room, refreshing the routing table once on a miss.
+    /// Access check for a user on a room (members only for private rooms; never a user
+    /// banned from it), refreshing the routing table once on a miss.
     pub async fn check_access(&self, room: RoomId, user: UserId) -> Result<(), NodeError> {
-        let allowed = |route: &RoomRoute| !route.private || route.members.contains(&user);
+        self.check_route(room, |route| may_read(route, user)).await
+    }
+
+    /// [`Self::check_access`], and the user is not muted in the room now.
+    pub async fn check_send(&self, room: RoomId, user: UserId) -> Result<(), NodeError> {
+        self.check_access(room, user).await?;
+        let now = crate::now_ms();
         match self.room(room) {
-            Some(route) if allowed(&route) => return Ok(()),
-            _ => {
-                let _ = self.refresh_routes().await;
+            Some(route) if route.muted.iter().any(|(muted, until)| *muted == user && *until > now) => {
+                Err(NodeError::Muted)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `user` may moderate `room`: its owner, one of its moderators, or a cluster
+    /// admin (as of this node's routing table).
+    pub fn may_moderate(&self, room: RoomId, user: UserId) -> bool {
+        self.routes().admins.contains(&user) || self.room(room).is_some_and(|route| route.moderators.contains(&user))
+    }
+
+    /// Runs `check` on the room's route, refreshing the routing table once when it fails
+    /// (the table may be older than a join, an unban or the room itself).
+    async fn check_route(
+        &self,
+        room: RoomId,
+        check: impl Fn(&RoomRoute) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        if let Some(route) = self.room(room) {
+            if check(&route).is_ok() {
+                return Ok(());
             }
         }
+        let _ = self.refresh_routes().await;
         match self.room(room) {
-            Some(route) if allowed(&route) => Ok(()),
-            Some(_) => Err(NodeError::Forbidden),
+            Some(route) => check(&route),
             None => Err(NodeError::UnknownRoom),
         }
     }
@@ -346,5 +376,17 @@ impl Node {
             }
         }
         metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(self.owned_rooms() as f64);
+    }
+}
+
+/// Whether `user` may read and write `room`: members only for private rooms, and never a
+/// user banned from it.
+fn may_read(route: &RoomRoute, user: UserId) -> Result<(), NodeError> {
+    if route.banned.contains(&user) {
+        Err(NodeError::Banned)
+    } else if route.private && !route.members.contains(&user) {
+        Err(NodeError::Forbidden)
+    } else {
+        Ok(())
     }
 }

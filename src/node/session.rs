@@ -334,7 +334,7 @@ impl Session {
         if !self.sends.take() {
             return vec![error("rate_limited", "too many messages; slow down", reference)];
         }
-        if let Err(e) = self.node.check_access(room, user.user_id).await {
+        if let Err(e) = self.node.check_send(room, user.user_id).await {
             return vec![node_error(&e, reference)];
         }
         let (node, tx, user) = (self.node.clone(), self.tx.clone(), user.clone());
