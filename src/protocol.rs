@@ -220,6 +220,10 @@ pub struct RoomRoute {
     /// their sends and message events are refused with `muted` until then.
     #[serde(default)]
     pub muted: Vec<(UserId, u64)>,
+    /// Members of a group DM added without its history: each sees only the messages
+    /// after this seq (the room's last seq when they were added).
+    #[serde(default)]
+    pub history_from: Vec<(UserId, Seq)>,
 }
 
 /// A node's answer to `GET /internal/rooms/{id}/messages?before=&limit=` (history for the

@@ -35,6 +35,7 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
             moderators: Vec::new(),
             banned: Vec::new(),
             muted: Vec::new(),
+            history_from: Vec::new(),
         })
         .collect();
     let token_key = catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default();
