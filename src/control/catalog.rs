@@ -10,11 +10,18 @@
 //! The chat-node lifecycle (registration, approval, failure, return) and the placement of
 //! rooms on nodes live in the [`nodes`] submodule: they are the part of `apply` that moves
 //! rooms between nodes. Spreading rooms over the nodes on an operator's request
-//! (`Rebalance`) lives in [`balance`].
+//! (`Rebalance`) lives in [`balance`]. Room moderation (roles, mute, kick, ban, the audit
+//! list) and group DMs live in [`moderation`].
 
 mod balance;
+mod moderation;
 mod nodes;
 mod sessions;
+
+pub use moderation::{
+    AuditEntry, GroupDm, ModAction, RoomPolicy, ADMIN_USER, AUDIT_KEEP, GROUP_DM_MAX, GROUP_DM_MIN, GROUP_DM_PREFIX,
+    MAX_MUTE_MS,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,9 +63,10 @@ pub struct Room {
 pub const DM_PREFIX: &str = "dm-";
 
 impl Room {
-    /// Whether this room is a direct-message room (private, exactly two members, closed).
+    /// Whether this room is a 1:1 direct-message room (private, exactly two members,
+    /// closed). Group DMs (`dm-g{id}`, [`Room::is_group_dm`]) are not.
     pub fn is_dm(&self) -> bool {
-        self.private && self.name.starts_with(DM_PREFIX)
+        self.private && self.name.starts_with(DM_PREFIX) && !self.name.starts_with(GROUP_DM_PREFIX)
     }
 }
 
@@ -236,6 +244,32 @@ pub enum Command {
         node: ChatNodeId,
         term: u64,
     },
+    /// `by` moderates `user` in `room` (see [`moderation`]): checked here against the
+    /// room's roles, recorded in the room's audit list.
+    Moderate {
+        room: RoomId,
+        by: UserId,
+        user: UserId,
+        action: ModAction,
+        at_ms: u64,
+    },
+    /// A group DM of `created_by` and `members` (3 to 20 in all), named `dm-g{id}`.
+    CreateGroupDm {
+        created_by: UserId,
+        members: Vec<UserId>,
+        title: Option<String>,
+        share_history: bool,
+        at_ms: u64,
+    },
+    /// A member `by` adds `user` to a group DM; `last_seq` is the room's newest seq when
+    /// the control asked its node (what `user` may not read without shared history).
+    AddGroupMember {
+        room: RoomId,
+        by: UserId,
+        user: UserId,
+        last_seq: u64,
+        at_ms: u64,
+    },
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -339,6 +373,34 @@ pub enum CatalogError {
     StaleDecision { decided: u64, committed: u64 },
     #[error("room {room}'s replica does not hold the whole log yet")]
     ReplicaNotInSync { room: RoomId },
+    #[error("only room {room}'s owner, its moderators and the admin may moderate it")]
+    NotModerator { room: RoomId },
+    #[error("only room {room}'s owner and the admin may name or remove moderators")]
+    NotRoomOwner { room: RoomId },
+    #[error("you are banned from room {room}")]
+    Banned { room: RoomId },
+    #[error("the room's owner, the admin, moderators (except by the owner) and yourself cannot be moderated")]
+    ProtectedUser,
+    #[error("user {user} is not a member of room {room}")]
+    NotAMember { room: RoomId, user: UserId },
+    #[error("only the admin moderates a direct message")]
+    DmNotModerated,
+    #[error("a mute lasts from 1 ms to 30 days")]
+    InvalidMute,
+    #[error("user {0} is listed twice (or is the creator)")]
+    DuplicateMember(UserId),
+    #[error("a group DM has at least 3 members, you included")]
+    GroupDmTooSmall,
+    #[error("a group DM has at most 20 members, you included")]
+    GroupDmTooLarge,
+    #[error("this group DM has 20 members already")]
+    GroupDmFull,
+    #[error("group DM names are 1 to 64 characters without control characters")]
+    InvalidGroupName,
+    #[error("room {room} is not a group DM")]
+    NotGroupDm { room: RoomId },
+    #[error("members are added to group DM {room} with what they may read (AddGroupMember)")]
+    GroupDmAdd { room: RoomId },
 }
 
 impl CatalogError {
@@ -365,6 +427,19 @@ impl CatalogError {
             Self::NotSettled => "not_settled",
             Self::StaleDecision { .. } => "stale_decision",
             Self::ReplicaNotInSync { .. } => "replica_not_in_sync",
+            Self::NotModerator { .. } | Self::NotRoomOwner { .. } => "forbidden",
+            Self::Banned { .. } => "banned",
+            Self::ProtectedUser => "protected_user",
+            Self::NotAMember { .. } => "not_a_member",
+            Self::DmNotModerated => "dm_not_moderated",
+            Self::InvalidMute => "invalid_mute",
+            Self::DuplicateMember(_) => "duplicate_member",
+            Self::GroupDmTooSmall => "group_dm_too_small",
+            Self::GroupDmTooLarge => "group_dm_too_large",
+            Self::GroupDmFull => "group_dm_full",
+            Self::InvalidGroupName => "invalid_group_name",
+            Self::NotGroupDm { .. } => "not_group_dm",
+            Self::GroupDmAdd { .. } => "group_dm_add",
         }
     }
 }
@@ -383,6 +458,10 @@ pub enum Touched {
     ReadMark(UserId, RoomId),
     EndedSession(UserId, u64),
     ReplicaInSync(RoomId),
+    /// A room's [`RoomPolicy`].
+    Policy(RoomId),
+    /// A room's audit entry by number.
+    Audit(RoomId, u64),
 }
 
 /// The replicated catalog, held in memory on every member and persisted row by row.
@@ -404,6 +483,11 @@ pub struct Catalog {
     /// replica is in sync while this equals the room's epoch: any reassignment bumps the
     /// epoch and so ends it (see [`Catalog::replica_in_sync`]).
     pub replicas_in_sync: BTreeMap<RoomId, u64>,
+    /// room → its moderators, bans, mutes and group-DM settings (rooms nobody moderated
+    /// and that are no group DM have none).
+    pub policies: BTreeMap<RoomId, RoomPolicy>,
+    /// (room, number) → audit entry: the newest [`AUDIT_KEEP`] moderation acts per room.
+    pub audit: BTreeMap<(RoomId, u64), AuditEntry>,
     /// Index username → id, derived from `users` (see [`Catalog::rebuild_indexes`]).
     #[serde(skip)]
     usernames: BTreeMap<String, UserId>,
@@ -474,6 +558,13 @@ impl Catalog {
                 }
                 if entry.is_dm() && !self.is_member(room, user) {
                     return Err(CatalogError::DmMembersFixed);
+                }
+                if entry.is_group_dm() && !self.is_member(room, user) {
+                    // Group DMs record what a new member may read: `AddGroupMember`.
+                    return Err(CatalogError::GroupDmAdd { room });
+                }
+                if self.is_banned(room, user) {
+                    return Err(CatalogError::Banned { room });
                 }
                 if self.members.insert((room, user)) {
                     touched.push(Touched::Member(room, user));
@@ -550,6 +641,15 @@ impl Catalog {
                 Some(committed) if committed == decided => self.node_down(node, NodeStatus::Down, touched),
                 committed => Err(CatalogError::StaleDecision { decided, committed: committed.unwrap_or(0) }),
             },
+            Command::Moderate { room, by, user, action, at_ms } => {
+                self.moderate(room, by, user, action, at_ms, touched)
+            }
+            Command::CreateGroupDm { created_by, members, title, share_history, at_ms } => {
+                self.create_group_dm(created_by, members, title, share_history, at_ms, touched)
+            }
+            Command::AddGroupMember { room, by, user, last_seq, at_ms: _ } => {
+                self.add_group_member(room, by, user, last_seq, touched)
+            }
         }
     }
 

@@ -1,9 +1,11 @@
 //! The routing table: what a chat node learns of the catalog (nodes, rooms with owner,
-//! replica, epoch and members of private rooms, the connection-token key), versioned by
-//! the Raft applied index it was read from; and the checks on the addresses a node
+//! replica, epoch and members of private rooms, each room's moderators, bans, mutes and
+//! group-DM history starts, the cluster admins, the connection-token key), versioned by
+//! the Raft applied index it was read from (so every moderation act, a catalog write,
+//! moves the version and nodes fetch the new table with their next heartbeat); and the checks on the addresses a node
 //! registers. Pure functions of the applied catalog: no I/O.
 
-use super::catalog::NodeStatus;
+use super::catalog::{NodeStatus, ADMIN_USER};
 use super::raft::state_machine::CatalogState;
 use crate::protocol::{NodeRoute, RoomRoute, RoutingTable};
 use crate::token;
@@ -24,22 +26,31 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
     let rooms = catalog
         .rooms
         .values()
-        .map(|room| RoomRoute {
-            id: room.id,
-            owner: room.owner,
-            replica: room.replica,
-            epoch: room.epoch,
-            replica_in_sync: catalog.replica_in_sync(room),
-            private: room.private,
-            members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
-            moderators: Vec::new(),
-            banned: Vec::new(),
-            muted: Vec::new(),
-            history_from: Vec::new(),
+        .map(|room| {
+            let policy = catalog.policies.get(&room.id);
+            RoomRoute {
+                id: room.id,
+                owner: room.owner,
+                replica: room.replica,
+                epoch: room.epoch,
+                replica_in_sync: catalog.replica_in_sync(room),
+                private: room.private,
+                members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
+                moderators: catalog.room_moderators(room),
+                banned: policy.map(|p| p.banned.iter().copied().collect()).unwrap_or_default(),
+                // Expired mutes may still be listed: nodes compare `until` with their clock.
+                muted: policy
+                    .map(|p| p.muted.iter().map(|(user, until)| (*user, *until)).collect())
+                    .unwrap_or_default(),
+                history_from: policy
+                    .map(|p| p.history_from.iter().map(|(user, seq)| (*user, *seq)).collect())
+                    .unwrap_or_default(),
+            }
         })
         .collect();
     let token_key = catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default();
-    RoutingTable { version: version(state), nodes, rooms, token_key, admins: Vec::new() }
+    let admins = if catalog.is_admin(ADMIN_USER) { vec![ADMIN_USER] } else { Vec::new() };
+    RoutingTable { version: version(state), nodes, rooms, token_key, admins }
 }
 
 /// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only. Nodes check

@@ -56,6 +56,12 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// The caller is banned from the room: `403 banned`, on every path that reads or
+    /// writes it.
+    pub fn banned() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "banned", "you are banned from this room")
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
@@ -95,13 +101,27 @@ impl From<CatalogError> for ApiError {
             | CatalogError::OwnerWithoutLog { .. }
             | CatalogError::NotSettled
             | CatalogError::StaleDecision { .. }
-            | CatalogError::ReplicaNotInSync { .. } => StatusCode::CONFLICT,
+            | CatalogError::ReplicaNotInSync { .. }
+            | CatalogError::NotAMember { .. }
+            | CatalogError::GroupDmFull
+            | CatalogError::NotGroupDm { .. }
+            | CatalogError::GroupDmAdd { .. } => StatusCode::CONFLICT,
             CatalogError::InvalidUsername
             | CatalogError::InvalidRoomName
             | CatalogError::InvalidNodeName
             | CatalogError::ReservedRoomName
-            | CatalogError::DmWithSelf => StatusCode::BAD_REQUEST,
-            CatalogError::DmMembersFixed => StatusCode::FORBIDDEN,
+            | CatalogError::DmWithSelf
+            | CatalogError::InvalidMute
+            | CatalogError::DuplicateMember(_)
+            | CatalogError::GroupDmTooSmall
+            | CatalogError::GroupDmTooLarge
+            | CatalogError::InvalidGroupName => StatusCode::BAD_REQUEST,
+            CatalogError::DmMembersFixed
+            | CatalogError::NotModerator { .. }
+            | CatalogError::NotRoomOwner { .. }
+            | CatalogError::Banned { .. }
+            | CatalogError::ProtectedUser
+            | CatalogError::DmNotModerated => StatusCode::FORBIDDEN,
             CatalogError::UnknownUser(_) | CatalogError::UnknownRoom(_) | CatalogError::UnknownNode(_) => {
                 StatusCode::NOT_FOUND
             }

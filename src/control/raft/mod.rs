@@ -15,7 +15,7 @@ use state_machine::StateMachineStore;
 use crate::store::{self, StoreError};
 
 /// Every column family of a control member's database.
-pub const COLUMN_FAMILIES: [&str; 10] = [
+pub const COLUMN_FAMILIES: [&str; 12] = [
     log_store::CF_LOG,
     log_store::CF_STATE,
     state_machine::CF_USERS,
@@ -25,6 +25,8 @@ pub const COLUMN_FAMILIES: [&str; 10] = [
     state_machine::CF_READ_MARKS,
     state_machine::CF_ENDED_SESSIONS,
     state_machine::CF_REPLICAS_IN_SYNC,
+    state_machine::CF_ROOM_POLICIES,
+    state_machine::CF_AUDIT,
     state_machine::CF_SM_META,
 ];
 

@@ -2,7 +2,7 @@
 //!
 //! The catalog lives in memory for reads ([`SharedCatalog`]) and is persisted row by row:
 //! one column family per table (`users`, `rooms`, `members`, `nodes`, `read_marks`,
-//! `ended_sessions`, `replicas_in_sync`) plus `sm_meta`
+//! `ended_sessions`, `replicas_in_sync`, `room_policies`, `audit`) plus `sm_meta`
 //! (catalog counters, last applied log id, last membership). Each `apply` call writes the
 //! rows it touched and the new applied log id in one atomic batch. Snapshots are the
 //! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
@@ -33,10 +33,21 @@ pub const CF_NODES: &str = "nodes";
 pub const CF_READ_MARKS: &str = "read_marks";
 pub const CF_ENDED_SESSIONS: &str = "ended_sessions";
 pub const CF_REPLICAS_IN_SYNC: &str = "replicas_in_sync";
+pub const CF_ROOM_POLICIES: &str = "room_policies";
+pub const CF_AUDIT: &str = "audit";
 pub const CF_SM_META: &str = "sm_meta";
 
-const TABLES: [&str; 7] =
-    [CF_USERS, CF_ROOMS, CF_MEMBERS, CF_NODES, CF_READ_MARKS, CF_ENDED_SESSIONS, CF_REPLICAS_IN_SYNC];
+const TABLES: [&str; 9] = [
+    CF_USERS,
+    CF_ROOMS,
+    CF_MEMBERS,
+    CF_NODES,
+    CF_READ_MARKS,
+    CF_ENDED_SESSIONS,
+    CF_REPLICAS_IN_SYNC,
+    CF_ROOM_POLICIES,
+    CF_AUDIT,
+];
 const KEY_CATALOG_META: &[u8] = b"catalog_meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -145,6 +156,12 @@ impl StateMachineStore {
             let (room, epoch) = (store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
             catalog.replicas_in_sync.insert(room, epoch);
         }
+        for (key, value) in self.scan(CF_ROOM_POLICIES)? {
+            catalog.policies.insert(store::key_u64(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+        }
+        for (key, value) in self.scan(CF_AUDIT)? {
+            catalog.audit.insert(store::key_pair(&key).map_err(sm_read)?, store::decode(&value).map_err(sm_read)?);
+        }
         catalog.rebuild_indexes();
         Ok((catalog, applied))
     }
@@ -186,6 +203,14 @@ impl StateMachineStore {
                     let present = catalog.is_member(room, user).then(|| Ok(Vec::new()));
                     (CF_MEMBERS, store::pair_key(room, user).to_vec(), present)
                 }
+                Touched::Policy(room) => {
+                    let policy = catalog.policies.get(&room).map(store::encode);
+                    (CF_ROOM_POLICIES, store::u64_key(room).to_vec(), policy)
+                }
+                Touched::Audit(room, number) => {
+                    let entry = catalog.audit.get(&(room, number)).map(store::encode);
+                    (CF_AUDIT, store::pair_key(room, number).to_vec(), entry)
+                }
             };
             let cf = store::cf(&self.db, table).map_err(sm_write)?;
             match value {
@@ -214,6 +239,8 @@ impl StateMachineStore {
         touched.extend(catalog.read_marks.keys().map(|(user, room)| Touched::ReadMark(*user, *room)));
         touched.extend(catalog.ended_sessions.iter().map(|(user, expires)| Touched::EndedSession(*user, *expires)));
         touched.extend(catalog.replicas_in_sync.keys().map(|room| Touched::ReplicaInSync(*room)));
+        touched.extend(catalog.policies.keys().map(|room| Touched::Policy(*room)));
+        touched.extend(catalog.audit.keys().map(|(room, number)| Touched::Audit(*room, *number)));
         self.persist_rows(&catalog, &touched, &mut batch)?;
         let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
@@ -231,8 +258,9 @@ impl StateMachineStore {
 }
 
 /// The catalog and position a snapshot holds. Snapshots of older formats still load:
-/// before read marks (no marks), before ended sessions (none ended) and before in-sync
-/// replicas (none in sync: owners report theirs again within a heartbeat). Each format
+/// before read marks (no marks), before ended sessions (none ended), before in-sync
+/// replicas (none in sync: owners report theirs again within a heartbeat) and before
+/// moderation (no room policies, no audit). Each format
 /// must use every byte, so an older one never half-reads a newer one.
 fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
     let catalog = decode_catalog(&snapshot.data).map_err(snap_read)?;
@@ -245,6 +273,7 @@ fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageErr
 /// indexes rebuilt. (The snapshot fuzz target's entry: `crate::fuzzing::snapshot`.)
 pub(crate) fn decode_catalog(data: &[u8]) -> Result<Catalog, store::StoreError> {
     let decoded = store::decode_exact::<Catalog>(data)
+        .or_else(|e| store::decode_exact::<CatalogBeforeModeration>(data).map(Catalog::from).map_err(|_| e))
         .or_else(|e| store::decode_exact::<CatalogBeforeInSync>(data).map(Catalog::from).map_err(|_| e))
         .or_else(|e| store::decode_exact::<CatalogBeforeEndedSessions>(data).map(Catalog::from).map_err(|_| e))
         .or_else(|e| store::decode_exact::<CatalogBeforeReadMarks>(data).map(Catalog::from).map_err(|_| e));
@@ -276,6 +305,21 @@ struct CatalogBeforeEndedSessions {
 struct CatalogBeforeInSync {
     older: CatalogBeforeEndedSessions,
     ended_sessions: BTreeSet<(UserId, u64)>,
+}
+
+/// The snapshot format of the catalog before `policies` and `audit` were added.
+#[derive(Serialize, Deserialize)]
+struct CatalogBeforeModeration {
+    older: CatalogBeforeInSync,
+    replicas_in_sync: BTreeMap<RoomId, u64>,
+}
+
+impl From<CatalogBeforeModeration> for Catalog {
+    fn from(before: CatalogBeforeModeration) -> Self {
+        let mut catalog: Catalog = before.older.into();
+        catalog.replicas_in_sync = before.replicas_in_sync;
+        catalog
+    }
 }
 
 impl From<CatalogBeforeInSync> for Catalog {
@@ -466,8 +510,12 @@ mod format_tests {
         let mut same = Catalog::default();
         same.read_marks.insert((1, 2), 7);
         let mut legacy = store::encode(&before_sessions).expect("encode");
-        legacy.extend([0, 0]);
-        assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty ended sessions and in-sync replicas");
+        legacy.extend([0, 0, 0, 0]);
+        assert_eq!(
+            store::encode(&same).expect("encode"),
+            legacy,
+            "plus empty ended sessions, in-sync replicas, policies and audit"
+        );
         let state = decode_snapshot(&stored(store::encode(&before_sessions).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(1, 2)], 7, "read marks of the intermediate format are kept");
         assert!(state.catalog.ended_sessions.is_empty());
@@ -488,20 +536,59 @@ mod format_tests {
         let mut same = Catalog::default();
         same.ended_sessions.insert((5, 2_000));
         let mut legacy = store::encode(&before_in_sync).expect("encode");
-        legacy.push(0);
-        assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty in-sync replicas");
+        legacy.extend([0, 0, 0]);
+        assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty in-sync replicas, policies and audit");
         let state = decode_snapshot(&stored(store::encode(&before_in_sync).expect("encode"))).expect("loads");
         assert!(state.catalog.session_ended(5, 2_000), "ended sessions of the format before in-sync are kept");
         assert!(state.catalog.replicas_in_sync.is_empty());
 
+        let before_moderation = CatalogBeforeModeration {
+            older: CatalogBeforeInSync {
+                older: CatalogBeforeEndedSessions {
+                    older: CatalogBeforeReadMarks {
+                        meta: CatalogMeta::default(),
+                        users: BTreeMap::new(),
+                        rooms: BTreeMap::new(),
+                        members: BTreeSet::new(),
+                        nodes: BTreeMap::new(),
+                    },
+                    read_marks: BTreeMap::new(),
+                },
+                ended_sessions: BTreeSet::from([(6, 3_000)]),
+            },
+            replicas_in_sync: BTreeMap::from([(4, 2)]),
+        };
+        let mut same = Catalog::default();
+        same.ended_sessions.insert((6, 3_000));
+        same.replicas_in_sync.insert(4, 2);
+        let mut legacy = store::encode(&before_moderation).expect("encode");
+        legacy.extend([0, 0]);
+        assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty policies and audit");
+        let state = decode_snapshot(&stored(store::encode(&before_moderation).expect("encode"))).expect("loads");
+        assert_eq!(state.catalog.replicas_in_sync[&4], 2, "in-sync replicas of the format before moderation are kept");
+        assert!(state.catalog.session_ended(6, 3_000));
+        assert!(state.catalog.policies.is_empty() && state.catalog.audit.is_empty());
+
         let mut current = Catalog::default();
         current.read_marks.insert((3, 4), 9);
+        current.policies.insert(8, crate::control::catalog::RoomPolicy::default());
+        current.audit.insert(
+            (8, 0),
+            crate::control::catalog::AuditEntry {
+                at_ms: 1,
+                by: 1,
+                user: 2,
+                action: crate::control::catalog::ModAction::Ban,
+            },
+        );
         current.ended_sessions.insert((3, 1_000));
         current.replicas_in_sync.insert(8, 3);
         let state = decode_snapshot(&stored(store::encode(&current).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(3, 4)], 9);
         assert!(state.catalog.session_ended(3, 1_000), "the newest format is read whole");
         assert_eq!(state.catalog.replicas_in_sync[&8], 3);
+        assert_eq!(state.catalog.audit.len(), 1, "policies and audit are read back");
+        assert!(state.catalog.policies.contains_key(&8));
 
         let mut longer = store::encode(&current).expect("encode");
         longer.push(0);
