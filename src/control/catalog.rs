@@ -180,7 +180,7 @@ pub enum Command {
         at_ms: u64,
     },
     /// Read positions, batched by a control (one write per flush, not one per message
-    /// read). A mark only moves forward, and only for a member of an existing room; the
+    /// read). A mark only moves forward, and only for a member (not banned) of an existing room; the
     /// others in the batch are skipped, not refused, so one stale mark cannot fail the rest.
     MarkRead {
         marks: Vec<ReadMark>,
@@ -607,7 +607,7 @@ impl Catalog {
             Command::MarkRead { marks } => {
                 for ReadMark { user, room, seq } in marks {
                     let current = self.read_marks.get(&(user, room)).copied().unwrap_or(0);
-                    if seq > current && self.is_member(room, user) {
+                    if seq > current && self.is_member(room, user) && !self.is_banned(room, user) {
                         self.read_marks.insert((user, room), seq);
                         touched.push(Touched::ReadMark(user, room));
                     }

@@ -8,15 +8,17 @@
 //!
 //! Two layers: the core — [`catalog`] (the state and its one `apply`), [`raft`] (storage
 //! and the RPC client), [`write`](mod@write), [`liveness`], [`loads`], [`routing`], [`auth`],
-//! [`hashing`], [`secret`], [`read_marks`], [`restore`] — and the HTTP edge, [`http`],
+//! [`hashing`], [`secret`], [`read_marks`], [`restore`], [`history`], [`moderation`] — and the HTTP edge, [`http`],
 //! which is the only part that knows axum. The core never imports the edge.
 
 pub mod auth;
 pub mod catalog;
 pub mod hashing;
+pub mod history;
 pub mod http;
 pub mod liveness;
 pub mod loads;
+pub mod moderation;
 pub mod raft;
 pub mod read_marks;
 pub mod restore;

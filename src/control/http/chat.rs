@@ -9,9 +9,6 @@
 //! | `POST /api/dms` `{username}` | session | the DM room (201 created, 200 existing) |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | session; members only for private rooms | `{messages, has_more}` |
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -23,17 +20,15 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ApiJson};
 use super::extractor::AuthUser;
 use super::views::{NodeView, NodesView, RoomView};
-use crate::control::catalog::{dm_name, ChatNode, ChatNodeId, Command, CommandOutput, NodeStatus, RoomId};
+use crate::control::catalog::{dm_name, ChatNodeId, Command, CommandOutput, NodeStatus, RoomId};
+use crate::control::history;
 use crate::control::loads::{node_loads, NodeSeen};
 use crate::control::raft::state_machine::read_state;
-use crate::control::secret::SECRET_HEADER;
 use crate::control::AppState;
 use crate::now_ms;
 use crate::protocol::{ConnectionClaims, HistoryPage};
 use crate::token;
 
-/// How long the control waits for a node's history page before it tries the next node.
-const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
 /// History page size when the client does not say, and the most it may ask for.
 const HISTORY_DEFAULT_LIMIT: u32 = 50;
 const HISTORY_MAX_LIMIT: u32 = 200;
@@ -132,6 +127,9 @@ async fn open_dm(
         let peer = catalog.user_by_name(&body.username).ok_or_else(|| ApiError::not_found("no such user"))?.id;
         // Already there: answer from this member's catalog without a Raft write.
         if let Some(room) = catalog.room_by_name(&dm_name(caller, peer)) {
+            if room.is_dm() && catalog.is_banned(room.id, caller) {
+                return Err(ApiError::banned());
+            }
             if room.is_dm() && catalog.is_member(room.id, caller) {
                 return Ok((StatusCode::OK, Json(RoomView::new(catalog, room, true))).into_response());
             }
@@ -157,6 +155,8 @@ struct HistoryQuery {
 
 /// `GET /api/rooms/{id}/messages`: history, newest first, from the room's owner or, when
 /// the owner does not answer, its replica. A room that never had an owner has no history.
+/// A banned caller gets `403 banned`; a group-DM member added without the history gets
+/// only the messages after their addition.
 async fn room_messages(
     State(app): State<AppState>,
     Path(room_id): Path<RoomId>,
@@ -165,53 +165,27 @@ async fn room_messages(
 ) -> Result<Json<HistoryPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
-    let targets: Vec<(ChatNodeId, String)> = {
+    let from = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;
         let room = catalog.rooms.get(&room_id).ok_or_else(|| ApiError::not_found("no such room"))?;
+        if catalog.is_banned(room_id, user) {
+            return Err(ApiError::banned());
+        }
         if room.private && !catalog.is_member(room_id, user) {
             return Err(ApiError::forbidden("this room is private to its members"));
         }
-        if room.owner.is_none() {
-            return Ok(Json(HistoryPage { messages: Vec::new(), has_more: false }));
-        }
-        let up: BTreeMap<ChatNodeId, &ChatNode> =
-            catalog.nodes.iter().filter(|(_, node)| node.status == NodeStatus::Up).map(|(id, n)| (*id, n)).collect();
-        [room.owner, room.replica]
-            .into_iter()
-            .flatten()
-            .filter_map(|id| up.get(&id).map(|node| (id, node.mesh_addr.clone())))
-            .collect()
+        catalog.history_from(room_id, user)
     };
-    for (node, addr) in targets {
-        match fetch_history(&app, &addr, room_id, query.before, limit).await {
-            Ok(page) => return Ok(Json(page)),
-            Err(reason) => tracing::warn!(room = room_id, node, %addr, %reason, "a node did not serve history"),
+    let mut page = history::page(&app, room_id, query.before, limit)
+        .await
+        .map_err(|_| ApiError::unavailable("no chat node holding this room answered; retry shortly"))?;
+    if from > 0 {
+        let before = page.messages.len();
+        page.messages.retain(|message| message.seq > from);
+        if page.messages.len() < before || page.messages.iter().any(|message| message.seq == from + 1) {
+            page.has_more = false;
         }
     }
-    Err(ApiError::unavailable("no chat node holding this room answered; retry shortly"))
-}
-
-/// One node's `GET /internal/rooms/{id}/messages`.
-async fn fetch_history(
-    app: &AppState,
-    addr: &str,
-    room: RoomId,
-    before: Option<u64>,
-    limit: u32,
-) -> Result<HistoryPage, String> {
-    let mut request = app
-        .client
-        .get(format!("http://{addr}/internal/rooms/{room}/messages"))
-        .header(SECRET_HEADER, app.secret.expose())
-        .query(&[("limit", limit)])
-        .timeout(HISTORY_TIMEOUT);
-    if let Some(before) = before {
-        request = request.query(&[("before", before)]);
-    }
-    let response = request.send().await.map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("answered {}", response.status()));
-    }
-    response.json::<HistoryPage>().await.map_err(|e| e.to_string())
+    Ok(Json(page))
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::control::catalog::CatalogError;
 use crate::control::hashing::HashingError;
+use crate::control::moderation::AddError;
 use crate::control::write::WriteError;
 use crate::store::checkpoint::CheckpointError;
 
@@ -142,6 +143,17 @@ impl From<WriteError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_applied",
                 "the change is committed, but this server has not applied it yet; retry shortly",
+            ),
+        }
+    }
+}
+
+impl From<AddError> for ApiError {
+    fn from(e: AddError) -> Self {
+        match e {
+            AddError::Write(e) => e.into(),
+            AddError::Unavailable(_) => Self::unavailable(
+                "no chat node holding this room answered (its newest message is needed); retry shortly",
             ),
         }
     }

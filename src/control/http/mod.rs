@@ -7,6 +7,8 @@
 //! | [`sessions`] | `POST,DELETE /api/sessions` |
 //! | [`rooms`] | `GET,POST /api/rooms`, `POST /api/rooms/{id}/members` |
 //! | [`chat`] | `GET /api/token`, `GET /api/nodes`, `POST /api/dms`, `GET /api/rooms/{id}/messages` |
+//! | [`group_dms`] | `POST /api/group-dms` |
+//! | [`moderation`] | `GET,POST /api/rooms/{id}/moderation`, `GET /api/rooms/{id}/audit` |
 //! | [`read_marks`] | `GET,POST /api/read-marks` |
 //! | [`cluster`] | `/healthz`, `/metrics`, `GET /api/cluster` |
 //! | [`nodes`] | `/internal/nodes/*`, `/internal/routes` (chat nodes; cluster secret) |
@@ -31,7 +33,9 @@ pub mod drain;
 pub mod error;
 pub mod extractor;
 pub mod forward;
+pub mod group_dms;
 pub mod limiter;
+pub mod moderation;
 pub mod nodes;
 pub mod raft;
 pub mod read_marks;
@@ -69,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::routes(web_state.limiter.clone()))
         .merge(rooms::routes())
         .merge(chat::routes())
+        .merge(group_dms::routes())
+        .merge(moderation::routes())
         .merge(read_marks::routes(web_state.read_marks.clone()))
         .merge(nodes::routes())
         .merge(admin::routes())

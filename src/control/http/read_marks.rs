@@ -6,7 +6,7 @@
 //! | `GET /api/read-marks` | session | `{marks: {"ROOM": SEQ, ...}}` for the caller |
 //! | `POST /api/read-marks` | session | `{marks: [{room, seq}]}` → 202 `{accepted, skipped}` |
 //!
-//! A mark for a room the caller is not a member of (on this member's catalog, which may
+//! A mark for a room the caller is not a member of (or is banned from) (on this member's catalog, which may
 //! lag a join made through another member by a moment) is skipped, not an error for the
 //! whole batch: `skipped` lists those rooms, so the page can report them again later.
 
@@ -81,7 +81,11 @@ async fn report(
     }
     let (taken, refused): (Vec<RoomMark>, Vec<RoomMark>) = {
         let state = read_state(&app.state);
-        report.marks.into_iter().partition(|mark| state.catalog.is_member(mark.room, user))
+        let catalog = &state.catalog;
+        report
+            .marks
+            .into_iter()
+            .partition(|mark| catalog.is_member(mark.room, user) && !catalog.is_banned(mark.room, user))
     };
     let accepted = taken.len();
     let skipped = refused.into_iter().map(|mark| mark.room).collect();

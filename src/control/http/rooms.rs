@@ -1,6 +1,7 @@
 //! Rooms in the REST API: the rooms a user sees, creating one (within the per-user
-//! quota), joining a public room or adding someone to a private one. Direct messages and
-//! history are in [`chat`](super::chat). Reads are answered from this member's applied
+//! quota), joining a public room or adding someone to a private one or a group DM (which
+//! records, without shared history, what the newcomer may read). A banned user is refused
+//! with `403 banned`. Direct messages and history are in [`chat`](super::chat). Reads are answered from this member's applied
 //! catalog; writes go through [`Writer`](crate::control::write::Writer), which forwards to
 //! the leader.
 
@@ -16,6 +17,7 @@ use super::error::{ApiError, ApiJson};
 use super::extractor::{check_room_quota, AuthUser};
 use super::views::RoomView;
 use crate::control::catalog::{Command, CommandOutput};
+use crate::control::moderation;
 use crate::control::raft::state_machine::read_state;
 use crate::control::AppState;
 use crate::now_ms;
@@ -73,7 +75,7 @@ struct NewMember {
 }
 
 /// `POST /api/rooms/{id}/members`: join a public room, or add someone to a private room
-/// the caller belongs to.
+/// or group DM the caller belongs to. Banned callers or targets: `403 banned`.
 async fn join_room(
     State(app): State<AppState>,
     Path(room_id): Path<u64>,
@@ -87,10 +89,13 @@ async fn join_room(
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
             .username
     };
-    let command = {
+    let (user, group) = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;
         let room = catalog.rooms.get(&room_id).ok_or_else(|| ApiError::not_found("no such room"))?;
+        if catalog.is_banned(room_id, caller) {
+            return Err(ApiError::banned());
+        }
         if room.private && !catalog.is_member(room_id, caller) {
             // Same answer as for a room that does not exist: do not reveal private rooms.
             return Err(ApiError::not_found("no such room"));
@@ -105,8 +110,12 @@ async fn join_room(
         if user != caller && !room.private {
             return Err(ApiError::forbidden("people join public rooms themselves"));
         }
-        Command::AddMember { room: room_id, user }
+        (user, room.is_group_dm() && !catalog.is_member(room_id, user))
     };
-    app.writer.write(command).await?;
+    if group {
+        moderation::add_group_member(&app, room_id, caller, user).await?;
+    } else {
+        app.writer.write(Command::AddMember { room: room_id, user }).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::catalog::{Catalog, ChatNode, ChatNodeId, NodeStatus, Room, UserId};
+use crate::control::catalog::{Catalog, ChatNode, ChatNodeId, ModAction, NodeStatus, Room, RoomId, UserId};
 use crate::control::loads::NodeSeen;
 use crate::control::raft::types::MemberId;
 use crate::control::AppState;
@@ -46,11 +46,27 @@ pub struct RoomView {
     replica_in_sync: bool,
     /// Whether the caller is a member.
     member: bool,
+    /// A group DM (private, 3 to 20 members, named `dm-g{id}`).
+    group_dm: bool,
+    /// For a group DM: its members' usernames, in id order (the room's label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<String>>,
+    /// For a group DM: the optional name its creator gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    /// For a group DM: whether members added later read the earlier messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share_history: Option<bool>,
 }
 
 impl RoomView {
     pub fn new(catalog: &Catalog, room: &Room, member: bool) -> Self {
+        let group = catalog.group_dm(room.id).filter(|_| room.is_group_dm());
         Self {
+            group_dm: group.is_some(),
+            members: group.map(|_| catalog.room_members(room.id).map(|user| username(catalog, user)).collect()),
+            title: group.and_then(|group| group.title.clone()),
+            share_history: group.map(|group| group.share_history),
             replica_in_sync: catalog.replica_in_sync(room),
             id: room.id,
             name: room.name.clone(),
@@ -61,6 +77,93 @@ impl RoomView {
             epoch: room.epoch,
             member,
         }
+    }
+}
+
+/// A user's name for a view (`user 7` for one this member does not know).
+pub fn username(catalog: &Catalog, user: UserId) -> String {
+    catalog.users.get(&user).map_or_else(|| format!("user {user}"), |user| user.username.clone())
+}
+
+/// What `GET /api/rooms/{id}/moderation` shows: the room's roles, bans and mutes in force.
+#[derive(Serialize)]
+pub struct ModerationView {
+    pub room: RoomId,
+    /// The room's owner (its creator; none for a 1:1 DM).
+    pub owner: Option<String>,
+    /// The moderators the owner named.
+    pub moderators: Vec<String>,
+    pub banned: Vec<String>,
+    pub muted: Vec<MuteView>,
+    /// Whether the caller may name and remove moderators (the owner or the admin).
+    pub can_name_moderators: bool,
+}
+
+#[derive(Serialize)]
+pub struct MuteView {
+    pub username: String,
+    pub until_ms: u64,
+}
+
+impl ModerationView {
+    pub fn new(catalog: &Catalog, room: &Room, caller: UserId, now_ms: u64) -> Self {
+        let policy = catalog.policies.get(&room.id);
+        let owner = (!room.is_dm()).then(|| username(catalog, room.created_by));
+        let names = |users: Option<Vec<UserId>>| -> Vec<String> {
+            users.unwrap_or_default().into_iter().map(|user| username(catalog, user)).collect()
+        };
+        Self {
+            room: room.id,
+            owner,
+            moderators: names(policy.map(|p| p.moderators.iter().copied().collect())),
+            banned: names(policy.map(|p| p.banned.iter().copied().collect())),
+            muted: policy
+                .map(|p| {
+                    let live = p.muted.iter().filter(|(_, until)| **until > now_ms);
+                    live.map(|(user, until)| MuteView { username: username(catalog, *user), until_ms: *until })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            can_name_moderators: catalog.is_admin(caller) || (room.created_by == caller && !room.is_dm()),
+        }
+    }
+}
+
+/// What `GET /api/rooms/{id}/audit` shows: the room's moderation acts, oldest first.
+#[derive(Serialize)]
+pub struct AuditView {
+    pub room: RoomId,
+    pub entries: Vec<AuditEntryView>,
+}
+
+/// One act: who (`by`), what (`action`), whom (`username`), when (`at_ms`), until when
+/// (`until_ms`, mutes only).
+#[derive(Serialize)]
+pub struct AuditEntryView {
+    pub at_ms: u64,
+    pub by: String,
+    pub action: &'static str,
+    pub username: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+}
+
+impl AuditView {
+    pub fn new(catalog: &Catalog, room: RoomId) -> Self {
+        let entries = catalog
+            .room_audit(room)
+            .map(|entry| AuditEntryView {
+                at_ms: entry.at_ms,
+                by: username(catalog, entry.by),
+                action: entry.action.name(),
+                username: username(catalog, entry.user),
+                until_ms: match entry.action {
+                    ModAction::Mute { until_ms } => Some(until_ms),
+                    _ => None,
+                },
+            })
+            .collect();
+        Self { room, entries }
     }
 }
 
