@@ -12,6 +12,8 @@
 //! | `GET /rooms/{id}[?node=ID]` | a room or DM; `?node=ID` makes the page try node ID first |
 //! | `POST /rooms` · `POST /rooms/{id}/join` · `POST /rooms/{id}/invite` | create, join, add someone |
 //! | `GET /dms/{username}` · `POST /dms` | open (or offer to start) the DM with someone |
+//! | `POST /group-dms` | start a group DM (3 to 20 members) |
+//! | `GET,POST /rooms/{id}/moderation` | a room's moderation page and its form (moderators and the admin) |
 //! | `GET /nodes` | Raft members and chat nodes, refreshed by the page every 2 s |
 //! | `GET /admin` · `POST /admin/nodes/{id}/approve` · `POST /admin/members[/{id}/remove]` | admin |
 //! | `GET /static/{file}` | the embedded JS and CSS |
@@ -34,6 +36,7 @@ mod assets;
 pub mod csrf;
 mod error;
 mod flash;
+mod moderation;
 mod ops;
 mod pages;
 mod rooms;
@@ -75,6 +78,8 @@ pub fn routes(state: WebState) -> Router<AppState> {
         .route("/rooms/{id}/join", post(rooms::join))
         .route("/rooms/{id}/invite", post(rooms::invite))
         .route("/dms", post(rooms::open_dm))
+        .route("/group-dms", post(rooms::create_group_dm))
+        .route("/rooms/{id}/moderation", get(moderation::page).post(moderation::act))
         .route("/dms/{username}", get(pages::dm))
         .route("/nodes", get(ops::nodes_page))
         .route("/admin", get(ops::admin_page))

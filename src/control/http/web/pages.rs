@@ -20,10 +20,13 @@ use crate::control::AppState;
 /// A room as the pages list it.
 pub struct RoomLink {
     pub id: RoomId,
-    /// `general`, or `@bob` for a DM.
+    /// `general`, `@bob` for a DM, `bob, carol` (or `trio · bob, carol`) for a group DM.
     pub label: String,
     pub private: bool,
+    /// A 1:1 or group DM (listed with the direct messages).
     pub dm: bool,
+    /// Whether the visitor may moderate the room (the dashboard links its moderation page).
+    pub moderate: bool,
     /// The room the page shows (highlighted in the sidebar).
     pub current: bool,
     /// The newest seq the user has read here (server-side, any device); `chat.js` turns it
@@ -33,9 +36,30 @@ pub struct RoomLink {
 
 impl RoomLink {
     fn new(catalog: &Catalog, room: &Room, me: UserId, current: Option<RoomId>) -> Self {
-        let label = if room.is_dm() { format!("@{}", dm_peer(catalog, room.id, me)) } else { room.name.clone() };
+        let label = if room.is_dm() {
+            format!("@{}", dm_peer(catalog, room.id, me))
+        } else if room.is_group_dm() {
+            group_label(catalog, room.id, me)
+        } else {
+            room.name.clone()
+        };
         let current = current == Some(room.id);
-        Self { id: room.id, label, private: room.private, dm: room.is_dm(), current, read_seq: 0 }
+        let dm = room.is_dm() || room.is_group_dm();
+        let moderate = catalog.may_moderate(room, me);
+        Self { id: room.id, label, private: room.private, dm, moderate, current, read_seq: 0 }
+    }
+}
+
+/// A group DM's label: the other members' names (and its name first, when it has one).
+fn group_label(catalog: &Catalog, room: RoomId, me: UserId) -> String {
+    let names: Vec<String> = catalog
+        .room_members(room)
+        .filter(|user| *user != me)
+        .map(|user| catalog.users.get(&user).map_or_else(|| format!("user {user}"), |u| u.username.clone()))
+        .collect();
+    match catalog.group_dm(room).and_then(|group| group.title.as_deref()) {
+        Some(title) => format!("{title} · {}", names.join(", ")),
+        None => names.join(", "),
     }
 }
 
@@ -128,8 +152,9 @@ struct RoomPage {
     dms: Vec<RoomLink>,
 }
 
-/// `GET /rooms/{id}`: the room page. A private room answers 403 to non-members; a public
-/// room a user has not joined shows a join button instead of the conversation.
+/// `GET /rooms/{id}`: the room page. A private room answers 403 to non-members, any room
+/// `403 banned` to a user banned from it; a public room a user has not joined shows a
+/// join button instead of the conversation.
 pub async fn room(
     State(app): State<AppState>,
     Extension(web): Extension<WebState>,
@@ -141,6 +166,9 @@ pub async fn room(
         let state = read_state(&app.state);
         let catalog = &state.catalog;
         let room = catalog.rooms.get(&id).ok_or_else(|| WebError::not_found("There is no room with this id."))?;
+        if catalog.is_banned(id, me) {
+            return Err(WebError::new(StatusCode::FORBIDDEN, "banned", "You are banned from this room."));
+        }
         let member = catalog.is_member(id, me);
         if room.private && !member {
             return Err(WebError::forbidden("This room is private to its members."));

@@ -1,9 +1,10 @@
-//! The room forms: create a room, join a public one, add someone to a private one, and
-//! open a direct message. Each is a catalog write through the leader; on success the
+//! The room forms: create a room, join a public one, add someone to a private one or a
+//! group DM, open a direct message and start a group DM. A banned user is refused. Each is a catalog write through the leader; on success the
 //! browser is sent to the room page (after this member has applied the write, so the page
 //! shows it), on a refusal back to where it came from with a flash message.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -13,6 +14,7 @@ use super::csrf::{CsrfForm, EmptyForm};
 use super::flash::Flash;
 use super::WebError;
 use crate::control::catalog::{dm_name, Command, CommandOutput, RoomId};
+use crate::control::moderation;
 use crate::control::raft::state_machine::read_state;
 use crate::control::AppState;
 use crate::now_ms;
@@ -63,7 +65,13 @@ pub async fn join(
     CsrfForm(visitor, _): CsrfForm<EmptyForm>,
 ) -> Result<Response, WebError> {
     let user = visitor.require_user(&format!("/rooms/{room}"))?.id;
-    let private = read_state(&app.state).catalog.rooms.get(&room).map(|room| room.private);
+    let (private, banned) = {
+        let state = read_state(&app.state);
+        (state.catalog.rooms.get(&room).map(|room| room.private), state.catalog.is_banned(room, user))
+    };
+    if banned {
+        return Err(WebError::new(StatusCode::FORBIDDEN, "banned", "You are banned from this room."));
+    }
     match private {
         None | Some(true) => return Err(WebError::not_found("There is no public room with this id.")),
         Some(false) => {}
@@ -96,13 +104,22 @@ pub async fn invite(
                 visitor.redirect(&back, Some(Flash::error("People join public rooms themselves; DMs stay two.")))
             );
         }
-        catalog.user_by_name(&username).map(|user| user.id)
+        let target = catalog.user_by_name(&username).map(|user| user.id);
+        (target, entry.is_group_dm())
     };
-    let Some(target) = target else {
+    let (Some(target), group) = target else {
         return Ok(visitor.redirect(&back, Some(Flash::error(format!("No user named {username}.")))));
     };
-    app.writer.write(Command::AddMember { room, user: target }).await?;
-    Ok(visitor.redirect(&back, Some(Flash::notice(format!("{username} can now read and write here.")))))
+    let added = if group {
+        moderation::add_group_member(&app, room, caller, target).await.map_err(ApiError::from)
+    } else {
+        app.writer.write(Command::AddMember { room, user: target }).await.map(|_| ()).map_err(ApiError::from)
+    };
+    match added {
+        Ok(()) => Ok(visitor.redirect(&back, Some(Flash::notice(format!("{username} can now read and write here."))))),
+        Err(e) if e.status.is_client_error() => Ok(visitor.redirect(&back, Some(Flash::error(e.message)))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,6 +142,9 @@ pub async fn open_dm(
             .and_then(|peer| catalog.room_by_name(&dm_name(caller, peer)))
             .filter(|room| room.is_dm() && catalog.is_member(room.id, caller))
             .map(|room| room.id);
+        if existing.is_some_and(|room| catalog.is_banned(room, caller)) {
+            return Err(WebError::new(StatusCode::FORBIDDEN, "banned", "You are banned from this conversation."));
+        }
         (peer, existing)
     };
     let Some(peer) = peer else {
@@ -139,5 +159,59 @@ pub async fn open_dm(
     match app.writer.write(Command::CreateDm { a: caller, b: peer, at_ms: now_ms() }).await? {
         CommandOutput::Dm { room, .. } => Ok(visitor.redirect(&format!("/rooms/{}", room.id), None)),
         other => Err(WebError::internal(format!("CreateDm returned {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct GroupDmForm {
+    /// Usernames separated by commas or spaces.
+    usernames: String,
+    #[serde(default)]
+    name: String,
+    /// A checkbox: present when ticked.
+    #[serde(default)]
+    share_history: Option<String>,
+}
+
+/// `POST /group-dms`: starts a group DM (3 to 20 members, the visitor included).
+pub async fn create_group_dm(
+    State(app): State<AppState>,
+    CsrfForm(visitor, form): CsrfForm<GroupDmForm>,
+) -> Result<Response, WebError> {
+    let caller = visitor.require_user("/app")?.id;
+    if let Err(refused) = check_room_quota(&app, caller) {
+        return Ok(visitor.redirect("/app", Some(Flash::error(refused.message))));
+    }
+    let names: Vec<&str> = form
+        .usernames
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .map(|name| name.trim().trim_start_matches('@'))
+        .filter(|name| !name.is_empty())
+        .collect();
+    let members = {
+        let state = read_state(&app.state);
+        let mut members = Vec::new();
+        for name in names {
+            match state.catalog.user_by_name(name) {
+                Some(user) if user.id == caller => {}
+                Some(user) => members.push(user.id),
+                None => return Ok(visitor.redirect("/app", Some(Flash::error(format!("No user named {name}."))))),
+            }
+        }
+        members
+    };
+    let name = form.name.trim();
+    let command = Command::CreateGroupDm {
+        created_by: caller,
+        members,
+        title: (!name.is_empty()).then(|| name.to_string()),
+        share_history: form.share_history.is_some(),
+        at_ms: now_ms(),
+    };
+    match app.writer.write(command).await.map_err(ApiError::from) {
+        Ok(CommandOutput::Room(room)) => Ok(visitor.redirect(&format!("/rooms/{}", room.id), None)),
+        Ok(other) => Err(WebError::internal(format!("CreateGroupDm returned {other:?}"))),
+        Err(e) if e.status.is_client_error() => Ok(visitor.redirect("/app", Some(Flash::error(e.message)))),
+        Err(e) => Err(e.into()),
     }
 }
