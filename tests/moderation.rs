@@ -1,0 +1,242 @@
+//! Room moderation through real controls and nodes: only the owner (or the admin) names
+//! moderators; mute, kick and ban are enforced on REST and WebSocket paths with their
+//! codes; unban lets a user join again; the audit lists every act in order and only
+//! moderators may read it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::chat::{answer, token, ChatCluster, WsClient};
+use common::{tuning, Api, TestCluster};
+use serde_json::{json, Value};
+
+/// GETs `url` with `api`'s token: the status and JSON body.
+async fn get(api: &Api, url: &str) -> (u16, Value) {
+    let response =
+        api.http.get(url).bearer_auth(api.token.as_deref().expect("logged in")).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// One moderation act through the REST API: the status and body.
+async fn act(api: &Api, base: &str, room: u64, action: &str, username: &str, secs: Option<u64>) -> (u16, Value) {
+    let mut body = json!({"action": action, "username": username});
+    if let Some(secs) = secs {
+        body["duration_secs"] = json!(secs);
+    }
+    api.post(&format!("{base}/api/rooms/{room}/moderation"), body).await.expect("moderation request")
+}
+
+/// Asserts an act succeeded (204).
+async fn done(api: &Api, base: &str, room: u64, action: &str, username: &str, secs: Option<u64>) {
+    let (status, body) = act(api, base, room, action, username, secs).await;
+    assert_eq!(status, 204, "{action} {username}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_or_the_admin_names_moderators_and_the_audit_lists_every_act() {
+    let cluster = TestCluster::start(3, tuning()).await;
+    let base = cluster.url(0);
+    let admin = Api::logged_in(&base, "admin").await; // the first account: the admin
+    let owner = Api::logged_in(&base, "owner").await;
+    let carol = Api::logged_in(&base, "carol").await;
+    let dave = Api::logged_in(&base, "dave").await;
+    let (status, room) = owner.post(&format!("{base}/api/rooms"), json!({"name": "lobby"})).await.expect("create");
+    assert_eq!(status, 201, "{room}");
+    let room = room["id"].as_u64().expect("room id");
+    for member in [&carol, &dave] {
+        let (status, body) = member.post(&format!("{base}/api/rooms/{room}/members"), json!({})).await.expect("join");
+        assert_eq!(status, 204, "{body}");
+    }
+
+    let (status, body) = act(&carol, &base, room, "add_moderator", "dave", None).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "a member names nobody: {body}");
+    done(&owner, &base, room, "add_moderator", "carol", None).await;
+    let (status, body) = act(&carol, &base, room, "add_moderator", "dave", None).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "nor does a moderator: {body}");
+    let (status, body) = act(&carol, &base, room, "ban", "owner", None).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("protected_user")), "{body}");
+    let (status, body) = act(&carol, &base, room, "mute", "dave", None).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_mute")), "a mute needs a duration: {body}");
+    let (status, body) = act(&carol, &base, room, "shout", "dave", None).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_action")), "{body}");
+
+    done(&carol, &base, room, "mute", "dave", Some(600)).await;
+    done(&carol, &base, room, "unmute", "dave", None).await;
+    done(&carol, &base, room, "kick", "dave", None).await;
+    done(&carol, &base, room, "ban", "dave", None).await;
+    done(&admin, &base, room, "remove_moderator", "carol", None).await;
+    let (status, body) = act(&carol, &base, room, "unban", "dave", None).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "no longer a moderator: {body}");
+
+    let (status, audit) = get(&owner, &format!("{base}/api/rooms/{room}/audit")).await;
+    assert_eq!(status, 200, "{audit}");
+    let lines: Vec<(String, String, String)> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| {
+            let field = |name: &str| entry[name].as_str().unwrap_or_default().to_string();
+            (field("by"), field("action"), field("username"))
+        })
+        .collect();
+    let expected = [
+        ("owner", "add_moderator", "carol"),
+        ("carol", "mute", "dave"),
+        ("carol", "unmute", "dave"),
+        ("carol", "kick", "dave"),
+        ("carol", "ban", "dave"),
+        ("admin", "remove_moderator", "carol"),
+    ];
+    let expected: Vec<(String, String, String)> =
+        expected.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(lines, expected, "every act, in order, refused ones left out");
+    assert!(audit["entries"][1]["until_ms"].as_u64().is_some(), "a mute says until when: {audit}");
+
+    for outsider in [&carol, &dave] {
+        let (status, body) = get(outsider, &format!("{base}/api/rooms/{room}/audit")).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    }
+    let (status, state) = get(&admin, &format!("{base}/api/rooms/{room}/moderation")).await;
+    assert_eq!(status, 200, "the admin moderates every room: {state}");
+    assert_eq!(state["banned"], json!(["dave"]));
+    assert_eq!(state["owner"], "owner");
+
+    // The moderation page answers the same way.
+    let page = owner
+        .http
+        .get(format!("{base}/rooms/{room}/moderation"))
+        .bearer_auth(owner.token.as_deref().expect("token"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("id=\"moderation-form\"") && html.contains("name=\"csrf\""), "a CSRF form");
+    assert!(html.contains("Unban dave"), "an undo button per ban");
+    let refused = dave
+        .http
+        .get(format!("{base}/rooms/{room}/moderation"))
+        .bearer_auth(dave.token.as_deref().expect("token"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(refused.status().as_u16(), 403);
+}
+
+/// Sends until the node answers with an error of `code` (its routing table follows the
+/// catalog within a heartbeat); returns how many sends were acknowledged first.
+async fn wait_refused(ws: &mut WsClient, room: u64, code: &str, tag: &str) -> usize {
+    let mut acked = 0;
+    for attempt in 0..100 {
+        let client_id = format!("{tag}-{attempt}");
+        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "hello"})).await;
+        match answer(ws, &client_id).await {
+            Err(frame) if frame["code"] == code => return acked,
+            Err(frame) => assert_eq!(frame["code"], "unavailable", "unexpected refusal: {frame}"),
+            Ok(_) => acked += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sends never refused with {code}");
+}
+
+/// Sends until one is acknowledged again.
+async fn wait_accepted(ws: &mut WsClient, room: u64, tag: &str) {
+    for attempt in 0..150 {
+        let client_id = format!("{tag}-{attempt}");
+        ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "back"})).await;
+        if answer(ws, &client_id).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sends never accepted again");
+}
+
+/// Subscribes until the node answers with an error (its code), or `None` when subscribed.
+async fn subscribe_answer(ws: &mut WsClient, room: u64) -> Option<String> {
+    ws.send(json!({"type": "subscribe", "room": room})).await;
+    loop {
+        let frame = ws.next(Duration::from_secs(15)).await.expect("an answer to subscribe");
+        match frame["type"].as_str() {
+            Some("subscribed") => return None,
+            Some("error") if frame["ref"] == room.to_string() => return frame["code"].as_str().map(str::to_string),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_kick_and_ban_are_refused_on_every_path_with_their_codes() {
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let _admin = Api::logged_in(&base, "admin").await;
+    let owner = Api::logged_in(&base, "owner").await;
+    let carol = Api::logged_in(&base, "carol").await;
+    let dave = Api::logged_in(&base, "dave").await;
+    let lobby = cluster.create_room(&owner, "lobby", false).await["id"].as_u64().expect("id");
+    let inner = cluster.create_room(&owner, "inner", true).await["id"].as_u64().expect("id");
+    for (room, api) in [(lobby, &carol), (lobby, &dave)] {
+        let (status, body) = api.post(&format!("{base}/api/rooms/{room}/members"), json!({})).await.expect("join");
+        assert_eq!(status, 204, "{body}");
+    }
+    let (status, body) =
+        owner.post(&format!("{base}/api/rooms/{inner}/members"), json!({"username": "carol"})).await.expect("add");
+    assert_eq!(status, 204, "{body}");
+
+    let (carol_token, _) = token(&carol, &base).await;
+    let mut carol_ws = WsClient::connect(&cluster.node(0).ws_url(), &carol_token).await;
+    assert_eq!(subscribe_answer(&mut carol_ws, inner).await, None);
+
+    // Mute: refused with `muted`, accepted again once the short mute ends by itself.
+    done(&owner, &base, lobby, "mute", "carol", Some(2)).await;
+    wait_refused(&mut carol_ws, lobby, "muted", "short").await;
+    wait_accepted(&mut carol_ws, lobby, "expired").await;
+    // A long mute ends with an unmute.
+    done(&owner, &base, lobby, "mute", "carol", Some(600)).await;
+    wait_refused(&mut carol_ws, lobby, "muted", "long").await;
+    done(&owner, &base, lobby, "unmute", "carol", None).await;
+    wait_accepted(&mut carol_ws, lobby, "unmuted").await;
+
+    // Kick from a private room: history and subscribe refused like any non-member.
+    done(&owner, &base, inner, "kick", "carol", None).await;
+    let (status, body) = get(&carol, &format!("{base}/api/rooms/{inner}/messages")).await;
+    assert!(matches!(status, 403 | 404), "a kicked user reads nothing: {status} {body}");
+    let mut fresh = WsClient::connect(&cluster.node(1).ws_url(), &carol_token).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(code) = subscribe_answer(&mut fresh, inner).await {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "the kick never reached the nodes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, "forbidden");
+
+    // Ban from the public room: every path says `banned`.
+    done(&owner, &base, lobby, "ban", "dave", None).await;
+    let (status, body) = get(&dave, &format!("{base}/api/rooms/{lobby}/messages")).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("banned")), "history: {body}");
+    let (status, body) = dave.post(&format!("{base}/api/rooms/{lobby}/members"), json!({})).await.expect("join");
+    assert_eq!((status, body["code"].as_str()), (403, Some("banned")), "join: {body}");
+    let (dave_token, _) = token(&dave, &base).await;
+    let mut dave_ws = WsClient::connect(&cluster.node(0).ws_url(), &dave_token).await;
+    wait_refused(&mut dave_ws, lobby, "banned", "banned").await;
+    assert_eq!(subscribe_answer(&mut dave_ws, lobby).await.as_deref(), Some("banned"), "subscribe");
+    let page = dave
+        .http
+        .get(format!("{base}/rooms/{lobby}"))
+        .bearer_auth(dave.token.as_deref().expect("token"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 403, "the room page");
+
+    // Unban: joins again (and the nodes let them back in).
+    done(&owner, &base, lobby, "unban", "dave", None).await;
+    let (status, body) = dave.post(&format!("{base}/api/rooms/{lobby}/members"), json!({})).await.expect("join");
+    assert_eq!(status, 204, "joins again: {body}");
+    wait_accepted(&mut dave_ws, lobby, "unbanned").await;
+}
