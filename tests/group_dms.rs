@@ -1,0 +1,113 @@
+//! Group DMs through real controls and nodes: created from usernames, seen by every
+//! member and nobody else, members added later read the history only if the creator
+//! chose so, and bad member lists get typed 400s.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::chat::{fill, history, token, ChatCluster, WsClient};
+use common::{wait_for, Api};
+use serde_json::{json, Value};
+
+async fn create(api: &Api, base: &str, body: Value) -> (u16, Value) {
+    api.post(&format!("{base}/api/group-dms"), body).await.expect("group-dm request")
+}
+
+/// The ids of the rooms `api`'s user sees.
+async fn visible(api: &Api, base: &str) -> Vec<u64> {
+    let rooms = api.get(&format!("{base}/api/rooms")).await.expect("rooms");
+    rooms["rooms"].as_array().expect("rooms").iter().filter_map(|room| room["id"].as_u64()).collect()
+}
+
+/// `room`'s history as `api`'s user reads it over REST (waits out a room that is
+/// briefly unavailable).
+async fn read(api: &Api, base: &str, room: u64) -> BTreeMap<u64, String> {
+    wait_for("the history", Duration::from_secs(15), || history(api, base, room)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_dms_are_for_their_members_and_keep_history_as_the_creator_chose() {
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let mut users = BTreeMap::new();
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        users.insert(name, Api::logged_in(&base, name).await);
+    }
+    let alice = &users["alice"];
+
+    // Validation: typed 400s.
+    for (body, code) in [
+        (json!({"usernames": ["bob"]}), "group_dm_too_small"),
+        (json!({"usernames": ["alice"]}), "dm_with_self"),
+        (json!({"usernames": []}), "dm_with_self"),
+        (json!({"usernames": ["bob", "bob"]}), "duplicate_member"),
+        (json!({"usernames": ["bob", "nobody"]}), "unknown_user"),
+        (json!({"usernames": (0..25).map(|i| format!("user{i}")).collect::<Vec<_>>()}), "unknown_user"),
+        (json!({"usernames": (0..45).map(|i| format!("user{i}")).collect::<Vec<_>>()}), "group_dm_too_large"),
+        (json!({"usernames": ["bob", "carol"], "name": "a\u{1}b"}), "invalid_group_name"),
+    ] {
+        let (status, answer) = create(alice, &base, body.clone()).await;
+        assert_eq!((status, answer["code"].as_str()), (400, Some(code)), "{body}: {answer}");
+    }
+
+    // Without shared history.
+    let (status, group) =
+        create(alice, &base, json!({"usernames": ["bob", "@carol"], "name": "trio", "share_history": false})).await;
+    assert_eq!(status, 201, "{group}");
+    assert_eq!(group["group_dm"], true);
+    assert_eq!(group["members"], json!(["alice", "bob", "carol"]));
+    assert_eq!(group["title"], "trio");
+    let room = group["id"].as_u64().expect("id");
+    for name in ["alice", "bob", "carol"] {
+        assert!(visible(&users[name], &base).await.contains(&room), "{name} sees the group");
+    }
+    assert!(!visible(&users["dave"], &base).await.contains(&room), "an outsider does not");
+    let (status, body) =
+        users["dave"].post(&format!("{base}/api/rooms/{room}/members"), json!({})).await.expect("join");
+    assert_eq!(status, 404, "an outsider cannot join: {body}");
+    let outsider = users["dave"]
+        .http
+        .get(format!("{base}/api/rooms/{room}/messages"))
+        .bearer_auth(users["dave"].token.as_deref().expect("token"))
+        .send()
+        .await
+        .expect("history");
+    assert_eq!(outsider.status().as_u16(), 403, "an outsider reads nothing");
+
+    let (bob_token, _) = token(&users["bob"], &base).await;
+    let mut bob = WsClient::connect(&cluster.node(0).ws_url(), &bob_token).await;
+    let before = fill(&mut bob, room, 3).await;
+    let (status, body) = users["carol"]
+        .post(&format!("{base}/api/rooms/{room}/members"), json!({"username": "dave"}))
+        .await
+        .expect("add");
+    assert_eq!(status, 204, "any member adds someone: {body}");
+    let after: Vec<u64> = {
+        let mut seqs = Vec::new();
+        for i in 0..2 {
+            let client_id = format!("after{i}");
+            bob.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "after"})).await;
+            seqs.push(common::chat::answer(&mut bob, &client_id).await.expect("acked"));
+        }
+        seqs
+    };
+    let dave_sees: Vec<u64> = read(&users["dave"], &base, room).await.into_keys().collect();
+    assert_eq!(dave_sees, after, "a member added without history reads only what followed");
+    let carol_sees = read(&users["carol"], &base, room).await;
+    assert_eq!(carol_sees.len(), before.len() + after.len(), "the others read everything");
+    assert!(visible(&users["dave"], &base).await.contains(&room));
+
+    // With shared history.
+    let (status, shared) =
+        create(&users["bob"], &base, json!({"usernames": ["alice", "carol"], "share_history": true})).await;
+    assert_eq!(status, 201, "{shared}");
+    let shared = shared["id"].as_u64().expect("id");
+    let sent = fill(&mut bob, shared, 2).await;
+    let (status, body) =
+        alice.post(&format!("{base}/api/rooms/{shared}/members"), json!({"username": "erin"})).await.expect("add");
+    assert_eq!(status, 204, "{body}");
+    let erin_sees = read(&users["erin"], &base, shared).await;
+    assert_eq!(erin_sees.into_keys().collect::<Vec<_>>(), sent.into_keys().collect::<Vec<_>>(), "all of it");
+}
