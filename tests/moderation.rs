@@ -162,7 +162,9 @@ async fn subscribe_answer(ws: &mut WsClient, room: u64) -> Option<String> {
         let frame = ws.next(Duration::from_secs(15)).await.expect("an answer to subscribe");
         match frame["type"].as_str() {
             Some("subscribed") => return None,
-            Some("error") if frame["ref"] == room.to_string() => return frame["code"].as_str().map(str::to_string),
+            Some("error") if frame["ref"].as_str().and_then(|r| r.parse::<u64>().ok()) == Some(room) => {
+                return frame["code"].as_str().map(str::to_string)
+            }
             _ => {}
         }
     }

@@ -72,6 +72,39 @@ pub fn valid_addr(addr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::catalog::{Catalog, Command, ModAction};
+
+    #[test]
+    fn the_table_carries_moderators_bans_mutes_history_starts_and_admins() {
+        let mut catalog = Catalog::default();
+        for name in ["admin", "owner", "carol", "dave", "erin"] {
+            let command = Command::CreateUser { username: name.into(), password_hash: "h".into(), at_ms: 1 };
+            catalog.apply(command).0.expect("user");
+        }
+        let room = Command::CreateRoom { name: "lobby".into(), private: false, created_by: 2, at_ms: 1 };
+        catalog.apply(room).0.expect("room");
+        for user in [3, 4] {
+            catalog.apply(Command::AddMember { room: 1, user }).0.expect("join");
+        }
+        let act = |user, action| Command::Moderate { room: 1, by: 2, user, action, at_ms: 10 };
+        catalog.apply(act(3, ModAction::AddModerator)).0.expect("moderator");
+        catalog.apply(act(4, ModAction::Mute { until_ms: 500 })).0.expect("mute");
+        catalog.apply(act(5, ModAction::Ban)).0.expect("ban");
+        let group =
+            Command::CreateGroupDm { created_by: 2, members: vec![3, 4], title: None, share_history: false, at_ms: 1 };
+        catalog.apply(group).0.expect("group");
+        catalog.apply(Command::AddGroupMember { room: 2, by: 3, user: 5, last_seq: 9, at_ms: 2 }).0.expect("add");
+
+        let table = routing_table(&CatalogState { catalog, ..CatalogState::default() });
+        assert_eq!(table.admins, vec![1]);
+        let lobby = table.rooms.iter().find(|room| room.id == 1).expect("lobby");
+        assert_eq!(lobby.moderators, vec![2, 3], "the owner first, then the named moderators");
+        assert_eq!(lobby.muted, vec![(4, 500)]);
+        assert_eq!(lobby.banned, vec![5]);
+        let group = table.rooms.iter().find(|room| room.id == 2).expect("group");
+        assert_eq!(group.members, vec![2, 3, 4, 5]);
+        assert_eq!(group.history_from, vec![(5, 9)]);
+    }
 
     #[test]
     fn addresses_are_host_and_port() {
