@@ -123,10 +123,15 @@ impl Catalog {
     /// Whether `user` may moderate `room`: the admin always; in any room but a 1:1 DM its
     /// owner (creator) and the moderators it named.
     pub fn may_moderate(&self, room: &Room, user: UserId) -> bool {
-        self.is_admin(user)
-            || (!room.is_dm()
-                && (room.created_by == user
-                    || self.policies.get(&room.id).is_some_and(|p| p.moderators.contains(&user))))
+        self.is_admin(user) || self.moderates(room, user)
+    }
+
+    /// Whether `user` holds a moderating role in `room` (not counting the admin's): its
+    /// owner or a named moderator, still a member and not banned, in any room but a 1:1 DM.
+    fn moderates(&self, room: &Room, user: UserId) -> bool {
+        let named =
+            room.created_by == user || self.policies.get(&room.id).is_some_and(|p| p.moderators.contains(&user));
+        named && !room.is_dm() && self.is_member(room.id, user) && !self.is_banned(room.id, user)
     }
 
     /// Whether `user` is the cluster admin (and exists).
@@ -149,16 +154,14 @@ impl Catalog {
         self.policies.get(&room).and_then(|policy| policy.history_from.get(&user)).copied().unwrap_or(0)
     }
 
-    /// The room's owner and named moderators (1:1 DMs: none; the admin is not listed).
+    /// Who holds a moderating role in the room: its owner, then the named moderators (as
+    /// long as each is a member and not banned; 1:1 DMs: none; the admin is not listed).
     pub fn room_moderators(&self, room: &Room) -> Vec<UserId> {
-        if room.is_dm() {
-            return Vec::new();
-        }
-        let mut moderators = vec![room.created_by];
-        if let Some(policy) = self.policies.get(&room.id) {
-            moderators.extend(policy.moderators.iter().filter(|user| **user != room.created_by));
-        }
-        moderators
+        let named = self.policies.get(&room.id).into_iter().flat_map(|policy| policy.moderators.iter().copied());
+        std::iter::once(room.created_by)
+            .chain(named.filter(|user| *user != room.created_by))
+            .filter(|user| self.moderates(room, *user))
+            .collect()
     }
 
     /// The room's kept audit entries, oldest first.
@@ -189,21 +192,20 @@ impl Catalog {
         if room.is_dm() && !self.is_admin(by) {
             return Err(CatalogError::DmNotModerated);
         }
-        let owner_or_admin = self.is_admin(by) || (room.created_by == by && !room.is_dm());
-        match action {
-            ModAction::AddModerator | ModAction::RemoveModerator if !owner_or_admin => {
-                return Err(CatalogError::NotRoomOwner { room: room_id });
-            }
-            _ if !self.may_moderate(&room, by) => return Err(CatalogError::NotModerator { room: room_id }),
-            _ => {}
+        if !self.may_moderate(&room, by) {
+            return Err(CatalogError::NotModerator { room: room_id });
         }
-        let undoing = matches!(action, ModAction::Unmute | ModAction::Unban);
+        let admin = self.is_admin(by);
+        let owner_or_admin = admin || room.created_by == by;
+        if matches!(action, ModAction::AddModerator | ModAction::RemoveModerator) && !owner_or_admin {
+            return Err(CatalogError::NotRoomOwner { room: room_id });
+        }
         let target_moderates = self.policies.get(&room_id).is_some_and(|p| p.moderators.contains(&user));
         let protected = user == by
             || self.is_admin(user)
-            || (user == room.created_by && !room.is_dm())
-            || (target_moderates && !owner_or_admin && action != ModAction::RemoveModerator);
-        if protected && !undoing {
+            || (user == room.created_by && !admin)
+            || (target_moderates && !owner_or_admin);
+        if protected {
             return Err(CatalogError::ProtectedUser);
         }
         let member = self.is_member(room_id, user);
@@ -444,6 +446,12 @@ mod tests {
 
         act(&mut catalog, 1, BOB, CAROL, ModAction::Ban).expect("the owner bans a moderator");
         assert!(!catalog.may_moderate(&catalog.rooms[&1].clone(), CAROL), "and the role goes with it");
+        assert_eq!(code(act(&mut catalog, 1, CAROL, CAROL, ModAction::Unban)), "forbidden", "no self-unban");
+
+        act(&mut catalog, 2, ALICE, BOB, ModAction::Ban).expect("the admin may ban even the owner");
+        assert!(!catalog.may_moderate(&catalog.rooms[&2].clone(), BOB), "a banned owner moderates nothing");
+        assert_eq!(code(act(&mut catalog, 2, BOB, DAVE, ModAction::Kick)), "forbidden");
+        assert_eq!(catalog.room_moderators(&catalog.rooms[&2].clone()), Vec::<UserId>::new());
     }
 
     #[test]

@@ -141,7 +141,13 @@ fn check(catalog: &Catalog, room: RoomId, me: UserId) -> Result<String, WebError
         }
         return Err(WebError::forbidden("Only the room's owner, its moderators and the admin may moderate it."));
     }
-    Ok(if entry.private { format!("room {room}") } else { format!("#{}", entry.name) })
+    Ok(if entry.is_group_dm() {
+        "group conversation".to_string()
+    } else if entry.is_dm() {
+        "direct message".to_string()
+    } else {
+        format!("#{}", entry.name)
+    })
 }
 
 /// `2026-11-30 21:05 UTC` for milliseconds since the Unix epoch.
