@@ -242,3 +242,91 @@ async fn mute_kick_and_ban_are_refused_on_every_path_with_their_codes() {
     assert_eq!(status, 204, "joins again: {body}");
     wait_accepted(&mut dave_ws, lobby, "unbanned").await;
 }
+
+/// A logged-in browser: its session cookie and the CSRF token of its pages.
+struct Browser {
+    http: reqwest::Client,
+    cookie: String,
+}
+
+impl Browser {
+    fn of(api: &Api) -> Self {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Self { http, cookie: format!("districhat_session={}", api.token.as_deref().expect("logged in")) }
+    }
+
+    /// The page at `url`: its status and HTML.
+    async fn page(&self, url: &str) -> (u16, String) {
+        let response = self.http.get(url).header("cookie", &self.cookie).send().await.expect("page");
+        (response.status().as_u16(), response.text().await.expect("html"))
+    }
+
+    /// Posts a form (`fields` url-encoded, the CSRF token of `page` added): the status and
+    /// the redirect target.
+    async fn post(&self, page: &str, url: &str, fields: &str) -> (u16, String) {
+        let (_, html) = self.page(page).await;
+        let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("csrf");
+        let response = self
+            .http
+            .post(url)
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("{fields}&csrf={csrf}"))
+            .send()
+            .await
+            .expect("post");
+        let location = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        (response.status().as_u16(), location.to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_moderation_and_group_dm_forms_act_with_csrf() {
+    let cluster = TestCluster::start(3, tuning()).await;
+    let base = cluster.url(0);
+    let _admin = Api::logged_in(&base, "admin").await;
+    let owner = Api::logged_in(&base, "owner").await;
+    let carol = Api::logged_in(&base, "carol").await;
+    let _dave = Api::logged_in(&base, "dave").await;
+    let (status, room) = owner.post(&format!("{base}/api/rooms"), json!({"name": "lobby"})).await.expect("create");
+    assert_eq!(status, 201, "{room}");
+    let room = room["id"].as_u64().expect("room id");
+    let (status, _) = carol.post(&format!("{base}/api/rooms/{room}/members"), json!({})).await.expect("join");
+    assert_eq!(status, 204);
+
+    let browser = Browser::of(&owner);
+    let page = format!("{base}/rooms/{room}/moderation");
+    let (status, location) = browser.post(&page, &page, "action=mute&username=carol&minutes=5").await;
+    assert_eq!((status, location.as_str()), (303, page.trim_start_matches(&base)), "back to the page");
+    let (_, html) = browser.page(&page).await;
+    assert!(html.contains("Unmute carol"), "the mute is listed with its undo button");
+    assert!(html.contains("owner</strong> mute <strong>carol"), "and in the audit");
+
+    // Without the token: refused, nothing done.
+    let refused = browser
+        .http
+        .post(&page)
+        .header("cookie", &browser.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("action=ban&username=carol")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status().as_u16(), 403);
+    let (_, audit) = get(&owner, &format!("{base}/api/rooms/{room}/audit")).await;
+    assert_eq!(audit["entries"].as_array().map(Vec::len), Some(1), "{audit}");
+
+    // A member who does not moderate cannot post the form either.
+    let member = Browser::of(&carol);
+    let (status, _) = member.post(&format!("{base}/app"), &page, "action=unmute&username=carol").await;
+    assert_eq!(status, 403);
+
+    // The dashboard starts a group DM, listed with its members' names.
+    let dashboard = format!("{base}/app");
+    let (status, location) =
+        browser.post(&dashboard, &format!("{base}/group-dms"), "usernames=carol%2C+dave&name=").await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/rooms/"), "to the new conversation: {location}");
+    let (_, html) = Browser::of(&carol).page(&dashboard).await;
+    assert!(html.contains("dave, owner") || html.contains("owner, dave"), "labelled by its members");
+}
