@@ -15,7 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use districhat::control::catalog::{Catalog, Command, NodeStatus, ReadMark};
+use districhat::control::catalog::{Catalog, Command, ModAction, NodeStatus, ReadMark};
 use districhat::control::raft::types::{Entry, LogId, TypeConfig, Vote};
 use districhat::fuzzing::TARGETS;
 use districhat::protocol::{ConnectionClaims, MeshEnvelope, MeshReply, MeshRequest, MeshResponse, Outgoing};
@@ -217,5 +217,17 @@ fn catalog_commands() -> Vec<Command> {
         Command::ReplicasInSync { node: 1, rooms: vec![(1, 1)] },
         Command::EndSession { user: 2, expires_ms: 99, at_ms: 40 },
         Command::SetNodeStatus { node: 2, status: NodeStatus::Down },
+        user("cyd"),
+        Command::AddMember { room: 1, user: 3 },
+        Command::Moderate { room: 1, by: 1, user: 3, action: ModAction::Mute { until_ms: 900 }, at_ms: 50 },
+        Command::Moderate { room: 1, by: 1, user: 3, action: ModAction::Ban, at_ms: 51 },
+        Command::CreateGroupDm {
+            created_by: 1,
+            members: vec![2, 3],
+            title: Some("trio".into()),
+            share_history: false,
+            at_ms: 52,
+        },
+        Command::AddGroupMember { room: 4, by: 2, user: 3, last_seq: 7, at_ms: 53 },
     ]
 }
