@@ -129,9 +129,12 @@ pub struct ChatMessage {
     pub deleted: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
-    /// How many replies the message's thread has.
+    /// How many replies the message's thread has, and the seq of the newest: a reply
+    /// entry at or below it is already counted (docs/PROTOCOL.md, "Message events").
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replies: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<Seq>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -427,6 +430,7 @@ pub struct MessageState {
     /// (emoji, users) in the order the reactions were first given.
     pub reactions: Vec<(String, Vec<String>)>,
     pub replies: u64,
+    pub last_reply: Option<Seq>,
 }
 
 /// An entry as a read returns it: with the current text (an edit's, or none once deleted)

@@ -732,6 +732,7 @@ pub fn chat_message(room: RoomId, m: &StoredMessage, state: &MessageState) -> Ch
             .map(|(emoji, users)| ReactionCount { emoji: emoji.clone(), users: users.clone() })
             .collect(),
         replies: state.replies,
+        last_reply: state.last_reply,
     }
 }
 

@@ -7,6 +7,7 @@
 //! | [`sessions`] | `POST,DELETE /api/sessions` |
 //! | [`rooms`] | `GET,POST /api/rooms`, `POST /api/rooms/{id}/members` |
 //! | [`chat`] | `GET /api/token`, `GET /api/nodes`, `POST /api/dms`, `GET /api/rooms/{id}/messages` |
+//! | [`messages`] | `POST /api/rooms/{id}/messages`, `PATCH,DELETE /api/rooms/{id}/messages/{seq}`, `POST …/{seq}/reactions`, `GET /api/rooms/{id}/threads/{root}`, `GET /api/mentions` |
 //! | [`read_marks`] | `GET,POST /api/read-marks` |
 //! | [`cluster`] | `/healthz`, `/metrics`, `GET /api/cluster` |
 //! | [`nodes`] | `/internal/nodes/*`, `/internal/routes` (chat nodes; cluster secret) |
@@ -32,6 +33,7 @@ pub mod error;
 pub mod extractor;
 pub mod forward;
 pub mod limiter;
+pub mod messages;
 pub mod nodes;
 pub mod raft;
 pub mod read_marks;
@@ -69,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::routes(web_state.limiter.clone()))
         .merge(rooms::routes())
         .merge(chat::routes())
+        .merge(messages::routes())
         .merge(read_marks::routes(web_state.read_marks.clone()))
         .merge(nodes::routes())
         .merge(admin::routes())

@@ -239,6 +239,7 @@ impl RoomLog {
                 let relations = self.relations(room, entry.seq, upto)?;
                 state.deleted = relations.iter().any(|(_, how)| *how == DELETE);
                 state.replies = relations.iter().filter(|(_, how)| *how == REPLY).count() as u64;
+                state.last_reply = relations.iter().rev().find(|(_, how)| *how == REPLY).map(|(seq, _)| *seq);
                 if state.deleted {
                     entry.text.clear();
                     if let EntryKind::Message { mentions, .. } = &mut entry.kind {
@@ -405,7 +406,8 @@ mod tests {
                 edited: true,
                 deleted: false,
                 reactions: vec![("👍".into(), vec!["u3".into()])],
-                replies: 1
+                replies: 1,
+                last_reply: Some(6),
             }
         );
         assert_eq!(log.thread(9, 1, 6).unwrap().iter().map(|m| m.message.seq).collect::<Vec<_>>(), vec![1, 6]);
