@@ -10,7 +10,7 @@
 set -u
 cd "$(dirname "$0")/.."
 shared="error|extractor|views|cookies|limiter"
-handlers="users sessions rooms chat read_marks nodes forward raft admin backup drain rebalance cluster web group_dms moderation"
+handlers="users sessions rooms chat read_marks nodes forward raft admin backup drain rebalance cluster web group_dms moderation messages"
 fail=0
 for f in src/control/http/*.rs src/control/http/web/*.rs; do
   name=${f#src/control/http/}; name=${name%.rs}
@@ -34,7 +34,7 @@ for f in src/control/http/web/{account,ops,pages,rooms,moderation}.rs; do
 done
 core="src/control/catalog.rs src/control/catalog src/control/raft src/control/mod.rs src/control/liveness.rs
       src/control/loads.rs src/control/routing.rs src/control/write.rs src/control/auth.rs src/control/secret.rs
-      src/control/hashing.rs src/control/restore.rs src/control/read_marks.rs src/control/history.rs
+      src/control/hashing.rs src/control/restore.rs src/control/read_marks.rs src/control/history.rs src/control/room_events.rs
       src/control/moderation.rs"
 # control/mod.rs declares `pub mod http` and calls `http::serve`: the one allowed use.
 if grep -rnE '(super::http|control::http|\bhttp::)' $core | grep -vE '^\S+:\s*//|reqwest|axum::http' \

@@ -30,11 +30,47 @@ pub enum ClientFrame {
     Unsubscribe {
         room: RoomId,
     },
-    /// Post a message. `client_id` makes retries idempotent.
+    /// Post a message, a reply in the thread of `reply_to` if given. `client_id` makes
+    /// retries idempotent (for every frame that changes the log).
     Send {
         room: RoomId,
         client_id: String,
         text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Seq>,
+    },
+    /// Replace the text of one's own message `target`.
+    Edit {
+        room: RoomId,
+        client_id: String,
+        target: Seq,
+        text: String,
+    },
+    /// Delete message `target` (one's own; any, for the room's moderators): its text is
+    /// erased from every copy of the log.
+    Delete {
+        room: RoomId,
+        client_id: String,
+        target: Seq,
+    },
+    /// Toggle one's reaction `emoji` (one of [`REACTIONS`]) on message `target`.
+    React {
+        room: RoomId,
+        client_id: String,
+        target: Seq,
+        emoji: String,
+    },
+    /// The replies in the thread of message `root`, oldest first.
+    Thread {
+        room: RoomId,
+        root: Seq,
+    },
+    /// The messages of the room after `after` that mention this user (or `@room`), oldest
+    /// first, at most 100: the mention count of a room is their number after the read mark.
+    Mentions {
+        room: RoomId,
+        #[serde(default)]
+        after: Seq,
     },
     Typing {
         room: RoomId,
@@ -49,8 +85,14 @@ pub enum ClientFrame {
     },
 }
 
-/// A stored or live chat message as browsers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The reactions a message may get (a small fixed set, so every page can show them).
+pub const REACTIONS: [&str; 8] = ["👍", "❤️", "😂", "🎉", "😮", "😢", "👀", "✅"];
+
+/// A stored or live log entry as browsers see it: a message, or an event on an earlier
+/// message (`kind` and `target`). Read from history, catch-up and threads, a message
+/// carries its current state (`edited`, `deleted`, `reactions`, `replies`): applying
+/// the events that follow it again changes nothing (docs/PROTOCOL.md, "Message events").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: RoomId,
     pub seq: Seq,
@@ -58,11 +100,71 @@ pub struct ChatMessage {
     pub id: String,
     pub sender: String,
     pub sender_id: UserId,
+    /// The text; for an `edit`, the new text; empty for `delete`, `reaction` and for a
+    /// deleted message.
     pub text: String,
     /// Milliseconds since the Unix epoch, set by the room's owner.
     pub ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "EntryKindName::is_message")]
+    pub kind: EntryKindName,
+    /// The message an `edit`, `delete` or `reaction` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Seq>,
+    /// A `reaction`: which one, and whether the sender added (`true`) or took it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
+    /// A reply: the seq of its thread's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Seq>,
+    /// Usernames the message mentions, and `@room` when a moderator mentioned everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
+    /// How many replies the message's thread has, and the seq of the newest: a reply
+    /// entry at or below it is already counted (docs/PROTOCOL.md, "Message events").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replies: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<Seq>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a log entry is, as browsers see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKindName {
+    #[default]
+    Message,
+    Edit,
+    Delete,
+    Reaction,
+    /// A line the cluster wrote: a moderation act.
+    System,
+}
+
+impl EntryKindName {
+    fn is_message(&self) -> bool {
+        *self == Self::Message
+    }
+}
+
+/// One reaction on a message and who gave it, in the order they did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub users: Vec<String>,
 }
 
 /// A frame a node sends to a browser.
@@ -96,6 +198,19 @@ pub enum ServerFrame {
     },
     History {
         room: RoomId,
+        messages: Vec<ChatMessage>,
+        has_more: bool,
+    },
+    /// The answer to a `thread` frame: the root and its replies, oldest first.
+    Thread {
+        room: RoomId,
+        root: Seq,
+        messages: Vec<ChatMessage>,
+    },
+    /// The answer to a `mentions` frame.
+    Mentions {
+        room: RoomId,
+        after: Seq,
         messages: Vec<ChatMessage>,
         has_more: bool,
     },
@@ -247,16 +362,83 @@ pub struct ConnectionClaims {
 // Node ↔ node (WebSocket `/mesh`, bincode binary frames)
 // ---------------------------------------------------------------------------------------
 
-/// A message as a room's log stores and replicates it (the room is in the key).
+/// An entry as a room's log stores and replicates it (the room is in the key): a message,
+/// or an event on an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     pub seq: Seq,
     pub sender_id: UserId,
     pub sender: String,
+    /// A message's text, an edit's new text; empty for other events and once redacted.
     pub text: String,
     pub ts: u64,
     /// The sender's idempotency key; with (room, sender_id) it forms the dedupe key.
     pub client_id: String,
+    /// Added after the first release: entries stored before it read as plain messages
+    /// (`node::log` decodes both layouts).
+    pub kind: EntryKind,
+}
+
+/// What a log entry is (docs/REPLICATION.md, "Message events").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A message; `reply_to` is its thread's root, `mentions` the usernames it mentions
+    /// (and `@room`), recognised by the owner when it sequenced the message.
+    Message {
+        reply_to: Option<Seq>,
+        mentions: Vec<String>,
+    },
+    Edit {
+        target: Seq,
+    },
+    /// Deleting `target`: once committed, the target's text and its edits' texts are
+    /// erased from this log (a redaction write).
+    Delete {
+        target: Seq,
+    },
+    /// The sender's reaction `emoji` on `target` is now `on` (the owner resolved the
+    /// toggle when it sequenced it, so applying an entry twice changes nothing).
+    React {
+        target: Seq,
+        emoji: String,
+        on: bool,
+    },
+    /// A line the control plane wrote (a moderation act).
+    System,
+}
+
+impl EntryKind {
+    /// A plain message: no thread, no mentions.
+    pub fn message() -> Self {
+        Self::Message { reply_to: None, mentions: Vec::new() }
+    }
+
+    /// The message an event changes.
+    pub fn target(&self) -> Option<Seq> {
+        match self {
+            Self::Edit { target } | Self::Delete { target } | Self::React { target, .. } => Some(*target),
+            Self::Message { .. } | Self::System => None,
+        }
+    }
+}
+
+/// A message's state folded from the events after it, up to a read's commit point.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    pub edited: bool,
+    pub deleted: bool,
+    /// (emoji, users) in the order the reactions were first given.
+    pub reactions: Vec<(String, Vec<String>)>,
+    pub replies: u64,
+    pub last_reply: Option<Seq>,
+}
+
+/// An entry as a read returns it: with the current text (an edit's, or none once deleted)
+/// and, for a message, its folded state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMessage {
+    pub message: StoredMessage,
+    pub state: MessageState,
 }
 
 /// What identifies one stored message: two logs agree at `seq` when their stamps are
@@ -269,14 +451,60 @@ pub struct MessageStamp {
     pub ts: u64,
 }
 
-/// A message on its way to its room's owner, before it has a seq.
+/// A change on its way to its room's owner, before it has a seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
     pub user_id: UserId,
     pub username: String,
     /// The sender's idempotency key.
     pub client_id: String,
-    pub text: String,
+    pub action: Action,
+}
+
+/// What a sender asks a room's owner to append. The owner checks it against its log
+/// (the target exists and is not deleted; only its author edits it; the author or a
+/// moderator deletes it) and turns it into an [`EntryKind`]. Externally tagged (bincode
+/// on the mesh cannot read an internally tagged enum): `{"edit": {"target": 3, "text":
+/// "…"}}` in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Message {
+        text: String,
+        reply_to: Option<Seq>,
+    },
+    Edit {
+        target: Seq,
+        text: String,
+    },
+    Delete {
+        target: Seq,
+    },
+    React {
+        target: Seq,
+        emoji: String,
+    },
+    /// Control plane only (`POST /internal/rooms/{id}/events`).
+    System {
+        text: String,
+    },
+}
+
+/// `POST /internal/rooms/{id}/events` on a node: append `action` for this user, who the
+/// control has already checked may write the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostEvent {
+    pub user_id: UserId,
+    pub username: String,
+    pub client_id: String,
+    pub action: Action,
+}
+
+/// The answer to [`PostEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedEvent {
+    pub seq: Seq,
+    pub duplicate: bool,
 }
 
 /// A frame the dialing node sends on a mesh link. `id` 0 means no reply is wanted.
@@ -322,11 +550,24 @@ pub enum MeshRequest {
     /// To the owner (or replica): messages after `after` (ascending) or before `before`
     /// (newest first), at most `limit`.
     Fetch { room: RoomId, after: Option<Seq>, before: Option<Seq>, limit: u32 },
+    /// To the owner (or replica): a thread, or a user's mentions (answered with
+    /// [`MeshResponse::Messages`]).
+    Query { room: RoomId, query: LogQuery },
     /// Owner to a subscribed node: pre-serialised browser frames for the room. `seq` is
     /// the message seq for `message` frames and 0 for ephemeral ones (typing, presence).
     /// `sequenced_ms` is when the owner sequenced live messages (wall clock, for the
     /// delivery-latency histogram), 0 for catch-up and ephemeral frames.
     Deliver { room: RoomId, frames: Vec<(Seq, String)>, sequenced_ms: u64 },
+}
+
+/// A read of a room's log other than a range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogQuery {
+    /// Message `root` and the replies in its thread, oldest first.
+    Thread { root: Seq },
+    /// Messages after `after` mentioning `user` or `@room`, at most `limit`: the oldest
+    /// of them, ascending (a mention count from a read mark), or the newest, newest first.
+    Mentions { user: String, after: Seq, limit: u32, newest: bool },
 }
 
 /// The answer to a [`MeshEnvelope`] with a non-zero id.
@@ -364,7 +605,7 @@ pub enum MeshResponse {
         missing: Option<(Seq, Seq)>,
     },
     Messages {
-        messages: Vec<StoredMessage>,
+        messages: Vec<ReadMessage>,
         has_more: bool,
         last_seq: Seq,
     },

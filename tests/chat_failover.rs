@@ -84,6 +84,7 @@ async fn a_replica_refuses_an_owner_with_a_stale_epoch() {
         text: "forged".into(),
         ts: 0,
         client_id: "forged".into(),
+        kind: districhat::protocol::EntryKind::message(),
     };
     // It even names the replica's real predecessor: the fence alone refuses it.
     let prev = cluster.node(cluster.index_of(replica)).node.log.stamp_at(room_id, 1).expect("read the replica's log");

@@ -301,7 +301,7 @@ async fn fake_history(
         sender_id: 1,
         text: asked.join("&"),
         ts: 0,
-        client_id: None,
+        ..ChatMessage::default()
     };
     // No keep-alive: once the test stops this server, the control must find it gone
     // (a pooled connection would outlive the listener).

@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use districhat::control::catalog::{Catalog, Command, ModAction, NodeStatus, ReadMark};
 use districhat::control::raft::types::{Entry, LogId, TypeConfig, Vote};
 use districhat::fuzzing::TARGETS;
-use districhat::protocol::{ConnectionClaims, MeshEnvelope, MeshReply, MeshRequest, MeshResponse, Outgoing};
+use districhat::protocol::{
+    Action, ConnectionClaims, EntryKind, LogQuery, MeshEnvelope, MeshReply, MeshRequest, MeshResponse, MessageState,
+    Outgoing, ReadMessage,
+};
 use districhat::store::encode;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -139,21 +142,46 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         text: "hello".into(),
         ts: 1_700_000_000_000,
         client_id: "c1".into(),
+        kind: EntryKind::Message { reply_to: Some(1), mentions: vec!["bob".into()] },
     };
-    let outgoing = Outgoing { user_id: 7, username: "ada".into(), client_id: "c1".into(), text: "hello".into() };
+    let reaction = districhat::protocol::StoredMessage {
+        seq: 4,
+        text: String::new(),
+        client_id: "c2".into(),
+        kind: EntryKind::React { target: 3, emoji: "👍".into(), on: true },
+        ..message.clone()
+    };
+    let action = Action::Message { text: "hello".into(), reply_to: None };
+    let outgoing = Outgoing { user_id: 7, username: "ada".into(), client_id: "c1".into(), action };
     for (name, request) in [
         ("send", MeshRequest::Send { room: 12, message: outgoing }),
         (
             "replicate",
-            MeshRequest::Replicate { room: 12, epoch: 2, prev: None, committed: 2, messages: vec![message.clone()] },
+            MeshRequest::Replicate {
+                room: 12,
+                epoch: 2,
+                prev: None,
+                committed: 2,
+                messages: vec![message.clone(), reaction.clone()],
+            },
         ),
         ("backfill", MeshRequest::Backfill { room: 12, epoch: 2, messages: vec![message.clone()] }),
         ("fetch", MeshRequest::Fetch { room: 12, after: Some(2), before: None, limit: 100 }),
+        ("thread", MeshRequest::Query { room: 12, query: LogQuery::Thread { root: 3 } }),
         ("deliver", MeshRequest::Deliver { room: 12, frames: vec![(3, "{}".into())], sequenced_ms: 5 }),
     ] {
-        seeds.push(("mesh_frame", name, encode(&MeshEnvelope { id: 9, request }).unwrap()));
+        let envelope = MeshEnvelope { id: 9, request };
+        let bytes = encode(&envelope).unwrap();
+        // A seed the node itself cannot read would fuzz nothing (an internally tagged
+        // enum, which bincode cannot decode, once slipped onto the mesh this way).
+        let decoded: MeshEnvelope = districhat::store::decode_exact(&bytes).expect("a mesh seed decodes");
+        assert_eq!(decoded, envelope, "{name}");
+        seeds.push(("mesh_frame", name, bytes));
     }
-    let reply = MeshResponse::Messages { messages: vec![message], has_more: false, last_seq: 3 };
+    let state =
+        MessageState { edited: true, reactions: vec![("👍".into(), vec!["ada".into()])], ..Default::default() };
+    let read = ReadMessage { message, state };
+    let reply = MeshResponse::Messages { messages: vec![read], has_more: false, last_seq: 3 };
     seeds.push(("mesh_frame", "messages", encode(&MeshReply { id: 9, response: reply }).unwrap()));
 
     let commands = catalog_commands();

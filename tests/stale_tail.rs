@@ -82,6 +82,7 @@ async fn a_returning_nodes_unacknowledged_tail_is_dropped() {
         text: "never acknowledged".into(),
         ts: 1,
         client_id: "ghost".into(),
+        kind: districhat::protocol::EntryKind::message(),
     };
     let epoch = planted.fence(room).expect("fence");
     let planted_tail = planted.append_at(room, epoch, &[ghost]).expect("plant the stale tail");

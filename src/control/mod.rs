@@ -22,6 +22,7 @@ pub mod moderation;
 pub mod raft;
 pub mod read_marks;
 pub mod restore;
+pub mod room_events;
 pub mod routing;
 pub mod secret;
 pub mod write;

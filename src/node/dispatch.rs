@@ -1,5 +1,6 @@
 //! The node's answers to its peers' mesh requests ([`Dispatch`]): sends for the rooms it
-//! owns, the replica side's requests ([`replica`](super::replica)), history fetches, and
+//! owns, the replica side's requests ([`replica`](super::replica)), history fetches and
+//! queries (threads, mentions), and
 //! the one-way deliveries, interest and typing notes.
 
 use tracing::Instrument;
@@ -45,6 +46,10 @@ impl Dispatch for Node {
             MeshRequest::Backfill { room, epoch, messages } => self.store_backfill(room, epoch, messages).await,
             MeshRequest::Fetch { room, after, before, limit } => self
                 .fetch_local(room, after, before, limit.min(1_000))
+                .await
+                .map(|(messages, has_more, last_seq)| MeshResponse::Messages { messages, has_more, last_seq }),
+            MeshRequest::Query { room, query } => self
+                .query_local(room, query)
                 .await
                 .map(|(messages, has_more, last_seq)| MeshResponse::Messages { messages, has_more, last_seq }),
             other => {

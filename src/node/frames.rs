@@ -5,7 +5,7 @@
 //! (docs/PROTOCOL.md "Error codes").
 
 use super::config::Limits;
-use crate::protocol::{ClientFrame, Seq};
+use crate::protocol::{Action, ClientFrame, Seq, REACTIONS};
 
 /// The highest seq a browser may name: JavaScript numbers are exact up to 2^53 − 1, and no
 /// room gets near it. A `since` above it would make `last + 1` overflow and mute the
@@ -13,7 +13,8 @@ use crate::protocol::{ClientFrame, Seq};
 pub const MAX_SEQ: Seq = (1 << 53) - 1;
 
 /// The frame types a browser may send (docs/PROTOCOL.md, "Browser → node").
-const KNOWN_TYPES: [&str; 6] = ["hello", "subscribe", "unsubscribe", "send", "typing", "history"];
+const KNOWN_TYPES: [&str; 11] =
+    ["hello", "subscribe", "unsubscribe", "send", "typing", "history", "edit", "delete", "react", "thread", "mentions"];
 
 /// Why a frame is refused: a stable code, a message for humans, and what it is about
 /// (the `client_id` of a send, the room of a subscribe; none for the frame itself).
@@ -50,23 +51,73 @@ pub fn parse(raw: &str, limits: &Limits) -> Result<ClientFrame, Refused> {
 /// The checks a well-formed frame must still pass.
 fn check(frame: &ClientFrame, limits: &Limits) -> Result<(), Refused> {
     match frame {
-        ClientFrame::Subscribe { room, since: Some(since) } if *since > MAX_SEQ => {
-            Err(Refused::new("bad_frame", format!("since must be at most {MAX_SEQ}"), Some(room.to_string())))
+        ClientFrame::Subscribe { room, since: Some(since) } => seq_in_range("since", *since, Some(room.to_string())),
+        ClientFrame::Send { client_id, text, reply_to, .. } => {
+            check_change(client_id, &Action::Message { text: text.clone(), reply_to: *reply_to }, limits)
         }
-        ClientFrame::Send { client_id, text, .. } => {
-            let reference = Some(client_id.clone());
-            if client_id.is_empty() || client_id.len() > 128 {
-                Err(Refused::new("bad_frame", "client_id must be 1 to 128 bytes", reference))
-            } else if text.trim().is_empty() {
-                Err(Refused::new("bad_frame", "the message is empty", reference))
-            } else if text.chars().count() > limits.max_text_chars {
-                let message = format!("messages are at most {} characters", limits.max_text_chars);
-                Err(Refused::new("text_too_long", message, reference))
-            } else {
+        ClientFrame::Edit { client_id, target, text, .. } => {
+            check_change(client_id, &Action::Edit { target: *target, text: text.clone() }, limits)
+        }
+        ClientFrame::Delete { client_id, target, .. } => {
+            check_change(client_id, &Action::Delete { target: *target }, limits)
+        }
+        ClientFrame::React { client_id, target, emoji, .. } => {
+            check_change(client_id, &Action::React { target: *target, emoji: emoji.clone() }, limits)
+        }
+        ClientFrame::Thread { room, root } => seq_in_range("root", *root, Some(room.to_string())),
+        ClientFrame::Mentions { room, after } => seq_in_range("after", *after, Some(room.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// The checks of a change to a room's log, from a browser or the REST API: the
+/// `client_id`, the text, the seqs it names, the reaction.
+pub fn check_change(client_id: &str, action: &Action, limits: &Limits) -> Result<(), Refused> {
+    if client_id.is_empty() || client_id.len() > 128 {
+        return Err(Refused::new("bad_frame", "client_id must be 1 to 128 bytes", Some(client_id.to_string())));
+    }
+    let reference = || Some(client_id.to_string());
+    match action {
+        Action::Message { text, reply_to } => {
+            check_text(text, limits, client_id)?;
+            reply_to.map_or(Ok(()), |parent| seq_in_range("reply_to", parent, reference()))
+        }
+        Action::Edit { target, text } => {
+            seq_in_range("target", *target, reference())?;
+            check_text(text, limits, client_id)
+        }
+        Action::Delete { target } => seq_in_range("target", *target, reference()),
+        Action::React { target, emoji } => {
+            seq_in_range("target", *target, reference())?;
+            if REACTIONS.contains(&emoji.as_str()) {
                 Ok(())
+            } else {
+                let message = format!("reactions are one of {}", REACTIONS.join(" "));
+                Err(Refused::new("bad_frame", message, reference()))
             }
         }
-        _ => Ok(()),
+        Action::System { text } => check_text(text, limits, client_id),
+    }
+}
+
+/// A seq a browser names: at most [`MAX_SEQ`].
+fn seq_in_range(field: &str, seq: Seq, reference: Option<String>) -> Result<(), Refused> {
+    if seq > MAX_SEQ {
+        return Err(Refused::new("bad_frame", format!("{field} must be at most {MAX_SEQ}"), reference));
+    }
+    Ok(())
+}
+
+/// A message's or an edit's text: not blank, at most `limits.max_text_chars`.
+fn check_text(text: &str, limits: &Limits, client_id: &str) -> Result<(), Refused> {
+    let reference = Some(client_id.to_string());
+    if text.trim().is_empty() {
+        Err(Refused::new("bad_frame", "the message is empty", reference))
+    } else if text.chars().count() > limits.max_text_chars {
+        let message = format!("messages are at most {} characters", limits.max_text_chars);
+        Err(Refused::new("text_too_long", message, reference))
+    } else {
+        Ok(())
     }
 }
 
@@ -97,6 +148,19 @@ mod tests {
             (r#"{"type":"send","room":1,"client_id":"c","text":"  "}"#, Err("bad_frame")),
             (long_text.as_str(), Err("text_too_long")),
             (r#"{"type":"send","room":1,"client_id":"c","text":"hi","extra":1}"#, Err("bad_frame")),
+            (r#"{"type":"send","room":1,"client_id":"c","text":"hi","reply_to":3}"#, Ok(())),
+            (r#"{"type":"send","room":1,"client_id":"c","text":"hi","reply_to":-3}"#, Err("bad_frame")),
+            (r#"{"type":"edit","room":1,"client_id":"c","target":3,"text":"fixed"}"#, Ok(())),
+            (r#"{"type":"edit","room":1,"client_id":"c","target":3,"text":" "}"#, Err("bad_frame")),
+            (r#"{"type":"edit","room":1,"client_id":"c","text":"fixed"}"#, Err("bad_frame")),
+            (r#"{"type":"delete","room":1,"client_id":"c","target":3}"#, Ok(())),
+            (r#"{"type":"delete","room":1,"client_id":"","target":3}"#, Err("bad_frame")),
+            (r#"{"type":"delete","room":1,"client_id":"c","target":9007199254740992}"#, Err("bad_frame")),
+            (r#"{"type":"react","room":1,"client_id":"c","target":3,"emoji":"👍"}"#, Ok(())),
+            (r#"{"type":"react","room":1,"client_id":"c","target":3,"emoji":"<b>"}"#, Err("bad_frame")),
+            (r#"{"type":"thread","room":1,"root":3}"#, Ok(())),
+            (r#"{"type":"mentions","room":1}"#, Ok(())),
+            (r#"{"type":"mentions","room":1,"after":"x"}"#, Err("bad_frame")),
         ] {
             assert_eq!(code(raw), expected, "{raw:.80}");
         }

@@ -10,7 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::NodeError;
-use crate::protocol::{RoomId, Seq, StoredMessage};
+use crate::protocol::{ReadMessage, RoomId, Seq};
 
 pub type SessionId = u64;
 
@@ -34,7 +34,7 @@ pub enum Outbound {
 /// one, so a resume holds at most one page in memory however long the history, and a
 /// session has at most `limits.reads_in_flight` pages fetched and not written.
 pub struct CatchUpPage {
-    pub messages: Vec<StoredMessage>,
+    pub messages: Vec<ReadMessage>,
     pub has_more: bool,
     pub last_seq: Seq,
 }

@@ -19,6 +19,7 @@
 pub mod config;
 mod control_link;
 mod dispatch;
+mod events;
 pub mod frames;
 mod http;
 pub mod hub;
@@ -26,7 +27,7 @@ pub mod log;
 pub mod mesh;
 pub mod owner;
 mod replica;
-mod routing;
+pub mod routing;
 mod session;
 pub mod subscription;
 

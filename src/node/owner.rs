@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::events::{self, BatchEvents};
 use super::log::{stamp, Fenced, Missing};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
-    ChatMessage, MeshRequest, MeshResponse, MessageStamp, NodeId, Outgoing, RoomId, Seq, ServerFrame, StoredMessage,
-    UserId,
+    ChatMessage, EntryKind, EntryKindName, MeshRequest, MeshResponse, MessageStamp, MessageState, NodeId, Outgoing,
+    ReactionCount, ReadMessage, RoomId, Seq, ServerFrame, StoredMessage, UserId,
 };
 
 /// Most sends one batch takes; also how many of its last messages a replica shows a new
@@ -242,6 +243,7 @@ impl Owner {
         // way: all of it is committed, including a batch a failed round left unacknowledged
         // (docs/REPLICATION.md, "No rollback", "Background copy").
         self.committed.set(last);
+        self.redact().await;
         let now = tokio::time::Instant::now();
         self.backfill = missing.map(|(first, last)| Backfill { first, last, due: now, started: now });
         self.replica_complete.store(missing.is_none(), Ordering::Release);
@@ -494,6 +496,7 @@ impl Owner {
         let mut messages: Vec<StoredMessage> = Vec::new();
         let mut outcomes: Vec<(PendingSend, Sent)> = Vec::new();
         let mut in_batch: HashMap<(UserId, String), Seq> = HashMap::new();
+        let mut events = BatchEvents::default();
         for send in sends {
             let key = (send.message.user_id, send.message.client_id.clone());
             let earlier = match in_batch.get(&key) {
@@ -514,16 +517,25 @@ impl Owner {
                 outcomes.push((send, Sent { seq, ts, duplicate: true }));
                 continue;
             }
+            let (kind, text) = match events::entry_for(&self.node, self.room, &send.message, &events).await {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let _ = send.reply.send(Err(e));
+                    continue;
+                }
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             in_batch.insert(key, seq);
+            events.note(send.message.user_id, &kind);
             messages.push(StoredMessage {
                 seq,
                 sender_id: send.message.user_id,
                 sender: send.message.username.clone(),
-                text: send.message.text.clone(),
+                text,
                 ts,
                 client_id: send.message.client_id.clone(),
+                kind,
             });
             outcomes.push((send, Sent { seq, ts, duplicate: false }));
         }
@@ -548,14 +560,20 @@ impl Owner {
             }
             self.committed.set(self.next_seq - 1);
             self.last_stamp = messages.last().map(stamp);
+            if !events.deleted.is_empty() {
+                self.redact().await;
+            }
         }
         metrics::counter!("districhat_messages_acked_total").increment(messages.len() as u64);
         self.node.count_messages(messages.len() as u64);
         for (send, sent) in outcomes {
             let _ = send.reply.send(Ok(sent));
         }
-        let frames: Vec<(Seq, String)> =
-            messages.iter().map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m))))).collect();
+        let fresh = MessageState::default();
+        let frames: Vec<(Seq, String)> = messages
+            .iter()
+            .map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(self.room, m, &fresh)))))
+            .collect();
         if let Some(first) = messages.first() {
             self.fan_out(frames, first.ts);
         }
@@ -581,6 +599,34 @@ impl Owner {
                 NodeError::StaleEpoch => Err(self.moved()),
                 error => Err(error),
             },
+        }
+    }
+
+    /// Erases the text of messages whose delete is committed now, here and (by telling it
+    /// the new commit point in an empty `Replicate`) on the replica (docs/REPLICATION.md,
+    /// "Message events"). A replica that misses this learns the commit point with the
+    /// next batch.
+    async fn redact(&self) {
+        let Some(committed) = self.committed.get() else { return };
+        let (log, room) = (self.node.log.clone(), self.room);
+        match blocking(move || log.redact_committed(room, committed)).await {
+            Ok(0) => return,
+            Ok(redacted) => tracing::debug!(room, redacted, "erased deleted messages"),
+            Err(e) => {
+                tracing::warn!(room, error = %e, "cannot erase deleted messages yet; retrying with the next commit");
+                return;
+            }
+        }
+        let Some(replica) = self.node.replica_of(room) else { return };
+        let request = MeshRequest::Replicate {
+            room,
+            epoch: self.epoch,
+            prev: self.last_stamp.clone(),
+            committed,
+            messages: vec![],
+        };
+        if let Err(e) = self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await {
+            tracing::debug!(room, replica, error = %e, "the replica erases with the next batch");
         }
     }
 
@@ -621,8 +667,11 @@ impl Owner {
         let Some(last) = self.committed.get().filter(|last| *last > 0) else { return };
         let (log, room) = (self.node.log.clone(), self.room);
         if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
-            let frames: Vec<(Seq, String)> =
-                newest.iter().map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(room, m))))).collect();
+            let fresh = MessageState::default();
+            let frames: Vec<(Seq, String)> = newest
+                .iter()
+                .map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(room, m, &fresh)))))
+                .collect();
             self.node.deliver_to(node, room, frames, 0);
         }
     }
@@ -647,8 +696,19 @@ fn fail_all(sends: Vec<PendingSend>, error: NodeError) {
     }
 }
 
-/// The browser view of a stored message.
-pub fn chat_message(room: RoomId, m: &StoredMessage) -> ChatMessage {
+/// The browser view of a log entry with its folded state (a live entry: the default).
+pub fn chat_message(room: RoomId, m: &StoredMessage, state: &MessageState) -> ChatMessage {
+    let (kind, target, emoji, on, reply_to, mentions) = match &m.kind {
+        EntryKind::Message { reply_to, mentions } => {
+            (EntryKindName::Message, None, None, None, *reply_to, mentions.clone())
+        }
+        EntryKind::Edit { target } => (EntryKindName::Edit, Some(*target), None, None, None, Vec::new()),
+        EntryKind::Delete { target } => (EntryKindName::Delete, Some(*target), None, None, None, Vec::new()),
+        EntryKind::React { target, emoji, on } => {
+            (EntryKindName::Reaction, Some(*target), Some(emoji.clone()), Some(*on), None, Vec::new())
+        }
+        EntryKind::System => (EntryKindName::System, None, None, None, None, Vec::new()),
+    };
     ChatMessage {
         room,
         seq: m.seq,
@@ -658,7 +718,27 @@ pub fn chat_message(room: RoomId, m: &StoredMessage) -> ChatMessage {
         text: m.text.clone(),
         ts: m.ts,
         client_id: Some(m.client_id.clone()),
+        kind,
+        target,
+        emoji,
+        on,
+        reply_to,
+        mentions,
+        edited: state.edited,
+        deleted: state.deleted,
+        reactions: state
+            .reactions
+            .iter()
+            .map(|(emoji, users)| ReactionCount { emoji: emoji.clone(), users: users.clone() })
+            .collect(),
+        replies: state.replies,
+        last_reply: state.last_reply,
     }
+}
+
+/// The browser view of an entry a read returned.
+pub fn read_message(room: RoomId, read: &ReadMessage) -> ChatMessage {
+    chat_message(room, &read.message, &read.state)
 }
 
 /// Serialises a server frame (our own types cannot fail to serialise).

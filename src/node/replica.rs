@@ -28,7 +28,17 @@ impl Node {
     ) -> Result<MeshResponse, NodeError> {
         let log = self.log.clone();
         let last = messages.last().map_or(0, |m| m.seq);
-        match blocking(move || log.replicate_at(room, epoch, prev.as_ref(), &messages)).await? {
+        let stored = blocking(move || {
+            let stored = log.replicate_at(room, epoch, prev.as_ref(), &messages)?;
+            if stored == Fenced::Done(Replicated::Stored) {
+                // This log matches the owner's up to `committed`, all of it acknowledged:
+                // the deletes there may erase their messages' text now (docs/REPLICATION.md,
+                // "Message events").
+                log.redact_committed(room, committed)?;
+            }
+            Ok(stored)
+        });
+        match stored.await? {
             Fenced::Done(Replicated::Stored) => {
                 let mut commits = self.replica_commits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let known = commits.entry(room).or_insert(0);

@@ -10,12 +10,21 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::log::RoomLog;
 use super::mesh::Dispatch;
 use super::owner::{self, blocking, OwnerCommand, Sent};
 use super::{control_link, Node, NodeError};
 use crate::protocol::{
-    MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, RoomId, RoomRoute, RoutingTable, Seq, StoredMessage, UserId,
+    LogQuery, MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, ReadMessage, RoomId, RoomRoute, RoutingTable,
+    Seq, UserId,
 };
+use crate::store::StoreError;
+
+/// A read's answer: the entries, whether there are more, and the seq the read stopped at.
+pub type Page = (Vec<ReadMessage>, bool, Seq);
+
+/// Most mentions one query returns.
+pub const MAX_MENTIONS: usize = 100;
 
 /// The routing table as lookups.
 #[derive(Debug, Default)]
@@ -205,23 +214,39 @@ impl Node {
         }
     }
 
-    /// Reads messages of a room from its owner, or its replica if the owner fails.
-    /// Returns (messages, has_more, last_seq).
+    /// Reads messages of a room from its owner, or its replica if the owner fails, with
+    /// their current state. Returns (messages, has_more, last_seq).
     pub async fn fetch(
         &self,
         room: RoomId,
         after: Option<Seq>,
         before: Option<Seq>,
         limit: u32,
-    ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+    ) -> Result<Page, NodeError> {
+        self.read_from_holders(room, MeshRequest::Fetch { room, after, before, limit }).await
+    }
+
+    /// A thread or a user's mentions, from the room's owner or else its replica.
+    pub async fn query(&self, room: RoomId, query: LogQuery) -> Result<Page, NodeError> {
+        self.read_from_holders(room, MeshRequest::Query { room, query }).await
+    }
+
+    /// Asks the room's owner, then its replica, for a read (this node's own copy without
+    /// the mesh).
+    async fn read_from_holders(&self, room: RoomId, request: MeshRequest) -> Result<Page, NodeError> {
         let route = self.room(room).ok_or(NodeError::UnknownRoom)?;
         let mut last_error = NodeError::Unavailable("the room has no owner or replica".into());
         for holder in [route.owner, route.replica].into_iter().flatten() {
             let result = if holder == self.id {
-                self.fetch_local(room, after, before, limit).await
+                match request.clone() {
+                    MeshRequest::Fetch { room, after, before, limit } => {
+                        self.fetch_local(room, after, before, limit).await
+                    }
+                    MeshRequest::Query { room, query } => self.query_local(room, query).await,
+                    other => Err(NodeError::Internal(format!("not a read: {other:?}"))),
+                }
             } else {
-                let request = MeshRequest::Fetch { room, after, before, limit };
-                match self.mesh_request(holder, request, Duration::from_secs(5)).await {
+                match self.mesh_request(holder, request.clone(), Duration::from_secs(5)).await {
                     Ok(MeshResponse::Messages { messages, has_more, last_seq }) => Ok((messages, has_more, last_seq)),
                     Ok(other) => Err(NodeError::from_response(other)),
                     Err(e) => Err(e),
@@ -237,17 +262,49 @@ impl Node {
 
     /// Reads this node's copy of a room's log, up to the commit point this node knows
     /// (an owner's own, or the one its owner last told this replica): never a message
-    /// that is not acknowledged yet, which a failed round could still give up.
+    /// that is not acknowledged yet, which a failed round could still give up. Events up
+    /// to that point are folded into the messages they change.
     pub async fn fetch_local(
         &self,
         room: RoomId,
         after: Option<Seq>,
         before: Option<Seq>,
         limit: u32,
-    ) -> Result<(Vec<StoredMessage>, bool, Seq), NodeError> {
+    ) -> Result<Page, NodeError> {
+        let limit = limit as usize;
+        self.read_local(room, move |log, last_seq| {
+            let mut messages = match (after, before) {
+                (Some(after), _) => log.after(room, after, limit + 1)?,
+                (None, before) => log.before(room, before.unwrap_or(u64::MAX).min(last_seq + 1), limit + 1)?,
+            };
+            messages.retain(|message| message.seq <= last_seq);
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            Ok((log.fold(room, messages, last_seq)?, has_more))
+        })
+        .await
+    }
+
+    /// A thread or a user's mentions from this node's copy, up to its commit point.
+    pub async fn query_local(&self, room: RoomId, query: LogQuery) -> Result<Page, NodeError> {
+        self.read_local(room, move |log, last_seq| match query {
+            LogQuery::Thread { root } => Ok((log.thread(room, root, last_seq)?, false)),
+            LogQuery::Mentions { user, after, limit, newest } => {
+                log.mentions(room, &user, (after, last_seq), (limit as usize).min(MAX_MENTIONS), newest)
+            }
+        })
+        .await
+    }
+
+    /// Runs `read` on this node's copy of the room with the seq reads stop at: refused
+    /// while the copy lacks older messages or its commit point is not known.
+    async fn read_local(
+        &self,
+        room: RoomId,
+        read: impl FnOnce(&RoomLog, Seq) -> Result<(Vec<ReadMessage>, bool), StoreError> + Send + 'static,
+    ) -> Result<Page, NodeError> {
         let committed = self.readable_up_to(room);
         let log = self.log.clone();
-        let limit = limit as usize;
         blocking(move || {
             if log.missing(room)?.is_some() {
                 // A read across the range would skip messages (docs/REPLICATION.md, "Reads").
@@ -263,16 +320,18 @@ impl Node {
                     return Ok(Err(NodeError::Unavailable("this copy of the room is not readable yet; retry".into())))
                 }
             };
-            let mut messages = match (after, before) {
-                (Some(after), _) => log.after(room, after, limit + 1)?,
-                (None, before) => log.before(room, before.unwrap_or(u64::MAX).min(last_seq + 1), limit + 1)?,
-            };
-            messages.retain(|message| message.seq <= last_seq);
-            let has_more = messages.len() > limit;
-            messages.truncate(limit);
+            let (messages, has_more) = read(&log, last_seq)?;
             Ok(Ok((messages, has_more, last_seq)))
         })
         .await?
+    }
+
+    /// The seq after which `user` reads `room`: a group-DM member added without its
+    /// history sees only what came after (0: everything).
+    pub fn history_floor(&self, room: RoomId, user: UserId) -> Seq {
+        self.room(room)
+            .and_then(|route| route.history_from.iter().find(|(member, _)| *member == user).map(|(_, seq)| *seq))
+            .unwrap_or(0)
     }
 
     /// The commit point reads of `room` on this node stop at (`None`: not known).

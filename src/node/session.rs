@@ -23,11 +23,14 @@ use tracing::Instrument;
 
 use super::frames;
 use super::hub::{CatchUpPage, Outbound, Subscriber};
-use super::owner::{chat_message, frame_json};
+use super::owner::{frame_json, read_message};
+use super::routing::MAX_MENTIONS;
 use super::subscription::{AfterPage, Subscription};
 use super::{Node, NodeError};
 use crate::now_ms;
-use crate::protocol::{ClientFrame, ConnectionClaims, Outgoing, RoomId, Seq, ServerFrame};
+use crate::protocol::{
+    Action, ChatMessage, ClientFrame, ConnectionClaims, LogQuery, Outgoing, ReadMessage, RoomId, Seq, ServerFrame,
+};
 
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
 /// their frames, ~2 × 100 × the text size).
@@ -62,6 +65,13 @@ struct CatchUp {
     room: RoomId,
     after: Option<Seq>,
     delay: Duration,
+}
+
+/// A read a session answers with one frame.
+enum Read {
+    History { before: Option<Seq>, limit: Option<u32> },
+    Thread { root: Seq },
+    Mentions { after: Seq },
 }
 
 /// A token bucket: `rate` a second, bursts of twice that.
@@ -227,7 +237,20 @@ impl Session {
                 self.leave(room);
                 Vec::new()
             }
-            ClientFrame::Send { room, client_id, text } => self.send(&user, room, client_id, text).await,
+            ClientFrame::Send { room, client_id, text, reply_to } => {
+                self.send(&user, room, client_id, Action::Message { text, reply_to }).await
+            }
+            ClientFrame::Edit { room, client_id, target, text } => {
+                self.send(&user, room, client_id, Action::Edit { target, text }).await
+            }
+            ClientFrame::Delete { room, client_id, target } => {
+                self.send(&user, room, client_id, Action::Delete { target }).await
+            }
+            ClientFrame::React { room, client_id, target, emoji } => {
+                self.send(&user, room, client_id, Action::React { target, emoji }).await
+            }
+            ClientFrame::Thread { room, root } => self.read(&user, room, Read::Thread { root }).await,
+            ClientFrame::Mentions { room, after } => self.read(&user, room, Read::Mentions { after }).await,
             ClientFrame::Typing { room } => {
                 if self.rooms.contains_key(&room) {
                     self.node.send_typing(room, user.username.clone());
@@ -236,7 +259,9 @@ impl Session {
                     vec![error("not_subscribed", "subscribe to the room first", Some(room.to_string()))]
                 }
             }
-            ClientFrame::History { room, before, limit } => self.history(&user, room, before, limit).await,
+            ClientFrame::History { room, before, limit } => {
+                self.read(&user, room, Read::History { before, limit }).await
+            }
         }
     }
 
@@ -273,6 +298,9 @@ impl Session {
         let subscriber = Subscriber { username: user.username.clone(), tx: self.tx.clone(), kick: self.kick.clone() };
         let users = self.node.hub.join(room, self.id, subscriber);
         self.node.send_interest(room, users);
+        // A group-DM member added without its history resumes no earlier than their join.
+        let floor = self.node.history_floor(room, user.user_id);
+        let since = since.map(|since| since.max(floor));
         let after = self.rooms.entry(room).or_default().subscribe(since);
         self.catch_up(room, after, Duration::ZERO);
         Vec::new()
@@ -329,7 +357,9 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, user: &ConnectionClaims, room: RoomId, client_id: String, body: String) -> Vec<Message> {
+    /// A message or an event on one: checked here (rate, access, mute), sequenced by the
+    /// room's owner, answered with `ack` or `error` (ref: the `client_id`).
+    async fn send(&mut self, user: &ConnectionClaims, room: RoomId, client_id: String, action: Action) -> Vec<Message> {
         let reference = Some(client_id.clone());
         if !self.sends.take() {
             return vec![error("rate_limited", "too many messages; slow down", reference)];
@@ -343,7 +373,7 @@ impl Session {
         let received = Instant::now();
         let sending = async move {
             let message =
-                Outgoing { user_id: user.user_id, username: user.username, client_id: client_id.clone(), text: body };
+                Outgoing { user_id: user.user_id, username: user.username, client_id: client_id.clone(), action };
             let result = node.send_message(room, message).await;
             let frame = match result {
                 Ok(sent) => {
@@ -363,13 +393,9 @@ impl Session {
         Vec::new()
     }
 
-    async fn history(
-        &mut self,
-        user: &ConnectionClaims,
-        room: RoomId,
-        before: Option<Seq>,
-        limit: Option<u32>,
-    ) -> Vec<Message> {
+    /// A read that is not a resume: older history, a thread, this user's mentions. At most
+    /// `limits.reads_in_flight` answers are fetched and not yet written.
+    async fn read(&mut self, user: &ConnectionClaims, room: RoomId, read: Read) -> Vec<Message> {
         if let Some(refused) = self.read_refused(room) {
             return vec![refused];
         }
@@ -381,14 +407,40 @@ impl Session {
             return vec![node_error(&e, Some(room.to_string()))];
         }
         self.histories_in_flight += 1;
-        let (node, tx) = (self.node.clone(), self.tx.clone());
-        let limit = limit.unwrap_or(50).clamp(1, 200);
+        let (node, tx, username) = (self.node.clone(), self.tx.clone(), user.username.clone());
+        let floor = self.node.history_floor(room, user.user_id);
         tokio::spawn(async move {
-            let frame = match node.fetch(room, None, before, limit).await {
-                Ok((messages, has_more, _)) => {
-                    let messages = messages.iter().map(|m| chat_message(room, m)).collect();
-                    frame_json(&ServerFrame::History { room, messages, has_more })
+            let visible = |messages: Vec<ReadMessage>| -> Vec<ChatMessage> {
+                messages.iter().filter(|m| m.message.seq > floor).map(|m| read_message(room, m)).collect()
+            };
+            let answer = match read {
+                Read::History { before, limit } => {
+                    let limit = limit.unwrap_or(50).clamp(1, 200);
+                    node.fetch(room, None, before, limit).await.map(|(messages, has_more, _)| {
+                        let all = messages.len();
+                        let messages = visible(messages);
+                        let has_more = has_more && messages.len() == all;
+                        ServerFrame::History { room, messages, has_more }
+                    })
                 }
+                Read::Thread { root } => node
+                    .query(room, LogQuery::Thread { root })
+                    .await
+                    .map(|(messages, _, _)| ServerFrame::Thread { room, root, messages: visible(messages) }),
+                Read::Mentions { after } => {
+                    let (after, limit) = (after.max(floor), MAX_MENTIONS as u32);
+                    node.query(room, LogQuery::Mentions { user: username, after, limit, newest: false }).await.map(
+                        |(messages, has_more, _)| ServerFrame::Mentions {
+                            room,
+                            after,
+                            messages: visible(messages),
+                            has_more,
+                        },
+                    )
+                }
+            };
+            let frame = match answer {
+                Ok(frame) => frame_json(&frame),
                 Err(e) => frame_json(&ServerFrame::Error {
                     code: e.code().into(),
                     message: e.to_string(),
@@ -455,7 +507,7 @@ impl Session {
             }
         };
         let messages =
-            page.messages.iter().map(|m| (m.seq, text(&ServerFrame::Message(chat_message(room, m))))).collect();
+            page.messages.iter().map(|m| (m.message.seq, text(&ServerFrame::Message(read_message(room, m))))).collect();
         let (mut out, next) = subscription.page(messages, page.has_more, page.last_seq);
         match next {
             AfterPage::Fetch { after, delay } => self.catch_up(room, Some(after), delay),

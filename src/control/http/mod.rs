@@ -9,6 +9,7 @@
 //! | [`chat`] | `GET /api/token`, `GET /api/nodes`, `POST /api/dms`, `GET /api/rooms/{id}/messages` |
 //! | [`group_dms`] | `POST /api/group-dms` |
 //! | [`moderation`] | `GET,POST /api/rooms/{id}/moderation`, `GET /api/rooms/{id}/audit` |
+//! | [`messages`] | `POST /api/rooms/{id}/messages`, `PATCH,DELETE /api/rooms/{id}/messages/{seq}`, `POST …/{seq}/reactions`, `GET /api/rooms/{id}/threads/{root}`, `GET /api/mentions` |
 //! | [`read_marks`] | `GET,POST /api/read-marks` |
 //! | [`cluster`] | `/healthz`, `/metrics`, `GET /api/cluster` |
 //! | [`nodes`] | `/internal/nodes/*`, `/internal/routes` (chat nodes; cluster secret) |
@@ -35,6 +36,7 @@ pub mod extractor;
 pub mod forward;
 pub mod group_dms;
 pub mod limiter;
+pub mod messages;
 pub mod moderation;
 pub mod nodes;
 pub mod raft;
@@ -75,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::routes())
         .merge(group_dms::routes())
         .merge(moderation::routes())
+        .merge(messages::routes())
         .merge(read_marks::routes(web_state.read_marks.clone()))
         .merge(nodes::routes())
         .merge(admin::routes())

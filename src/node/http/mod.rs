@@ -1,30 +1,31 @@
 //! The node's HTTP surface: `/ws` (browsers, Origin-checked), `/mesh` (other nodes,
-//! cluster secret), `/internal/rooms/{id}/messages` (history for the control's REST API,
-//! cluster secret), `/healthz` and `/metrics`.
+//! cluster secret), `/internal/rooms/…` (history, threads, mentions and message events
+//! for the control's REST API, cluster secret: [`rooms`]), `/healthz` and `/metrics`.
 
 pub mod backup;
+mod rooms;
 
 use std::net::SocketAddr;
 
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::node::owner::chat_message;
 use crate::node::{mesh, session, Node};
-use crate::protocol::HistoryPage;
 
 pub fn router(node: Node) -> Router {
     Router::new()
         .route("/ws", get(browser_socket))
         .route("/mesh", get(mesh_socket))
-        .route("/internal/rooms/{id}/messages", get(history))
+        .route("/internal/rooms/{id}/messages", get(rooms::history))
+        .route("/internal/rooms/{id}/events", axum::routing::post(rooms::post_event))
+        .route("/internal/rooms/{id}/threads/{root}", get(rooms::thread))
+        .route("/internal/rooms/{id}/mentions", get(rooms::mentions))
         .route("/api/admin/backup", axum::routing::post(backup::create_backup))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(crate::http_edge::metrics))
@@ -90,33 +91,4 @@ async fn mesh_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebS
     upgrade
         .max_message_size(64 * 1024 * 1024)
         .on_upgrade(move |socket| mesh::serve_link(socket, node, shutdown, at_once))
-}
-
-#[derive(Deserialize)]
-struct HistoryQuery {
-    before: Option<u64>,
-    limit: Option<u32>,
-}
-
-/// History for the control plane's REST API (which checked access already).
-async fn history(
-    State(node): State<Node>,
-    Path(room): Path<u64>,
-    Query(query): Query<HistoryQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if !node.secret.matches(&headers) {
-        return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
-    }
-    let limit = query.limit.unwrap_or(50).clamp(1, 200);
-    match node.fetch_local(room, None, query.before, limit).await {
-        Ok((messages, has_more, _)) => {
-            let messages = messages.iter().map(|m| chat_message(room, m)).collect();
-            Json(HistoryPage { messages, has_more }).into_response()
-        }
-        Err(e) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"code": e.code(), "message": e.to_string()})))
-                .into_response()
-        }
-    }
 }

@@ -512,7 +512,9 @@ impl Client {
             ServerFrame::Subscribed { .. }
             | ServerFrame::Presence { .. }
             | ServerFrame::Typing { .. }
-            | ServerFrame::History { .. } => Event::Other,
+            | ServerFrame::History { .. }
+            | ServerFrame::Thread { .. }
+            | ServerFrame::Mentions { .. } => Event::Other,
         })
     }
 
@@ -610,7 +612,12 @@ impl Client {
         let text = format!("bench message {message} from client {}", self.index);
         let now = Instant::now();
         lock(&self.shared.sent_at).insert(client_id.clone(), now);
-        let frame = ClientFrame::Send { room: self.outcome.room, client_id: client_id.clone(), text: text.clone() };
+        let frame = ClientFrame::Send {
+            room: self.outcome.room,
+            client_id: client_id.clone(),
+            text: text.clone(),
+            reply_to: None,
+        };
         self.pending.insert(
             client_id,
             Pending {
@@ -676,7 +683,8 @@ impl Client {
         }
         pending.free_retry = false;
         self.outcome.retries += 1;
-        let frame = ClientFrame::Send { room: self.outcome.room, client_id, text: pending.text.clone() };
+        let frame =
+            ClientFrame::Send { room: self.outcome.room, client_id, text: pending.text.clone(), reply_to: None };
         send_frame(ws, &frame).await
     }
 

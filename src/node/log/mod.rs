@@ -6,7 +6,8 @@
 //! stored at that epoch as a replica, so a stale owner is refused and a late `Adopt` of
 //! the same epoch drops nothing stored since: docs/REPLICATION.md, I8) and `missing`
 //! (room → first ‖ last seq a replica still lacks while its owner copies the older log in
-//! the background: docs/REPLICATION.md, "Background copy", I9). All calls block: async
+//! the background: docs/REPLICATION.md, "Background copy", I9), and the indexes of message
+//! events (`relations`, `mentions`, `redactions`: [`events`]). All calls block: async
 //! callers use `spawn_blocking`.
 //!
 //! Writes that depend on a room's fence (a replica storing, an owner appending, a new
@@ -19,6 +20,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+pub mod events;
+
+use events::{decode_entry, CF_MENTIONS, CF_REDACTIONS, CF_RELATIONS};
 
 use crate::protocol::{MessageStamp, RoomId, Seq, StoredMessage, UserId};
 use crate::store::checkpoint::{CheckpointError, CheckpointFiles};
@@ -66,7 +71,11 @@ pub enum Fenced<T> {
 impl RoomLog {
     pub fn open(dir: &Path, fsync: bool, memory: &StoreMemory) -> Result<Self, StoreError> {
         let fence_locks = Arc::new((0..FENCE_STRIPES).map(|_| Mutex::new(())).collect());
-        let db = store::open(dir, &[CF_MESSAGES, CF_DEDUPE, CF_FENCES, CF_MISSING], memory)?;
+        let db = store::open(
+            dir,
+            &[CF_MESSAGES, CF_DEDUPE, CF_FENCES, CF_MISSING, CF_RELATIONS, CF_MENTIONS, CF_REDACTIONS],
+            memory,
+        )?;
         Ok(Self { db, fsync, fence_locks })
     }
 
@@ -269,12 +278,15 @@ impl RoomLog {
         let keys = messages.iter().map(|message| (messages_cf, store::pair_key(room, message.seq)));
         for (message, replaced) in messages.iter().zip(self.db.multi_get_cf(keys)) {
             let Some(bytes) = replaced? else { continue };
-            let replaced: StoredMessage = store::decode(&bytes)?;
+            let replaced = decode_entry(&bytes)?;
             if stamp(&replaced) != stamp(message) {
                 self.forget_dedupe(&mut batch, room, &replaced)?;
             }
+            // Its index keys go either way: the same entry adds them again below.
+            self.unindex(&mut batch, room, &replaced)?;
         }
         for message in messages {
+            self.index(&mut batch, room, message)?;
             batch.put_cf(messages_cf, store::pair_key(room, message.seq), store::encode(message)?);
             batch.put_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id), message.seq.to_be_bytes());
         }
@@ -307,7 +319,7 @@ impl RoomLog {
     pub fn stamp_at(&self, room: RoomId, seq: Seq) -> Result<Option<MessageStamp>, StoreError> {
         let cf = store::cf(&self.db, CF_MESSAGES)?;
         match self.db.get_cf(cf, store::pair_key(room, seq))? {
-            Some(bytes) => Ok(Some(stamp(&store::decode(&bytes)?))),
+            Some(bytes) => Ok(Some(stamp(&decode_entry(&bytes)?))),
             None => Ok(None),
         }
     }
@@ -320,7 +332,7 @@ impl RoomLog {
             .multi_get_cf(keys)
             .into_iter()
             .map(|found| match found? {
-                Some(bytes) => Ok(Some(stamp(&store::decode(&bytes)?))),
+                Some(bytes) => Ok(Some(stamp(&decode_entry(&bytes)?))),
                 None => Ok(None),
             })
             .collect()
@@ -351,7 +363,7 @@ impl RoomLog {
             if store::key_pair(&key)?.0 != room || messages.len() >= limit {
                 break;
             }
-            messages.push(store::decode(&value)?);
+            messages.push(decode_entry(&value)?);
         }
         Ok(messages)
     }
@@ -369,7 +381,7 @@ impl RoomLog {
             if store::key_pair(&key)?.0 != room || messages.len() >= limit {
                 break;
             }
-            messages.push(store::decode(&value)?);
+            messages.push(decode_entry(&value)?);
         }
         Ok(messages)
     }
@@ -386,6 +398,7 @@ impl RoomLog {
         for message in &doomed {
             batch.delete_cf(messages_cf, store::pair_key(room, message.seq));
             self.forget_dedupe(&mut batch, room, message)?;
+            self.unindex(&mut batch, room, message)?;
         }
         if clear_missing {
             self.put_missing(&mut batch, room, None)?;
@@ -471,6 +484,7 @@ mod tests {
             text: format!("m{seq}"),
             ts: 0,
             client_id: format!("c{seq}"),
+            kind: crate::protocol::EntryKind::message(),
         }
     }
 
