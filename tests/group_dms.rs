@@ -21,10 +21,11 @@ async fn visible(api: &Api, base: &str) -> Vec<u64> {
     rooms["rooms"].as_array().expect("rooms").iter().filter_map(|room| room["id"].as_u64()).collect()
 }
 
-/// `room`'s history as `api`'s user reads it over REST (waits out a room that is
-/// briefly unavailable).
+/// `room`'s chat messages as `api`'s user reads them over REST (waits out a room that is
+/// briefly unavailable); the system lines of additions ("carol added dave") left out.
 async fn read(api: &Api, base: &str, room: u64) -> BTreeMap<u64, String> {
-    wait_for("the history", Duration::from_secs(15), || history(api, base, room)).await
+    let all = wait_for("the history", Duration::from_secs(15), || history(api, base, room)).await;
+    all.into_iter().filter(|(_, client_id)| !client_id.starts_with("group-add-")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +99,14 @@ async fn group_dms_are_for_their_members_and_keep_history_as_the_creator_chose()
     let carol_sees = read(&users["carol"], &base, room).await;
     assert_eq!(carol_sees.len(), before.len() + after.len(), "the others read everything");
     assert!(visible(&users["dave"], &base).await.contains(&room));
+    // The room says who added whom, in a system line the newcomer reads too.
+    let line = wait_for("the addition's system line", Duration::from_secs(15), || async {
+        let page = users["dave"].get(&format!("{base}/api/rooms/{room}/messages")).await.ok()?;
+        let messages = page["messages"].as_array()?.clone();
+        messages.into_iter().find(|m| m["kind"] == "system")
+    })
+    .await;
+    assert_eq!(line["text"], "carol added dave");
 
     // With shared history.
     let (status, shared) =

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::chat::{answer, token, ChatCluster, WsClient};
-use common::{tuning, Api, TestCluster};
+use common::{tuning, wait_for, Api, TestCluster};
 use serde_json::{json, Value};
 
 /// GETs `url` with `api`'s token: the status and JSON body.
@@ -235,6 +235,21 @@ async fn mute_kick_and_ban_are_refused_on_every_path_with_their_codes() {
         .await
         .expect("page");
     assert_eq!(page.status().as_u16(), 403, "the room page");
+
+    // Each act shows in the room as a system line.
+    let lines = wait_for("the ban's system line", Duration::from_secs(15), || async {
+        let page = owner.get(&format!("{base}/api/rooms/{lobby}/messages?limit=200")).await.ok()?;
+        let texts: Vec<String> = page["messages"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["kind"] == "system")
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .collect();
+        texts.iter().any(|text| text == "owner banned dave").then_some(texts)
+    })
+    .await;
+    assert!(lines.iter().any(|text| text == "owner muted carol for 2 s"), "{lines:?}");
+    assert!(lines.iter().any(|text| text == "owner unmuted carol"), "{lines:?}");
 
     // Unban: joins again (and the nodes let them back in).
     done(&owner, &base, lobby, "unban", "dave", None).await;

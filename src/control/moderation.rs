@@ -1,11 +1,17 @@
 //! Moderation acts and group-DM additions as the edge performs them: the catalog write
 //! (checked again in [`Catalog::apply`](super::catalog::Catalog::apply)), plus what needs
 //! more than the catalog — the room's newest seq from its node when a group-DM member is
-//! added without the history, and the sentence that describes an act. The REST API and
-//! the pages both call these, so the two paths cannot drift apart.
+//! added without the history, and the system line that tells the room what happened
+//! ("alice muted bob for 10 min", posted to the room's log through
+//! [`room_events`](super::room_events) once the write is applied; in the background, so
+//! a slow node delays no answer, and a line that cannot be posted is logged, not an
+//! error: the act itself is done). The REST API and the pages both call these, so the
+//! two paths cannot drift apart.
 
 use super::catalog::{Catalog, Command, ModAction, RoomId, UserId};
 use super::history;
+use super::raft::state_machine::read_state;
+use super::room_events;
 use super::write::WriteError;
 use super::AppState;
 use crate::now_ms;
@@ -31,9 +37,25 @@ pub async fn act(
 ) -> Result<String, WriteError> {
     let at_ms = now_ms();
     app.writer.write(Command::Moderate { room, by, user, action, at_ms }).await?;
-    let sentence = describe(&super::raft::state_machine::read_state(&app.state).catalog, by, user, action, at_ms);
+    let sentence = describe(&read_state(&app.state).catalog, by, user, action, at_ms);
     tracing::info!(room, by, user, action = action.name(), "a moderation act was applied");
+    let client_id = format!("moderation-{at_ms}-{by}-{user}-{}", action.name());
+    system_line(app, room, by, client_id, sentence.clone());
     Ok(sentence)
+}
+
+/// Posts `text` as a system line in `room`'s log, by `by`, in the background.
+fn system_line(app: &AppState, room: RoomId, by: UserId, client_id: String, text: String) {
+    let Some(username) = read_state(&app.state).catalog.users.get(&by).map(|user| user.username.clone()) else {
+        return;
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        let action = crate::protocol::Action::System { text };
+        if let Err(e) = room_events::post(&app, room, (by, &username), &client_id, action).await {
+            tracing::warn!(room, error = ?e, "a moderation system line was not posted");
+        }
+    });
 }
 
 /// A member `by` adds `user` to the group DM `room`. Without shared history, the room's
@@ -44,7 +66,14 @@ pub async fn add_group_member(app: &AppState, room: RoomId, by: UserId, user: Us
         state.catalog.group_dm(room).is_some_and(|group| group.share_history)
     };
     let last_seq = if share_history { 0 } else { history::last_seq(app, room).await? };
-    app.writer.write(Command::AddGroupMember { room, by, user, last_seq, at_ms: now_ms() }).await?;
+    let at_ms = now_ms();
+    app.writer.write(Command::AddGroupMember { room, by, user, last_seq, at_ms }).await?;
+    let text = {
+        let catalog = &read_state(&app.state).catalog;
+        let name = |id: UserId| catalog.users.get(&id).map_or_else(|| format!("user {id}"), |u| u.username.clone());
+        format!("{} added {}", name(by), name(user))
+    };
+    system_line(app, room, by, format!("group-add-{at_ms}-{by}-{user}"), text);
     Ok(())
 }
 
