@@ -36,7 +36,7 @@ async fn done(api: &Api, base: &str, room: u64, action: &str, username: &str, se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_or_the_admin_names_moderators_and_the_audit_lists_every_act() {
-    let cluster = TestCluster::start(3, tuning()).await;
+    let mut cluster = TestCluster::start(3, tuning()).await;
     let base = cluster.url(0);
     let admin = Api::logged_in(&base, "admin").await; // the first account: the admin
     let owner = Api::logged_in(&base, "owner").await;
@@ -102,6 +102,17 @@ async fn only_the_owner_or_the_admin_names_moderators_and_the_audit_lists_every_
     assert_eq!(status, 200, "the admin moderates every room: {state}");
     assert_eq!(state["banned"], json!(["dave"]));
     assert_eq!(state["owner"], "owner");
+
+    // A member restarted from its disk has the same roles, bans and audit (rows of the
+    // `room_policies` and `audit` column families).
+    cluster.wait_converged().await;
+    let before = cluster.catalog(2);
+    assert!(!before.audit.is_empty() && !before.policies.is_empty());
+    cluster.stop(2).await;
+    cluster.restart(2).await;
+    cluster.wait_converged().await;
+    let after = cluster.catalog(2);
+    assert_eq!((after.policies, after.audit), (before.policies, before.audit), "moderation survives a restart");
 
     // The moderation page answers the same way.
     let page = owner
