@@ -96,6 +96,14 @@ async fn group_dms_are_for_their_members_and_keep_history_as_the_creator_chose()
     };
     let dave_sees: Vec<u64> = read(&users["dave"], &base, room).await.into_keys().collect();
     assert_eq!(dave_sees, after, "a member added without history reads only what followed");
+    // The nodes hold the WebSocket to the same start (they learn it from the routing table
+    // in the same version as the membership).
+    let (dave_token, _) = token(&users["dave"], &base).await;
+    let mut dave = WsClient::connect(&cluster.node(1).ws_url(), &dave_token).await;
+    let (caught_up, _) = dave.subscribe(room, Some(0)).await;
+    let last_before = before.keys().max().copied().unwrap_or(0);
+    assert!(!caught_up.is_empty(), "dave catches up on what followed his addition");
+    assert!(caught_up.iter().all(|m| m["seq"].as_u64().is_some_and(|seq| seq > last_before)), "{caught_up:?}");
     let carol_sees = read(&users["carol"], &base, room).await;
     assert_eq!(carol_sees.len(), before.len() + after.len(), "the others read everything");
     assert!(visible(&users["dave"], &base).await.contains(&room));
