@@ -120,6 +120,12 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("send", json!({"type": "send", "room": 12, "client_id": "5f0c9a0e", "text": "hello, world"})),
         ("typing", json!({"type": "typing", "room": 12})),
         ("history", json!({"type": "history", "room": 12, "before": 90, "limit": 50})),
+        ("reply", json!({"type": "send", "room": 12, "client_id": "c2", "text": "@ann yes", "reply_to": 43})),
+        ("edit", json!({"type": "edit", "room": 12, "client_id": "c3", "target": 43, "text": "fixed"})),
+        ("delete", json!({"type": "delete", "room": 12, "client_id": "c4", "target": 43})),
+        ("react", json!({"type": "react", "room": 12, "client_id": "c5", "target": 43, "emoji": "👍"})),
+        ("thread", json!({"type": "thread", "room": 12, "root": 43})),
+        ("mentions", json!({"type": "mentions", "room": 12, "after": 40})),
     ] {
         seeds.push(("browser_frame", name, frame.to_string().into_bytes()));
     }

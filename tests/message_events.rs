@@ -337,3 +337,94 @@ async fn edits_deletes_reactions_replies_and_mentions_round_trip() {
     let page: Vec<u64> = resumed.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
     assert_eq!(page, (1..=page.len() as u64).collect::<Vec<_>>(), "every entry once, in order");
 }
+
+/// Ops the failover test sends: ten of each kind.
+const OPS: u64 = 40;
+
+/// Op `i` (< [`OPS`]) of the failover test: edits, reactions and replies on messages
+/// 1–10, deletes of messages 11–20 (so no op targets a deleted message).
+fn op(room: u64, i: u64) -> Value {
+    let client_id = format!("op{i}");
+    let target = 1 + i % 10;
+    match i % 4 {
+        0 => {
+            json!({"type": "edit", "room": room, "client_id": client_id, "target": target, "text": format!("edit {i}")})
+        }
+        1 => json!({"type": "react", "room": room, "client_id": client_id, "target": target, "emoji": "👍"}),
+        2 => {
+            json!({"type": "send", "room": room, "client_id": client_id, "text": format!("reply {i}"), "reply_to": target})
+        }
+        _ => json!({"type": "delete", "room": room, "client_id": client_id, "target": 11 + (i / 4) % 10}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_equals_the_history_after_the_owner_dies_mid_events() {
+    let mut cluster = ChatCluster::start(3).await;
+    let base = cluster.url();
+    let writer = Api::logged_in(&base, "writer").await;
+    let room = cluster.create_room(&writer, "failover-events", false).await;
+    let (room, owner) = (room["id"].as_u64().unwrap(), room["owner"].as_u64().unwrap());
+    let replica = cluster.controls.catalog(0).rooms[&room].replica.expect("a replica");
+    let third = (0..3).find(|i| ![owner, replica].contains(&cluster.node(*i).id())).expect("a third node");
+    let (writer_token, _) = token(&writer, &base).await;
+    // The writer and an observer sit on the node that neither owns nor copies the room.
+    let mut w = Client::connect(&cluster.node(third).ws_url(), &writer_token, room).await;
+    let mut observer = Client::connect(&cluster.node(third).ws_url(), &writer_token, room).await;
+    for i in 1..=20 {
+        let send = json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": format!("message {i}")});
+        assert_eq!(w.change(send).await.expect("sent"), i);
+    }
+    for i in 0..16 {
+        w.change(op(room, i)).await.expect("an op before the kill");
+    }
+    // A burst in flight when the owner dies: each is then retried with its client_id.
+    for i in 16..28 {
+        w.ws.send(op(room, i)).await;
+    }
+    cluster.stop_node(cluster.index_of(owner)).await;
+    for i in 16..OPS {
+        w.change(op(room, i)).await.unwrap_or_else(|e| panic!("op {i}: {e}"));
+    }
+
+    let history = history_view(&writer, &base, room).await;
+    let epoch = cluster.controls.catalog(0).rooms[&room].epoch;
+    assert!(epoch > 1, "the room moved to a new owner");
+    // The observer's live view (with whatever catch-up the failover made it fetch),
+    // applied in seq order.
+    let newest = *history.keys().max().expect("messages");
+    let log = cluster.room_log(replica, room).await;
+    let end = log.last().map(|(seq, _)| *seq).expect("entries");
+    assert!(end >= newest);
+    let frames: Vec<Value> = {
+        for seq in 1..=end {
+            observer.message(seq).await;
+        }
+        observer.messages.values().cloned().collect()
+    };
+    let mut live = BTreeMap::new();
+    for frame in &frames {
+        apply(&mut live, frame);
+    }
+    assert_eq!(messages_only(&live, &history), history, "the observer's view equals the history");
+    // A client resuming from the start sees the same.
+    let mut fresh = WsClient::connect(&cluster.node(third).ws_url(), &writer_token).await;
+    let (resumed, _) = fresh.subscribe(room, Some(0)).await;
+    let mut resumed_view = BTreeMap::new();
+    for frame in &resumed {
+        apply(&mut resumed_view, frame);
+    }
+    assert_eq!(messages_only(&resumed_view, &history), history, "a resume from 0 equals the history");
+    // Every op applied once: one entry per client_id in the new owner's log.
+    let client_ids: Vec<&String> = log.iter().map(|(_, id)| id).collect();
+    let unique: BTreeSet<&String> = client_ids.iter().copied().collect();
+    assert_eq!(client_ids.len(), unique.len(), "no op applied twice");
+    assert_eq!(log.len(), 20 + OPS as usize, "every message and op once");
+    // Deleted texts are gone from the surviving copy on disk, not only from reads.
+    let survivor = cluster.node(cluster.index_of(replica)).node.log.clone();
+    for seq in 11..=20 {
+        assert!(history[&seq].deleted, "message {seq} was deleted");
+        let entry = survivor.entry(room, seq).expect("read the log").expect("the entry");
+        assert_eq!(entry.text, "", "message {seq} on disk");
+    }
+}

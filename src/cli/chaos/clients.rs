@@ -1,5 +1,8 @@
-//! The chaos run's chat clients: each follows one room and sends into it one message at a
-//! time, like `static/chat.js` does: every send carries a `client_id`; a send that is not
+//! The chaos run's chat clients: each follows one room and sends into it one change at a
+//! time, like `static/chat.js` does: messages, and edits, reactions and deletes of its own
+//! earlier messages (message events are log entries too, so every promise the checks
+//! count holds for them: docs/PROTOCOL.md, "Message events"). Every change carries a
+//! `client_id`; a change that is not
 //! acknowledged (an error, a timeout, a dropped connection) is retried with the same
 //! `client_id`; a dropped connection is replaced by one to any node (a fresh token from
 //! any control), resuming with `since` = the last seq it showed. What they saw is
@@ -81,6 +84,7 @@ impl Clients {
                     target: target.clone(),
                     shared: shared.clone(),
                     last_seen: 0,
+                    own: Vec::new(),
                 };
                 tokio::spawn(client.run(interval))
             })
@@ -120,6 +124,8 @@ struct Client {
     shared: Arc<Shared>,
     /// The highest seq this client has shown (what it resumes from).
     last_seen: u64,
+    /// The seqs of this client's acknowledged messages not deleted: its events' targets.
+    own: Vec<u64>,
 }
 
 /// What became of one attempt at a send.
@@ -135,6 +141,7 @@ impl Client {
         let mut n = 0u64;
         while !self.stopped() {
             let client_id = format!("{}-{n}", self.name);
+            let change = self.change(n, &client_id);
             loop {
                 if self.stopped() {
                     return;
@@ -146,13 +153,22 @@ impl Client {
                     }
                     continue;
                 };
-                match self.attempt(ws, &client_id).await {
+                match self.attempt(ws, &change).await {
                     Attempt::Acked(seq) => {
                         self.record_ack(&client_id, seq);
+                        match change["type"].as_str() {
+                            Some("send") => self.own.push(seq),
+                            Some("delete") => self.own.retain(|own| Some(*own) != change["target"].as_u64()),
+                            _ => {}
+                        }
                         break;
                     }
                     Attempt::Refused(code) => {
-                        *self.shared.seen().errors.entry(code).or_default() += 1;
+                        *self.shared.seen().errors.entry(code.clone()).or_default() += 1;
+                        if code == "not_found" || code == "forbidden" {
+                            // A refused event is an answer, not an outage: next change.
+                            break;
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Attempt::Reconnect => {
@@ -166,13 +182,32 @@ impl Client {
         }
     }
 
+    /// Change `n`: every tenth deletes the client's oldest message, the others in turn
+    /// send, edit the newest and toggle a reaction on it (a send while it has none).
+    fn change(&self, n: u64, client_id: &str) -> Value {
+        let room = self.room;
+        match (n % 10, n % 3, self.own.first(), self.own.last()) {
+            (9, _, Some(oldest), _) => {
+                json!({"type": "delete", "room": room, "client_id": client_id, "target": oldest})
+            }
+            (_, 1, _, Some(newest)) => {
+                json!({"type": "edit", "room": room, "client_id": client_id, "target": newest, "text": client_id})
+            }
+            (_, 2, _, Some(newest)) => {
+                json!({"type": "react", "room": room, "client_id": client_id, "target": newest, "emoji": "👍"})
+            }
+            _ => json!({"type": "send", "room": room, "client_id": client_id, "text": client_id}),
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
-    /// Sends `client_id` once and reads frames until its answer.
-    async fn attempt(&mut self, ws: &mut Ws, client_id: &str) -> Attempt {
-        let frame = json!({"type": "send", "room": self.room, "client_id": client_id, "text": client_id});
+    /// Sends `change` once and reads frames until its answer.
+    async fn attempt(&mut self, ws: &mut Ws, change: &Value) -> Attempt {
+        let client_id = change["client_id"].as_str().unwrap_or_default();
+        let frame = change;
         if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
             return Attempt::Reconnect;
         }
