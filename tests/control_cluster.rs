@@ -113,6 +113,8 @@ async fn bad_input_gets_typed_errors_and_the_member_stays_healthy() {
     }
     let forwarded = http.post(format!("{base}/internal/write")).body(vec![1u8; 8]).send().await.unwrap();
     assert_eq!(forwarded.status().as_u16(), 401);
+    let read_index = http.get(format!("{base}/internal/read-index")).send().await.unwrap();
+    assert_eq!(read_index.status().as_u16(), 401, "the read index needs the secret");
     let garbage =
         http.post(format!("{base}/raft/vote")).header(SECRET_HEADER, SECRET).body(vec![0xff; 3]).send().await.unwrap();
     assert_eq!(garbage.status().as_u16(), 400, "undecodable raft request");

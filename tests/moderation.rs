@@ -66,6 +66,12 @@ async fn only_the_owner_or_the_admin_names_moderators_and_the_audit_lists_every_
     done(&carol, &base, room, "unmute", "dave", None).await;
     done(&carol, &base, room, "kick", "dave", None).await;
     done(&carol, &base, room, "ban", "dave", None).await;
+    // Every member refuses at once, even one that has not applied the ban yet (a read
+    // barrier before the check).
+    for member in 0..3 {
+        let (status, body) = get(&dave, &format!("{}/api/rooms/{room}/messages", cluster.url(member))).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("banned")), "member {member}: {body}");
+    }
     done(&admin, &base, room, "remove_moderator", "carol", None).await;
     let (status, body) = act(&carol, &base, room, "unban", "dave", None).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "no longer a moderator: {body}");

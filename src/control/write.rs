@@ -10,10 +10,15 @@
 //! this member cannot catch up within [`APPLY_DEADLINE`] the write is reported
 //! `unavailable` although it committed; a retry with the same content meets the
 //! command's own idempotence rules (`username_taken`, ...). See ARCHITECTURE.md.
+//!
+//! Read barriers: [`Writer::read_barrier`] waits until this member has applied everything
+//! the leader had committed when asked (the leader's read index, confirmed by a heartbeat
+//! round to a quorum; asked over `GET /internal/read-index` from a follower), for a read
+//! that must not be stale: one that a kick or ban just revoked (room history).
 
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{CatalogError, Command, CommandOutput, CommandResult};
@@ -44,6 +49,15 @@ pub enum ForwardReply {
     /// The result and the index of the log entry that carried the command.
     Applied(CommandResult, u64),
     /// The receiver is not (or no longer) the leader; the sender should look again.
+    NotLeader,
+    Failed(String),
+}
+
+/// What `GET /internal/read-index` answers (bincode).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    /// The leader's read index: every entry a read must see is at or below it.
+    Index(u64),
     NotLeader,
     Failed(String),
 }
@@ -170,6 +184,66 @@ enum LocalFailure {
 }
 
 impl Writer {
+    /// Waits until this member's catalog holds every entry committed before the call (a
+    /// linearizable read point): the leader's read index, asked of the leader when this
+    /// member is a follower, then this member's own apply. `unavailable` when no leader
+    /// answers; bounded by [`WRITE_DEADLINE`] plus [`APPLY_DEADLINE`].
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        let index = match self.read_index_local().await {
+            Ok(index) => index,
+            Err(LocalFailure::NotLeader(Some(addr))) => self.read_index_at(&addr).await?,
+            Err(LocalFailure::NotLeader(None)) => return Err(WriteError::Unavailable("no leader is known".into())),
+            Err(LocalFailure::Other(reason)) => return Err(WriteError::Unavailable(reason)),
+        };
+        self.applied_here(index).await
+    }
+
+    /// The read index when this member leads (confirmed by a quorum's heartbeat answers).
+    async fn read_index_local(&self) -> Result<u64, LocalFailure> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |log_id| log_id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(LocalFailure::NotLeader(forward.leader_node.map(|node| node.addr)))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(LocalFailure::Other(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(LocalFailure::Other(format!("this member's raft stopped: {e}"))),
+        }
+    }
+
+    /// Asks the leader at `addr` for its read index.
+    async fn read_index_at(&self, addr: &str) -> Result<u64, WriteError> {
+        let sent = self
+            .client
+            .get(format!("http://{addr}/internal/read-index"))
+            .header(SECRET_HEADER, self.secret.expose())
+            .timeout(WRITE_DEADLINE)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                return Err(WriteError::Unavailable(format!("the leader at {addr} answered {}", response.status())))
+            }
+            Err(e) => return Err(WriteError::Unavailable(format!("asking {addr} for a read index failed: {e}"))),
+        };
+        let bytes = response.bytes().await.map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        match store::decode::<ReadIndexReply>(&bytes) {
+            Ok(ReadIndexReply::Index(index)) => Ok(index),
+            Ok(ReadIndexReply::NotLeader) => Err(WriteError::Unavailable(format!("{addr} is no longer the leader"))),
+            Ok(ReadIndexReply::Failed(reason)) => Err(WriteError::Unavailable(reason)),
+            Err(e) => Err(WriteError::Unavailable(format!("undecodable read index from {addr}: {e}"))),
+        }
+    }
+
+    /// The leader's side of `GET /internal/read-index` (`control/http/forward.rs`).
+    pub async fn serve_read_index(&self) -> ReadIndexReply {
+        match self.read_index_local().await {
+            Ok(index) => ReadIndexReply::Index(index),
+            Err(LocalFailure::NotLeader(_)) => ReadIndexReply::NotLeader,
+            Err(LocalFailure::Other(reason)) => ReadIndexReply::Failed(reason),
+        }
+    }
+
     /// The leader's side of a forwarded write (`POST /internal/write`,
     /// `control/http/forward.rs`): runs `command` on this member's Raft if it leads.
     pub async fn serve_forwarded(&self, command: Command) -> ForwardReply {

@@ -156,7 +156,8 @@ struct HistoryQuery {
 /// `GET /api/rooms/{id}/messages`: history, newest first, from the room's owner or, when
 /// the owner does not answer, its replica. A room that never had an owner has no history.
 /// A banned caller gets `403 banned`; a group-DM member added without the history gets
-/// only the messages after their addition.
+/// only the messages after their addition. Access is checked after a read barrier, so a
+/// kick or ban committed before the request counts on every member.
 async fn room_messages(
     State(app): State<AppState>,
     Path(room_id): Path<RoomId>,
@@ -165,6 +166,9 @@ async fn room_messages(
 ) -> Result<Json<HistoryPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
+    // A kick or ban committed a moment ago must already count here, even on a member
+    // that lags the leader (ARCHITECTURE.md, "Read-your-writes").
+    app.writer.read_barrier().await?;
     let from = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;

@@ -13,7 +13,7 @@
 //! | [`read_marks`] | `GET,POST /api/read-marks` |
 //! | [`cluster`] | `/healthz`, `/metrics`, `GET /api/cluster` |
 //! | [`nodes`] | `/internal/nodes/*`, `/internal/routes` (chat nodes; cluster secret) |
-//! | [`forward`] | `POST /internal/write` (a forwarded catalog write; cluster secret) |
+//! | [`forward`] | `POST /internal/write` (a forwarded catalog write), `GET /internal/read-index` (cluster secret) |
 //! | [`raft`] | `/raft/{append,vote,snapshot}` (Raft RPC; cluster secret) |
 //! | [`admin`] | `/api/admin/{init,members,nodes/{id}/approve,after-restore}` (cluster secret) |
 //! | [`backup`] | `POST /api/admin/backup` (cluster secret) |
