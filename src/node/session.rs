@@ -194,11 +194,14 @@ async fn write_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Dura
     if messages.is_empty() {
         return Ok(());
     }
+    let started = Instant::now();
     let writing = async {
         for message in messages {
             socket.feed(message).await.map_err(|_| Stalled::Gone)?;
         }
-        socket.flush().await.map_err(|_| Stalled::Gone)
+        socket.flush().await.map_err(|_| Stalled::Gone)?;
+        super::owner::record_hop("socket_write", started);
+        Ok(())
     };
     tokio::time::timeout(timeout, writing).await.unwrap_or(Err(Stalled::Timeout))
 }
