@@ -5,9 +5,10 @@
 //   first) from GET /api/token, holds ONE WebSocket to a node and subscribes to every
 //   room listed on the page ([data-room-id]). On the room page it shows the open room's
 //   messages (newest at the bottom, older ones loaded when scrolling up), typing and
-//   presence; elsewhere it only counts unread messages.
+//   presence; elsewhere it counts unread messages and mentions.
 // - "nodes": refreshes the cluster tables from /api/cluster and /api/nodes every 2 s.
-// - any page: forms with data-confirm="question" ask before they submit (admin actions).
+// - any page: forms with data-confirm="question" ask before they submit (admin actions);
+//   the "Enable notifications" button shows while the browser has not been asked.
 //
 // Connection: a lost socket is retried with exponential backoff and jitter on the NEXT
 // node of a freshly fetched list; each room resumes with `since` = the last seq seen, and
@@ -20,8 +21,32 @@
 // same client_id after a reconnect (the owner de-duplicates), and is marked failed with a
 // Retry button if not acknowledged within 15 s.
 //
+// Message events (docs/PROTOCOL.md, "Message events"): every entry of the open room
+// (live, caught up, history, thread) is applied by the protocol's idempotent rules to one
+// state per message, which every copy of it on the page shows (the list, the thread
+// panel, the quotes of its replies). An entry about a message not loaded yet is kept and
+// applied when the message loads. Each message (li#m-SEQ, focusable) has actions shown on
+// hover, on keyboard focus and after a long press: Reply (opens its thread), React (the
+// eight emoji the owner accepts), and for one's own messages Edit (in place: Enter saves,
+// Escape cancels) and Delete (after a confirm). Reaction chips toggle one's own reaction
+// (aria-pressed). A root shows "N replies", which opens the thread panel: the `thread`
+// read, kept live from the room's replies, with a composer that sends `send` with
+// `reply_to`. Edits, deletes and reactions go with a fresh client_id, are re-sent with it
+// after a reconnect until acked, and refusals (forbidden, not_found, muted, banned) show
+// in #room-error. `#m-SEQ` in the URL pages history back to that message and highlights
+// it. Thread and mentions reads are queued: at most 3 unanswered (history is the 4th the
+// node allows).
+//
 // Unread counts: the last seq read per room is kept per user on the server (so every
-// device agrees) and in localStorage until it has been reported.
+// device agrees) and in localStorage until it has been reported. Live events (edits,
+// deletes, reactions) are not counted as unread; the first count, taken from seqs, does
+// include them.
+//
+// Mentions: each listed room not open asks `mentions` after its read mark (when it has
+// unread entries) and counts the answers' seqs plus live messages whose `mentions` hold
+// the user or "@room" ([data-mentions-for] badges, "99+" cap); reading the room clears
+// it. While the tab is hidden, a mention or a DM message ([data-dm]) from someone else
+// raises a Notification (if permitted) whose click opens the room at the message.
 //
 // All user text goes into the page through textContent / createTextNode, never as HTML.
 'use strict';
@@ -402,7 +427,9 @@
       const wanted = () => {
         const match = /^#m-(\d+)$/.exec(location.hash);
         this.wanted = match ? Number(match[1]) : null;
-        if (this.wanted !== null) this.reveal();
+        this.reveal();
+        // Not loaded yet: page back to it (history() goes on until it is there).
+        if (this.wanted !== null && this.cursor !== null && this.cursor > this.wanted) this.loadOlder();
       };
       window.addEventListener('hashchange', wanted);
       wanted();
@@ -619,8 +646,7 @@
       li.id = 'm-' + seq;
       this.insert(this.list, li, seq);
       this.renderHistoryState();
-      if (this.wanted === seq) this.reveal();
-      else if (nearBottom || state.senderId === this.me.id) this.scrollToBottom();
+      if (nearBottom || state.senderId === this.me.id) this.scrollToBottom();
     }
 
     showInThread(seq) {
@@ -1183,7 +1209,6 @@
       });
       this.view = this.open !== null ? new RoomView(this.open, this.me, this) : null;
       document.addEventListener('visibilitychange', () => this.markOpenRead());
-      wireNotificationButton();
     }
 
     start() {
@@ -1298,6 +1323,7 @@
       const mentioned = kind === 'message' && fromOther && mentionsUser(frame.mentions, this.me.name);
       if (frame.room === this.open) {
         this.view.entry(frame);
+        this.view.reveal();
         this.markOpenRead();
       } else {
         if (message && fromOther) this.unread.bump(frame.room);
@@ -1499,6 +1525,8 @@
       if (!window.confirm(form.dataset.confirm)) event.preventDefault();
     });
   }
+
+  wireNotificationButton();
 
   if (page === 'room' || page === 'dashboard') {
     const client = new Client();
