@@ -7,16 +7,19 @@
 //! while Bob is on the dashboard, which shows a mention badge (live, and again after a
 //! reload from the `mentions` read); the mentions page lists it and links to the message,
 //! which the room page highlights; Alice deletes her message and its text is gone from
-//! Bob's page, a tombstone in its place. Screenshots of the room with a thread open and of
+//! Bob's page, a tombstone in its place, and a refused change says why. A mention raises
+//! a notification while the tab is hidden; a link to a message older than the first page
+//! of history pages back to it. Screenshots of the room with a thread open and of
 //! the mentions page, desktop and 375 px wide, go to `$CARGO_TARGET_DIR/screenshots/`.
 
 mod common;
 
 use common::browser::{
     accept_dialog, connected, enter, no_sideways_scrolling, open_room, register, screenshot_dir, send_message,
-    settle, Browser, Driver, DESKTOP,
+    settle, Browser, Driver, DESKTOP, PASSWORD,
 };
-use common::chat::ChatCluster;
+use common::chat::{fill_with, token, ChatCluster, WsClient};
+use common::Api;
 use serde_json::json;
 use thirtyfour::Key;
 
@@ -129,6 +132,17 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     connected(&bob).await;
     let badge = format!("#my-rooms [data-mentions-for=\"{room}\"]");
     bob.wait_js("the room's badges rendered", &format!("document.querySelector('{badge}')")).await;
+    // With the tab hidden and notifications allowed (both stubbed: headless Chromium
+    // has neither), the mention raises a notification naming the room and the sender.
+    bob.js(
+        "window.__notes = []; \
+         window.Notification = class { \
+           constructor(title, options) { window.__notes.push([title, options.body]); } \
+           static get permission() { return 'granted'; } }; \
+         Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });",
+        vec![],
+    )
+    .await;
     send_message(&alice, "@bob look at this").await;
     let mention = message_seq(&alice, "@bob look at this").await;
     assert!(
@@ -138,6 +152,8 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     );
     let one = format!("(b => !b.hidden && b.dataset.count === '1' && b.textContent === '@1')(document.querySelector('{badge}'))");
     bob.wait_js("a live mention badge of 1", &one).await;
+    bob.wait_js("one notification", "window.__notes.length === 1").await;
+    assert_eq!(bob.js("return window.__notes", vec![]).await, json!([["alice in #events", "@bob look at this"]]));
     bob.goto(&format!("{base}/app")).await;
     connected(&bob).await;
     bob.wait_js("the mention badge of 1 after a reload", &one).await;
@@ -187,8 +203,45 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     assert_eq!(bob.text(&format!("#m-{reply} .quote .quote-text")).await.as_deref(), Some("deleted message"));
     assert!(!bob.text("#history-state").await.unwrap_or_default().contains("No messages yet"));
 
+    // A change the owner refuses shows why: editing the deleted message is `not_found`.
+    alice.js(&format!("window.districhat.view.change({{type: 'edit', target: {hello}, text: 'too late'}})"), vec![]).await;
+    alice
+        .wait_js(
+            "the refusal shown",
+            "(e => !e.hidden && e.textContent.includes('not_found'))(document.getElementById('room-error'))",
+        )
+        .await;
+
+    // A link to a message older than the first page of history pages back to it.
+    let mut ws = alice_socket(&base).await;
+    fill_with(&mut ws, room, 60, "filler").await;
+    // (A new URL: the page is already at /rooms/ROOM#m-MENTION, which would not reload.)
+    bob.goto(&format!("{base}/rooms/{room}?node={owner}#m-{mention}")).await;
+    bob.wait_js(
+        "the older linked message loaded, highlighted and in view",
+        &format!(
+            "(li => {{ if (!li || !li.classList.contains('highlight')) return false; \
+               const box = document.getElementById('messages').getBoundingClientRect(), at = li.getBoundingClientRect(); \
+               return at.top >= box.top - 1 && at.bottom <= box.bottom + 1; }})(document.getElementById('m-{mention}'))"
+        ),
+    )
+    .await;
+
     alice.close().await;
     bob.close().await;
+}
+
+/// A WebSocket of Alice's, said hello on the first node.
+async fn alice_socket(base: &str) -> WsClient {
+    let mut api = Api::new();
+    let (status, body) = api
+        .post(&format!("{base}/api/sessions"), json!({"username": "alice", "password": PASSWORD}))
+        .await
+        .expect("login");
+    assert_eq!(status, 200, "{body}");
+    api.token = body["token"].as_str().map(str::to_string);
+    let (connection_token, nodes) = token(&api, base).await;
+    WsClient::connect(nodes[0]["ws_url"].as_str().expect("ws url"), &connection_token).await
 }
 
 /// Creates a room from the dashboard form; returns its id.
