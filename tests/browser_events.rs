@@ -15,8 +15,8 @@
 mod common;
 
 use common::browser::{
-    accept_dialog, connected, enter, no_sideways_scrolling, open_room, register, screenshot_dir, send_message,
-    settle, Browser, Driver, DESKTOP, PASSWORD,
+    accept_dialog, connected, enter, no_sideways_scrolling, open_room, register, screenshot_dir, send_message, settle,
+    Browser, Driver, DESKTOP, PASSWORD,
 };
 use common::chat::{fill_with, token, ChatCluster, WsClient};
 use common::Api;
@@ -82,14 +82,19 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     bob.click(&format!("{li} [data-action=\"react\"]")).await;
     bob.click(&format!("{li} .picker button[data-emoji=\"👍\"]")).await;
     let chip = format!("{li} .reactions .chip[data-emoji=\"👍\"]");
-    alice.wait_js("bob's 👍 counted", &format!("(c => c && c.textContent === '👍 1')(document.querySelector('{chip}'))")).await;
+    alice
+        .wait_js("bob's 👍 counted", &format!("(c => c && c.textContent === '👍 1')(document.querySelector('{chip}'))"))
+        .await;
     assert_eq!(
         alice.js(&format!("return document.querySelector('{chip}').getAttribute('aria-pressed')"), vec![]).await,
         json!("false"),
         "not alice's own reaction"
     );
-    bob.wait_js("bob's chip pressed", &format!("(c => c && c.getAttribute('aria-pressed') === 'true')(document.querySelector('{chip}'))"))
-        .await;
+    bob.wait_js(
+        "bob's chip pressed",
+        &format!("(c => c && c.getAttribute('aria-pressed') === 'true')(document.querySelector('{chip}'))"),
+    )
+    .await;
     bob.click(&chip).await;
     for page in [&alice, &bob] {
         page.wait_js("the 👍 taken back", &format!("!document.querySelector('{chip}')")).await;
@@ -99,13 +104,16 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     show_actions(&bob, hello).await;
     bob.click(&format!("{li} [data-action=\"reply\"]")).await;
     bob.wait_js("the thread panel", "!document.getElementById('thread-panel').hidden").await;
-    bob.wait_js("the root in the thread", &format!("document.querySelector('#thread-list li[data-seq=\"{hello}\"]')")).await;
+    bob.wait_js("the root in the thread", &format!("document.querySelector('#thread-list li[data-seq=\"{hello}\"]')"))
+        .await;
     bob.type_into("#thread-input", &format!("a reply from bob{}", enter())).await;
     let reply = message_seq(&alice, "a reply from bob").await;
     alice
         .wait_js(
             "the reply count",
-            &format!("(b => b && !b.hidden && b.textContent === '1 reply')(document.querySelector('{li} .replies-link'))"),
+            &format!(
+                "(b => b && !b.hidden && b.textContent === '1 reply')(document.querySelector('{li} .replies-link'))"
+            ),
         )
         .await;
     alice.click(&format!("{li} .replies-link")).await;
@@ -146,11 +154,15 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     send_message(&alice, "@bob look at this").await;
     let mention = message_seq(&alice, "@bob look at this").await;
     assert!(
-        alice.js(&format!("return document.getElementById('m-{mention}').classList.contains('mentions-me')"), vec![]).await
+        alice
+            .js(&format!("return document.getElementById('m-{mention}').classList.contains('mentions-me')"), vec![])
+            .await
             == json!(false),
         "alice is not the one mentioned"
     );
-    let one = format!("(b => !b.hidden && b.dataset.count === '1' && b.textContent === '@1')(document.querySelector('{badge}'))");
+    let one = format!(
+        "(b => !b.hidden && b.dataset.count === '1' && b.textContent === '@1')(document.querySelector('{badge}'))"
+    );
     bob.wait_js("a live mention badge of 1", &one).await;
     bob.wait_js("one notification", "window.__notes.length === 1").await;
     assert_eq!(bob.js("return window.__notes", vec![]).await, json!([["alice in #events", "@bob look at this"]]));
@@ -174,10 +186,16 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
         &format!("(li => li && li.classList.contains('highlight'))(document.getElementById('m-{mention}'))"),
     )
     .await;
-    bob.wait_js("the message mentioning bob marked", &format!("document.getElementById('m-{mention}').classList.contains('mentions-me')"))
-        .await;
-    bob.wait_js("the badge cleared in the open room", &format!("document.querySelector('[data-mentions-for=\"{room}\"]').hidden"))
-        .await;
+    bob.wait_js(
+        "the message mentioning bob marked",
+        &format!("document.getElementById('m-{mention}').classList.contains('mentions-me')"),
+    )
+    .await;
+    bob.wait_js(
+        "the badge cleared in the open room",
+        &format!("document.querySelector('[data-mentions-for=\"{room}\"]').hidden"),
+    )
+    .await;
 
     // Alice deletes her first message (after confirming): Bob sees a tombstone, and the
     // text is nowhere in his page, the reply's quote included.
@@ -204,7 +222,9 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     assert!(!bob.text("#history-state").await.unwrap_or_default().contains("No messages yet"));
 
     // A change the owner refuses shows why: editing the deleted message is `not_found`.
-    alice.js(&format!("window.districhat.view.change({{type: 'edit', target: {hello}, text: 'too late'}})"), vec![]).await;
+    alice
+        .js(&format!("window.districhat.view.change({{type: 'edit', target: {hello}, text: 'too late'}})"), vec![])
+        .await;
     alice
         .wait_js(
             "the refusal shown",
@@ -271,10 +291,16 @@ async fn message_seq(page: &Browser, text: &str) -> u64 {
 
 /// Focuses message `seq` (as Tab would) so its actions show.
 async fn show_actions(page: &Browser, seq: u64) {
-    page.js(&format!("const li = document.getElementById('m-{seq}'); li.scrollIntoView({{block: 'center'}}); li.focus();"), vec![])
-        .await;
-    page.wait_js("the message's actions", &format!("getComputedStyle(document.querySelector('#m-{seq} .msg-tools')).display !== 'none'"))
-        .await;
+    page.js(
+        &format!("const li = document.getElementById('m-{seq}'); li.scrollIntoView({{block: 'center'}}); li.focus();"),
+        vec![],
+    )
+    .await;
+    page.wait_js(
+        "the message's actions",
+        &format!("getComputedStyle(document.querySelector('#m-{seq} .msg-tools')).display !== 'none'"),
+    )
+    .await;
 }
 
 /// Focuses message `seq`, then presses Tab until the `action` button has the focus.
@@ -292,7 +318,8 @@ async fn keyboard_to_action(page: &Browser, seq: u64, action: &str) {
 
 /// Presses `key` in the focused element.
 async fn press(page: &Browser, key: char) {
-    let active = page.driver.active_element().await.unwrap_or_else(|e| panic!("{}: no focused element: {e}", page.name));
+    let active =
+        page.driver.active_element().await.unwrap_or_else(|e| panic!("{}: no focused element: {e}", page.name));
     active.send_keys(key.to_string()).await.unwrap_or_else(|e| panic!("{}: cannot press a key: {e}", page.name));
 }
 

@@ -289,8 +289,11 @@ pub async fn open_room(page: &Browser, base: &str, room: u64, node: u64) {
         ),
     )
     .await;
-    page.wait_js("the room to be loaded", "document.getElementById('history-state').textContent !== 'Loading messages…'")
-        .await;
+    page.wait_js(
+        "the room to be loaded",
+        "document.getElementById('history-state').textContent !== 'Loading messages…'",
+    )
+    .await;
 }
 
 /// Waits until the page's connection is up.
