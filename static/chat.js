@@ -959,6 +959,10 @@
     // ----- The thread panel ------------------------------------------------------------
 
     openThread(root) {
+      if (this.thread && this.thread.root === root) {
+        this.threadInput.focus();
+        return;
+      }
       this.thread = { root, loaded: false };
       this.panel.hidden = false;
       this.panel.closest('.room-layout').classList.add('thread-open');
@@ -1361,16 +1365,18 @@
       const id = ref !== null && /^\d+$/.test(ref) ? Number(ref) : null;
       const room = id !== null ? this.rooms.get(id) : null;
       if (!room) return;
+      // An error about a room may answer its subscribe, its history or a thread or
+      // mentions read: the frame does not say which. Each is retried (subscribing again
+      // and reading twice are harmless), so none is left waiting.
       const historyLoading = this.view && id === this.open && this.view.loading;
       const read = historyLoading ? null : this.readDone(null, id);
       if (read) {
-        // A thread or mentions read failed: ask again later, or say why.
         if (RETRIABLE.has(frame.code)) {
           setTimeout(() => this.read(read), 1500);
         } else if (read.type === 'thread' && this.view && id === this.open) {
           this.view.threadFailed(describeError(frame));
+          return;
         }
-        return;
       }
       if (historyLoading) this.view.historyFailed();
       if (frame.code === 'forbidden' || frame.code === 'banned') {

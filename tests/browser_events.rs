@@ -9,8 +9,9 @@
 //! which the room page highlights; Alice deletes her message and its text is gone from
 //! Bob's page, a tombstone in its place, and a refused change says why. A mention raises
 //! a notification while the tab is hidden; a link to a message older than the first page
-//! of history pages back to it. Screenshots of the room with a thread open and of
-//! the mentions page, desktop and 375 px wide, go to `$CARGO_TARGET_DIR/screenshots/`.
+//! of history pages back to it. Screenshots of the room with a thread open, of the
+//! mentions page and of the room with a linked message, desktop and 375 px wide (and the
+//! dashboard with a mention badge), go to `$CARGO_TARGET_DIR/screenshots/`.
 
 mod common;
 
@@ -164,6 +165,7 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
         "(b => !b.hidden && b.dataset.count === '1' && b.textContent === '@1')(document.querySelector('{badge}'))"
     );
     bob.wait_js("a live mention badge of 1", &one).await;
+    bob.screenshot(&shots.join("dashboard-mention-desktop.png")).await;
     bob.wait_js("one notification", "window.__notes.length === 1").await;
     assert_eq!(bob.js("return window.__notes", vec![]).await, json!([["alice in #events", "@bob look at this"]]));
     bob.goto(&format!("{base}/app")).await;
@@ -246,6 +248,8 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
         ),
     )
     .await;
+
+    screenshots(&bob, "room-events", &shots).await;
 
     alice.close().await;
     bob.close().await;
