@@ -1,17 +1,19 @@
 //! Message events in the browser (issue 14): real headless Chromium against 3 controls
 //! and 2 chat nodes in this process, two people on pages connected to different nodes.
 //! Alice writes, Bob sees it and the "No messages yet" line goes; Alice edits her message
-//! with the keyboard and Bob sees the new text and "(edited)" live; Bob reacts 👍 from
-//! the picker, Alice sees the chip counted, Bob's second click takes it back; Bob replies
-//! in the thread panel, Alice sees "1 reply" and the panel lists it; Alice mentions @bob
-//! while Bob is on the dashboard, which shows a mention badge (live, and again after a
-//! reload from the `mentions` read); the mentions page lists it and links to the message,
-//! which the room page highlights; Alice deletes her message and its text is gone from
-//! Bob's page, a tombstone in its place, and a refused change says why. A mention raises
-//! a notification while the tab is hidden; a link to a message older than the first page
-//! of history pages back to it. Screenshots of the room with a thread open, of the
-//! mentions page and of the room with a linked message, desktop and 375 px wide (and the
-//! dashboard with a mention badge), go to `$CARGO_TARGET_DIR/screenshots/`.
+//! with the keyboard (Escape cancels, Enter saves) and Bob sees the new text and
+//! "(edited)" live; Bob reacts 👍 from the picker, Alice sees the chip counted, Bob's
+//! second click takes it back; Bob replies in the thread panel, Alice sees "1 reply" and
+//! the panel lists it; Alice mentions @bob while Bob is on the dashboard, which shows a
+//! mention badge (live, and again after a reload, from the `mentions` read) and raises a
+//! notification while the tab is hidden; the mentions page lists it and links to the
+//! message, which the room page highlights; Alice deletes her message and its text is
+//! gone from Bob's page, a tombstone in its place; a refused change says why; a link to a
+//! message older than the first page of history pages back to it; on a phone a long press
+//! shows a message's actions. Screenshots of the room with a thread open, of the mentions
+//! page and of the room with a linked message, desktop and 375 px wide (each checked for
+//! sideways scrolling), and of the dashboard with a mention badge, go to
+//! `$CARGO_TARGET_DIR/screenshots/`.
 
 mod common;
 
@@ -248,6 +250,31 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
         ),
     )
     .await;
+
+    // On a phone, a long press on a message shows its actions.
+    bob.viewport(375, 740, true).await;
+    settle(&bob).await;
+    let center = bob
+        .js(
+            &format!(
+                "document.activeElement.blur(); const li = document.getElementById('m-{reply}'); \
+                 li.scrollIntoView({{block: 'center'}}); const r = li.getBoundingClientRect(); \
+                 return [r.left + r.width / 2, r.top + 12];"
+            ),
+            vec![],
+        )
+        .await;
+    let (x, y) = (center[0].as_f64().expect("x"), center[1].as_f64().expect("y"));
+    bob.touch_start(x, y).await;
+    bob.wait_js(
+        "the actions after a long press",
+        &format!(
+            "(li => li.classList.contains('show-actions') && !li.querySelector('[data-action=\"edit\"]').hidden \
+               && getComputedStyle(li.querySelector('.msg-tools')).display !== 'none')(document.getElementById('m-{reply}'))"
+        ),
+    )
+    .await;
+    bob.touch_end().await;
 
     screenshots(&bob, "room-events", &shots).await;
 

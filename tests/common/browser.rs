@@ -339,3 +339,26 @@ pub async fn accept_dialog(page: &Browser) {
         tokio::time::sleep(POLL).await;
     }
 }
+
+impl Browser {
+    /// Touches the viewport at (`x`, `y`) CSS pixels and keeps the finger down until
+    /// [`Self::touch_end`] (touch emulation is turned on first).
+    pub async fn touch_start(&self, x: f64, y: f64) {
+        let cdp = self.driver.cdp();
+        cdp.send_raw("Emulation.setTouchEmulationEnabled", json!({"enabled": true, "maxTouchPoints": 1}))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no touch emulation: {e}", self.name));
+        cdp.send_raw("Input.dispatchTouchEvent", json!({"type": "touchStart", "touchPoints": [{"x": x, "y": y}]}))
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot touch: {e}", self.name));
+    }
+
+    /// Lifts the finger of [`Self::touch_start`].
+    pub async fn touch_end(&self) {
+        self.driver
+            .cdp()
+            .send_raw("Input.dispatchTouchEvent", json!({"type": "touchEnd", "touchPoints": []}))
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot lift the touch: {e}", self.name));
+    }
+}
