@@ -12,6 +12,7 @@
 //! | `GET /rooms/{id}[?node=ID]` | a room or DM; `?node=ID` makes the page try node ID first |
 //! | `POST /rooms` · `POST /rooms/{id}/join` · `POST /rooms/{id}/invite` | create, join, add someone |
 //! | `GET /dms/{username}` · `POST /dms` | open (or offer to start) the DM with someone |
+//! | `GET /mentions` | the newest messages mentioning me, over all my rooms, linking into them (`mentions`) |
 //! | `GET /nodes` | Raft members and chat nodes, refreshed by the page every 2 s |
 //! | `GET /admin` · `POST /admin/nodes/{id}/approve` · `POST /admin/members[/{id}/remove]` | admin |
 //! | `GET /static/{file}` | the embedded JS and CSS |
@@ -34,6 +35,7 @@ mod assets;
 pub mod csrf;
 mod error;
 mod flash;
+mod mentions;
 mod ops;
 mod pages;
 mod rooms;
@@ -76,6 +78,7 @@ pub fn routes(state: WebState) -> Router<AppState> {
         .route("/rooms/{id}/invite", post(rooms::invite))
         .route("/dms", post(rooms::open_dm))
         .route("/dms/{username}", get(pages::dm))
+        .route("/mentions", get(mentions::mentions))
         .route("/nodes", get(ops::nodes_page))
         .route("/admin", get(ops::admin_page))
         .route("/admin/nodes/{id}/approve", post(ops::approve_node))
