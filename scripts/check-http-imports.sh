@@ -2,7 +2,7 @@
 # Checks the layering of the control's HTTP edge (ARCHITECTURE.md, "Invariants"):
 #  1. no handler module of src/control/http/ names another handler module
 #     (only the shared pieces: error, extractor, views, cookies, limiter);
-#  2. inside src/control/http/web/, no page module (account, ops, pages, rooms, moderation) names
+#  2. inside src/control/http/web/, no page module (account, mentions, moderation, ops, pages, rooms) names
 #     another, and no page names a JSON handler module;
 #  3. the control core names nothing in control::http.
 # It reads every non-comment path that starts with `super::`, `super::super::` or
@@ -27,8 +27,8 @@ for f in src/control/http/*.rs src/control/http/web/*.rs; do
     done
   done
 done
-for f in src/control/http/web/{account,ops,pages,rooms,moderation}.rs; do
-  if grep -vE '^\s*//' "$f" | grep -qE 'super::(account|ops|pages|rooms|moderation)\b'; then
+for f in src/control/http/web/{account,mentions,moderation,ops,pages,rooms}.rs; do
+  if grep -vE '^\s*//' "$f" | grep -qE 'super::(account|mentions|moderation|ops|pages|rooms)\b'; then
     echo "$f names another page module"; fail=1
   fi
 done

@@ -186,3 +186,15 @@ pub async fn recent_mentions(app: &AppState, user: UserId, limit: u32) -> (Vec<M
     mentions.truncate(limit as usize);
     (mentions, unreachable)
 }
+
+/// Posts a system line (a moderation act: "ann muted bob for 10 min") to `room` as
+/// `moderator`, shown in the room like a message (`kind: system`). `act_id` names the act
+/// uniquely (say, the Raft log index of its catalog command), so posting it twice writes
+/// it once. A line that cannot be posted is logged and dropped: the act itself is in the
+/// catalog and its audit list either way.
+pub async fn post_system_line(app: &AppState, room: RoomId, moderator: (UserId, &str), act_id: &str, text: String) {
+    let client_id = format!("system-{act_id}");
+    if let Err(e) = post(app, room, moderator, &client_id, Action::System { text }).await {
+        tracing::warn!(room, act_id, error = ?e, "the moderation act's system line was not posted");
+    }
+}

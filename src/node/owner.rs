@@ -50,6 +50,9 @@ pub enum OwnerCommand {
     Send {
         message: Outgoing,
         reply: oneshot::Sender<Result<Sent, NodeError>>,
+        /// When the send reached this node's owner task's queue (for the per-hop
+        /// latency histograms: docs/BENCHMARKS.md, "Where the time goes").
+        queued: std::time::Instant,
     },
     /// Node `node` has these users following the room (empty: unfollow).
     Interest {
@@ -454,7 +457,7 @@ impl Owner {
             let mut sends = Vec::new();
             for command in commands.drain(..) {
                 match command {
-                    OwnerCommand::Send { message, reply } => sends.push(PendingSend { message, reply }),
+                    OwnerCommand::Send { message, reply, queued } => sends.push(PendingSend { message, reply, queued }),
                     OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
                     OwnerCommand::Returned { node } => {
                         if self.interest.contains_key(&node) {
@@ -491,6 +494,11 @@ impl Owner {
         if self.node.replica_of(self.room).is_none() && self.node.config.replication.min_copies >= 2 {
             fail_all(sends, NodeError::Unavailable("no second node holds this room; retry shortly".into()));
             return true;
+        }
+        let started = std::time::Instant::now();
+        for send in &sends {
+            metrics::histogram!("districhat_hop_seconds", "hop" => "owner_queue")
+                .record(started.saturating_duration_since(send.queued).as_secs_f64());
         }
         let ts = now_ms();
         let mut messages: Vec<StoredMessage> = Vec::new();
@@ -546,6 +554,7 @@ impl Owner {
             for message in &messages {
                 tracing::debug!(seq = message.seq, client_id = %message.client_id, "sequenced");
             }
+            record_hop("sequence", started);
             if let Err(e) = self.persist_and_replicate(&messages).await {
                 tracing::warn!(
                     room = self.room,
@@ -567,6 +576,7 @@ impl Owner {
         metrics::counter!("districhat_messages_acked_total").increment(messages.len() as u64);
         self.node.count_messages(messages.len() as u64);
         for (send, sent) in outcomes {
+            record_hop("owner_total", send.queued);
             let _ = send.reply.send(Ok(sent));
         }
         let fresh = MessageState::default();
@@ -582,9 +592,11 @@ impl Owner {
 
     async fn persist_and_replicate(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
         let (log, room, epoch, batch) = (self.node.log.clone(), self.room, self.epoch, messages.to_vec());
+        let writing = std::time::Instant::now();
         if let Fenced::Stale { .. } = blocking(move || log.append_at(room, epoch, &batch)).await? {
             return Err(self.moved());
         }
+        record_hop("fsync", writing);
         let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
         let request = MeshRequest::Replicate {
             room: self.room,
@@ -593,8 +605,12 @@ impl Owner {
             committed: self.committed.get().unwrap_or(0),
             messages: messages.to_vec(),
         };
+        let replicating = std::time::Instant::now();
         match self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await? {
-            MeshResponse::Stored { .. } => Ok(()),
+            MeshResponse::Stored { .. } => {
+                record_hop("replicate", replicating);
+                Ok(())
+            }
             other => match NodeError::from_response(other) {
                 NodeError::StaleEpoch => Err(self.moved()),
                 error => Err(error),
@@ -688,6 +704,13 @@ impl Owner {
 struct PendingSend {
     message: Outgoing,
     reply: oneshot::Sender<Result<Sent, NodeError>>,
+    queued: std::time::Instant,
+}
+
+/// Records one hop of the message path in `districhat_hop_seconds{hop}` (docs/BENCHMARKS.md,
+/// "Where the time goes").
+pub fn record_hop(hop: &'static str, since: std::time::Instant) {
+    metrics::histogram!("districhat_hop_seconds", "hop" => hop).record(since.elapsed().as_secs_f64());
 }
 
 fn fail_all(sends: Vec<PendingSend>, error: NodeError) {

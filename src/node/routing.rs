@@ -204,7 +204,7 @@ impl Node {
         }
         let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
         let (reply, answer) = oneshot::channel();
-        tx.send(OwnerCommand::Send { message, reply })
+        tx.send(OwnerCommand::Send { message, reply, queued: std::time::Instant::now() })
             .await
             .map_err(|_| NodeError::Unavailable("the room moved; retry".into()))?;
         match tokio::time::timeout(Duration::from_secs(10), answer).await {

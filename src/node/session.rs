@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
@@ -35,6 +36,11 @@ use crate::protocol::{
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
 /// their frames, ~2 × 100 × the text size).
 const CATCH_UP_PAGE: u32 = 100;
+
+/// Most queued items a session turns into frames for one write (one flush): enough to
+/// batch a busy room's deliveries, few enough that the browser's own frames keep their
+/// turn.
+const WRITE_BATCH: usize = 64;
 
 /// How long the last words to a stalled socket (`lagging` and a close frame) may take.
 const LAST_WORDS: Duration = Duration::from_millis(100);
@@ -136,7 +142,15 @@ pub async fn run(node: Node, mut socket: WebSocket) {
                 Some(Ok(_)) => continue,
             },
             outbound = rx.recv() => match outbound {
-                Some(outbound) => session.on_outbound(outbound),
+                Some(outbound) => {
+                    // What else is queued already goes out with it, under one flush.
+                    let mut out = session.on_outbound(outbound);
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(more) = rx.try_recv() else { break };
+                        out.extend(session.on_outbound(more));
+                    }
+                    out
+                }
                 None => break,
             },
             _ = kick.notified() => {
@@ -174,15 +188,19 @@ enum Stalled {
     Timeout,
 }
 
-/// Writes `messages` in order; all of them must be written within `timeout`.
+/// Writes `messages` in order with one flush at the end (one system call for a batch of
+/// frames rather than one per frame); all of them must be written within `timeout`.
 async fn write_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Duration) -> Result<(), Stalled> {
     if messages.is_empty() {
         return Ok(());
     }
+    let started = Instant::now();
     let writing = async {
         for message in messages {
-            socket.send(message).await.map_err(|_| Stalled::Gone)?;
+            socket.feed(message).await.map_err(|_| Stalled::Gone)?;
         }
+        socket.flush().await.map_err(|_| Stalled::Gone)?;
+        super::owner::record_hop("socket_write", started);
         Ok(())
     };
     tokio::time::timeout(timeout, writing).await.unwrap_or(Err(Stalled::Timeout))

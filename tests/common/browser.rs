@@ -262,3 +262,103 @@ pub fn screenshot_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     target.join("screenshots")
 }
+
+// ---- Pages of the chat, shared by the browser tests -----------------------------------
+
+/// The password every browser test account uses.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Registers `name` through the form; the page lands on the dashboard, logged in.
+pub async fn register(page: &Browser, base: &str, name: &str) {
+    page.goto(&format!("{base}/register")).await;
+    page.type_into("#username", name).await;
+    page.type_into("#password", PASSWORD).await;
+    page.type_into("#confirm", PASSWORD).await;
+    page.click("#register-form button[type=submit]").await;
+    page.wait_js("the dashboard after registering", "location.pathname === '/app'").await;
+}
+
+/// Opens the room page preferring `node`, and waits until it is connected there and the
+/// first page of history is shown.
+pub async fn open_room(page: &Browser, base: &str, room: u64, node: u64) {
+    page.goto(&format!("{base}/rooms/{room}?node={node}")).await;
+    page.wait_js(
+        &format!("a connection to node {node}"),
+        &format!(
+            "(s => s.dataset.state === 'connected' && s.dataset.node === '{node}')(document.getElementById('conn-state'))"
+        ),
+    )
+    .await;
+    page.wait_js(
+        "the room to be loaded",
+        "document.getElementById('history-state').textContent !== 'Loading messages…'",
+    )
+    .await;
+}
+
+/// Waits until the page's connection is up.
+pub async fn connected(page: &Browser) {
+    page.wait_js("a connection", "document.getElementById('conn-state').dataset.state === 'connected'").await;
+}
+
+/// Types `text` into the room's composer and presses Enter.
+pub async fn send_message(page: &Browser, text: &str) {
+    page.type_into("#message-input", &format!("{text}{}", enter())).await;
+    page.wait_js("the composer to be cleared", "document.getElementById('message-input').value === ''").await;
+}
+
+/// Lets layout and paint catch up after a viewport change (two animation frames).
+pub async fn settle(page: &Browser) {
+    let script = "window.__settled = false; \
+                  requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = true; }));";
+    page.js(script, vec![]).await;
+    page.wait_js("a repaint", "window.__settled === true").await;
+}
+
+/// Nothing on the page — the page itself or any element that clips or scrolls — has
+/// content wider than itself (tables scroll on purpose; visually hidden labels clip on
+/// purpose).
+pub async fn no_sideways_scrolling(page: &Browser, what: &str) {
+    let script = "const wide = [document.documentElement, ...document.querySelectorAll('body *')] \
+                    .filter(e => getComputedStyle(e).overflowX !== 'visible' || e === document.documentElement) \
+                    .filter(e => e.scrollWidth > e.clientWidth + 1 \
+                            && !e.closest('.table-wrap, .visually-hidden')); \
+                  return wide.map(e => e.tagName + (e.id ? '#' + e.id : '') + ' ' + e.scrollWidth + '>' + e.clientWidth);";
+    let wide = page.js(script, vec![]).await;
+    assert_eq!(wide, json!([]), "{what} scrolls sideways at 375 px");
+}
+
+/// Accepts the JavaScript dialog (a `confirm`) the last action opened, once it is open.
+pub async fn accept_dialog(page: &Browser) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if page.driver.accept_alert().await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: no dialog opened within {WAIT:?}", page.name);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+impl Browser {
+    /// Touches the viewport at (`x`, `y`) CSS pixels and keeps the finger down until
+    /// [`Self::touch_end`] (touch emulation is turned on first).
+    pub async fn touch_start(&self, x: f64, y: f64) {
+        let cdp = self.driver.cdp();
+        cdp.send_raw("Emulation.setTouchEmulationEnabled", json!({"enabled": true, "maxTouchPoints": 1}))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no touch emulation: {e}", self.name));
+        cdp.send_raw("Input.dispatchTouchEvent", json!({"type": "touchStart", "touchPoints": [{"x": x, "y": y}]}))
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot touch: {e}", self.name));
+    }
+
+    /// Lifts the finger of [`Self::touch_start`].
+    pub async fn touch_end(&self) {
+        self.driver
+            .cdp()
+            .send_raw("Input.dispatchTouchEvent", json!({"type": "touchEnd", "touchPoints": []}))
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot lift the touch: {e}", self.name));
+    }
+}

@@ -20,6 +20,7 @@
 //! bench can run across a node kill and tell whether anything was lost or shown twice.
 
 mod client;
+mod hops;
 mod tally;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,6 +172,9 @@ pub struct ChatBenchReport {
     /// Every connected subscriber received every acked message within `--drain`.
     pub drain_complete: bool,
     pub drain_seconds: f64,
+    /// Where the time went, per hop of the message path, from the nodes' histograms
+    /// (empty when no node's `/metrics` answered).
+    pub hops: Vec<hops::Hop>,
 }
 
 impl ChatBenchReport {
@@ -247,6 +251,8 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     })
     .await;
 
+    let node_addrs = node_addrs(&shared.http, &control).await;
+    let hops_before = hops::read(&shared.http, &node_addrs).await;
     let started = Instant::now();
     phase.send_replace(Phase::Load(started));
     progress.set_length((args.clients * args.messages) as u64);
@@ -270,6 +276,7 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     .await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     phase.send_replace(Phase::Stop);
+    let hops_after = hops::read(&shared.http, &node_addrs).await;
     let (outcomes, unreported) = collect(handles).await;
     progress.finish_and_clear();
 
@@ -292,7 +299,17 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
         drain_seconds,
         unreported,
     };
-    Ok(summarize(&run, &outcomes, &acked))
+    let mut report = summarize(&run, &outcomes, &acked);
+    report.hops = hops::diff(&hops_before, &hops_after);
+    Ok(report)
+}
+
+/// `host:port` of every node the catalog lists (for their `/metrics`).
+async fn node_addrs(http: &reqwest::Client, control: &str) -> Vec<String> {
+    let Ok(response) = http.get(format!("{control}/api/nodes")).send().await else { return Vec::new() };
+    let Ok(body) = response.json::<serde_json::Value>().await else { return Vec::new() };
+    let nodes = body["nodes"].as_array().cloned().unwrap_or_default();
+    nodes.iter().filter_map(|node| node["addr"].as_str().map(str::to_string)).collect()
 }
 
 /// The report as text.
@@ -361,6 +378,17 @@ pub fn render(report: &ChatBenchReport) -> String {
         if report.drain_complete { "complete" } else { "INCOMPLETE" },
         report.drain_seconds
     );
+    if !report.hops.is_empty() {
+        let _ = writeln!(out, "where the time goes (all nodes; at most, to a histogram bucket):");
+        let _ = writeln!(out, "  {:<66} {:>9} {:>9} {:>9}", "hop", "samples", "p50 ms", "p99 ms");
+        for hop in &report.hops {
+            let _ = writeln!(
+                out,
+                "  {:<66} {:>9} {:>9} {:>9}",
+                hop.what, hop.samples, hop.p50_ms_at_most, hop.p99_ms_at_most
+            );
+        }
+    }
     out
 }
 
@@ -442,6 +470,7 @@ fn summarize(run: &RunInfo, outcomes: &[ClientOutcome], acked: &tally::AckedSets
         load_timed_out: run.load_timed_out,
         drain_complete: run.drain_complete,
         drain_seconds: run.drain_seconds,
+        hops: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `GET /rooms/{id}[?node=ID]` | a room or DM; `?node=ID` makes the page try node ID first |
 //! | `POST /rooms` · `POST /rooms/{id}/join` · `POST /rooms/{id}/invite` | create, join, add someone |
 //! | `GET /dms/{username}` · `POST /dms` | open (or offer to start) the DM with someone |
+//! | `GET /mentions` | the newest messages mentioning me, over all my rooms, linking into them (`mentions`) |
 //! | `POST /group-dms` | start a group DM (3 to 20 members) |
 //! | `GET,POST /rooms/{id}/moderation` | a room's moderation page and its form (moderators and the admin) |
 //! | `GET /nodes` | Raft members and chat nodes, refreshed by the page every 2 s |
@@ -36,6 +37,7 @@ mod assets;
 pub mod csrf;
 mod error;
 mod flash;
+mod mentions;
 mod moderation;
 mod ops;
 mod pages;
@@ -81,6 +83,7 @@ pub fn routes(state: WebState) -> Router<AppState> {
         .route("/group-dms", post(rooms::create_group_dm))
         .route("/rooms/{id}/moderation", get(moderation::page).post(moderation::act))
         .route("/dms/{username}", get(pages::dm))
+        .route("/mentions", get(mentions::mentions))
         .route("/nodes", get(ops::nodes_page))
         .route("/admin", get(ops::admin_page))
         .route("/admin/nodes/{id}/approve", post(ops::approve_node))
