@@ -152,7 +152,9 @@ const MENTION_READS_AT_ONCE: usize = 8;
 /// `limit`. A room whose nodes do not answer is left out (the view says how many).
 pub async fn recent_mentions(app: &AppState, user: UserId, limit: u32) -> (Vec<Mention>, usize) {
     use futures_util::StreamExt;
-    let (username, rooms): (String, Vec<(RoomId, String)>) = {
+    // Rooms the user belongs to (a ban or a kick removed the membership), each with the
+    // seq their reading starts after (a group-DM member added without history).
+    let (username, rooms): (String, Vec<(RoomId, String, Seq)>) = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;
         let Some(me) = catalog.users.get(&user) else { return (Vec::new(), 0) };
@@ -160,25 +162,27 @@ pub async fn recent_mentions(app: &AppState, user: UserId, limit: u32) -> (Vec<M
             .rooms
             .values()
             .filter(|room| room.owner.is_some() && catalog.is_member(room.id, user))
-            .map(|room| (room.id, room.name.clone()))
+            .map(|room| (room.id, room.name.clone(), catalog.history_from(room.id, user)))
             .collect();
         (me.username.clone(), rooms)
     };
     let username = &username;
     let answers: Vec<_> = futures_util::stream::iter(rooms)
-        .map(|(room, name)| async move { (room, name, newest_mentions(app, room, username, limit).await) })
+        .map(|(room, name, from)| async move { (room, name, from, newest_mentions(app, room, username, limit).await) })
         .buffer_unordered(MENTION_READS_AT_ONCE)
         .collect()
         .await;
     let mut unreachable = 0;
     let mut mentions = Vec::new();
-    for (room, room_name, answer) in answers {
+    for (room, room_name, from, answer) in answers {
         match answer {
-            Ok(page) => mentions.extend(page.messages.into_iter().map(|message| Mention {
-                room,
-                room_name: room_name.clone(),
-                message,
-            })),
+            Ok(page) => {
+                mentions.extend(page.messages.into_iter().filter(|message| message.seq > from).map(|message| Mention {
+                    room,
+                    room_name: room_name.clone(),
+                    message,
+                }))
+            }
             Err(_) => unreachable += 1,
         }
     }
