@@ -362,3 +362,64 @@ async fn the_moderation_and_group_dm_forms_act_with_csrf() {
     let (_, html) = Browser::of(&carol).page(&dashboard).await;
     assert!(html.contains("dave, owner") || html.contains("owner, dave"), "labelled by its members");
 }
+
+/// Reads frames until an error about `room` (its code), or `None` after `within`; the
+/// messages of `room` read meanwhile are returned too.
+async fn revoked(ws: &mut WsClient, room: u64, within: Duration) -> (Option<String>, Vec<Value>) {
+    let deadline = Instant::now() + within;
+    let mut messages = Vec::new();
+    while Instant::now() < deadline {
+        let Some(frame) = ws.next(Duration::from_millis(200)).await else { continue };
+        match frame["type"].as_str() {
+            Some("error") if frame["ref"] == room.to_string() => {
+                return (frame["code"].as_str().map(str::to_string), messages)
+            }
+            Some("message") if frame["room"] == room => messages.push(frame),
+            _ => {}
+        }
+    }
+    (None, messages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_or_a_kick_ends_the_users_live_subscriptions() {
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let owner = Api::logged_in(&base, "owner").await;
+    let carol = Api::logged_in(&base, "carol").await;
+    let dave = Api::logged_in(&base, "dave").await;
+    let lobby = cluster.create_room(&owner, "lobby", false).await["id"].as_u64().expect("id");
+    let inner = cluster.create_room(&owner, "inner", true).await["id"].as_u64().expect("id");
+    let (status, body) = carol.post(&format!("{base}/api/rooms/{lobby}/members"), json!({})).await.expect("join");
+    assert_eq!(status, 204, "{body}");
+    let (status, body) =
+        owner.post(&format!("{base}/api/rooms/{inner}/members"), json!({"username": "dave"})).await.expect("add");
+    assert_eq!(status, 204, "{body}");
+    let (owner_token, _) = token(&owner, &base).await;
+    let (carol_token, _) = token(&carol, &base).await;
+    let (dave_token, _) = token(&dave, &base).await;
+    let mut owner_ws = WsClient::connect(&cluster.node(0).ws_url(), &owner_token).await;
+    let mut carol_ws = WsClient::connect(&cluster.node(1).ws_url(), &carol_token).await;
+    let mut dave_ws = WsClient::connect(&cluster.node(1).ws_url(), &dave_token).await;
+    carol_ws.subscribe(lobby, None).await;
+    dave_ws.subscribe(inner, None).await;
+
+    done(&owner, &base, lobby, "ban", "carol", None).await;
+    done(&owner, &base, inner, "kick", "dave", None).await;
+    let (code, _) = revoked(&mut carol_ws, lobby, Duration::from_secs(15)).await;
+    assert_eq!(code.as_deref(), Some("banned"), "the banned user's subscription ends with its code");
+    let (code, _) = revoked(&mut dave_ws, inner, Duration::from_secs(15)).await;
+    assert_eq!(code.as_deref(), Some("forbidden"), "the kicked member's subscription ends");
+    // What is said afterwards does not reach them.
+    for (room, client_id) in [(lobby, "after-ban"), (inner, "after-kick")] {
+        owner_ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "not for them"})).await;
+        answer(&mut owner_ws, client_id).await.expect("the owner still sends");
+    }
+    for (ws, room) in [(&mut carol_ws, lobby), (&mut dave_ws, inner)] {
+        let (_, messages) = revoked(ws, room, Duration::from_secs(2)).await;
+        assert!(
+            messages.iter().all(|m| m["text"] != "not for them"),
+            "nothing after the act reaches room {room}: {messages:?}"
+        );
+    }
+}
