@@ -371,7 +371,7 @@ async fn revoked(ws: &mut WsClient, room: u64, within: Duration) -> (Option<Stri
     while Instant::now() < deadline {
         let Some(frame) = ws.next(Duration::from_millis(200)).await else { continue };
         match frame["type"].as_str() {
-            Some("error") if frame["ref"] == room.to_string() => {
+            Some("error") if frame["ref"].as_str() == Some(room.to_string().as_str()) => {
                 return (frame["code"].as_str().map(str::to_string), messages)
             }
             Some("message") if frame["room"] == room => messages.push(frame),

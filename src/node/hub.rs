@@ -10,7 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::NodeError;
-use crate::protocol::{ReadMessage, RoomId, Seq};
+use crate::protocol::{ReadMessage, RoomId, Seq, UserId};
 
 pub type SessionId = u64;
 
@@ -27,6 +27,9 @@ pub enum Outbound {
     CatchUp { room: RoomId, result: Result<CatchUpPage, NodeError> },
     /// The room's owner changed: fetch what may have been missed.
     Resync { room: RoomId },
+    /// The user may no longer read the room (banned, or no longer a member of a private
+    /// room): leave it and say why with `code`.
+    Revoked { room: RoomId, code: &'static str },
 }
 
 /// One page of messages a session missed, ascending; `last_seq` is the room's readable
@@ -42,6 +45,7 @@ pub struct CatchUpPage {
 /// One local follower of a room.
 #[derive(Clone)]
 pub struct Subscriber {
+    pub user_id: UserId,
     pub username: String,
     pub tx: mpsc::Sender<Outbound>,
     /// Woken when the session fell behind and must be disconnected.
@@ -129,6 +133,19 @@ impl Hub {
         if sequenced_ms > 0 {
             let latency = crate::now_ms().saturating_sub(sequenced_ms) as f64 / 1000.0;
             metrics::histogram!("districhat_delivery_seconds").record(latency);
+        }
+    }
+
+    /// Tells each local subscriber of the room whom `denied` refuses (with a code) that
+    /// the room is closed to them; a subscriber whose queue is full is kicked instead.
+    pub fn revoke(&self, room: RoomId, denied: impl Fn(UserId) -> Option<&'static str>) {
+        let subscribers: Vec<Subscriber> =
+            self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        for subscriber in subscribers {
+            let Some(code) = denied(subscriber.user_id) else { continue };
+            if subscriber.tx.try_send(Outbound::Revoked { room, code }).is_err() {
+                subscriber.kick.notify_one();
+            }
         }
     }
 

@@ -433,6 +433,14 @@ impl Node {
                 self.send_interest(room, self.hub.users(room));
                 self.hub.resync(room);
             }
+            // A ban, a kick or a removal from a private room ends live subscriptions too,
+            // not only the next subscribe, send or read.
+            let access = |r: &RoomRoute| (r.private, r.members.clone(), r.banned.clone());
+            if let Some(route) = new.rooms.get(&room) {
+                if old.rooms.get(&room).map(access) != Some(access(route)) {
+                    self.hub.revoke(room, |user| may_read(route, user).err().map(|e| e.code()));
+                }
+            }
         }
         metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(self.owned_rooms() as f64);
     }

@@ -313,7 +313,12 @@ impl Session {
         if !self.rooms.contains_key(&room) && self.rooms.len() >= self.node.config.limits.max_subscriptions {
             return vec![error("too_many_subscriptions", "unsubscribe from a room first", Some(room.to_string()))];
         }
-        let subscriber = Subscriber { username: user.username.clone(), tx: self.tx.clone(), kick: self.kick.clone() };
+        let subscriber = Subscriber {
+            user_id: user.user_id,
+            username: user.username.clone(),
+            tx: self.tx.clone(),
+            kick: self.kick.clone(),
+        };
         let users = self.node.hub.join(room, self.id, subscriber);
         self.node.send_interest(room, users);
         // A group-DM member added without its history resumes no earlier than their join.
@@ -484,6 +489,14 @@ impl Session {
                 let out = self.on_catch_up(room, result);
                 self.start_waiting();
                 out
+            }
+            Outbound::Revoked { room, code } => {
+                self.leave(room);
+                let message = match code {
+                    "banned" => "you were banned from this room",
+                    _ => "you are no longer a member of this room",
+                };
+                vec![error(code, message, Some(room.to_string()))]
             }
             Outbound::Resync { room } => {
                 if let Some(after) = self.rooms.get_mut(&room).and_then(Subscription::resync) {
