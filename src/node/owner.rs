@@ -505,23 +505,19 @@ impl Owner {
         let mut outcomes: Vec<(PendingSend, Sent)> = Vec::new();
         let mut in_batch: HashMap<(UserId, String), Seq> = HashMap::new();
         let mut events = BatchEvents::default();
-        for send in sends {
-            let key = (send.message.user_id, send.message.client_id.clone());
-            let earlier = match in_batch.get(&key) {
-                Some(seq) => Some(*seq),
-                None => {
-                    let (log, room, user, client_id) =
-                        (self.node.log.clone(), self.room, send.message.user_id, send.message.client_id.clone());
-                    match blocking(move || log.dedupe(room, user, &client_id)).await {
-                        Ok(found) => found,
-                        Err(e) => {
-                            let _ = send.reply.send(Err(e));
-                            continue;
-                        }
-                    }
-                }
-            };
-            if let Some(seq) = earlier {
+        // Every send's dedupe key in one read, off the runtime.
+        let keys: Vec<(UserId, String)> =
+            sends.iter().map(|send| (send.message.user_id, send.message.client_id.clone())).collect();
+        let (log, room, lookup) = (self.node.log.clone(), self.room, keys.clone());
+        let stored = match blocking(move || log.dedupe_many(room, &lookup)).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                fail_all(sends, e);
+                return true;
+            }
+        };
+        for ((send, key), stored) in sends.into_iter().zip(keys).zip(stored) {
+            if let Some(seq) = in_batch.get(&key).copied().or(stored) {
                 outcomes.push((send, Sent { seq, ts, duplicate: true }));
                 continue;
             }

@@ -315,6 +315,20 @@ impl RoomLog {
         }
     }
 
+    /// [`Self::dedupe`] for many keys in one read (an owner's whole batch).
+    pub fn dedupe_many(&self, room: RoomId, keys: &[(UserId, String)]) -> Result<Vec<Option<Seq>>, StoreError> {
+        let cf = store::cf(&self.db, CF_DEDUPE)?;
+        let keys = keys.iter().map(|(sender, client_id)| (cf, dedupe_key(room, *sender, client_id)));
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|found| match found? {
+                Some(bytes) => Ok(Some(store::key_u64(&bytes)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     /// The stamp of the message at `seq`, if this log holds one.
     pub fn stamp_at(&self, room: RoomId, seq: Seq) -> Result<Option<MessageStamp>, StoreError> {
         let cf = store::cf(&self.db, CF_MESSAGES)?;
