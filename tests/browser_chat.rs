@@ -18,12 +18,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::{enter, screenshot_dir, shift_enter, Browser, Driver, DESKTOP};
+use common::browser::{
+    connected, create_room, no_sideways_scrolling, open_room, room_id, screenshot_dir, send_message as send, settle,
+    shift_enter, Browser, Driver, DESKTOP, PASSWORD,
+};
 use common::chat::{token, ChatCluster, WsClient};
 use common::Api;
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "correct horse battery";
 const MARKUP: &str = "<img src=x onerror=alert(1)>";
 /// Failover (detection ~3 s, reassignment, reconnect) on a slow machine.
 const FAILOVER_WAIT: Duration = Duration::from_secs(40);
@@ -353,60 +355,11 @@ async fn send_acked(ws: &mut WsClient, frame: Value) -> u64 {
     }
 }
 
-/// Registers `name` through the form; the page lands on the dashboard, logged in.
-async fn register(page: &Browser, base: &str, name: &str) {
-    page.goto(&format!("{base}/register")).await;
-    page.type_into("#username", name).await;
-    page.type_into("#password", PASSWORD).await;
-    page.type_into("#confirm", PASSWORD).await;
-    page.click("#register-form button[type=submit]").await;
-    page.wait_js("the dashboard after registering", "location.pathname === '/app'").await;
-    let flash = page.text("#flash").await.unwrap_or_default();
-    assert!(flash.contains(&format!("Welcome, {name}")), "{name}: {flash:?}");
-}
-
-/// Creates a room from the dashboard form; returns its id.
-async fn create_room(page: &Browser, base: &str, name: &str) -> u64 {
-    page.goto(&format!("{base}/app")).await;
-    page.type_into("#room-name", name).await;
-    page.click("#create-room-form button[type=submit]").await;
-    page.wait_js("the new room's page", "location.pathname.startsWith('/rooms/')").await;
-    room_id(&page.path().await)
-}
-
 /// Joins a public room with its Join button on the dashboard.
 async fn join_room(page: &Browser, base: &str, room: u64) {
     page.goto(&format!("{base}/app")).await;
     page.click(&format!("button[data-join=\"{room}\"]")).await;
     page.wait_js("the joined room's page", &format!("location.pathname === '/rooms/{room}'")).await;
-}
-
-/// Opens the room page preferring `node`, and waits until it is connected there and
-/// subscribed.
-async fn open_room(page: &Browser, base: &str, room: u64, node: u64) {
-    page.goto(&format!("{base}/rooms/{room}?node={node}")).await;
-    page.wait_js(
-        &format!("a connection to node {node}"),
-        &format!(
-            "(s => s.dataset.state === 'connected' && s.dataset.node === '{node}')(document.getElementById('conn-state'))"
-        ),
-    )
-    .await;
-    page.wait_js(
-        "the room to be loaded",
-        "document.getElementById('history-state').textContent !== 'Loading messages…'",
-    )
-    .await;
-}
-
-async fn connected(page: &Browser) {
-    page.wait_js("a connection", "document.getElementById('conn-state').dataset.state === 'connected'").await;
-}
-
-/// Types `text` and presses Enter.
-async fn send(page: &Browser, text: &str) {
-    page.type_into("#message-input", &format!("{text}{}", enter())).await;
-    page.wait_js("the composer to be cleared", "document.getElementById('message-input').value === ''").await;
 }
 
 /// The confirmed messages on a page, in page order: (seq, sender, text).
@@ -464,31 +417,6 @@ async fn same_conversation(a: &Browser, b: &Browser, expected: &[String]) -> Vec
 async fn reconnects(page: &Browser) -> u64 {
     let value = page.js("return Number(document.getElementById('conn-state').dataset.reconnects)", vec![]).await;
     value.as_u64().expect("a reconnect count")
-}
-
-/// Nothing on the page — the page itself or any element that clips or scrolls, such as
-/// the message list — has content wider than itself (tables scroll on purpose; visually
-/// hidden labels clip on purpose).
-async fn no_sideways_scrolling(page: &Browser, what: &str) {
-    let script = "const wide = [document.documentElement, ...document.querySelectorAll('body *')] \
-                    .filter(e => getComputedStyle(e).overflowX !== 'visible' || e === document.documentElement) \
-                    .filter(e => e.scrollWidth > e.clientWidth + 1 \
-                            && !e.closest('.table-wrap, .visually-hidden')); \
-                  return wide.map(e => e.tagName + (e.id ? '#' + e.id : '') + ' ' + e.scrollWidth + '>' + e.clientWidth);";
-    let wide = page.js(script, vec![]).await;
-    assert_eq!(wide, json!([]), "{what} scrolls sideways at 375 px");
-}
-
-/// Lets layout and paint catch up after a viewport change (two animation frames).
-async fn settle(page: &Browser) {
-    let script = "window.__settled = false; \
-                  requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = true; }));";
-    page.js(script, vec![]).await;
-    page.wait_js("a repaint", "window.__settled === true").await;
-}
-
-fn room_id(path: &str) -> u64 {
-    path.trim_start_matches("/rooms/").split(['?', '/']).next().and_then(|id| id.parse().ok()).expect("a room path")
 }
 
 /// An HTTP client logged in as `name` through the JSON API (Bearer token).
@@ -580,4 +508,11 @@ async fn failed_logins_are_rate_limited(base: &str) {
     assert_eq!(locked.status().as_u16(), 429, "the address stays locked, even with the right password");
     assert!(locked.headers().contains_key("retry-after"));
     assert!(locked.text().await.expect("html").contains("Too many failed logins"));
+}
+
+/// Registers `name` through the form and checks the welcome on the dashboard.
+async fn register(page: &Browser, base: &str, name: &str) {
+    common::browser::register(page, base, name).await;
+    let flash = page.text("#flash").await.unwrap_or_default();
+    assert!(flash.contains(&format!("Welcome, {name}")), "{name}: {flash:?}");
 }

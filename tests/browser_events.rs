@@ -18,8 +18,8 @@
 mod common;
 
 use common::browser::{
-    accept_dialog, connected, enter, no_sideways_scrolling, open_room, register, screenshot_dir, send_message, settle,
-    Browser, Driver, DESKTOP, PASSWORD,
+    accept_dialog, connected, create_room, enter, no_sideways_scrolling, open_room, register, screenshot_dir,
+    send_message, settle, Browser, Driver, DESKTOP, PASSWORD,
 };
 use common::chat::{fill_with, token, ChatCluster, WsClient};
 use common::Api;
@@ -293,16 +293,6 @@ async fn alice_socket(base: &str) -> WsClient {
     api.token = body["token"].as_str().map(str::to_string);
     let (connection_token, nodes) = token(&api, base).await;
     WsClient::connect(nodes[0]["ws_url"].as_str().expect("ws url"), &connection_token).await
-}
-
-/// Creates a room from the dashboard form; returns its id.
-async fn create_room(page: &Browser, base: &str, name: &str) -> u64 {
-    page.goto(&format!("{base}/app")).await;
-    page.type_into("#room-name", name).await;
-    page.click("#create-room-form button[type=submit]").await;
-    page.wait_js("the new room's page", "location.pathname.startsWith('/rooms/')").await;
-    let path = page.path().await;
-    path.trim_start_matches("/rooms/").split(['?', '/']).next().and_then(|id| id.parse().ok()).expect("a room path")
 }
 
 /// The seq of the confirmed message whose text is `text`, once the page shows it.

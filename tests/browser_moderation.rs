@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::browser::{enter, screenshot_dir, Browser, Driver, DESKTOP};
+use common::browser::{enter, no_sideways_scrolling, screenshot_dir, settle, Driver, DESKTOP};
 use common::chat::ChatCluster;
 use common::Api;
 use serde_json::json;
@@ -94,23 +94,4 @@ async fn an_owner_moderates_from_the_page_and_starts_a_group_dm() {
     no_sideways_scrolling(&owner, "the dashboard").await;
     owner.screenshot(&shots.join("moderation-dashboard-375.png")).await;
     owner.close().await;
-}
-
-/// Nothing on the page has content wider than itself (as in `browser_chat.rs`).
-async fn no_sideways_scrolling(page: &Browser, what: &str) {
-    let script = "const wide = [document.documentElement, ...document.querySelectorAll('body *')] \
-                    .filter(e => getComputedStyle(e).overflowX !== 'visible' || e === document.documentElement) \
-                    .filter(e => e.scrollWidth > e.clientWidth + 1 \
-                            && !e.closest('.table-wrap, .visually-hidden')); \
-                  return wide.map(e => e.tagName + (e.id ? '#' + e.id : '') + ' ' + e.scrollWidth + '>' + e.clientWidth);";
-    let wide = page.js(script, vec![]).await;
-    assert_eq!(wide, json!([]), "{what} scrolls sideways at 375 px");
-}
-
-/// Lets layout and paint catch up after a viewport change (two animation frames).
-async fn settle(page: &Browser) {
-    let script = "window.__settled = false; \
-                  requestAnimationFrame(() => requestAnimationFrame(() => { window.__settled = true; }));";
-    page.js(script, vec![]).await;
-    page.wait_js("a repaint", "window.__settled === true").await;
 }

@@ -423,3 +423,60 @@ async fn a_ban_or_a_kick_ends_the_users_live_subscriptions() {
         );
     }
 }
+
+/// A REST call with `api`'s token: the status and JSON body.
+async fn call(api: &Api, method: reqwest::Method, url: String, body: Value) -> (u16, Value) {
+    let request = api.http.request(method, url).bearer_auth(api.token.as_deref().expect("logged in")).json(&body);
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderators_and_the_admin_delete_others_messages() {
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let admin = Api::logged_in(&base, "admin").await; // the first account: the admin
+    let owner = Api::logged_in(&base, "owner").await;
+    let carol = Api::logged_in(&base, "carol").await;
+    let dave = Api::logged_in(&base, "dave").await;
+    let room = cluster.create_room(&owner, "lobby", false).await["id"].as_u64().expect("id");
+    for member in [&carol, &dave] {
+        let (status, body) = member.post(&format!("{base}/api/rooms/{room}/members"), json!({})).await.expect("join");
+        assert_eq!(status, 204, "{body}");
+    }
+    let mut said = Vec::new();
+    for i in 0..3 {
+        let body = json!({"client_id": format!("carol-{i}"), "text": format!("carol says {i}")});
+        let (status, posted) =
+            call(&carol, reqwest::Method::POST, format!("{base}/api/rooms/{room}/messages"), body).await;
+        assert_eq!(status, 201, "{posted}");
+        said.push(posted["seq"].as_u64().expect("seq"));
+    }
+    let delete = |api: &Api, seq: u64, client_id: &str| {
+        let url = format!("{base}/api/rooms/{room}/messages/{seq}");
+        let (api, body) = (api.clone(), json!({"client_id": client_id}));
+        async move { call(&api, reqwest::Method::DELETE, url, body).await }
+    };
+    let (status, body) = delete(&dave, said[0], "dave-1").await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "a member deletes only their own: {body}");
+    let (status, body) = delete(&owner, said[0], "owner-1").await;
+    assert_eq!(status, 201, "the room's owner moderates it: {body}");
+    // A moderator the owner names may delete once the nodes have the new routing table.
+    done(&owner, &base, room, "add_moderator", "dave", None).await;
+    wait_for("the node to let the new moderator delete", Duration::from_secs(15), || async {
+        (delete(&dave, said[1], "dave-2").await.0 == 201).then_some(())
+    })
+    .await;
+    let (status, body) = delete(&admin, said[2], "admin-1").await;
+    assert_eq!(status, 201, "the cluster's admin moderates every room: {body}");
+    let page = get(&carol, &format!("{base}/api/rooms/{room}/messages")).await.1;
+    let deleted: Vec<u64> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["deleted"] == true && m["text"] == "")
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(deleted.len(), 3, "all three are tombstones: {page}");
+}

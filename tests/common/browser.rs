@@ -278,6 +278,20 @@ pub async fn register(page: &Browser, base: &str, name: &str) {
     page.wait_js("the dashboard after registering", "location.pathname === '/app'").await;
 }
 
+/// Creates a room from the dashboard form; returns its id.
+pub async fn create_room(page: &Browser, base: &str, name: &str) -> u64 {
+    page.goto(&format!("{base}/app")).await;
+    page.type_into("#room-name", name).await;
+    page.click("#create-room-form button[type=submit]").await;
+    page.wait_js("the new room's page", "location.pathname.startsWith('/rooms/')").await;
+    room_id(&page.path().await)
+}
+
+/// The room id in a `/rooms/{id}…` path.
+pub fn room_id(path: &str) -> u64 {
+    path.trim_start_matches("/rooms/").split(['?', '/']).next().and_then(|id| id.parse().ok()).expect("a room path")
+}
+
 /// Opens the room page preferring `node`, and waits until it is connected there and the
 /// first page of history is shown.
 pub async fn open_room(page: &Browser, base: &str, room: u64, node: u64) {
