@@ -42,6 +42,18 @@
 // deletes, reactions) are not counted as unread; the first count, taken from seqs, does
 // include them.
 //
+// Thread unread marks: the room page keeps the room's read mark as it was when the page
+// loaded (`Unread.readSeq`: the rendered data-read-seq or the local mark, the higher),
+// before reading the room moves it on. A reply is new if its seq is above that mark
+// (replies arriving live while the panel is closed are), someone else wrote it, it is
+// not deleted, and it has not been shown in an open thread panel on this page. A root's
+// link counts them from its `children` ("3 replies · 2 new", aria-label "3 replies, 2
+// new"). Opening the panel marks the thread's replies seen: those that were new (and
+// those the `thread` read brings above the mark) carry class `new` there, after a "New"
+// separator, until the panel closes; replies arriving live while it is open are seen,
+// not new. After a reload the read mark covers what the page showed, so a thread with
+// no reply above it shows no "new".
+//
 // Mentions: each listed room not open asks `mentions` after its read mark (when it has
 // unread entries) and counts the answers' seqs plus live messages whose `mentions` hold
 // the user or "@room" ([data-mentions-for] badges, "99+" cap); reading the room clears
@@ -372,7 +384,11 @@
       this.firstPage = true;
       this.pending = new Map(); // client_id -> {clientId, text, replyTo, since, el, failed}
       this.changes = new Map(); // client_id -> {frame, since}: edits, deletes, reactions
-      this.thread = null; // {root, loaded} while the thread panel is open
+      this.thread = null; // {root, loaded, marked} while the thread panel is open
+      // Thread unread marks: the room's read position as the page loaded (the rendered
+      // server mark or the local one, the higher), before this page moves it on.
+      this.readMark = client.unread.readSeq(room);
+      this.seenReplies = new Set(); // reply seqs shown in an open thread panel
       this.typers = new Map(); // username -> timer
       this.lastTypingSent = 0;
       this.wanted = null; // a seq to show and highlight (#m-SEQ in the URL)
@@ -582,10 +598,11 @@
 
     // Any entry of the room (live, caught up, from history or a thread), in any order the
     // protocol allows: every rule is idempotent.
-    entry(frame, inMain = true) {
+    // `live`: a `message` frame as it happens (not a read's copy of the past).
+    entry(frame, inMain = true, live = false) {
       const kind = frame.kind || 'message';
       if (kind === 'message' || kind === 'system') {
-        this.store(frame);
+        this.store(frame, live);
         if (inMain) this.showInMain(frame.seq);
         return;
       }
@@ -597,6 +614,8 @@
       }
       applyEvent(target, frame);
       this.paint(target.seq);
+      // A deleted reply is no longer counted as new on its root.
+      if (target.replyTo !== null) this.paint(target.replyTo);
     }
 
     remember(seq, frame) {
@@ -605,7 +624,7 @@
       if (!list.some((known) => known.seq === frame.seq)) list.push(frame);
     }
 
-    store(message) {
+    store(message, live = false) {
       const item = message.client_id ? this.pending.get(message.client_id) : null;
       if (item && message.sender_id === this.me.id) {
         this.pending.delete(message.client_id);
@@ -625,13 +644,20 @@
       if (state.replyTo !== null) {
         if (!this.children.has(state.replyTo)) this.children.set(state.replyTo, new Set());
         this.children.get(state.replyTo).add(state.seq);
+        if (this.thread && this.thread.root === state.replyTo) {
+          // Shown in the open panel: seen. New there only if it was new before the
+          // panel opened (a read's copy); a live one arrives under the reader's eyes.
+          if (!live && this.isNewReply(state)) this.thread.marked.add(state.seq);
+          this.seenReplies.add(state.seq);
+          this.showInThread(state.seq);
+        }
         const root = this.msgs.get(state.replyTo);
         if (root) {
-          if (countReply(root, state.seq)) this.paint(root.seq);
+          countReply(root, state.seq);
+          this.paint(root.seq); // its count, and how many of the replies are new
         } else {
           this.remember(state.replyTo, { kind: 'reply', seq: state.seq });
         }
-        if (this.thread && this.thread.root === state.replyTo) this.showInThread(state.seq);
       }
       if (this.thread && this.thread.root === state.seq) this.showInThread(state.seq);
       this.paint(state.seq);
@@ -653,6 +679,53 @@
       if (!this.threadList.querySelector('li[data-seq="' + seq + '"]')) {
         this.insert(this.threadList, this.messageElement(this.msgs.get(seq), true), seq);
       }
+      this.markThreadNew();
+    }
+
+    // ----- Thread unread marks ---------------------------------------------------------
+
+    // A reply is new to the reader if it is above the room's read mark as the page
+    // loaded (live replies are), someone else wrote it, it is not deleted, and it has not
+    // been shown in an open thread panel on this page.
+    isNewReply(state) {
+      return state.replyTo !== null && state.seq > this.readMark && state.senderId !== this.me.id
+        && !state.deleted && !this.seenReplies.has(state.seq);
+    }
+
+    // How many of root `seq`'s replies are new (every reply of a loaded root is loaded:
+    // history pages back without gaps from the newest entry).
+    newReplies(seq) {
+      let count = 0;
+      for (const child of this.children.get(seq) || []) {
+        const state = this.msgs.get(child);
+        if (state && this.isNewReply(state)) count += 1;
+      }
+      return count;
+    }
+
+    // In the open panel: the replies that were new carry `new`, and a "New" separator
+    // stands before the first of them.
+    markThreadNew() {
+      if (!this.thread) return;
+      let first = null;
+      for (const li of this.threadList.querySelectorAll('li.msg[data-seq]')) {
+        const marked = this.thread.marked.has(Number(li.dataset.seq));
+        li.classList.toggle('new', marked);
+        // Said, not only shown, to screen readers.
+        const said = li.querySelector('.new-mark');
+        if (marked && !said && li.querySelector('.meta')) li.querySelector('.meta').appendChild(el('span', 'visually-hidden new-mark', 'new'));
+        else if (!marked && said) said.remove();
+        if (marked && !first) first = li;
+      }
+      let separator = this.threadList.querySelector('.new-separator');
+      if (!first) {
+        if (separator) separator.remove();
+        return;
+      }
+      if (!separator) {
+        separator = el('li', 'new-separator', 'New');
+      }
+      if (first.previousElementSibling !== separator) this.threadList.insertBefore(separator, first);
     }
 
     mainElement(seq) {
@@ -875,7 +948,12 @@
       const replies = li.querySelector('.replies-link');
       if (replies) {
         replies.hidden = state.replies === 0 || state.replyTo !== null;
-        replies.textContent = state.replies === 1 ? '1 reply' : state.replies + ' replies';
+        const count = state.replies === 1 ? '1 reply' : state.replies + ' replies';
+        const fresh = replies.hidden ? 0 : this.newReplies(state.seq);
+        replies.textContent = count;
+        replies.classList.toggle('has-new', fresh > 0);
+        if (fresh > 0) replies.appendChild(el('span', 'replies-new', ' · ' + fresh + ' new'));
+        replies.setAttribute('aria-label', fresh > 0 ? count + ', ' + fresh + ' new' : count);
       }
       const box = li.querySelector('.reactions');
       const focused = box.contains(document.activeElement) ? document.activeElement.dataset.emoji : null;
@@ -963,13 +1041,20 @@
         this.threadInput.focus();
         return;
       }
-      this.thread = { root, loaded: false };
+      this.thread = { root, loaded: false, marked: new Set() };
       this.panel.hidden = false;
       this.panel.closest('.room-layout').classList.add('thread-open');
       this.threadList.textContent = '';
       this.threadState.textContent = 'Loading the thread…';
+      // The replies new until now are marked in the panel, and seen from now on.
+      for (const child of this.children.get(root) || []) {
+        const state = this.msgs.get(child);
+        if (state && this.isNewReply(state)) this.thread.marked.add(child);
+        this.seenReplies.add(child);
+      }
       if (this.msgs.has(root)) this.showInThread(root);
       for (const child of this.children.get(root) || []) this.showInThread(child);
+      this.paint(root);
       this.client.read({ type: 'thread', room: this.room, root });
       this.threadInput.focus();
     }
@@ -1326,7 +1411,7 @@
       const fromOther = frame.sender_id !== this.me.id;
       const mentioned = kind === 'message' && fromOther && mentionsUser(frame.mentions, this.me.name);
       if (frame.room === this.open) {
-        this.view.entry(frame);
+        this.view.entry(frame, true, true);
         this.view.reveal();
         this.markOpenRead();
       } else {

@@ -23,7 +23,7 @@ use common::browser::{
 };
 use common::chat::{fill_with, token, ChatCluster, WsClient};
 use common::Api;
-use serde_json::json;
+use serde_json::{json, Value};
 use thirtyfour::Key;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,15 +282,146 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
     bob.close().await;
 }
 
-/// A WebSocket of Alice's, said hello on the first node.
-async fn alice_socket(base: &str) -> WsClient {
+/// Thread unread marks (issue 14): Bob has read the room up to a root message; Alice
+/// then posts 2 replies to it. Bob's room page shows "2 replies · 2 new" on the root;
+/// opening the thread marks both replies new in the panel (after a "New" separator) and
+/// the root's link says no more "new". A reply arriving while the panel is open is not
+/// new; one arriving after it closed is ("· 1 new"); after a reload (the room read) the
+/// thread shows no "new". Screenshots of the panel with new replies, desktop and 375 px.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_replies_above_the_read_mark_show_as_new() {
+    let shots = screenshot_dir();
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let driver = Driver::start().await;
+    let bob = driver.session("bob-threads", DESKTOP).await;
+
+    let alice = Api::logged_in(&base, "alice").await;
+    let placed = cluster.create_room(&alice, "threads", false).await;
+    let room = placed["id"].as_u64().expect("a room id");
+    let replica = placed["replica"].as_u64().expect("a replica");
+    register(&bob, &base, "bob").await;
+    bob.goto(&format!("{base}/app")).await;
+    bob.click(&format!("button[data-join=\"{room}\"]")).await;
+    bob.wait_js("the joined room", &format!("location.pathname === '/rooms/{room}'")).await;
+
+    // Bob reads the room up to (and past) the root, then leaves for the dashboard; his
+    // read mark reaches the server.
+    let root = post(&alice, &base, room, "a root to reply to", None).await;
+    let last = post(&alice, &base, room, "and one more", None).await;
+    open_room(&bob, &base, room, replica).await;
+    assert_eq!(message_seq(&bob, "and one more").await, last);
+    bob.goto(&format!("{base}/app")).await;
+    connected(&bob).await;
+    let bob_api = login(&base, "bob").await;
+    common::wait_for("bob's read mark on the server", std::time::Duration::from_secs(15), || async {
+        let marks = bob_api.get(&format!("{base}/api/read-marks")).await.ok()?;
+        (marks["marks"][room.to_string()].as_u64() == Some(last)).then_some(())
+    })
+    .await;
+
+    // Two replies while Bob is away: new to him.
+    let first = post(&alice, &base, room, "first reply", Some(root)).await;
+    let second = post(&alice, &base, room, "second reply", Some(root)).await;
+    open_room(&bob, &base, room, replica).await;
+    let link = format!("#m-{root} .replies-link");
+    let shows = |text: &str, label: &str| {
+        format!(
+            "(b => b && !b.hidden && b.textContent === {} && b.getAttribute('aria-label') === {})(document.querySelector('{link}'))",
+            json!(text),
+            json!(label)
+        )
+    };
+    bob.wait_js("the root's link counting 2 new", &shows("2 replies · 2 new", "2 replies, 2 new")).await;
+    screenshots(&bob, "thread-link-new", &shots).await;
+
+    // Opening the thread (from the keyboard) marks both replies new in the panel, after a
+    // "New" separator; the root's link has no "new" any more.
+    bob.js(&format!("document.querySelector('{link}').focus()"), vec![]).await;
+    press(&bob, Key::Enter.value()).await;
+    let panel = |expected: Value| {
+        format!(
+            "JSON.stringify(Array.from(document.querySelectorAll('#thread-list > li'), li =>                li.classList.contains('new-separator') ? li.textContent : li.dataset.seq + (li.classList.contains('new') ? ' new' : ''))) === {}",
+            json!(expected.to_string())
+        )
+    };
+    bob.wait_js(
+        "the two replies marked new after a separator",
+        &panel(json!([root.to_string(), "New", format!("{first} new"), format!("{second} new")])),
+    )
+    .await;
+    bob.wait_js("the root's link without new", &shows("2 replies", "2 replies")).await;
+    assert_eq!(
+        bob.js(
+            &format!("return getComputedStyle(document.querySelector('#thread-list li[data-seq=\"{first}\"]')).borderLeftWidth"),
+            vec![]
+        )
+        .await,
+        json!("4px"),
+        "a new reply is marked with a left border"
+    );
+
+    // A reply arriving while the panel is open is seen, not new.
+    let third = post(&alice, &base, room, "third reply, live", Some(root)).await;
+    bob.wait_js(
+        "the live reply in the panel, not new",
+        &panel(json!([root.to_string(), "New", format!("{first} new"), format!("{second} new"), third.to_string()])),
+    )
+    .await;
+    bob.wait_js("the root's link counting 3, none new", &shows("3 replies", "3 replies")).await;
+    screenshots(&bob, "thread-new", &shots).await;
+
+    // Closed, the marks go; a reply arriving now is new.
+    bob.click("#thread-close").await;
+    bob.wait_js("the panel closed", "document.getElementById('thread-panel').hidden").await;
+    post(&alice, &base, room, "fourth reply, while closed", Some(root)).await;
+    bob.wait_js("the root's link counting 1 new", &shows("4 replies · 1 new", "4 replies, 1 new")).await;
+
+    // After a reload the room (and so every reply) is read: no "new".
+    open_room(&bob, &base, room, replica).await;
+    bob.wait_js("the root's link after a reload", &shows("4 replies", "4 replies")).await;
+    bob.click(&link).await;
+    bob.wait_js(
+        "the thread loaded",
+        "document.querySelectorAll('#thread-list li.msg').length === 5 && document.getElementById('thread-state').textContent === ''",
+    )
+    .await;
+    assert_eq!(
+        bob.js("return document.querySelectorAll('#thread-list .new, #thread-list .new-separator').length", vec![])
+            .await,
+        json!(0),
+        "nothing new after a reload"
+    );
+
+    bob.close().await;
+}
+
+/// Posts `text` as `api`'s user (a reply to `reply_to` if given); returns its seq.
+async fn post(api: &Api, base: &str, room: u64, text: &str, reply_to: Option<u64>) -> u64 {
+    let mut body = json!({"client_id": format!("c-{}", text.replace(' ', "-")), "text": text});
+    if let Some(root) = reply_to {
+        body["reply_to"] = json!(root);
+    }
+    let (status, answer) = api.post(&format!("{base}/api/rooms/{room}/messages"), body).await.expect("post");
+    assert_eq!(status, 201, "post {text:?}: {answer}");
+    answer["seq"].as_u64().expect("a seq")
+}
+
+/// An API client logged in as `name` (registered already).
+async fn login(base: &str, name: &str) -> Api {
     let mut api = Api::new();
     let (status, body) = api
-        .post(&format!("{base}/api/sessions"), json!({"username": "alice", "password": PASSWORD}))
+        .post(&format!("{base}/api/sessions"), json!({"username": name, "password": PASSWORD}))
         .await
         .expect("login");
     assert_eq!(status, 200, "{body}");
     api.token = body["token"].as_str().map(str::to_string);
+    api
+}
+
+/// A WebSocket of Alice's, said hello on the first node.
+async fn alice_socket(base: &str) -> WsClient {
+    let api = login(base, "alice").await;
     let (connection_token, nodes) = token(&api, base).await;
     WsClient::connect(nodes[0]["ws_url"].as_str().expect("ws url"), &connection_token).await
 }
