@@ -3,8 +3,8 @@
 //! Alice writes, Bob sees it and the "No messages yet" line goes; Alice edits her message
 //! with the keyboard (Escape cancels, Enter saves) and Bob sees the new text and
 //! "(edited)" live; Bob reacts 👍 from the picker, Alice sees the chip counted, Bob's
-//! second click takes it back; Bob replies in the thread panel, Alice sees "1 reply" and
-//! the panel lists it; Alice mentions @bob while Bob is on the dashboard, which shows a
+//! second click takes it back; Bob replies in the thread panel, Alice sees "1 reply · 1
+//! new" and the panel lists it; Alice mentions @bob while Bob is on the dashboard, which shows a
 //! mention badge (live, and again after a reload, from the `mentions` read) and raises a
 //! notification while the tab is hidden; the mentions page lists it and links to the
 //! message, which the room page highlights; Alice deletes her message and its text is
@@ -103,7 +103,8 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
         page.wait_js("the 👍 taken back", &format!("!document.querySelector('{chip}')")).await;
     }
 
-    // Bob replies in the thread panel; Alice sees "1 reply", and the panel lists it.
+    // Bob replies in the thread panel; Alice sees "1 reply · 1 new" (it arrived while her
+    // panel was closed), and the panel lists it.
     show_actions(&bob, hello).await;
     bob.click(&format!("{li} [data-action=\"reply\"]")).await;
     bob.wait_js("the thread panel", "!document.getElementById('thread-panel').hidden").await;
@@ -115,7 +116,7 @@ async fn message_events_edit_react_reply_mention_delete_across_nodes() {
         .wait_js(
             "the reply count",
             &format!(
-                "(b => b && !b.hidden && b.textContent === '1 reply')(document.querySelector('{li} .replies-link'))"
+                "(b => b && !b.hidden && b.textContent === '1 reply · 1 new')(document.querySelector('{li} .replies-link'))"
             ),
         )
         .await;
