@@ -494,6 +494,12 @@ pub struct Catalog {
     /// Index room name → id, derived from `rooms`.
     #[serde(skip)]
     room_names: BTreeMap<String, RoomId>,
+    /// Rooms owned and replicated per node, derived from `rooms` and kept current by every
+    /// command that places a room, so creating a room does not count all the others
+    /// (docs/BENCHMARKS.md, "The control plane as the catalog grows"). Nodes with neither
+    /// have no entry, so two equal catalogs have equal indexes.
+    #[serde(skip)]
+    placements: BTreeMap<ChatNodeId, (usize, usize)>,
 }
 
 impl Catalog {
@@ -594,11 +600,14 @@ impl Catalog {
                 if promoted && self.replicas_in_sync.get(&room) != Some(&entry.epoch) {
                     return Err(CatalogError::ReplicaNotInSync { room });
                 }
+                let before = (entry.owner, entry.replica);
                 entry.owner = Some(owner);
                 entry.replica = replica;
                 entry.epoch += 1;
+                let placed = entry.clone();
                 touched.push(Touched::Room(room));
-                Ok(CommandOutput::Room(entry.clone()))
+                self.replace_placement(before, (placed.owner, placed.replica));
+                Ok(CommandOutput::Room(placed))
             }
             Command::NodeDown { node } => self.node_down(node, NodeStatus::Down, touched),
             Command::ApproveNode { node } => self.approve_node(node, touched),
@@ -710,6 +719,7 @@ impl Catalog {
             touched.push(Touched::ReplicaInSync(room.id));
         }
         self.room_names.insert(room.name.clone(), room.id);
+        self.replace_placement((None, None), (room.owner, room.replica));
         self.rooms.insert(room.id, room.clone());
         self.members.insert((room.id, created_by));
         touched.extend([Touched::Meta, Touched::Room(room.id), Touched::Member(room.id, created_by)]);
@@ -720,6 +730,40 @@ impl Catalog {
     pub fn rebuild_indexes(&mut self) {
         self.usernames = self.users.values().map(|user| (user.username.clone(), user.id)).collect();
         self.room_names = self.rooms.values().map(|room| (room.name.clone(), room.id)).collect();
+        self.rebuild_placements();
+    }
+
+    /// Recounts [`Self::placements`] from the rooms (after a command that moved many).
+    pub(crate) fn rebuild_placements(&mut self) {
+        self.placements = placements_of(self.rooms.values());
+    }
+
+    /// Moves one room's counts in [`Self::placements`] from `from` (owner, replica) to `to`.
+    fn replace_placement(
+        &mut self,
+        from: (Option<ChatNodeId>, Option<ChatNodeId>),
+        to: (Option<ChatNodeId>, Option<ChatNodeId>),
+    ) {
+        for (node, owned) in [(from.0, true), (from.1, false)] {
+            let Some(node) = node else { continue };
+            if let Some(count) = self.placements.get_mut(&node) {
+                let slot = if owned { &mut count.0 } else { &mut count.1 };
+                *slot = slot.saturating_sub(1);
+                if *count == (0, 0) {
+                    self.placements.remove(&node);
+                }
+            }
+        }
+        for (node, owned) in [(to.0, true), (to.1, false)] {
+            let Some(node) = node else { continue };
+            let count = self.placements.entry(node).or_default();
+            *(if owned { &mut count.0 } else { &mut count.1 }) += 1;
+        }
+    }
+
+    /// Rooms owned and replicated per node (nodes with neither are absent).
+    pub(crate) fn placements(&self) -> &BTreeMap<ChatNodeId, (usize, usize)> {
+        &self.placements
     }
 
     pub fn user_by_name(&self, username: &str) -> Option<&User> {
@@ -743,16 +787,13 @@ impl Catalog {
 
     /// Rooms owned and replicated per registered node.
     pub fn node_room_counts(&self) -> BTreeMap<ChatNodeId, (u64, u64)> {
-        let mut counts: BTreeMap<ChatNodeId, (u64, u64)> = self.nodes.keys().map(|id| (*id, (0, 0))).collect();
-        for room in self.rooms.values() {
-            if let Some(count) = room.owner.and_then(|owner| counts.get_mut(&owner)) {
-                count.0 += 1;
-            }
-            if let Some(count) = room.replica.and_then(|replica| counts.get_mut(&replica)) {
-                count.1 += 1;
-            }
-        }
-        counts
+        self.nodes
+            .keys()
+            .map(|id| {
+                let (owned, replicated) = self.placements.get(id).copied().unwrap_or_default();
+                (*id, (owned as u64, replicated as u64))
+            })
+            .collect()
     }
 
     pub fn room_by_name(&self, name: &str) -> Option<&Room> {
@@ -776,6 +817,20 @@ impl Catalog {
 }
 
 /// Names are lowercase ASCII letters, digits, '_' and '-', within the given length.
+/// Rooms owned and replicated per node, counted from `rooms`.
+fn placements_of<'a>(rooms: impl Iterator<Item = &'a Room>) -> BTreeMap<ChatNodeId, (usize, usize)> {
+    let mut counts: BTreeMap<ChatNodeId, (usize, usize)> = BTreeMap::new();
+    for room in rooms {
+        if let Some(owner) = room.owner {
+            counts.entry(owner).or_default().0 += 1;
+        }
+        if let Some(replica) = room.replica {
+            counts.entry(replica).or_default().1 += 1;
+        }
+    }
+    counts
+}
+
 fn valid_name(name: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')

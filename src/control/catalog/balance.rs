@@ -80,6 +80,9 @@ impl Catalog {
                 moved.insert(room);
             }
         }
+        if !moves.is_empty() {
+            self.rebuild_placements();
+        }
         CommandOutput::Rebalanced { moves, remaining_imbalance: imbalance(&loads) }
     }
 

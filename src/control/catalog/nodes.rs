@@ -242,6 +242,7 @@ impl Catalog {
                 }
             }
         }
+        self.rebuild_placements();
         Ok(CommandOutput::NodeDown { node: self.node(node)?.clone(), owners_moved, replicas_moved })
     }
 
@@ -273,6 +274,7 @@ impl Catalog {
                 touched.push(Touched::Room(room.id));
             }
         }
+        self.rebuild_placements();
     }
 }
 
@@ -281,17 +283,22 @@ impl Catalog {
 pub(super) struct Loads(BTreeMap<ChatNodeId, (usize, usize)>);
 
 impl Loads {
+    /// The loads of the `Up` nodes, from the catalog's placement index (no pass over the
+    /// rooms).
     pub(super) fn of(catalog: &Catalog) -> Self {
-        let mut loads: BTreeMap<ChatNodeId, (usize, usize)> =
-            catalog.nodes.values().filter(|node| node.status == NodeStatus::Up).map(|node| (node.id, (0, 0))).collect();
-        for room in catalog.rooms.values() {
-            if let Some(load) = room.owner.and_then(|owner| loads.get_mut(&owner)) {
-                load.0 += 1;
-            }
-            if let Some(load) = room.replica.and_then(|replica| loads.get_mut(&replica)) {
-                load.1 += 1;
-            }
-        }
+        #[cfg(test)]
+        assert_eq!(
+            catalog.placements(),
+            &super::placements_of(catalog.rooms.values()),
+            "the placement index follows the rooms"
+        );
+        let placements = catalog.placements();
+        let loads = catalog
+            .nodes
+            .values()
+            .filter(|node| node.status == NodeStatus::Up)
+            .map(|node| (node.id, placements.get(&node.id).copied().unwrap_or_default()))
+            .collect();
         Self(loads)
     }
 
