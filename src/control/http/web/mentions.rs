@@ -81,29 +81,13 @@ fn room_label(catalog: &Catalog, room: RoomId, me: UserId) -> Option<String> {
 
 /// `ms` since the epoch as RFC 3339 (`2026-11-30T21:47:13Z`) and as `2026-11-30 21:47 UTC`.
 fn timestamps(ms: u64) -> (String, String) {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let rest = ms / 1000 % 86_400;
     let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::utc_date(ms);
     (
         format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z"),
         format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC"),
     )
-}
-
-/// The proleptic Gregorian date of `days` after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

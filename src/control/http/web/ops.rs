@@ -228,17 +228,7 @@ async fn admin_call(app: &AppState, method: Method, path: &str, body: Option<ser
 
 /// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
 fn utc_date(ms: u64) -> String {
-    // Days to civil date (Howard Hinnant's algorithm), for dates after 1970.
-    let days = ms / 86_400_000;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = crate::utc_date(ms);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
