@@ -89,6 +89,20 @@ pub enum ModAction {
 }
 
 impl ModAction {
+    /// The act named `name`, for every act but `mute` (which needs an end the caller
+    /// reads in its own unit); `None` for `mute` and unknown names.
+    pub fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "unmute" => Self::Unmute,
+            "kick" => Self::Kick,
+            "ban" => Self::Ban,
+            "unban" => Self::Unban,
+            "add_moderator" => Self::AddModerator,
+            "remove_moderator" => Self::RemoveModerator,
+            _ => return None,
+        })
+    }
+
     /// The stable name of the act (the audit view's `action`).
     pub fn name(&self) -> &'static str {
         match self {

@@ -111,17 +111,11 @@ fn parse_action(action: &str, duration_secs: Option<u64>) -> Result<ModAction, A
                 .ok_or_else(|| ApiError::bad_request("invalid_mute", "a mute needs duration_secs, 1 s to 30 days"))?;
             ModAction::Mute { until_ms: now_ms() + secs * 1_000 }
         }
-        "unmute" => ModAction::Unmute,
-        "kick" => ModAction::Kick,
-        "ban" => ModAction::Ban,
-        "unban" => ModAction::Unban,
-        "add_moderator" => ModAction::AddModerator,
-        "remove_moderator" => ModAction::RemoveModerator,
-        other => {
-            return Err(ApiError::bad_request(
+        other => ModAction::named(other).ok_or_else(|| {
+            ApiError::bad_request(
                 "invalid_action",
                 format!("unknown action {other:?}: mute, unmute, kick, ban, unban, add_moderator, remove_moderator"),
-            ))
-        }
+            )
+        })?,
     })
 }

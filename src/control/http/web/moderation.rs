@@ -116,13 +116,10 @@ pub async fn act(
             }
             _ => return Ok(visitor.redirect(&back, Some(Flash::error("A mute lasts 1 to 43200 minutes (30 days).")))),
         },
-        "unmute" => ModAction::Unmute,
-        "kick" => ModAction::Kick,
-        "ban" => ModAction::Ban,
-        "unban" => ModAction::Unban,
-        "add_moderator" => ModAction::AddModerator,
-        "remove_moderator" => ModAction::RemoveModerator,
-        _ => return Ok(visitor.redirect(&back, Some(Flash::error("Choose an action.")))),
+        other => match ModAction::named(other) {
+            Some(action) => action,
+            None => return Ok(visitor.redirect(&back, Some(Flash::error("Choose an action.")))),
+        },
     };
     match moderation::act(&app, room, me, target, action).await.map_err(ApiError::from) {
         Ok(sentence) => Ok(visitor.redirect(&back, Some(Flash::notice(format!("Done: {sentence}."))))),
