@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiJson};
-use super::extractor::AuthUser;
+use super::extractor::{accessible_room, AuthUser};
 use super::views::{NodeView, NodesView, RoomView};
 use crate::control::catalog::{dm_name, ChatNodeId, Command, CommandOutput, NodeStatus, RoomId};
 use crate::control::history;
@@ -183,13 +183,7 @@ async fn room_messages(
     let from = {
         let state = read_state(&app.state);
         let catalog = &state.catalog;
-        let room = catalog.rooms.get(&room_id).ok_or_else(|| ApiError::not_found("no such room"))?;
-        if catalog.is_banned(room_id, user) {
-            return Err(ApiError::banned());
-        }
-        if room.private && !catalog.is_member(room_id, user) {
-            return Err(ApiError::forbidden("this room is private to its members"));
-        }
+        accessible_room(catalog, room_id, user)?;
         catalog.history_from(room_id, user)
     };
     let mut page = history::page(&app, room_id, query.before, limit)

@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 
 use super::error::ApiError;
 use crate::control::auth::{self, SESSION_COOKIE};
-use crate::control::catalog::{Command, UserId};
+use crate::control::catalog::{Catalog, Command, Room, RoomId, UserId};
 use crate::control::raft::state_machine::read_state;
 use crate::control::secret::ClusterSecret;
 use crate::control::AppState;
@@ -112,6 +112,20 @@ pub fn check_room_quota(app: &AppState, user: UserId) -> Result<(), ApiError> {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message));
     }
     Ok(())
+}
+
+/// The room `user` may read and write through the REST API: it exists (`404`), the user is
+/// not banned from it (`403 banned`), and a private room has them as a member (`403
+/// forbidden`).
+pub fn accessible_room(catalog: &Catalog, room: RoomId, user: UserId) -> Result<&Room, ApiError> {
+    let entry = catalog.rooms.get(&room).ok_or_else(|| ApiError::not_found("no such room"))?;
+    if catalog.is_banned(room, user) {
+        return Err(ApiError::banned());
+    }
+    if entry.private && !catalog.is_member(room, user) {
+        return Err(ApiError::forbidden("this room is private to its members"));
+    }
+    Ok(entry)
 }
 
 /// A handler argument that refuses callers without the cluster secret (401

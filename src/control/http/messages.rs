@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiJson};
-use super::extractor::AuthUser;
+use super::extractor::{accessible_room, AuthUser};
 use crate::control::catalog::{RoomId, UserId};
 use crate::control::raft::state_machine::read_state;
 use crate::control::room_events::{self, RoomEventError};
@@ -157,13 +157,7 @@ async fn mentions(
 fn readable_by(app: &AppState, room: RoomId, user: UserId) -> Result<String, ApiError> {
     let state = read_state(&app.state);
     let catalog = &state.catalog;
-    let entry = catalog.rooms.get(&room).ok_or_else(|| ApiError::not_found("no such room"))?;
-    if catalog.is_banned(room, user) {
-        return Err(ApiError::banned());
-    }
-    if entry.private && !catalog.is_member(room, user) {
-        return Err(ApiError::forbidden("this room is private to its members"));
-    }
+    accessible_room(catalog, room, user)?;
     catalog.users.get(&user).map(|me| me.username.clone()).ok_or_else(ApiError::unauthorized)
 }
 
