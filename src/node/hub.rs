@@ -137,24 +137,24 @@ impl Hub {
     }
 
     /// Tells each local subscriber of the room whom `denied` refuses (with a code) that
-    /// the room is closed to them; a subscriber whose queue is full is kicked instead.
+    /// the room is closed to them.
     pub fn revoke(&self, room: RoomId, denied: impl Fn(UserId) -> Option<&'static str>) {
-        let subscribers: Vec<Subscriber> =
-            self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
-        for subscriber in subscribers {
-            let Some(code) = denied(subscriber.user_id) else { continue };
-            if subscriber.tx.try_send(Outbound::Revoked { room, code }).is_err() {
-                subscriber.kick.notify_one();
-            }
-        }
+        self.tell(room, |subscriber| denied(subscriber.user_id).map(|code| Outbound::Revoked { room, code }));
     }
 
     /// Tells every local subscriber of the room to fetch what it may have missed.
     pub fn resync(&self, room: RoomId) {
+        self.tell(room, |_| Some(Outbound::Resync { room }));
+    }
+
+    /// Queues `what` gives each local subscriber of the room (nothing when `None`); a
+    /// subscriber whose queue is full is kicked instead.
+    fn tell(&self, room: RoomId, what: impl Fn(&Subscriber) -> Option<Outbound>) {
         let subscribers: Vec<Subscriber> =
             self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
         for subscriber in subscribers {
-            if subscriber.tx.try_send(Outbound::Resync { room }).is_err() {
+            let Some(outbound) = what(&subscriber) else { continue };
+            if subscriber.tx.try_send(outbound).is_err() {
                 subscriber.kick.notify_one();
             }
         }
