@@ -53,16 +53,16 @@ fn check(frame: &ClientFrame, limits: &Limits) -> Result<(), Refused> {
     match frame {
         ClientFrame::Subscribe { room, since: Some(since) } => seq_in_range("since", *since, Some(room.to_string())),
         ClientFrame::Send { client_id, text, reply_to, .. } => {
-            check_change(client_id, &Action::Message { text: text.clone(), reply_to: *reply_to }, limits)
+            check_change(client_id, Change::Message { text, reply_to: *reply_to }, limits)
         }
         ClientFrame::Edit { client_id, target, text, .. } => {
-            check_change(client_id, &Action::Edit { target: *target, text: text.clone() }, limits)
+            check_change(client_id, Change::Edit { target: *target, text }, limits)
         }
         ClientFrame::Delete { client_id, target, .. } => {
-            check_change(client_id, &Action::Delete { target: *target }, limits)
+            check_change(client_id, Change::Delete { target: *target }, limits)
         }
         ClientFrame::React { client_id, target, emoji, .. } => {
-            check_change(client_id, &Action::React { target: *target, emoji: emoji.clone() }, limits)
+            check_change(client_id, Change::React { target: *target, emoji }, limits)
         }
         ClientFrame::Thread { room, root } => seq_in_range("root", *root, Some(room.to_string())),
         ClientFrame::Mentions { room, after } => seq_in_range("after", *after, Some(room.to_string())),
@@ -70,33 +70,54 @@ fn check(frame: &ClientFrame, limits: &Limits) -> Result<(), Refused> {
     }
 }
 
+/// An [`Action`] borrowed, so a browser frame is checked without copying its text.
+pub enum Change<'a> {
+    Message { text: &'a str, reply_to: Option<Seq> },
+    Edit { target: Seq, text: &'a str },
+    Delete { target: Seq },
+    React { target: Seq, emoji: &'a str },
+    System { text: &'a str },
+}
+
+impl<'a> From<&'a Action> for Change<'a> {
+    fn from(action: &'a Action) -> Self {
+        match action {
+            Action::Message { text, reply_to } => Self::Message { text, reply_to: *reply_to },
+            Action::Edit { target, text } => Self::Edit { target: *target, text },
+            Action::Delete { target } => Self::Delete { target: *target },
+            Action::React { target, emoji } => Self::React { target: *target, emoji },
+            Action::System { text } => Self::System { text },
+        }
+    }
+}
+
 /// The checks of a change to a room's log, from a browser or the REST API: the
 /// `client_id`, the text, the seqs it names, the reaction.
-pub fn check_change(client_id: &str, action: &Action, limits: &Limits) -> Result<(), Refused> {
+pub fn check_change(client_id: &str, change: Change<'_>, limits: &Limits) -> Result<(), Refused> {
     if client_id.is_empty() || client_id.len() > 128 {
         return Err(Refused::new("bad_frame", "client_id must be 1 to 128 bytes", Some(client_id.to_string())));
     }
     let reference = || Some(client_id.to_string());
-    match action {
-        Action::Message { text, reply_to } => {
+    match change {
+        Change::Message { text, reply_to } => {
             check_text(text, limits, client_id)?;
             reply_to.map_or(Ok(()), |parent| seq_in_range("reply_to", parent, reference()))
         }
-        Action::Edit { target, text } => {
-            seq_in_range("target", *target, reference())?;
+        Change::Edit { target, text } => {
+            seq_in_range("target", target, reference())?;
             check_text(text, limits, client_id)
         }
-        Action::Delete { target } => seq_in_range("target", *target, reference()),
-        Action::React { target, emoji } => {
-            seq_in_range("target", *target, reference())?;
-            if REACTIONS.contains(&emoji.as_str()) {
+        Change::Delete { target } => seq_in_range("target", target, reference()),
+        Change::React { target, emoji } => {
+            seq_in_range("target", target, reference())?;
+            if REACTIONS.contains(&emoji) {
                 Ok(())
             } else {
                 let message = format!("reactions are one of {}", REACTIONS.join(" "));
                 Err(Refused::new("bad_frame", message, reference()))
             }
         }
-        Action::System { text } => check_text(text, limits, client_id),
+        Change::System { text } => check_text(text, limits, client_id),
     }
 }
 

@@ -4,11 +4,12 @@
 //! mutes from its routing table, and the owner checks the event against its log).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use crate::control::http::extractor::SecretChecked;
 use crate::node::owner::read_message;
 use crate::node::routing::{Page, MAX_MENTIONS};
 use crate::node::{frames, Node, NodeError};
@@ -34,36 +35,27 @@ pub struct MentionsQuery {
 /// History for the control plane's REST API, from this node's copy (the control asks the
 /// room's owner).
 pub async fn history(
+    _: SecretChecked,
     State(node): State<Node>,
     Path(room): Path<RoomId>,
     Query(query): Query<HistoryQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    if !node.secret.matches(&headers) {
-        return unauthorized();
-    }
     let limit = query.limit.unwrap_or(50).clamp(1, 200);
     page(room, node.fetch_local(room, None, query.before, limit).await)
 }
 
 /// Message `root` and its thread's replies, oldest first.
-pub async fn thread(State(node): State<Node>, Path((room, root)): Path<(RoomId, Seq)>, headers: HeaderMap) -> Response {
-    if !node.secret.matches(&headers) {
-        return unauthorized();
-    }
+pub async fn thread(_: SecretChecked, State(node): State<Node>, Path((room, root)): Path<(RoomId, Seq)>) -> Response {
     page(room, node.query(room, LogQuery::Thread { root }).await)
 }
 
 /// The messages after `after` that mention `user` (or `@room`): the oldest, or the newest.
 pub async fn mentions(
+    _: SecretChecked,
     State(node): State<Node>,
     Path(room): Path<RoomId>,
     Query(query): Query<MentionsQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    if !node.secret.matches(&headers) {
-        return unauthorized();
-    }
     let limit = query.limit.unwrap_or(MAX_MENTIONS as u32).clamp(1, MAX_MENTIONS as u32);
     let MentionsQuery { user, after, newest, .. } = query;
     page(room, node.query(room, LogQuery::Mentions { user, after, limit, newest }).await)
@@ -72,16 +64,13 @@ pub async fn mentions(
 /// Appends a message or an event for a user through the room's owner; a system line
 /// (moderation) skips the sender's mute.
 pub async fn post_event(
+    _: SecretChecked,
     State(node): State<Node>,
     Path(room): Path<RoomId>,
-    headers: HeaderMap,
     Json(event): Json<PostEvent>,
 ) -> Response {
-    if !node.secret.matches(&headers) {
-        return unauthorized();
-    }
     let PostEvent { user_id, username, client_id, action } = event;
-    if let Err(refused) = frames::check_change(&client_id, &action, &node.config.limits) {
+    if let Err(refused) = frames::check_change(&client_id, (&action).into(), &node.config.limits) {
         let body = serde_json::json!({"code": refused.code, "message": refused.message});
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
@@ -111,10 +100,6 @@ fn page(room: RoomId, read: Result<Page, NodeError>) -> Response {
         }
         Err(e) => error(&e),
     }
-}
-
-fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, "cluster secret required").into_response()
 }
 
 /// A node error as the control reads it: `{code, message}` with a matching status.
