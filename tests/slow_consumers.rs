@@ -7,10 +7,11 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::chat::{fill_with, token, ChatCluster, WsClient};
+use common::chat::{fill_with, history, token, ChatCluster, WsClient};
 use common::{rss_bytes, wait_for, Api};
 use districhat::node::mesh::Dispatch;
 use districhat::protocol::MeshRequest;
@@ -189,4 +190,58 @@ async fn an_owner_queues_nothing_for_a_peer_called_down() {
         "frames queued for the dead peer grew from {queued} to {}",
         node.mesh.queued(follower_id)
     );
+}
+
+/// Past saturation a node refuses (with `rate_limited`, unsequenced, before any work) the
+/// sends of its clients beyond `limits.sends_in_flight`, so a backlog costs no seconds
+/// of queueing. Whatever it refused is retried; in the end the room holds every message
+/// exactly once, at the seq its ack named, and nothing it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_node_refuses_sends_past_its_bound_and_loses_or_doubles_nothing() {
+    let cluster = ChatCluster::start_with(2, |node| {
+        node.limits.sends_per_sec = 100_000;
+        node.limits.sends_in_flight = 4;
+    })
+    .await;
+    let api = Api::logged_in(&cluster.url(), "burst").await;
+    let room = cluster.create_room(&api, "burst", false).await;
+    let room = room["id"].as_u64().expect("id");
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    // Through the node that does not own the room: refusals cross the mesh too.
+    let mut ws = WsClient::connect(&cluster.node(1).ws_url(), &ws_token).await;
+    let mut waiting: BTreeSet<String> = (0..1_000).map(|i| format!("b{i}")).collect();
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !waiting.is_empty() {
+        assert!(Instant::now() < deadline, "{} sends still refused after 60 s", waiting.len());
+        for client_id in &waiting {
+            ws.send(json!({"type": "send", "room": room, "client_id": client_id, "text": "burst"})).await;
+        }
+        let mut answers = waiting.len();
+        while answers > 0 {
+            let frame = ws.next(Duration::from_secs(20)).await.expect("an answer to every send");
+            match frame["type"].as_str() {
+                Some("ack") => {
+                    let client_id = frame["client_id"].as_str().expect("client_id").to_string();
+                    assert!(waiting.remove(&client_id), "one ack per send: {frame}");
+                    let earlier = acked.insert(frame["seq"].as_u64().expect("seq"), client_id);
+                    assert_eq!(earlier, None, "two sends acked at one seq: {frame}");
+                    answers -= 1;
+                }
+                Some("error") => {
+                    assert_eq!(frame["code"], "rate_limited", "only a send past the bound is refused: {frame}");
+                    refused += 1;
+                    answers -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    // 1,000 sends written at once meet at most 4 permits: refusals are certain.
+    assert!(refused > 0, "a burst past the bound is refused");
+    let base = cluster.url();
+    let stored = wait_for("the room's history", Duration::from_secs(10), || history(&api, &base, room)).await;
+    assert_eq!(stored, acked, "the room holds exactly the acked sends at their seqs ({refused} refusals retried)");
+    assert_eq!(acked.keys().copied().collect::<Vec<_>>(), (1..=1_000).collect::<Vec<_>>(), "no seq skipped");
 }

@@ -56,7 +56,8 @@ fn default_control_lease_ms() -> u64 {
     3_000
 }
 
-/// Per-connection limits; a breach gets an error frame, the connection lives on.
+/// Per-connection limits, and the sends one node has in flight; a breach gets an error
+/// frame, the connection lives on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -83,6 +84,13 @@ pub struct Limits {
     /// Frames waiting in one connection's queue (live frames, acks, answers); a
     /// connection whose queue is full when a room frame arrives is closed as `lagging`.
     pub queued_frames: usize,
+    /// Sends this node's clients (WebSocket and REST) may have in flight at once, all
+    /// rooms together: accepted and not yet acknowledged. Past it a send is refused at
+    /// once with `rate_limited`, before any work, so past saturation the queues behind
+    /// it hold at most this many sends and an acknowledged message's latency stays
+    /// bounded (in-flight / throughput) instead of growing by seconds of queueing
+    /// (docs/BENCHMARKS.md, "Past saturation").
+    pub sends_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +105,7 @@ impl Default for Limits {
             held_frames: 1_000,
             reads_in_flight: 4,
             queued_frames: 4_096,
+            sends_in_flight: 256,
         }
     }
 }
@@ -173,6 +182,7 @@ impl NodeConfig {
             ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
             ("limits.reads_in_flight", limits.reads_in_flight == 0, "at least 1"),
             ("limits.queued_frames", limits.queued_frames == 0, "at least 1"),
+            ("limits.sends_in_flight", limits.sends_in_flight == 0, "at least 1"),
             ("mesh.link_queue", self.mesh.link_queue == 0, "at least 1"),
             ("mesh.requests_per_link", self.mesh.requests_per_link == 0, "at least 1"),
         ];
@@ -244,6 +254,7 @@ mod tests {
             ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
             ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),
             ("[limits]\nqueued_frames = 0\n", "limits.queued_frames"),
+            ("[limits]\nsends_in_flight = 0\n", "limits.sends_in_flight"),
             ("[mesh]\nlink_queue = 0\n", "mesh.link_queue"),
             ("[mesh]\nrequests_per_link = 0\n", "mesh.requests_per_link"),
         ] {

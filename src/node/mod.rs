@@ -73,6 +73,10 @@ pub enum NodeError {
     /// without moderating the room).
     #[error("{0}")]
     NotAllowed(String),
+    /// This node has `limits.sends_in_flight` sends of its clients in flight already (it
+    /// is saturated): the send was refused before any work, unsequenced.
+    #[error("the chat is busy; slow down and retry")]
+    Busy,
     #[error("the sender's epoch is stale")]
     StaleEpoch,
     /// A replica does not hold the entry a `Replicate` follows (docs/REPLICATION.md).
@@ -92,6 +96,7 @@ impl NodeError {
             Self::Banned => "banned",
             Self::NoSuchMessage => "not_found",
             Self::NotAllowed(_) => "forbidden",
+            Self::Busy => "rate_limited",
             Self::StaleEpoch => "stale_epoch",
             Self::LogMismatch => "log_mismatch",
             Self::Internal(_) => "internal",
@@ -108,6 +113,7 @@ impl NodeError {
                 "muted" => Self::Muted,
                 "banned" => Self::Banned,
                 "not_found" => Self::NoSuchMessage,
+                "rate_limited" => Self::Busy,
                 "stale_epoch" => Self::StaleEpoch,
                 "log_mismatch" => Self::LogMismatch,
                 "unavailable" => Self::Unavailable(message),
@@ -154,6 +160,8 @@ pub struct NodeInner {
     /// The control member believed to lead (`http://host:port`).
     leader_url: Mutex<String>,
     pub connections: AtomicU64,
+    /// Permits for the sends of this node's clients in flight (`limits.sends_in_flight`).
+    sends_in_flight: tokio::sync::Semaphore,
     messages: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -238,6 +246,9 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         name: config.name.clone(),
         addr: advertise,
         mesh: Mesh::new(secret.clone(), shutdown_rx.clone(), config.mesh.link_queue),
+        sends_in_flight: tokio::sync::Semaphore::new(
+            config.limits.sends_in_flight.min(tokio::sync::Semaphore::MAX_PERMITS),
+        ),
         config,
         log,
         hub: Hub::default(),

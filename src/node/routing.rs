@@ -149,8 +149,14 @@ impl Node {
     /// once more to the room's owner: the client's `client_id` makes that safe (the new
     /// owner holds the dedupe index of every message the old one got acknowledged). An
     /// owner that could not be reached at all is not asked twice unless the room moved.
+    /// With `limits.sends_in_flight` sends of this node's clients in flight already, it
+    /// is refused at once ([`NodeError::Busy`]): back-pressure instead of queueing.
     #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id, owner))]
     pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
+        let Ok(_in_flight) = self.sends_in_flight.try_acquire() else {
+            metrics::counter!("districhat_sends_refused_busy_total").increment(1);
+            return Err(NodeError::Busy);
+        };
         let placement = |route: RoomRoute| route.owner.map(|owner| (owner, route.epoch));
         let (owner, epoch) = self
             .room(room)

@@ -108,6 +108,7 @@ fn error(e: &NodeError) -> Response {
         NodeError::Forbidden | NodeError::Banned | NodeError::Muted | NodeError::NotAllowed(_) => StatusCode::FORBIDDEN,
         NodeError::UnknownRoom | NodeError::NoSuchMessage => StatusCode::NOT_FOUND,
         NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        NodeError::Busy => StatusCode::TOO_MANY_REQUESTS,
         NodeError::Unavailable(_) | NodeError::StaleEpoch | NodeError::LogMismatch => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(serde_json::json!({"code": e.code(), "message": e.to_string()}))).into_response()
