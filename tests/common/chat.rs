@@ -288,13 +288,19 @@ pub async fn fill(ws: &mut WsClient, room: u64, count: u64) -> BTreeMap<u64, Str
     fill_with(ws, room, count, "x").await
 }
 
-/// [`fill`] with `text` as every message's text.
+/// Sends [`fill_with`] has in flight at most.
+const FILL_WINDOW: u64 = 128;
+
+/// [`fill`] with `text` as every message's text. At most [`FILL_WINDOW`] sends are in
+/// flight at once, below a node's `limits.sends_in_flight`, so none is refused busy.
 pub async fn fill_with(ws: &mut WsClient, room: u64, count: u64, text: &str) -> BTreeMap<u64, String> {
-    for i in 0..count {
-        ws.send(json!({"type": "send", "room": room, "client_id": format!("m{i}"), "text": text})).await;
-    }
     let mut acked = BTreeMap::new();
+    let mut sent = 0;
     while (acked.len() as u64) < count {
+        while sent < count && sent - (acked.len() as u64) < FILL_WINDOW {
+            ws.send(json!({"type": "send", "room": room, "client_id": format!("m{sent}"), "text": text})).await;
+            sent += 1;
+        }
         let frame = ws.next(Duration::from_secs(20)).await.expect("an answer to every send");
         match frame["type"].as_str() {
             Some("ack") => {

@@ -119,6 +119,9 @@ pub struct ClientOutcome {
     pub last_ack: Option<Instant>,
     pub last_delivery: Option<Instant>,
     pub ack_latencies: Vec<Duration>,
+    /// From the attempt that was acknowledged (the last one sent) to its ack: what the
+    /// cluster took once it accepted the send, without retries after `rate_limited`.
+    pub accepted_ack_latencies: Vec<Duration>,
     pub delivery_latencies: Vec<Duration>,
     /// `error` frames from the node, by code.
     pub errors: BTreeMap<String, u64>,
@@ -546,6 +549,7 @@ impl Client {
         if let Some(pending) = self.pending.remove(&client_id) {
             let now = Instant::now();
             self.outcome.ack_latencies.push(now.saturating_duration_since(pending.first_sent));
+            self.outcome.accepted_ack_latencies.push(now.saturating_duration_since(pending.last_sent));
             self.outcome.acked += 1;
             self.outcome.last_ack = Some(now);
             if room != self.outcome.room {
