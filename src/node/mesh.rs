@@ -22,6 +22,7 @@ use axum::extract::ws::{Message as AxumMessage, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::control::secret::{ClusterSecret, SECRET_HEADER};
@@ -249,6 +250,12 @@ async fn run_link(
     }
 }
 
+/// The read buffer of a mesh socket, each end. The WebSocket library zero-fills the free
+/// part of its buffer before every read; its default of 128 KiB made that 2–3 % of a
+/// node's CPU under load (docs/BENCHMARKS.md, "Mesh writes"). Larger frames take a few
+/// reads.
+pub const READ_BUFFER: usize = 16 * 1024;
+
 /// Most frames one write of a link carries.
 const FRAMES_PER_WRITE: usize = 64;
 
@@ -282,7 +289,8 @@ async fn connect(addr: &str, secret: &ClusterSecret) -> Result<ClientSocket, tok
         request.headers_mut().insert(SECRET_HEADER, value);
     }
     // Without Nagle's algorithm: replication and deliveries are small frames wanted now.
-    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(Duration::from_secs(2), connecting).await {
         Ok(result) => Ok(result?.0),
         Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other("connect timed out"))),

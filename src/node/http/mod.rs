@@ -89,6 +89,7 @@ async fn mesh_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebS
     }
     let (shutdown, at_once) = (node.shutdown.clone(), node.config.mesh.requests_per_link);
     upgrade
+        .read_buffer_size(mesh::READ_BUFFER)
         .max_message_size(64 * 1024 * 1024)
         .on_upgrade(move |socket| mesh::serve_link(socket, node, shutdown, at_once))
 }
