@@ -245,3 +245,36 @@ async fn a_saturated_node_refuses_sends_past_its_bound_and_loses_or_doubles_noth
     assert_eq!(stored, acked, "the room holds exactly the acked sends at their seqs ({refused} refusals retried)");
     assert_eq!(acked.keys().copied().collect::<Vec<_>>(), (1..=1_000).collect::<Vec<_>>(), "no seq skipped");
 }
+
+/// The REST path meets the same bound: a send past it is answered 429 `rate_limited`
+/// (the code a client retries after), never `internal`, and is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_sends_past_a_nodes_bound_get_429_rate_limited_and_only_accepted_ones_are_stored() {
+    let cluster = ChatCluster::start_with(2, |node| node.limits.sends_in_flight = 1).await;
+    let api = Api::logged_in(&cluster.url(), "rester").await;
+    let room = cluster.create_room(&api, "rester", false).await["id"].as_u64().expect("id");
+    let base = cluster.url();
+    let token = api.token.clone().expect("logged in");
+    let posts = (0..40).map(|i| {
+        let (http, url, token) = (api.http.clone(), format!("{base}/api/rooms/{room}/messages"), token.clone());
+        async move {
+            let body = json!({"client_id": format!("r{i}"), "text": "rest"});
+            let response = http.post(url).bearer_auth(token).json(&body).send().await.expect("request");
+            let status = response.status().as_u16();
+            (format!("r{i}"), status, response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    });
+    let mut accepted = BTreeMap::new();
+    for (client_id, status, body) in futures_util::future::join_all(posts).await {
+        match status {
+            201 => {
+                accepted.insert(body["seq"].as_u64().expect("seq"), client_id);
+            }
+            429 => assert_eq!(body["code"], "rate_limited", "{body}"),
+            other => panic!("{client_id}: unexpected {other}: {body}"),
+        }
+    }
+    assert!(!accepted.is_empty(), "some sends are accepted");
+    let stored = wait_for("the room's history", Duration::from_secs(10), || history(&api, &base, room)).await;
+    assert_eq!(stored, accepted, "the room holds exactly the accepted sends");
+}

@@ -175,7 +175,7 @@ fn api_error(error: RoomEventError) -> ApiError {
 /// The codes a node gives for a change, as `'static` strings (anything else is
 /// `internal`).
 fn stable_code(code: &str) -> &'static str {
-    const CODES: [&str; 9] = [
+    const CODES: [&str; 10] = [
         "forbidden",
         "not_found",
         "muted",
@@ -184,6 +184,7 @@ fn stable_code(code: &str) -> &'static str {
         "text_too_long",
         "unknown_room",
         "unavailable",
+        "rate_limited",
         "internal",
     ];
     CODES.into_iter().find(|known| *known == code).unwrap_or("internal")
