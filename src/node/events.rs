@@ -37,6 +37,17 @@ impl BatchEvents {
     }
 }
 
+/// The entry of a plain message (no reply): its text and the mentions in it. Needs
+/// nothing of the log, so an owner sequences a batch of them inside its one blocking call.
+pub fn plain_entry(node: &Node, room: RoomId, outgoing: &Outgoing) -> (EntryKind, String) {
+    let text = match &outgoing.action {
+        Action::Message { text, .. } => text.clone(),
+        _ => String::new(),
+    };
+    let mentions = mentions_in(&text, node.may_moderate(room, outgoing.user_id));
+    (EntryKind::Message { reply_to: None, mentions }, text)
+}
+
 /// The entry kind and text the owner of `room` stores for `outgoing`, or why not.
 pub async fn entry_for(
     node: &Node,
@@ -46,10 +57,7 @@ pub async fn entry_for(
 ) -> Result<(EntryKind, String), NodeError> {
     let user = outgoing.user_id;
     match &outgoing.action {
-        Action::Message { text, reply_to: None } => {
-            let mentions = mentions_in(text, node.may_moderate(room, user));
-            Ok((EntryKind::Message { reply_to: None, mentions }, text.clone()))
-        }
+        Action::Message { reply_to: None, .. } => Ok(plain_entry(node, room, outgoing)),
         Action::Message { text, reply_to: Some(parent) } => {
             let parent = live_message(node, room, *parent, batch).await?;
             // Threads are one level deep: a reply to a reply joins its thread.

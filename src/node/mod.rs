@@ -8,7 +8,8 @@
 //!
 //! - `routing`: the routing table ([`Routes`]) and where each request goes: sends through
 //!   the owner, reads from the owner or its replica, deliveries, installing a new table.
-//! - [`owner`]: one task per owned room (sequencer, group commit, replication, fan-out).
+//! - [`owner`]: one task per owned room (group commit, replication, fan-out);
+//!   `sequencer`: giving a batch's sends their seqs.
 //! - `replica`: the replica side (store, adopt a new owner's epoch, seed and backfill).
 //! - `dispatch`: the answers to mesh requests from other nodes.
 //! - [`log`]: the room logs in RocksDB, epoch fences. [`mesh`]: node-to-node links.
@@ -28,6 +29,7 @@ pub mod mesh;
 pub mod owner;
 mod replica;
 pub mod routing;
+mod sequencer;
 mod session;
 pub mod subscription;
 

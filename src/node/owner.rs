@@ -16,11 +16,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::{self, BatchEvents};
 use super::log::{stamp, Fenced, Missing};
+pub use super::sequencer::Sent;
+use super::sequencer::{PendingSend, Sequencer};
 use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
-    ChatMessage, EntryKind, EntryKindName, MeshRequest, MeshResponse, MessageStamp, MessageState, NodeId, Outgoing,
-    ReactionCount, ReadMessage, RoomId, Seq, ServerFrame, StoredMessage, UserId,
+    Action, ChatMessage, EntryKind, EntryKindName, MeshRequest, MeshResponse, MessageStamp, MessageState, NodeId,
+    Outgoing, ReactionCount, ReadMessage, RoomId, Seq, ServerFrame, StoredMessage, UserId,
 };
 
 /// Most sends one batch takes; also how many of its last messages a replica shows a new
@@ -68,14 +70,6 @@ pub enum OwnerCommand {
     Returned {
         node: NodeId,
     },
-}
-
-/// An acknowledged send.
-#[derive(Debug, Clone, Copy)]
-pub struct Sent {
-    pub seq: Seq,
-    pub ts: u64,
-    pub duplicate: bool,
 }
 
 /// The node's handle on a running owner task.
@@ -501,48 +495,12 @@ impl Owner {
                 .record(started.saturating_duration_since(send.queued).as_secs_f64());
         }
         let ts = now_ms();
-        let mut messages: Vec<StoredMessage> = Vec::new();
-        let mut outcomes: Vec<(PendingSend, Sent)> = Vec::new();
-        let mut in_batch: HashMap<(UserId, String), Seq> = HashMap::new();
-        let mut events = BatchEvents::default();
-        // Every send's dedupe key in one read, off the runtime.
-        let keys: Vec<(UserId, String)> =
-            sends.iter().map(|send| (send.message.user_id, send.message.client_id.clone())).collect();
-        let (log, room, lookup) = (self.node.log.clone(), self.room, keys.clone());
-        let stored = match blocking(move || log.dedupe_many(room, &lookup)).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                fail_all(sends, e);
-                return true;
-            }
-        };
-        for ((send, key), stored) in sends.into_iter().zip(keys).zip(stored) {
-            if let Some(seq) = in_batch.get(&key).copied().or(stored) {
-                outcomes.push((send, Sent { seq, ts, duplicate: true }));
-                continue;
-            }
-            let (kind, text) = match events::entry_for(&self.node, self.room, &send.message, &events).await {
-                Ok(entry) => entry,
-                Err(e) => {
-                    let _ = send.reply.send(Err(e));
-                    continue;
-                }
-            };
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            in_batch.insert(key, seq);
-            events.note(send.message.user_id, &kind);
-            messages.push(StoredMessage {
-                seq,
-                sender_id: send.message.user_id,
-                sender: send.message.username.clone(),
-                text,
-                ts,
-                client_id: send.message.client_id.clone(),
-                kind,
-            });
-            outcomes.push((send, Sent { seq, ts, duplicate: false }));
-        }
+        let plain = sends.iter().all(|send| matches!(send.message.action, Action::Message { reply_to: None, .. }));
+        let batch =
+            if plain { self.sequence_plain(sends, ts, started).await } else { self.sequence(sends, ts, started).await };
+        let Some(Batch { sequenced, appended, deletes }) = batch else { return true };
+        self.next_seq = sequenced.next_seq;
+        let (messages, outcomes) = (sequenced.messages, sequenced.outcomes);
         if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
             let span = tracing::Span::current();
             span.record("first_seq", first.seq);
@@ -550,8 +508,15 @@ impl Owner {
             for message in &messages {
                 tracing::debug!(seq = message.seq, client_id = %message.client_id, "sequenced");
             }
-            record_hop("sequence", started);
-            if let Err(e) = self.persist_and_replicate(&messages).await {
+            let stored = match appended {
+                Some(appended) => appended,
+                None => self.persist(&messages).await,
+            };
+            let replicated = match stored {
+                Ok(()) => self.replicate(&messages).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = replicated {
                 tracing::warn!(
                     room = self.room,
                     error = %e,
@@ -565,7 +530,7 @@ impl Owner {
             }
             self.committed.set(self.next_seq - 1);
             self.last_stamp = messages.last().map(stamp);
-            if !events.deleted.is_empty() {
+            if deletes {
                 self.redact().await;
             }
         }
@@ -586,13 +551,103 @@ impl Owner {
         true
     }
 
-    async fn persist_and_replicate(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
+    /// Gives each send of a batch that has events in it its seq (or its duplicate's),
+    /// checking each event against the log and the entries before it in the batch.
+    /// `None` when the dedupe read failed (every send was answered with the error).
+    async fn sequence(&self, sends: Vec<PendingSend>, ts: u64, started: std::time::Instant) -> Option<Batch> {
+        // Every send's dedupe key in one read, off the runtime.
+        let keys: Vec<(UserId, String)> =
+            sends.iter().map(|send| (send.message.user_id, send.message.client_id.clone())).collect();
+        let (log, room) = (self.node.log.clone(), self.room);
+        let stored = match blocking(move || log.dedupe_many(room, &keys)).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                fail_all(sends, e);
+                return None;
+            }
+        };
+        let mut sequenced = Sequencer::new(self.next_seq, ts);
+        let mut events = BatchEvents::default();
+        for (send, stored) in sends.into_iter().zip(stored) {
+            let Some(send) = sequenced.duplicate(send, stored) else { continue };
+            match events::entry_for(&self.node, self.room, &send.message, &events).await {
+                Ok((kind, text)) => {
+                    events.note(send.message.user_id, &kind);
+                    sequenced.append(send, kind, text);
+                }
+                Err(e) => {
+                    let _ = send.reply.send(Err(e));
+                }
+            }
+        }
+        record_hop("sequence", started);
+        Some(Batch { sequenced, appended: None, deletes: !events.deleted.is_empty() })
+    }
+
+    /// [`Self::sequence`] for a batch of plain messages, which need nothing of the log but
+    /// their dedupe keys: the dedupe read, the sequencing and the append to the log are
+    /// one blocking call instead of two (docs/BENCHMARKS.md, "One hand-off per batch").
+    async fn sequence_plain(&self, sends: Vec<PendingSend>, ts: u64, started: std::time::Instant) -> Option<Batch> {
+        let entries: Vec<(EntryKind, String)> =
+            sends.iter().map(|send| events::plain_entry(&self.node, self.room, &send.message)).collect();
+        let (log, room, epoch, next_seq) = (self.node.log.clone(), self.room, self.epoch, self.next_seq);
+        let outcome = blocking(move || {
+            let keys: Vec<(UserId, String)> =
+                sends.iter().map(|send| (send.message.user_id, send.message.client_id.clone())).collect();
+            let stored = match log.dedupe_many(room, &keys) {
+                Ok(stored) => stored,
+                Err(e) => return Ok(Err((sends, e))),
+            };
+            let mut sequenced = Sequencer::new(next_seq, ts);
+            for ((send, (kind, text)), stored) in sends.into_iter().zip(entries).zip(stored) {
+                if let Some(send) = sequenced.duplicate(send, stored) {
+                    sequenced.append(send, kind, text);
+                }
+            }
+            record_hop("sequence", started);
+            if sequenced.messages.is_empty() {
+                return Ok(Ok((sequenced, Ok(Fenced::Done(())))));
+            }
+            let writing = std::time::Instant::now();
+            let appended = log.append_at(room, epoch, &sequenced.messages);
+            record_hop("fsync", writing);
+            Ok(Ok((sequenced, appended)))
+        })
+        .await;
+        let (sequenced, appended) = match outcome {
+            Ok(Ok(done)) => done,
+            Ok(Err((sends, e))) => {
+                fail_all(sends, NodeError::Internal(e.to_string()));
+                return None;
+            }
+            Err(e) => {
+                // The storage task itself failed; its sends went with it (their senders
+                // hear that the owner did not answer, and retry).
+                tracing::warn!(room, error = %e, "a batch was lost with its storage task");
+                return None;
+            }
+        };
+        let appended = match appended {
+            Ok(Fenced::Done(())) => Ok(()),
+            Ok(Fenced::Stale { .. }) => Err(self.moved()),
+            Err(e) => Err(NodeError::Internal(e.to_string())),
+        };
+        Some(Batch { sequenced, appended: Some(appended), deletes: false })
+    }
+
+    /// Writes a sequenced batch to this node's log.
+    async fn persist(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
         let (log, room, epoch, batch) = (self.node.log.clone(), self.room, self.epoch, messages.to_vec());
         let writing = std::time::Instant::now();
         if let Fenced::Stale { .. } = blocking(move || log.append_at(room, epoch, &batch)).await? {
             return Err(self.moved());
         }
         record_hop("fsync", writing);
+        Ok(())
+    }
+
+    /// Copies a batch this log holds to the replica and waits until it is on its disk.
+    async fn replicate(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
         let Some(replica) = self.node.replica_of(self.room) else { return Ok(()) };
         let request = MeshRequest::Replicate {
             room: self.room,
@@ -697,16 +752,18 @@ impl Owner {
     }
 }
 
-struct PendingSend {
-    message: Outgoing,
-    reply: oneshot::Sender<Result<Sent, NodeError>>,
-    queued: std::time::Instant,
-}
-
 /// Records one hop of the message path in `districhat_hop_seconds{hop}` (docs/BENCHMARKS.md,
 /// "Where the time goes").
 pub fn record_hop(hop: &'static str, since: std::time::Instant) {
     metrics::histogram!("districhat_hop_seconds", "hop" => hop).record(since.elapsed().as_secs_f64());
+}
+
+/// One batch, sequenced: its entries and answers, whether it was written to the log
+/// already (and how that went), whether it deletes messages.
+struct Batch {
+    sequenced: Sequencer,
+    appended: Option<Result<(), NodeError>>,
+    deletes: bool,
 }
 
 fn fail_all(sends: Vec<PendingSend>, error: NodeError) {
