@@ -53,6 +53,7 @@ async fn try_heartbeat_to(
         load: NodeLoad { connections, ..NodeLoad::default() },
         routes_version,
         in_sync: Vec::new(),
+        deltas: false,
     };
     let request = http().post(format!("{url}/internal/nodes/heartbeat")).header(SECRET_HEADER, SECRET).json(&beat);
     request.send().await?.error_for_status()?.json().await
@@ -90,7 +91,7 @@ fn beat(url: String, node: u64, connections: u64) -> Beating {
         let mut version = 0;
         loop {
             let sent = tokio::time::timeout(Duration::from_secs(2), try_heartbeat(&url, node, connections, version));
-            if let Ok(Ok(HeartbeatReply::Ok { routes: Some(table) })) = sent.await {
+            if let Ok(Ok(HeartbeatReply::Ok { routes: Some(table), .. })) = sent.await {
                 version = table.version;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -234,14 +235,14 @@ async fn the_node_api_wants_the_secret_and_heartbeats_want_the_leader() {
     assert_eq!(reply, HeartbeatReply::NotLeader { leader: leader_addr });
     assert_eq!(heartbeat_to(&base, 99, 0, 0).await, HeartbeatReply::Unknown);
 
-    let HeartbeatReply::Ok { routes: Some(table) } = heartbeat_to(&base, n1.node_id, 0, 0).await else {
+    let HeartbeatReply::Ok { routes: Some(table), .. } = heartbeat_to(&base, n1.node_id, 0, 0).await else {
         panic!("the first heartbeat gets the routing table")
     };
     assert_eq!(table.nodes.len(), 1);
     assert!(table.nodes[0].up);
     assert!(table.version > 0);
     let current = heartbeat_to(&base, n1.node_id, 0, table.version).await;
-    assert_eq!(current, HeartbeatReply::Ok { routes: None }, "an up-to-date node gets no table");
+    assert_eq!(current, HeartbeatReply::Ok { routes: None, delta: None }, "an up-to-date node gets no table");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +381,7 @@ async fn an_approval_gate_holds_new_nodes_until_an_admin_approves() {
     let pending = register(&base, "n1", "127.0.0.1:7101").await;
     assert!(!pending.approved);
     assert!(!pending.token_key.is_empty());
-    let HeartbeatReply::Ok { routes: Some(table) } = heartbeat(&base, pending.node_id, 0, 0).await else {
+    let HeartbeatReply::Ok { routes: Some(table), .. } = heartbeat(&base, pending.node_id, 0, 0).await else {
         panic!("a pending node heartbeats and gets the routing table")
     };
     assert!(!table.nodes[0].up, "a pending node is not up");

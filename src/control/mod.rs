@@ -23,6 +23,7 @@ pub mod raft;
 pub mod read_marks;
 pub mod restore;
 pub mod room_events;
+pub mod route_changes;
 pub mod routing;
 pub mod secret;
 pub mod write;

@@ -1,6 +1,7 @@
 //! The node's link to the control plane: registration at start, a heartbeat about once a
-//! second to the leader (carrying load, bringing back routing-table updates), and a full
-//! routing-table fetch when a lookup misses. The routing table also carries the
+//! second to the leader (carrying load, bringing back routing-table updates: what changed
+//! since the node's version, or the whole table), and a full routing-table fetch when a
+//! lookup misses or a delta does not fit the node's table. The routing table also carries the
 //! connection-token key (`admin after-restore` replaces it).
 
 use std::sync::atomic::Ordering;
@@ -96,7 +97,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
         };
         metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
         let in_sync = node.replicas_synced(&routes);
-        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version, in_sync };
+        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version, in_sync, deltas: true };
         // Re-announce followed rooms: an owner that learned of its room after our first
         // announcement (routing tables arrive at different times) hears of us now.
         for room in node.hub.rooms() {
@@ -106,9 +107,16 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
         for _ in 0..3 {
             let url = node.leader_url();
             match send_heartbeat(&node, &url, &heartbeat).await {
-                Ok(HeartbeatReply::Ok { routes }) => {
+                Ok(HeartbeatReply::Ok { routes, delta }) => {
                     if let Some(table) = routes {
                         node.apply_routes(table);
+                    } else if let Some(delta) = delta {
+                        if !node.apply_delta(delta) {
+                            // Our table moved since this heartbeat was sent: take it whole.
+                            if let Err(e) = node.refresh_routes().await {
+                                tracing::debug!(error = %e, "could not fetch the routing table");
+                            }
+                        }
                     }
                     answered_at = std::time::Instant::now();
                     break;

@@ -15,8 +15,8 @@ use super::mesh::Dispatch;
 use super::owner::{self, blocking, OwnerCommand, Sent};
 use super::{control_link, Node, NodeError};
 use crate::protocol::{
-    LogQuery, MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, ReadMessage, RoomId, RoomRoute, RoutingTable,
-    Seq, UserId,
+    LogQuery, MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, ReadMessage, RoomId, RoomRoute, RoutingDelta,
+    RoutingTable, Seq, UserId,
 };
 use crate::store::StoreError;
 
@@ -27,7 +27,7 @@ pub type Page = (Vec<ReadMessage>, bool, Seq);
 pub const MAX_MENTIONS: usize = 100;
 
 /// The routing table as lookups.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     pub version: u64,
     pub rooms: HashMap<RoomId, RoomRoute>,
@@ -44,6 +44,28 @@ impl From<RoutingTable> for Routes {
             nodes: table.nodes.into_iter().map(|node| (node.id, node)).collect(),
             admins: table.admins,
         }
+    }
+}
+
+impl Routes {
+    /// This table with `delta` applied: the table at `delta.version`. `None` unless this
+    /// table is at exactly `delta.from` (any other base would miss or misplace changes).
+    pub fn with_delta(&self, delta: RoutingDelta) -> Option<Routes> {
+        if delta.from != self.version || delta.version <= delta.from {
+            return None;
+        }
+        let mut next = self.clone();
+        next.version = delta.version;
+        for id in &delta.removed_rooms {
+            next.rooms.remove(id);
+        }
+        for id in &delta.removed_nodes {
+            next.nodes.remove(id);
+        }
+        next.rooms.extend(delta.rooms.into_iter().map(|room| (room.id, room)));
+        next.nodes.extend(delta.nodes.into_iter().map(|node| (node.id, node)));
+        next.admins = delta.admins;
+        Some(next)
     }
 }
 
@@ -392,12 +414,35 @@ impl Node {
         }
     }
 
+    /// Applies a routing-table delta from a heartbeat reply to this node's table. `false`
+    /// when it does not fit (this table is not at the delta's base version, as when a
+    /// full fetch moved it meanwhile): the caller then fetches the whole table.
+    pub fn apply_delta(&self, mut delta: RoutingDelta) -> bool {
+        let current = self.routes();
+        if delta.version <= current.version {
+            return true; // already as new or newer
+        }
+        let token_key = std::mem::take(&mut delta.token_key);
+        match current.with_delta(delta) {
+            Some(next) => {
+                self.install_routes(next, token_key);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Installs a newer routing table and acts on it: takes its connection-token key,
     /// starts or stops owners, and makes the sessions of rooms whose owner changed
     /// re-announce themselves and resync.
     pub fn apply_routes(&self, mut table: RoutingTable) {
         let token_key = std::mem::take(&mut table.token_key);
-        let new = Arc::new(Routes::from(table));
+        self.install_routes(Routes::from(table), token_key);
+    }
+
+    /// [`Self::apply_routes`] for a table already built (whole, or from a delta).
+    fn install_routes(&self, new: Routes, token_key: Vec<u8>) {
+        let new = Arc::new(new);
         let old = {
             let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if new.version < routes.version {

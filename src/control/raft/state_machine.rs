@@ -24,6 +24,7 @@ use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, T
 use crate::control::catalog::{
     Catalog, CatalogMeta, ChatNode, ChatNodeId, CommandOutput, CommandResult, Room, RoomId, Touched, User, UserId,
 };
+use crate::control::route_changes::RouteChanges;
 use crate::store;
 
 pub const CF_USERS: &str = "users";
@@ -62,6 +63,17 @@ pub type SharedState = Arc<RwLock<CatalogState>>;
 pub struct CatalogState {
     pub catalog: Catalog,
     pub applied: AppliedState,
+    /// The routes each applied entry changed, since this catalog was loaded or installed:
+    /// what heartbeat replies send as deltas. Memory only, never in a snapshot.
+    pub route_changes: RouteChanges,
+}
+
+impl CatalogState {
+    /// A catalog loaded at `applied`, with a change index that starts there.
+    fn loaded(catalog: Catalog, applied: AppliedState) -> Self {
+        let start = applied.last_applied.map_or(0, |log_id| log_id.index);
+        Self { catalog, applied, route_changes: RouteChanges::starting_at(start) }
+    }
 }
 
 /// Where the state machine is: last applied log id and membership, persisted together.
@@ -99,7 +111,7 @@ impl StateMachineStore {
         let snapshot = machine.stored_snapshot()?;
         match snapshot {
             Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => machine.install(snapshot)?,
-            _ => *machine.write_state() = CatalogState { catalog, applied },
+            _ => *machine.write_state() = CatalogState::loaded(catalog, applied),
         }
         Ok(machine)
     }
@@ -111,7 +123,7 @@ impl StateMachineStore {
         let (catalog, applied) = reader.load_rows()?;
         match reader.stored_snapshot()? {
             Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => decode_snapshot(&snapshot),
-            _ => Ok(CatalogState { catalog, applied }),
+            _ => Ok(CatalogState::loaded(catalog, applied)),
         }
     }
 
@@ -223,7 +235,7 @@ impl StateMachineStore {
 
     /// Replaces the in-memory and on-disk catalog with a snapshot's.
     fn install(&mut self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
-        let CatalogState { catalog, applied } = decode_snapshot(&snapshot)?;
+        let CatalogState { catalog, applied, .. } = decode_snapshot(&snapshot)?;
         let mut batch = WriteBatch::default();
         for table in TABLES {
             let cf = store::cf(&self.db, table).map_err(sm_write)?;
@@ -246,7 +258,7 @@ impl StateMachineStore {
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
         batch.put_cf(meta_cf, KEY_SNAPSHOT, store::encode(&snapshot).map_err(sm_write)?);
         self.write_synced(batch)?;
-        *self.write_state() = CatalogState { catalog, applied };
+        *self.write_state() = CatalogState::loaded(catalog, applied);
         Ok(())
     }
 
@@ -266,7 +278,7 @@ fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageErr
     let catalog = decode_catalog(&snapshot.data).map_err(snap_read)?;
     let applied =
         AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
-    Ok(CatalogState { catalog, applied })
+    Ok(CatalogState::loaded(catalog, applied))
 }
 
 /// The catalog in a snapshot's data, in the newest format that uses every byte, with its
@@ -415,6 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(command) => {
                     let term = entry.log_id.leader_id.term;
                     let (result, rows) = state.catalog.apply_in_term(command, Some(term));
+                    state.route_changes.record(entry.log_id.index, &rows);
                     touched.extend(rows);
                     results.push(result);
                 }
