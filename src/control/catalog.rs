@@ -270,6 +270,10 @@ pub enum Command {
         last_seq: u64,
         at_ms: u64,
     },
+    /// Several commands that were waiting on the leader at once, carried by one log entry
+    /// (`control/write.rs`) and applied in order, each exactly as if it had its own entry:
+    /// the result is [`CommandOutput::Batch`], one result per command, in order.
+    Batch(Vec<Command>),
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -314,6 +318,8 @@ pub enum CommandOutput {
         moves: Vec<RoomMove>,
         remaining_imbalance: u64,
     },
+    /// The result of a [`Command::Batch`]: each command's own result, in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// One room moved by a [`Command::Rebalance`].
@@ -659,6 +665,9 @@ impl Catalog {
             Command::AddGroupMember { room, by, user, last_seq, at_ms: _ } => {
                 self.add_group_member(room, by, user, last_seq, touched)
             }
+            Command::Batch(commands) => Ok(CommandOutput::Batch(
+                commands.into_iter().map(|command| self.apply_inner(command, term, touched)).collect(),
+            )),
         }
     }
 
@@ -854,6 +863,33 @@ mod tests {
         assert_eq!(err.code(), "username_taken");
         assert_eq!(catalog, before);
         assert_eq!(user(&mut catalog, "A!").unwrap_err().code(), "invalid_username");
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_with_each_result_as_its_own_entry_would_have() {
+        let commands = vec![
+            Command::CreateUser { username: "alice".into(), password_hash: "h".into(), at_ms: 1 },
+            Command::CreateUser { username: "alice".into(), password_hash: "h".into(), at_ms: 2 },
+            Command::CreateRoom { name: "general".into(), private: false, created_by: 1, at_ms: 3 },
+            Command::AddMember { room: 9, user: 1 },
+            Command::CreateUser { username: "bob".into(), password_hash: "h".into(), at_ms: 4 },
+            Command::AddMember { room: 1, user: 2 },
+        ];
+        let mut one_by_one = Catalog::default();
+        let mut expected = Vec::new();
+        let mut rows = Vec::new();
+        for command in commands.clone() {
+            let (result, touched) = one_by_one.apply(command);
+            expected.push(result);
+            rows.extend(touched);
+        }
+        let mut batched = Catalog::default();
+        let (result, touched) = batched.apply(Command::Batch(commands));
+        assert_eq!(result, Ok(CommandOutput::Batch(expected.clone())));
+        assert_eq!(expected[1].as_ref().unwrap_err().code(), "username_taken", "the second alice is refused");
+        assert_eq!(expected[3].as_ref().unwrap_err().code(), "unknown_room");
+        assert_eq!(batched, one_by_one, "the same catalog");
+        assert_eq!(touched, rows, "the same rows to persist");
     }
 
     #[test]
