@@ -506,6 +506,11 @@ pub struct Catalog {
     /// have no entry, so two equal catalogs have equal indexes.
     #[serde(skip)]
     placements: BTreeMap<ChatNodeId, (usize, usize)>,
+    /// Rooms (DMs not counted) per creator, derived from `rooms` (rooms are never removed
+    /// and never change creator): the room quota checked before every `CreateRoom` does
+    /// not count all the rooms (docs/BENCHMARKS.md, "The control plane at scale").
+    #[serde(skip)]
+    created_rooms: BTreeMap<UserId, usize>,
 }
 
 impl Catalog {
@@ -728,6 +733,9 @@ impl Catalog {
             touched.push(Touched::ReplicaInSync(room.id));
         }
         self.room_names.insert(room.name.clone(), room.id);
+        if !room.is_dm() {
+            *self.created_rooms.entry(created_by).or_default() += 1;
+        }
         self.replace_placement((None, None), (room.owner, room.replica));
         self.rooms.insert(room.id, room.clone());
         self.members.insert((room.id, created_by));
@@ -739,6 +747,10 @@ impl Catalog {
     pub fn rebuild_indexes(&mut self) {
         self.usernames = self.users.values().map(|user| (user.username.clone(), user.id)).collect();
         self.room_names = self.rooms.values().map(|room| (room.name.clone(), room.id)).collect();
+        self.created_rooms = BTreeMap::new();
+        for room in self.rooms.values().filter(|room| !room.is_dm()) {
+            *self.created_rooms.entry(room.created_by).or_default() += 1;
+        }
         self.rebuild_placements();
     }
 
@@ -816,7 +828,13 @@ impl Catalog {
 
     /// Rooms `user` created, direct messages not counted (the room quota).
     pub fn rooms_created_by(&self, user: UserId) -> usize {
-        self.rooms.values().filter(|room| room.created_by == user && !room.is_dm()).count()
+        let counted = self.created_rooms.get(&user).copied().unwrap_or_default();
+        debug_assert_eq!(
+            counted,
+            self.rooms.values().filter(|room| room.created_by == user && !room.is_dm()).count(),
+            "the per-creator index matches a full count"
+        );
+        counted
     }
 
     /// Rooms a user may see: every public room and the private rooms they belong to.
@@ -890,6 +908,23 @@ mod tests {
         assert_eq!(expected[3].as_ref().unwrap_err().code(), "unknown_room");
         assert_eq!(batched, one_by_one, "the same catalog");
         assert_eq!(touched, rows, "the same rows to persist");
+    }
+
+    #[test]
+    fn rooms_per_creator_are_counted_without_dms_and_rebuilt_the_same() {
+        let mut catalog = Catalog::default();
+        user(&mut catalog, "alice").unwrap();
+        user(&mut catalog, "bob").unwrap();
+        for name in ["one", "two"] {
+            let create = Command::CreateRoom { name: name.into(), private: false, created_by: 1, at_ms: 1 };
+            catalog.apply(create).0.unwrap();
+        }
+        catalog.apply(Command::CreateDm { a: 1, b: 2, at_ms: 1 }).0.unwrap();
+        assert_eq!((catalog.rooms_created_by(1), catalog.rooms_created_by(2)), (2, 0), "a DM is not counted");
+        let mut loaded = catalog.clone();
+        loaded.created_rooms.clear();
+        loaded.rebuild_indexes();
+        assert_eq!(loaded, catalog, "the index rebuilt from the rooms is the one kept");
     }
 
     #[test]
