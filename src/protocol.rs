@@ -291,7 +291,7 @@ pub enum HeartbeatReply {
     Ok {
         routes: Option<RoutingTable>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        delta: Option<RoutingDelta>,
+        delta: Option<Box<RoutingDelta>>,
     },
     /// The receiver is not the leader; send heartbeats to `leader` (`host:port`).
     NotLeader { leader: Option<String> },

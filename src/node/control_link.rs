@@ -111,7 +111,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                     if let Some(table) = routes {
                         node.apply_routes(table);
                     } else if let Some(delta) = delta {
-                        if !node.apply_delta(delta) {
+                        if !node.apply_delta(*delta) {
                             // Our table moved since this heartbeat was sent: take it whole.
                             if let Err(e) = node.refresh_routes().await {
                                 tracing::debug!(error = %e, "could not fetch the routing table");

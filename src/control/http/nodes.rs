@@ -120,7 +120,7 @@ async fn heartbeat(
     if beat.routes_version == version(&state) {
         return Ok(Json(HeartbeatReply::Ok { routes: None, delta: None }));
     }
-    let delta = if beat.deltas { routing_delta(&state, beat.routes_version) } else { None };
+    let delta = if beat.deltas { routing_delta(&state, beat.routes_version).map(Box::new) } else { None };
     let routes = delta.is_none().then(|| routing_table(&state));
     drop(state);
     let kind = if delta.is_some() { "delta" } else { "full" };
