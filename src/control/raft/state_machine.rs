@@ -383,6 +383,7 @@ fn snap_read(e: impl std::error::Error + 'static) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
         // Data and log position are read under one lock, so they always match.
         let (data, applied) = {
             let state = read_state(&self.state);
@@ -400,6 +401,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         batch.put_cf(cf, KEY_SNAPSHOT, store::encode(&stored).map_err(sm_write)?);
         self.write_synced(batch)?;
         metrics::counter!("districhat_raft_snapshots_built_total").increment(1);
+        metrics::gauge!("districhat_raft_snapshot_bytes").set(data.len() as f64);
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(bytes = data.len(), took_ms, index = ?meta.last_log_id, "built a catalog snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -461,9 +465,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        let bytes = stored.data.len();
         self.install(stored)?;
         metrics::counter!("districhat_raft_snapshots_installed_total").increment(1);
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(bytes, took_ms, index = ?meta.last_log_id, "installed a catalog snapshot");
         Ok(())
     }
 
