@@ -383,27 +383,39 @@ fn snap_read(e: impl std::error::Error + 'static) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.snapshot_counter += 1;
+        let (machine, counter) = (self.clone(), self.snapshot_counter);
+        // Seconds of encoding and writing with a large catalog (a million users): off the
+        // async runtime, which may have a single thread that Raft heartbeats need too.
+        tokio::task::spawn_blocking(move || machine.build_blocking(counter)).await.map_err(snap_read)?
+    }
+}
+
+impl StateMachineStore {
+    /// The snapshot of the applied catalog, stored (fsynced) as the current one.
+    fn build_blocking(&self, counter: u64) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = std::time::Instant::now();
         // Data and log position are read under one lock, so they always match.
         let (data, applied) = {
             let state = read_state(&self.state);
             (store::encode(&state.catalog).map_err(snap_read)?, state.applied.clone())
         };
-        self.snapshot_counter += 1;
+        let encoded_ms = started.elapsed().as_millis() as u64;
         let snapshot_id = match applied.last_applied {
-            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_counter),
-            None => format!("empty-{}", self.snapshot_counter),
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, counter),
+            None => format!("empty-{counter}"),
         };
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
         let cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, KEY_SNAPSHOT, store::encode(&stored).map_err(sm_write)?);
         self.write_synced(batch)?;
+        let data = stored.data;
         metrics::counter!("districhat_raft_snapshots_built_total").increment(1);
         metrics::gauge!("districhat_raft_snapshot_bytes").set(data.len() as f64);
         let took_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(bytes = data.len(), took_ms, index = ?meta.last_log_id, "built a catalog snapshot");
+        tracing::info!(bytes = data.len(), encoded_ms, took_ms, index = ?meta.last_log_id, "built a catalog snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -468,7 +480,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let started = std::time::Instant::now();
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         let bytes = stored.data.len();
-        self.install(stored)?;
+        // Off the async runtime, like building one: seconds for a large catalog.
+        let mut machine = self.clone();
+        tokio::task::spawn_blocking(move || machine.install(stored)).await.map_err(sm_write)??;
         metrics::counter!("districhat_raft_snapshots_installed_total").increment(1);
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(bytes, took_ms, index = ?meta.last_log_id, "installed a catalog snapshot");
