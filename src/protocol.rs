@@ -292,6 +292,11 @@ pub enum HeartbeatReply {
         routes: Option<RoutingTable>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delta: Option<Box<RoutingDelta>>,
+        /// The node's table is outdated by more than a heartbeat should carry: it fetches
+        /// the whole table with `GET /internal/routes`, outside the heartbeat's deadline
+        /// (only for nodes that take deltas; older ones get `routes`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fetch: bool,
     },
     /// The receiver is not the leader; send heartbeats to `leader` (`host:port`).
     NotLeader { leader: Option<String> },

@@ -29,6 +29,11 @@ use crate::now_ms;
 use crate::protocol::{Heartbeat, HeartbeatReply, NodeRegistration, RegisterNode, RoutingTable};
 use crate::token;
 
+/// Most rooms a heartbeat reply carries (about 0.2 MB of JSON): a node that needs more
+/// (it was cut off, or its version is older than this member's change index) is told to
+/// fetch the whole table instead, so a heartbeat stays well within its deadline.
+pub const HEARTBEAT_ROOMS: usize = 1_000;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/internal/nodes/register", post(register))
@@ -118,14 +123,26 @@ async fn heartbeat(
     }
     let state = read_state(&app.state);
     if beat.routes_version == version(&state) {
-        return Ok(Json(HeartbeatReply::Ok { routes: None, delta: None }));
+        return Ok(Json(HeartbeatReply::Ok { routes: None, delta: None, fetch: false }));
     }
-    let delta = if beat.deltas { routing_delta(&state, beat.routes_version).map(Box::new) } else { None };
-    let routes = delta.is_none().then(|| routing_table(&state));
+    let (routes, delta, fetch) = if beat.deltas {
+        match routing_delta(&state, beat.routes_version) {
+            Some(delta) if delta.rooms.len() <= HEARTBEAT_ROOMS => (None, Some(Box::new(delta)), false),
+            // Too much for a heartbeat: liveness must not wait on megabytes of routes.
+            _ if state.catalog.rooms.len() > HEARTBEAT_ROOMS => (None, None, true),
+            _ => (Some(routing_table(&state)), None, false),
+        }
+    } else {
+        (Some(routing_table(&state)), None, false)
+    };
     drop(state);
-    let kind = if delta.is_some() { "delta" } else { "full" };
+    let kind = match (&routes, &delta) {
+        (Some(_), _) => "full",
+        (None, Some(_)) => "delta",
+        (None, None) => "fetch",
+    };
     metrics::counter!("districhat_routes_sent_total", "kind" => kind).increment(1);
-    Ok(Json(HeartbeatReply::Ok { routes, delta }))
+    Ok(Json(HeartbeatReply::Ok { routes, delta, fetch }))
 }
 
 /// `GET /internal/routes`: the whole routing table of this member's applied catalog.
