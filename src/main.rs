@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use districhat::cli::admin::{AdminAction, AdminTarget};
 use districhat::cli::bench::chat::ChatBenchArgs;
 use districhat::cli::bench::control::ControlBenchArgs;
+use districhat::cli::bench::seed::SeedArgs;
 use districhat::cli::chaos::ChaosArgs;
 use districhat::cli::drill::DrillArgs;
 use districhat::cli::{admin, bench, chaos, dev, drill, status};
@@ -50,6 +51,9 @@ enum Command {
     Bench(ChatBenchArgs),
     /// Load the control plane with concurrent catalog writes (room creations).
     BenchControl(ControlBenchArgs),
+    /// Fill a benchmark cluster's catalog with many users and rooms (one shared password;
+    /// the cluster secret's internal write path).
+    BenchSeed(SeedArgs),
     /// Kill a leader or a node of a running local cluster and measure recovery and loss.
     Drill(DrillArgs),
     /// Start a cluster of its own, inject faults under chat load, check every history.
@@ -101,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Node { config, secret } => node::run_from_config(&config, secret).await,
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
+        Command::BenchSeed(args) => bench::seed::run(args).await,
         Command::Drill(args) => drill::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Init { target } => admin::init(&target).await,

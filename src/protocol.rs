@@ -275,14 +275,29 @@ pub struct Heartbeat {
     /// and the routing table does not show in sync yet (`ReplicasInSync`).
     #[serde(default)]
     pub in_sync: Vec<(RoomId, u64)>,
+    /// The node applies [`RoutingDelta`]s: the leader may answer with what changed since
+    /// `routes_version` instead of the whole table. False (whole tables) for older nodes.
+    #[serde(default)]
+    pub deltas: bool,
 }
 
 /// The answer to a [`Heartbeat`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum HeartbeatReply {
-    /// Accepted by the leader; `routes` is set when the node's version is outdated.
-    Ok { routes: Option<RoutingTable> },
+    /// Accepted by the leader. When the node's version is outdated, either `routes` is
+    /// the whole table or (for a node that takes deltas, when the leader knows every
+    /// change since the node's version) `delta` is what changed; both `None` otherwise.
+    Ok {
+        routes: Option<RoutingTable>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<Box<RoutingDelta>>,
+        /// The node's table is outdated by more than a heartbeat should carry: it fetches
+        /// the whole table with `GET /internal/routes`, outside the heartbeat's deadline
+        /// (only for nodes that take deltas; older ones get `routes`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fetch: bool,
+    },
     /// The receiver is not the leader; send heartbeats to `leader` (`host:port`).
     NotLeader { leader: Option<String> },
     /// The node is unknown (or was removed): register again.
@@ -301,6 +316,23 @@ pub struct RoutingTable {
     pub token_key: Vec<u8>,
     /// The cluster's admins: they moderate every room.
     #[serde(default)]
+    pub admins: Vec<UserId>,
+}
+
+/// What changed in the routing table from version `from` to `version`: every room and
+/// node whose route differs (or may differ) between the two, as it is at `version`, the
+/// ones gone since, and the small parts (token key, admins) whole. Applied to the table
+/// at exactly `from`, it gives the table at `version`; a node holding any other version
+/// fetches the whole table instead (docs/PROTOCOL.md, "Routing-table deltas").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingDelta {
+    pub from: u64,
+    pub version: u64,
+    pub nodes: Vec<NodeRoute>,
+    pub rooms: Vec<RoomRoute>,
+    pub removed_nodes: Vec<NodeId>,
+    pub removed_rooms: Vec<RoomId>,
+    pub token_key: Vec<u8>,
     pub admins: Vec<UserId>,
 }
 

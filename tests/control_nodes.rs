@@ -53,6 +53,7 @@ async fn try_heartbeat_to(
         load: NodeLoad { connections, ..NodeLoad::default() },
         routes_version,
         in_sync: Vec::new(),
+        deltas: false,
     };
     let request = http().post(format!("{url}/internal/nodes/heartbeat")).header(SECRET_HEADER, SECRET).json(&beat);
     request.send().await?.error_for_status()?.json().await
@@ -90,7 +91,7 @@ fn beat(url: String, node: u64, connections: u64) -> Beating {
         let mut version = 0;
         loop {
             let sent = tokio::time::timeout(Duration::from_secs(2), try_heartbeat(&url, node, connections, version));
-            if let Ok(Ok(HeartbeatReply::Ok { routes: Some(table) })) = sent.await {
+            if let Ok(Ok(HeartbeatReply::Ok { routes: Some(table), .. })) = sent.await {
                 version = table.version;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -234,14 +235,18 @@ async fn the_node_api_wants_the_secret_and_heartbeats_want_the_leader() {
     assert_eq!(reply, HeartbeatReply::NotLeader { leader: leader_addr });
     assert_eq!(heartbeat_to(&base, 99, 0, 0).await, HeartbeatReply::Unknown);
 
-    let HeartbeatReply::Ok { routes: Some(table) } = heartbeat_to(&base, n1.node_id, 0, 0).await else {
+    let HeartbeatReply::Ok { routes: Some(table), .. } = heartbeat_to(&base, n1.node_id, 0, 0).await else {
         panic!("the first heartbeat gets the routing table")
     };
     assert_eq!(table.nodes.len(), 1);
     assert!(table.nodes[0].up);
     assert!(table.version > 0);
     let current = heartbeat_to(&base, n1.node_id, 0, table.version).await;
-    assert_eq!(current, HeartbeatReply::Ok { routes: None }, "an up-to-date node gets no table");
+    assert_eq!(
+        current,
+        HeartbeatReply::Ok { routes: None, delta: None, fetch: false },
+        "an up-to-date node gets no table"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +385,7 @@ async fn an_approval_gate_holds_new_nodes_until_an_admin_approves() {
     let pending = register(&base, "n1", "127.0.0.1:7101").await;
     assert!(!pending.approved);
     assert!(!pending.token_key.is_empty());
-    let HeartbeatReply::Ok { routes: Some(table) } = heartbeat(&base, pending.node_id, 0, 0).await else {
+    let HeartbeatReply::Ok { routes: Some(table), .. } = heartbeat(&base, pending.node_id, 0, 0).await else {
         panic!("a pending node heartbeats and gets the routing table")
     };
     assert!(!table.nodes[0].up, "a pending node is not up");
@@ -436,4 +441,51 @@ async fn a_node_whose_registration_is_refused_with_a_4xx_stops_and_says_why() {
     let Err(error) = started else { panic!("a node with a refused registration started") };
     let error = format!("{error:#}");
     assert!(error.contains("400") && error.contains("invalid_ws_url"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_far_behind_is_sent_a_delta_or_told_to_fetch_the_whole_table() {
+    use futures_util::stream::{self, StreamExt};
+    let cluster = TestCluster::start_with(3, tuning(), |config| config.max_rooms_per_user = 0).await;
+    let leader = cluster.wait_ready().await;
+    let base = cluster.url(leader);
+    let n1 = register(&base, "n1", "127.0.0.1:7101").await;
+    let api = Api::logged_in(&base, "alice").await;
+    let beat = |routes_version, deltas| {
+        let body =
+            Heartbeat { node_id: n1.node_id, load: NodeLoad::default(), routes_version, in_sync: Vec::new(), deltas };
+        let request = http().post(format!("{base}/internal/nodes/heartbeat")).header(SECRET_HEADER, SECRET).json(&body);
+        async move { request.send().await.expect("heartbeat").json::<HeartbeatReply>().await.expect("reply") }
+    };
+    let HeartbeatReply::Ok { routes: Some(table), .. } = beat(0, true).await else {
+        panic!("version 0: the whole table")
+    };
+    let statuses: Vec<u16> =
+        stream::iter(0..1_001)
+            .map(|i| {
+                let (api, base) = (api.clone(), base.clone());
+                async move {
+                    api.post(&format!("{base}/api/rooms"), json!({"name": format!("r-{i}")})).await.map_or(0, |r| r.0)
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+    assert!(statuses.iter().all(|status| *status == 201));
+    let reply = beat(table.version, true).await;
+    assert!(
+        matches!(reply, HeartbeatReply::Ok { routes: None, delta: None, fetch: true }),
+        "1,001 rooms behind: fetch the whole table"
+    );
+    let HeartbeatReply::Ok { routes: Some(whole), .. } = beat(table.version, false).await else {
+        panic!("a node that takes no deltas gets the whole table")
+    };
+    assert_eq!(whole.rooms.len(), 1_001);
+    let (status, body) = api.post(&format!("{base}/api/rooms"), json!({"name": "one-more"})).await.expect("room");
+    assert_eq!(status, 201, "{body}");
+    let HeartbeatReply::Ok { delta: Some(delta), .. } = beat(whole.version, true).await else {
+        panic!("one room behind: a delta")
+    };
+    assert_eq!(delta.from, whole.version);
+    assert!(delta.rooms.iter().any(|room| room.id == body["id"].as_u64().expect("id")), "the new room is in it");
 }

@@ -270,6 +270,10 @@ pub enum Command {
         last_seq: u64,
         at_ms: u64,
     },
+    /// Several commands that were waiting on the leader at once, carried by one log entry
+    /// (`control/write.rs`) and applied in order, each exactly as if it had its own entry:
+    /// the result is [`CommandOutput::Batch`], one result per command, in order.
+    Batch(Vec<Command>),
 }
 
 /// `user` has read `room` up to and including message `seq`.
@@ -314,6 +318,8 @@ pub enum CommandOutput {
         moves: Vec<RoomMove>,
         remaining_imbalance: u64,
     },
+    /// The result of a [`Command::Batch`]: each command's own result, in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// One room moved by a [`Command::Rebalance`].
@@ -500,6 +506,11 @@ pub struct Catalog {
     /// have no entry, so two equal catalogs have equal indexes.
     #[serde(skip)]
     placements: BTreeMap<ChatNodeId, (usize, usize)>,
+    /// Rooms (DMs not counted) per creator, derived from `rooms` (rooms are never removed
+    /// and never change creator): the room quota checked before every `CreateRoom` does
+    /// not count all the rooms (docs/BENCHMARKS.md, "The control plane at scale").
+    #[serde(skip)]
+    created_rooms: BTreeMap<UserId, usize>,
 }
 
 impl Catalog {
@@ -659,6 +670,9 @@ impl Catalog {
             Command::AddGroupMember { room, by, user, last_seq, at_ms: _ } => {
                 self.add_group_member(room, by, user, last_seq, touched)
             }
+            Command::Batch(commands) => Ok(CommandOutput::Batch(
+                commands.into_iter().map(|command| self.apply_inner(command, term, touched)).collect(),
+            )),
         }
     }
 
@@ -719,6 +733,9 @@ impl Catalog {
             touched.push(Touched::ReplicaInSync(room.id));
         }
         self.room_names.insert(room.name.clone(), room.id);
+        if !room.is_dm() {
+            *self.created_rooms.entry(created_by).or_default() += 1;
+        }
         self.replace_placement((None, None), (room.owner, room.replica));
         self.rooms.insert(room.id, room.clone());
         self.members.insert((room.id, created_by));
@@ -730,6 +747,10 @@ impl Catalog {
     pub fn rebuild_indexes(&mut self) {
         self.usernames = self.users.values().map(|user| (user.username.clone(), user.id)).collect();
         self.room_names = self.rooms.values().map(|room| (room.name.clone(), room.id)).collect();
+        self.created_rooms = BTreeMap::new();
+        for room in self.rooms.values().filter(|room| !room.is_dm()) {
+            *self.created_rooms.entry(room.created_by).or_default() += 1;
+        }
         self.rebuild_placements();
     }
 
@@ -807,7 +828,13 @@ impl Catalog {
 
     /// Rooms `user` created, direct messages not counted (the room quota).
     pub fn rooms_created_by(&self, user: UserId) -> usize {
-        self.rooms.values().filter(|room| room.created_by == user && !room.is_dm()).count()
+        let counted = self.created_rooms.get(&user).copied().unwrap_or_default();
+        debug_assert_eq!(
+            counted,
+            self.rooms.values().filter(|room| room.created_by == user && !room.is_dm()).count(),
+            "the per-creator index matches a full count"
+        );
+        counted
     }
 
     /// Rooms a user may see: every public room and the private rooms they belong to.
@@ -854,6 +881,50 @@ mod tests {
         assert_eq!(err.code(), "username_taken");
         assert_eq!(catalog, before);
         assert_eq!(user(&mut catalog, "A!").unwrap_err().code(), "invalid_username");
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_with_each_result_as_its_own_entry_would_have() {
+        let commands = vec![
+            Command::CreateUser { username: "alice".into(), password_hash: "h".into(), at_ms: 1 },
+            Command::CreateUser { username: "alice".into(), password_hash: "h".into(), at_ms: 2 },
+            Command::CreateRoom { name: "general".into(), private: false, created_by: 1, at_ms: 3 },
+            Command::AddMember { room: 9, user: 1 },
+            Command::CreateUser { username: "bob".into(), password_hash: "h".into(), at_ms: 4 },
+            Command::AddMember { room: 1, user: 2 },
+        ];
+        let mut one_by_one = Catalog::default();
+        let mut expected = Vec::new();
+        let mut rows = Vec::new();
+        for command in commands.clone() {
+            let (result, touched) = one_by_one.apply(command);
+            expected.push(result);
+            rows.extend(touched);
+        }
+        let mut batched = Catalog::default();
+        let (result, touched) = batched.apply(Command::Batch(commands));
+        assert_eq!(result, Ok(CommandOutput::Batch(expected.clone())));
+        assert_eq!(expected[1].as_ref().unwrap_err().code(), "username_taken", "the second alice is refused");
+        assert_eq!(expected[3].as_ref().unwrap_err().code(), "unknown_room");
+        assert_eq!(batched, one_by_one, "the same catalog");
+        assert_eq!(touched, rows, "the same rows to persist");
+    }
+
+    #[test]
+    fn rooms_per_creator_are_counted_without_dms_and_rebuilt_the_same() {
+        let mut catalog = Catalog::default();
+        user(&mut catalog, "alice").unwrap();
+        user(&mut catalog, "bob").unwrap();
+        for name in ["one", "two"] {
+            let create = Command::CreateRoom { name: name.into(), private: false, created_by: 1, at_ms: 1 };
+            catalog.apply(create).0.unwrap();
+        }
+        catalog.apply(Command::CreateDm { a: 1, b: 2, at_ms: 1 }).0.unwrap();
+        assert_eq!((catalog.rooms_created_by(1), catalog.rooms_created_by(2)), (2, 0), "a DM is not counted");
+        let mut loaded = catalog.clone();
+        loaded.created_rooms.clear();
+        loaded.rebuild_indexes();
+        assert_eq!(loaded, catalog, "the index rebuilt from the rooms is the one kept");
     }
 
     #[test]

@@ -19,10 +19,12 @@ pub mod http;
 pub mod liveness;
 pub mod loads;
 pub mod moderation;
+pub mod proposer;
 pub mod raft;
 pub mod read_marks;
 pub mod restore;
 pub mod room_events;
+pub mod route_changes;
 pub mod routing;
 pub mod secret;
 pub mod write;
@@ -135,7 +137,8 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
     let raft = Raft::new(config.id, Arc::new(raft_config(&config)?), network, log_store, state_machine)
         .await
         .map_err(|e| ControlError::RaftStart(e.to_string()))?;
-    let writer = Writer { raft: raft.clone(), client: client.clone(), secret: secret.clone(), member: config.id };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let writer = Writer::new(raft.clone(), client.clone(), secret.clone(), config.id, shutdown_rx.clone());
     let app_state = AppState {
         id: config.id,
         raft: raft.clone(),
@@ -152,7 +155,6 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
             config.id,
         ),
     };
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let server = http::serve(listener, app_state.clone(), shutdown_rx.clone());
     let tasks = vec![
         server,

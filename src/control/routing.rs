@@ -2,12 +2,15 @@
 //! replica, epoch and members of private rooms, each room's moderators, bans, mutes and
 //! group-DM history starts, the cluster admins, the connection-token key), versioned by
 //! the Raft applied index it was read from (so every moderation act, a catalog write,
-//! moves the version and nodes fetch the new table with their next heartbeat); and the checks on the addresses a node
-//! registers. Pure functions of the applied catalog: no I/O.
+//! moves the version and nodes fetch the new table with their next heartbeat); what
+//! changed in it since an older version (a delta, from the state machine's
+//! [`RouteChanges`](super::route_changes::RouteChanges)); and the checks on the addresses
+//! a node registers. Pure functions of the applied catalog: no I/O.
 
-use super::catalog::{NodeStatus, ADMIN_USER};
+use super::catalog::{Catalog, ChatNode, NodeStatus, Room, ADMIN_USER};
 use super::raft::state_machine::CatalogState;
-use crate::protocol::{NodeRoute, RoomRoute, RoutingTable};
+use super::route_changes::RouteKey;
+use crate::protocol::{NodeRoute, RoomRoute, RoutingDelta, RoutingTable, UserId};
 use crate::token;
 
 /// The routing-table version of a catalog: its Raft applied index.
@@ -18,39 +21,76 @@ pub fn version(state: &CatalogState) -> u64 {
 /// Every node and room of the catalog as nodes need them; members only for private rooms.
 pub fn routing_table(state: &CatalogState) -> RoutingTable {
     let catalog = &state.catalog;
-    let nodes = catalog
-        .nodes
-        .values()
-        .map(|node| NodeRoute { id: node.id, addr: node.mesh_addr.clone(), up: node.status == NodeStatus::Up })
-        .collect();
-    let rooms = catalog
-        .rooms
-        .values()
-        .map(|room| {
-            let policy = catalog.policies.get(&room.id);
-            RoomRoute {
-                id: room.id,
-                owner: room.owner,
-                replica: room.replica,
-                epoch: room.epoch,
-                replica_in_sync: catalog.replica_in_sync(room),
-                private: room.private,
-                members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
-                moderators: catalog.room_moderators(room),
-                banned: policy.map(|p| p.banned.iter().copied().collect()).unwrap_or_default(),
-                // Expired mutes may still be listed: nodes compare `until` with their clock.
-                muted: policy
-                    .map(|p| p.muted.iter().map(|(user, until)| (*user, *until)).collect())
-                    .unwrap_or_default(),
-                history_from: policy
-                    .map(|p| p.history_from.iter().map(|(user, seq)| (*user, *seq)).collect())
-                    .unwrap_or_default(),
-            }
-        })
-        .collect();
-    let token_key = catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default();
-    let admins = if catalog.is_admin(ADMIN_USER) { vec![ADMIN_USER] } else { Vec::new() };
-    RoutingTable { version: version(state), nodes, rooms, token_key, admins }
+    let nodes = catalog.nodes.values().map(node_route).collect();
+    let rooms = catalog.rooms.values().map(|room| room_route(catalog, room)).collect();
+    RoutingTable { version: version(state), nodes, rooms, token_key: token_key(catalog), admins: admins(catalog) }
+}
+
+/// What changed in the routing table after version `since` (see [`RoutingDelta`]), or
+/// `None` when this member cannot say: its change index starts later (it restarted or
+/// installed a snapshot since), or `since` is not older than its own version.
+pub fn routing_delta(state: &CatalogState, since: u64) -> Option<RoutingDelta> {
+    let current = version(state);
+    if since == 0 || since >= current {
+        return None;
+    }
+    let catalog = &state.catalog;
+    let mut delta = RoutingDelta {
+        from: since,
+        version: current,
+        token_key: token_key(catalog),
+        admins: admins(catalog),
+        ..RoutingDelta::default()
+    };
+    for key in state.route_changes.changed_since(since)? {
+        match key {
+            RouteKey::Room(id) => match catalog.rooms.get(&id) {
+                Some(room) => delta.rooms.push(room_route(catalog, room)),
+                None => delta.removed_rooms.push(id),
+            },
+            RouteKey::Node(id) => match catalog.nodes.get(&id) {
+                Some(node) => delta.nodes.push(node_route(node)),
+                None => delta.removed_nodes.push(id),
+            },
+        }
+    }
+    Some(delta)
+}
+
+fn node_route(node: &ChatNode) -> NodeRoute {
+    NodeRoute { id: node.id, addr: node.mesh_addr.clone(), up: node.status == NodeStatus::Up }
+}
+
+fn room_route(catalog: &Catalog, room: &Room) -> RoomRoute {
+    let policy = catalog.policies.get(&room.id);
+    RoomRoute {
+        id: room.id,
+        owner: room.owner,
+        replica: room.replica,
+        epoch: room.epoch,
+        replica_in_sync: catalog.replica_in_sync(room),
+        private: room.private,
+        members: if room.private { catalog.room_members(room.id).collect() } else { Vec::new() },
+        moderators: catalog.room_moderators(room),
+        banned: policy.map(|p| p.banned.iter().copied().collect()).unwrap_or_default(),
+        // Expired mutes may still be listed: nodes compare `until` with their clock.
+        muted: policy.map(|p| p.muted.iter().map(|(user, until)| (*user, *until)).collect()).unwrap_or_default(),
+        history_from: policy
+            .map(|p| p.history_from.iter().map(|(user, seq)| (*user, *seq)).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn token_key(catalog: &Catalog) -> Vec<u8> {
+    catalog.meta.signing_key.as_deref().map(token::derive_token_key).unwrap_or_default()
+}
+
+fn admins(catalog: &Catalog) -> Vec<UserId> {
+    if catalog.is_admin(ADMIN_USER) {
+        vec![ADMIN_USER]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A browser WebSocket URL: ws:// or wss://, a host, printable ASCII only. Nodes check

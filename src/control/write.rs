@@ -4,6 +4,9 @@
 //! retries, bounded by [`WRITE_DEADLINE`], so a client never sees "not leader" — at worst
 //! a typed `unavailable`.
 //!
+//! On the leader, commands that wait at the same time share one log entry
+//! ([`Proposer`], `control/proposer.rs`); each still gets its own result.
+//!
 //! Read-your-writes: [`Writer::write`] returns only once this member's own catalog has
 //! applied the write's log entry (the leader answers a forwarded write with the entry's
 //! index), so a client that talks to one member always reads what it wrote there. If
@@ -18,10 +21,12 @@
 
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::catalog::{CatalogError, Command, CommandOutput, CommandResult};
+use super::proposer::{LocalFailure, Proposer};
 use super::raft::types::{MemberId, Raft};
 use super::secret::{ClusterSecret, SECRET_HEADER};
 use crate::store;
@@ -70,9 +75,24 @@ pub struct Writer {
     pub secret: ClusterSecret,
     /// Label for this member's metrics.
     pub member: MemberId,
+    /// This member's queue of commands for its Raft, several per log entry.
+    pub proposer: Proposer,
 }
 
 impl Writer {
+    /// A writer for this member's `raft`, starting its proposing loop (which stops at
+    /// `shutdown`).
+    pub fn new(
+        raft: Raft,
+        client: reqwest::Client,
+        secret: ClusterSecret,
+        member: MemberId,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let proposer = Proposer::start(raft.clone(), member, shutdown);
+        Self { raft, client, secret, member, proposer }
+    }
+
     /// Applies `command` through Raft and returns its result.
     #[tracing::instrument(skip_all, fields(member = self.member))]
     pub async fn write(&self, command: Command) -> Result<CommandOutput, WriteError> {
@@ -116,24 +136,11 @@ impl Writer {
         }
     }
 
-    /// Runs the command on this member's Raft, which succeeds only on the leader; returns
-    /// its result and the index of its log entry.
+    /// Runs the command on this member's Raft (with whatever other commands wait there:
+    /// [`Proposer`]), which succeeds only on the leader; returns its result and the index
+    /// of its log entry.
     async fn write_local(&self, command: Command) -> Result<(CommandResult, u64), LocalFailure> {
-        let started = Instant::now();
-        match self.raft.client_write(command).await {
-            Ok(response) => {
-                metrics::histogram!("districhat_raft_commit_seconds", "member" => self.member.to_string())
-                    .record(started.elapsed().as_secs_f64());
-                Ok((response.data, response.log_id.index))
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(LocalFailure::NotLeader(forward.leader_node.map(|node| node.addr)))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(LocalFailure::Other(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(LocalFailure::Other(format!("this member's raft stopped: {e}"))),
-        }
+        self.proposer.propose(command).await
     }
 
     /// Sends the command to the leader at `addr`. Only a connection that could not be made
@@ -175,12 +182,6 @@ enum Attempt {
     Done(CommandResult, u64),
     Retry(String),
     Fail(String),
-}
-
-enum LocalFailure {
-    /// Not the leader; the leader's address if known.
-    NotLeader(Option<String>),
-    Other(String),
 }
 
 impl Writer {

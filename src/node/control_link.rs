@@ -1,6 +1,7 @@
 //! The node's link to the control plane: registration at start, a heartbeat about once a
-//! second to the leader (carrying load, bringing back routing-table updates), and a full
-//! routing-table fetch when a lookup misses. The routing table also carries the
+//! second to the leader (carrying load, bringing back routing-table updates: what changed
+//! since the node's version, or the whole table), and a full routing-table fetch when a
+//! lookup misses or a delta does not fit the node's table. The routing table also carries the
 //! connection-token key (`admin after-restore` replaces it).
 
 use std::sync::atomic::Ordering;
@@ -76,6 +77,8 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
     let mut control_index = 0usize;
     let lease = Duration::from_millis(node.config.control_lease_ms);
     let mut answered_at = std::time::Instant::now();
+    // A whole-table fetch under way (one at a time).
+    let mut fetching: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -96,7 +99,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
         };
         metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
         let in_sync = node.replicas_synced(&routes);
-        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version, in_sync };
+        let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version, in_sync, deltas: true };
         // Re-announce followed rooms: an owner that learned of its room after our first
         // announcement (routing tables arrive at different times) hears of us now.
         for room in node.hub.rooms() {
@@ -106,9 +109,20 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
         for _ in 0..3 {
             let url = node.leader_url();
             match send_heartbeat(&node, &url, &heartbeat).await {
-                Ok(HeartbeatReply::Ok { routes }) => {
-                    if let Some(table) = routes {
-                        node.apply_routes(table);
+                Ok(HeartbeatReply::Ok { routes, delta, fetch }) => {
+                    // Our table moved since this heartbeat was sent (the delta does not
+                    // fit), or it is too old for a heartbeat: fetch it whole, beside the
+                    // heartbeats, which go on meanwhile.
+                    let whole = match (routes, delta) {
+                        (Some(table), _) => {
+                            node.apply_routes(table);
+                            false
+                        }
+                        (None, Some(delta)) => !node.apply_delta(*delta),
+                        (None, None) => fetch,
+                    };
+                    if whole && fetching.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                        fetching = Some(tokio::spawn(fetch_whole_table(node.clone())));
                     }
                     answered_at = std::time::Instant::now();
                     break;
@@ -160,8 +174,25 @@ async fn send_heartbeat(node: &Node, url: &str, heartbeat: &Heartbeat) -> anyhow
     Ok(response.json().await?)
 }
 
+/// How long a whole-table fetch the heartbeat asked for may take (tens of megabytes with
+/// a hundred thousand rooms).
+const WHOLE_TABLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Fetches and installs the whole routing table, for the heartbeat loop.
+async fn fetch_whole_table(node: Node) {
+    match fetch_routes_within(&node, WHOLE_TABLE_DEADLINE).await {
+        Ok(table) => node.apply_routes(table),
+        Err(e) => tracing::warn!(node = node.id, error = %e, "could not fetch the whole routing table"),
+    }
+}
+
 /// The full routing table from any reachable control.
 pub async fn fetch_routes(node: &Node) -> anyhow::Result<RoutingTable> {
+    fetch_routes_within(node, Duration::from_secs(2)).await
+}
+
+/// [`fetch_routes`], each control given `timeout`.
+async fn fetch_routes_within(node: &Node, timeout: Duration) -> anyhow::Result<RoutingTable> {
     let mut urls = vec![node.leader_url()];
     urls.extend(node.config.controls.iter().map(|c| c.trim_end_matches('/').to_string()));
     let mut last_error = anyhow::anyhow!("no control configured");
@@ -170,7 +201,7 @@ pub async fn fetch_routes(node: &Node) -> anyhow::Result<RoutingTable> {
             .http
             .get(format!("{url}/internal/routes"))
             .header(SECRET_HEADER, node.secret.expose())
-            .timeout(Duration::from_secs(2))
+            .timeout(timeout)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status);

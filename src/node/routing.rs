@@ -4,7 +4,7 @@
 //! owner of interest and typing, delivering frames to a node's sessions, and installing a
 //! newer table from the control plane (which starts and stops this node's owners).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use super::mesh::Dispatch;
 use super::owner::{self, blocking, OwnerCommand, Sent};
 use super::{control_link, Node, NodeError};
 use crate::protocol::{
-    LogQuery, MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, ReadMessage, RoomId, RoomRoute, RoutingTable,
-    Seq, UserId,
+    LogQuery, MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, ReadMessage, RoomId, RoomRoute, RoutingDelta,
+    RoutingTable, Seq, UserId,
 };
 use crate::store::StoreError;
 
@@ -27,10 +27,11 @@ pub type Page = (Vec<ReadMessage>, bool, Seq);
 pub const MAX_MENTIONS: usize = 100;
 
 /// The routing table as lookups.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     pub version: u64,
-    pub rooms: HashMap<RoomId, RoomRoute>,
+    /// Shared routes: a table built from a delta copies the map, not every room's route.
+    pub rooms: HashMap<RoomId, Arc<RoomRoute>>,
     pub nodes: HashMap<NodeId, NodeRoute>,
     /// The cluster's admins, who moderate every room.
     pub admins: Vec<UserId>,
@@ -40,10 +41,32 @@ impl From<RoutingTable> for Routes {
     fn from(table: RoutingTable) -> Self {
         Self {
             version: table.version,
-            rooms: table.rooms.into_iter().map(|room| (room.id, room)).collect(),
+            rooms: table.rooms.into_iter().map(|room| (room.id, Arc::new(room))).collect(),
             nodes: table.nodes.into_iter().map(|node| (node.id, node)).collect(),
             admins: table.admins,
         }
+    }
+}
+
+impl Routes {
+    /// This table with `delta` applied: the table at `delta.version`. `None` unless this
+    /// table is at exactly `delta.from` (any other base would miss or misplace changes).
+    pub fn with_delta(&self, delta: RoutingDelta) -> Option<Routes> {
+        if delta.from != self.version || delta.version <= delta.from {
+            return None;
+        }
+        let mut next = self.clone();
+        next.version = delta.version;
+        for id in &delta.removed_rooms {
+            next.rooms.remove(id);
+        }
+        for id in &delta.removed_nodes {
+            next.nodes.remove(id);
+        }
+        next.rooms.extend(delta.rooms.into_iter().map(|room| (room.id, Arc::new(room))));
+        next.nodes.extend(delta.nodes.into_iter().map(|node| (node.id, node)));
+        next.admins = delta.admins;
+        Some(next)
     }
 }
 
@@ -53,7 +76,7 @@ impl Node {
     }
 
     pub fn room(&self, room: RoomId) -> Option<RoomRoute> {
-        self.routes().rooms.get(&room).cloned()
+        self.routes().rooms.get(&room).map(|route| RoomRoute::clone(route))
     }
 
     pub fn owner_of(&self, room: RoomId) -> Option<NodeId> {
@@ -398,12 +421,42 @@ impl Node {
         }
     }
 
+    /// Applies a routing-table delta from a heartbeat reply to this node's table. `false`
+    /// when it does not fit (this table is not at the delta's base version, as when a
+    /// full fetch moved it meanwhile): the caller then fetches the whole table.
+    pub fn apply_delta(&self, mut delta: RoutingDelta) -> bool {
+        let current = self.routes();
+        if delta.version <= current.version {
+            return true; // already as new or newer
+        }
+        let token_key = std::mem::take(&mut delta.token_key);
+        let changed = delta.rooms.iter().map(|room| room.id).chain(delta.removed_rooms.iter().copied()).collect();
+        match current.with_delta(delta) {
+            Some(next) => {
+                self.install_routes(next, token_key, Some(changed));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Installs a newer routing table and acts on it: takes its connection-token key,
     /// starts or stops owners, and makes the sessions of rooms whose owner changed
     /// re-announce themselves and resync.
     pub fn apply_routes(&self, mut table: RoutingTable) {
         let token_key = std::mem::take(&mut table.token_key);
-        let new = Arc::new(Routes::from(table));
+        self.install_routes(Routes::from(table), token_key, None);
+    }
+
+    /// [`Self::apply_routes`] for a table already built (whole, or from a delta). With
+    /// `changed` (a delta's rooms, changed or removed), only those rooms are looked at for
+    /// owners and sessions: every other room's route is the one installed before.
+    fn install_routes(&self, new: Routes, token_key: Vec<u8>, changed: Option<HashSet<RoomId>>) {
+        let new = Arc::new(new);
+        // Held from the swap through the owner updates, so tables are installed one at a
+        // time in version order (an older table's owners never follow a newer one's). A
+        // std lock, never held across an await.
+        let mut owners = self.owners_lock();
         let old = {
             let mut routes = self.routes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if new.version < routes.version {
@@ -411,6 +464,33 @@ impl Node {
             }
             std::mem::replace(&mut *routes, new.clone())
         };
+        let owns = |room: &RoomId, epoch: Option<u64>| {
+            new.rooms
+                .get(room)
+                .is_some_and(|route| route.owner == Some(self.id) && epoch.is_none_or(|e| e == route.epoch))
+        };
+        match &changed {
+            None => {
+                owners.retain(|room, handle| owns(room, Some(handle.epoch)));
+                for route in new.rooms.values() {
+                    if route.owner == Some(self.id) && !owners.contains_key(&route.id) {
+                        owners.insert(route.id, owner::spawn(self.clone(), route.id, route.epoch));
+                    }
+                }
+            }
+            Some(rooms) => {
+                for room in rooms {
+                    if owners.get(room).is_some_and(|handle| !owns(room, Some(handle.epoch))) {
+                        owners.remove(room);
+                    }
+                    if let Some(route) = new.rooms.get(room).filter(|_| owns(room, None)) {
+                        owners.entry(*room).or_insert_with(|| owner::spawn(self.clone(), route.id, route.epoch));
+                    }
+                }
+            }
+        }
+        let owned = owners.len();
+        drop(owners);
         self.take_token_key(token_key);
         // Nodes up again in this table: owners skipped their deliveries while they were
         // down (see `deliver_to`), so each owner shows them its newest message.
@@ -421,18 +501,10 @@ impl Node {
             .map(|node| node.id)
             .collect();
         self.show_newest_to(&returned);
-        {
-            let mut owners = self.owners_lock();
-            owners.retain(|room, handle| {
-                new.rooms.get(room).is_some_and(|route| route.owner == Some(self.id) && route.epoch == handle.epoch)
-            });
-            for route in new.rooms.values() {
-                if route.owner == Some(self.id) && !owners.contains_key(&route.id) {
-                    owners.insert(route.id, owner::spawn(self.clone(), route.id, route.epoch));
-                }
-            }
-        }
         for room in self.hub.rooms() {
+            if changed.as_ref().is_some_and(|rooms| !rooms.contains(&room)) {
+                continue;
+            }
             let before = old.rooms.get(&room).map(|r| (r.owner, r.epoch));
             let after = new.rooms.get(&room).map(|r| (r.owner, r.epoch));
             if before != after {
@@ -443,12 +515,12 @@ impl Node {
             // not only the next subscribe, send or read.
             let access = |r: &RoomRoute| (r.private, r.members.clone(), r.banned.clone());
             if let Some(route) = new.rooms.get(&room) {
-                if old.rooms.get(&room).map(access) != Some(access(route)) {
+                if old.rooms.get(&room).map(|r| access(r)) != Some(access(route)) {
                     self.hub.revoke(room, |user| may_read(route, user).err().map(|e| e.code()));
                 }
             }
         }
-        metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(self.owned_rooms() as f64);
+        metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(owned as f64);
     }
 }
 

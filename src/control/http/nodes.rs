@@ -8,9 +8,10 @@
 //! | `GET /internal/nodes/loads` | → [`LoadsReply`]; the leader's heartbeat memory (for followers) |
 //!
 //! The routing table's version is the Raft applied index of the catalog it was read from:
-//! it only grows, and a heartbeat carrying an older version gets the whole table back —
-//! with the connection-token key, so a key replaced by `admin after-restore` reaches
-//! running nodes at their next heartbeat.
+//! it only grows, and a heartbeat carrying another version gets what changed since its
+//! version (a delta, when the node takes them and the leader's change index reaches back
+//! that far) or else the whole table — either with the connection-token key, so a key
+//! replaced by `admin after-restore` reaches running nodes at their next heartbeat.
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -22,11 +23,16 @@ use super::extractor::SecretChecked;
 use crate::control::catalog::{Command, CommandOutput, NodeStatus, RoomId};
 use crate::control::loads::{leader, local_loads, LoadsReply};
 use crate::control::raft::state_machine::read_state;
-use crate::control::routing::{routing_table, valid_addr, valid_ws_url, version};
+use crate::control::routing::{routing_delta, routing_table, valid_addr, valid_ws_url, version};
 use crate::control::AppState;
 use crate::now_ms;
 use crate::protocol::{Heartbeat, HeartbeatReply, NodeRegistration, RegisterNode, RoutingTable};
 use crate::token;
+
+/// Most rooms a heartbeat reply carries (about 0.2 MB of JSON): a node that needs more
+/// (it was cut off, or its version is older than this member's change index) is told to
+/// fetch the whole table instead, so a heartbeat stays well within its deadline.
+pub const HEARTBEAT_ROOMS: usize = 1_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -116,8 +122,27 @@ async fn heartbeat(
         }
     }
     let state = read_state(&app.state);
-    let routes = (beat.routes_version != version(&state)).then(|| routing_table(&state));
-    Ok(Json(HeartbeatReply::Ok { routes }))
+    if beat.routes_version == version(&state) {
+        return Ok(Json(HeartbeatReply::Ok { routes: None, delta: None, fetch: false }));
+    }
+    let (routes, delta, fetch) = if beat.deltas {
+        match routing_delta(&state, beat.routes_version) {
+            Some(delta) if delta.rooms.len() <= HEARTBEAT_ROOMS => (None, Some(Box::new(delta)), false),
+            // Too much for a heartbeat: liveness must not wait on megabytes of routes.
+            _ if state.catalog.rooms.len() > HEARTBEAT_ROOMS => (None, None, true),
+            _ => (Some(routing_table(&state)), None, false),
+        }
+    } else {
+        (Some(routing_table(&state)), None, false)
+    };
+    drop(state);
+    let kind = match (&routes, &delta) {
+        (Some(_), _) => "full",
+        (None, Some(_)) => "delta",
+        (None, None) => "fetch",
+    };
+    metrics::counter!("districhat_routes_sent_total", "kind" => kind).increment(1);
+    Ok(Json(HeartbeatReply::Ok { routes, delta, fetch }))
 }
 
 /// `GET /internal/routes`: the whole routing table of this member's applied catalog.

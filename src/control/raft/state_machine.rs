@@ -24,6 +24,7 @@ use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, T
 use crate::control::catalog::{
     Catalog, CatalogMeta, ChatNode, ChatNodeId, CommandOutput, CommandResult, Room, RoomId, Touched, User, UserId,
 };
+use crate::control::route_changes::RouteChanges;
 use crate::store;
 
 pub const CF_USERS: &str = "users";
@@ -62,6 +63,17 @@ pub type SharedState = Arc<RwLock<CatalogState>>;
 pub struct CatalogState {
     pub catalog: Catalog,
     pub applied: AppliedState,
+    /// The routes each applied entry changed, since this catalog was loaded or installed:
+    /// what heartbeat replies send as deltas. Memory only, never in a snapshot.
+    pub route_changes: RouteChanges,
+}
+
+impl CatalogState {
+    /// A catalog loaded at `applied`, with a change index that starts there.
+    fn loaded(catalog: Catalog, applied: AppliedState) -> Self {
+        let start = applied.last_applied.map_or(0, |log_id| log_id.index);
+        Self { catalog, applied, route_changes: RouteChanges::starting_at(start) }
+    }
 }
 
 /// Where the state machine is: last applied log id and membership, persisted together.
@@ -99,7 +111,7 @@ impl StateMachineStore {
         let snapshot = machine.stored_snapshot()?;
         match snapshot {
             Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => machine.install(snapshot)?,
-            _ => *machine.write_state() = CatalogState { catalog, applied },
+            _ => *machine.write_state() = CatalogState::loaded(catalog, applied),
         }
         Ok(machine)
     }
@@ -111,7 +123,7 @@ impl StateMachineStore {
         let (catalog, applied) = reader.load_rows()?;
         match reader.stored_snapshot()? {
             Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => decode_snapshot(&snapshot),
-            _ => Ok(CatalogState { catalog, applied }),
+            _ => Ok(CatalogState::loaded(catalog, applied)),
         }
     }
 
@@ -223,7 +235,7 @@ impl StateMachineStore {
 
     /// Replaces the in-memory and on-disk catalog with a snapshot's.
     fn install(&mut self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
-        let CatalogState { catalog, applied } = decode_snapshot(&snapshot)?;
+        let CatalogState { catalog, applied, .. } = decode_snapshot(&snapshot)?;
         let mut batch = WriteBatch::default();
         for table in TABLES {
             let cf = store::cf(&self.db, table).map_err(sm_write)?;
@@ -246,7 +258,7 @@ impl StateMachineStore {
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
         batch.put_cf(meta_cf, KEY_SNAPSHOT, store::encode(&snapshot).map_err(sm_write)?);
         self.write_synced(batch)?;
-        *self.write_state() = CatalogState { catalog, applied };
+        *self.write_state() = CatalogState::loaded(catalog, applied);
         Ok(())
     }
 
@@ -266,7 +278,7 @@ fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageErr
     let catalog = decode_catalog(&snapshot.data).map_err(snap_read)?;
     let applied =
         AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
-    Ok(CatalogState { catalog, applied })
+    Ok(CatalogState::loaded(catalog, applied))
 }
 
 /// The catalog in a snapshot's data, in the newest format that uses every byte, with its
@@ -371,23 +383,39 @@ fn snap_read(e: impl std::error::Error + 'static) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.snapshot_counter += 1;
+        let (machine, counter) = (self.clone(), self.snapshot_counter);
+        // Seconds of encoding and writing with a large catalog (a million users): off the
+        // async runtime, which may have a single thread that Raft heartbeats need too.
+        tokio::task::spawn_blocking(move || machine.build_blocking(counter)).await.map_err(snap_read)?
+    }
+}
+
+impl StateMachineStore {
+    /// The snapshot of the applied catalog, stored (fsynced) as the current one.
+    fn build_blocking(&self, counter: u64) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
         // Data and log position are read under one lock, so they always match.
         let (data, applied) = {
             let state = read_state(&self.state);
             (store::encode(&state.catalog).map_err(snap_read)?, state.applied.clone())
         };
-        self.snapshot_counter += 1;
+        let encoded_ms = started.elapsed().as_millis() as u64;
         let snapshot_id = match applied.last_applied {
-            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_counter),
-            None => format!("empty-{}", self.snapshot_counter),
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, counter),
+            None => format!("empty-{counter}"),
         };
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
         let cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, KEY_SNAPSHOT, store::encode(&stored).map_err(sm_write)?);
         self.write_synced(batch)?;
+        let data = stored.data;
         metrics::counter!("districhat_raft_snapshots_built_total").increment(1);
+        metrics::gauge!("districhat_raft_snapshot_bytes").set(data.len() as f64);
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(bytes = data.len(), encoded_ms, took_ms, index = ?meta.last_log_id, "built a catalog snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -415,6 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(command) => {
                     let term = entry.log_id.leader_id.term;
                     let (result, rows) = state.catalog.apply_in_term(command, Some(term));
+                    state.route_changes.record(entry.log_id.index, &rows);
                     touched.extend(rows);
                     results.push(result);
                 }
@@ -448,9 +477,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
-        self.install(stored)?;
+        let bytes = stored.data.len();
+        // Off the async runtime, like building one: seconds for a large catalog.
+        let mut machine = self.clone();
+        tokio::task::spawn_blocking(move || machine.install(stored)).await.map_err(sm_write)??;
         metrics::counter!("districhat_raft_snapshots_installed_total").increment(1);
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(bytes, took_ms, index = ?meta.last_log_id, "installed a catalog snapshot");
         Ok(())
     }
 
