@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use districhat::cli::admin::{AdminAction, AdminTarget};
 use districhat::cli::bench::chat::ChatBenchArgs;
 use districhat::cli::bench::control::ControlBenchArgs;
+use districhat::cli::bench::idle::IdleBenchArgs;
+use districhat::cli::bench::storm::StormBenchArgs;
 use districhat::cli::chaos::ChaosArgs;
 use districhat::cli::drill::DrillArgs;
 use districhat::cli::{admin, bench, chaos, dev, drill, status};
@@ -50,6 +52,10 @@ enum Command {
     Bench(ChatBenchArgs),
     /// Load the control plane with concurrent catalog writes (room creations).
     BenchControl(ControlBenchArgs),
+    /// Hold many authenticated, idle WebSockets on one node and measure its RSS per connection.
+    BenchIdle(IdleBenchArgs),
+    /// Kill a node holding many clients; time them back on the others and check nothing was lost.
+    BenchStorm(StormBenchArgs),
     /// Kill a leader or a node of a running local cluster and measure recovery and loss.
     Drill(DrillArgs),
     /// Start a cluster of its own, inject faults under chat load, check every history.
@@ -101,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Node { config, secret } => node::run_from_config(&config, secret).await,
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
+        Command::BenchIdle(args) => bench::idle::run(args).await,
+        Command::BenchStorm(args) => bench::storm::run(args).await,
         Command::Drill(args) => drill::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Init { target } => admin::init(&target).await,

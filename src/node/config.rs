@@ -83,6 +83,12 @@ pub struct Limits {
     /// Frames waiting in one connection's queue (live frames, acks, answers); a
     /// connection whose queue is full when a room frame arrives is closed as `lagging`.
     pub queued_frames: usize,
+    /// Browser WebSockets this node holds at once; one more gets `503` before the
+    /// upgrade (the browser tries the next node). At start the node raises its open-file
+    /// limit to this plus [`crate::fd_limit::NODE_RESERVE`]; where it may not (not root,
+    /// a lower hard limit), it holds only what the limit in force leaves after the
+    /// reserve, so RocksDB and the mesh never run out of descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +103,7 @@ impl Default for Limits {
             held_frames: 1_000,
             reads_in_flight: 4,
             queued_frames: 4_096,
+            max_connections: 100_000,
         }
     }
 }
@@ -173,6 +180,7 @@ impl NodeConfig {
             ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
             ("limits.reads_in_flight", limits.reads_in_flight == 0, "at least 1"),
             ("limits.queued_frames", limits.queued_frames == 0, "at least 1"),
+            ("limits.max_connections", limits.max_connections == 0, "at least 1"),
             ("mesh.link_queue", self.mesh.link_queue == 0, "at least 1"),
             ("mesh.requests_per_link", self.mesh.requests_per_link == 0, "at least 1"),
         ];
@@ -244,6 +252,7 @@ mod tests {
             ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
             ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),
             ("[limits]\nqueued_frames = 0\n", "limits.queued_frames"),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
             ("[mesh]\nlink_queue = 0\n", "mesh.link_queue"),
             ("[mesh]\nrequests_per_link = 0\n", "mesh.requests_per_link"),
         ] {

@@ -56,6 +56,13 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
     if node.is_isolated() {
         return (StatusCode::SERVICE_UNAVAILABLE, "this node lost the control plane; use another").into_response();
     }
+    // A slot per connection (limits.max_connections): a full node says so before the
+    // upgrade, and the browser tries the next node. The slot goes with the session.
+    let Ok(slot) = node.browser_slots.clone().try_acquire_owned() else {
+        metrics::counter!("districhat_connections_refused_total").increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "this node holds all the connections it may; use another")
+            .into_response();
+    };
     let max = node.config.limits.max_frame_bytes;
     // Frames a little over the limit still arrive, so the session can answer
     // `frame_too_large` instead of the socket being cut.
@@ -65,7 +72,10 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .max_message_size(max.saturating_mul(4).max(64 * 1024))
-        .on_upgrade(move |socket| session::run(node, socket))
+        .on_upgrade(move |socket| async move {
+            session::run(node, socket).await;
+            drop(slot);
+        })
 }
 
 /// Browsers must come from a page of the cluster: a control, this node, or a configured
