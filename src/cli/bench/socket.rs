@@ -70,6 +70,7 @@ pub async fn open(url: &str, source: Option<IpAddr>, config: Option<WebSocketCon
         .ok_or_else(|| format!("{url}: no address of the same family as {source}"))?;
     let socket = if source.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let socket = socket.map_err(|e| format!("socket: {e}"))?;
+    defer_port_choice(&socket).map_err(|e| format!("IP_BIND_ADDRESS_NO_PORT: {e}"))?;
     socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
     let stream = socket.connect(target).await.map_err(|e| format!("{url} from {source}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| format!("{url}: {e}"))?;
@@ -77,6 +78,47 @@ pub async fn open(url: &str, source: Option<IpAddr>, config: Option<WebSocketCon
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     Ok(ws)
+}
+
+/// Lets `connect` choose the local port (`IP_BIND_ADDRESS_NO_PORT`) of a socket bound to
+/// an address with port 0: a port then only has to be unique per destination, and ports
+/// of earlier runs' closed sockets (`TIME_WAIT`) are reused as for a plain `connect`.
+/// Without it `bind` takes a port for every destination at once and runs out at ~28,000.
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::raw::{c_int, c_void};
+
+    const IPPROTO_IP: c_int = 0;
+    const IP_BIND_ADDRESS_NO_PORT: c_int = 24;
+    extern "C" {
+        fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: u32) -> c_int;
+    }
+    let on: c_int = 1;
+    let len = std::mem::size_of::<c_int>() as u32;
+    // SAFETY: the descriptor is open (owned by `socket`), and `value` points at a c_int of
+    // `len` bytes that outlives the call, which only reads it.
+    let done = unsafe {
+        setsockopt(socket.as_raw_fd(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, (&on as *const c_int).cast(), len)
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_: &TcpSocket) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The chat bench clients' sockets: an 8 KiB read buffer. tungstenite zero-fills its
+/// whole read buffer before every read, and allocates a fresh one whenever a received
+/// frame still holds the old one; at its default of 128 KiB that memset and the page
+/// faults behind it took 40% of a 10,000-client bench's CPU (`perf`, docs/BENCHMARKS.md,
+/// "Idle connections and a reconnect storm"), time the bench then counted as latency.
+pub fn chat_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
 /// Small buffers for sockets that sit idle (tungstenite allocates 128 KiB for reading

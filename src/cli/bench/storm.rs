@@ -126,8 +126,9 @@ pub async fn run(args: StormBenchArgs) -> anyhow::Result<()> {
 
 /// Loads one node, kills it, measures the clients' way back and checks the messages.
 pub async fn measure(args: &StormBenchArgs) -> anyhow::Result<StormReport> {
-    // Each client may hold two sockets for a moment (the old one closing).
-    let wanted = (args.clients as u64).saturating_mul(2) + OWN_FILES;
+    // One socket per client (a lost one is closed before the next is opened), and the
+    // HTTP connections of the setups in flight (tokens from the control).
+    let wanted = (args.clients as u64).saturating_add(args.concurrency as u64) + OWN_FILES;
     let limit = crate::fd_limit::raise_to(wanted)?;
     anyhow::ensure!(limit.soft >= wanted, "this process may open {} files, {wanted} are needed", limit.soft);
     let cluster = Cluster::new(&args.control, &args.cluster_dir, &args.configs)?;

@@ -49,6 +49,13 @@ pub fn serve(listener: TcpListener, node: Node, mut shutdown: watch::Receiver<bo
     })
 }
 
+/// Bytes a browser socket reads at a time. tungstenite allocates this up front and
+/// zero-fills it on every read, so all of it is resident for every idle connection: 4 KiB
+/// made an idle connection cost the node ~11 KB, 1 KiB ~8 KB (docs/BENCHMARKS.md, "Idle
+/// connections and a reconnect storm"). Browser frames are mostly far smaller; a larger
+/// one (up to `limits.max_frame_bytes`) grows the buffer and takes a few more reads.
+const READ_BUFFER: usize = 1024;
+
 async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
     if !origin_allowed(&node, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -69,7 +76,7 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
     // Small socket buffers: most browsers sit idle, and tungstenite's defaults (128 KiB
     // each way) would cost over 100 KiB per idle connection.
     upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4 * 1024)
         .max_message_size(max.saturating_mul(4).max(64 * 1024))
         .on_upgrade(move |socket| async move {

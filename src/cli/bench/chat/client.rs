@@ -318,7 +318,7 @@ impl Client {
             .ok_or_else(|| Failure::new("no_nodes", "GET /api/token listed no node"))?;
         // No Origin header: nodes accept non-browser clients without one (they still need
         // a valid token), while a browser Origin must match the node's configured controls.
-        let connecting = socket::open(&node.ws_url, shared.sources.for_client(self.index), None);
+        let connecting = socket::open(&node.ws_url, shared.sources.for_client(self.index), Some(socket::chat_config()));
         let mut ws = timeout(STEP_TIMEOUT, connecting)
             .await
             .map_err(|_| Failure::new("connect", format!("{}: timed out", node.ws_url)))?
