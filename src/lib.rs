@@ -13,6 +13,7 @@
 //! - [`protocol`]: wire types (browser frames, mesh frames, control ↔ node API).
 //! - [`token`]: connection tokens (signed by controls, checked by nodes).
 //! - [`http_edge`]: what every HTTP server of ours does whatever the route.
+//! - [`fd_limit`]: the process's open-file limit (one descriptor per socket).
 //! - [`cli`]: the clients that talk to a cluster from outside: `status`, `admin`,
 //!   `dev`, `drill`, `bench`, `chaos`.
 //! - [`fuzzing`]: the entry points of the fuzz targets in `fuzz/`.
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fd_limit;
 pub mod fuzzing;
 pub mod http_edge;
 pub mod node;
@@ -85,13 +87,21 @@ pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Binds a listening socket, retrying for up to 5 s while the address is still in use: a
-/// process restarted right after a crash (systemd, a drill) may find the dead one's
-/// socket not released yet, since the kernel frees it only when the last thread is gone.
+/// Connections a listening socket queues before they are accepted (the kernel caps it at
+/// `net.core.somaxconn`, 4,096 by default). The standard library's 128 is too few for a
+/// reconnect storm: thousands of browsers of a dead node arrive within a second, and a
+/// connection the full queue drops is retried by the client's kernel only after 1 s
+/// (docs/BENCHMARKS.md, "Idle connections and a reconnect storm").
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Binds a listening socket (backlog [`LISTEN_BACKLOG`]), retrying for up to 5 s while the
+/// address is still in use: a process restarted right after a crash (systemd, a drill)
+/// may find the dead one's socket not released yet, since the kernel frees it only when
+/// the last thread is gone.
 pub async fn bind_listener(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match tokio::net::TcpListener::bind(addr).await {
+        match listen_on(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
                 tracing::warn!(%addr, "address still in use; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -99,4 +109,20 @@ pub async fn bind_listener(addr: &str) -> std::io::Result<tokio::net::TcpListene
             result => return result,
         }
     }
+}
+
+/// A listener on the first address `addr` resolves to, with `SO_REUSEADDR` (as
+/// `TcpListener::bind` sets it) and a backlog of [`LISTEN_BACKLOG`].
+async fn listen_on(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr} resolves to no address"));
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket =
+            if resolved.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

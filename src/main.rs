@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use districhat::cli::admin::{AdminAction, AdminTarget};
 use districhat::cli::bench::chat::ChatBenchArgs;
 use districhat::cli::bench::control::ControlBenchArgs;
+use districhat::cli::bench::idle::IdleBenchArgs;
 use districhat::cli::bench::seed::SeedArgs;
+use districhat::cli::bench::storm::StormBenchArgs;
 use districhat::cli::chaos::ChaosArgs;
 use districhat::cli::drill::DrillArgs;
 use districhat::cli::{admin, bench, chaos, dev, drill, status};
@@ -54,6 +56,10 @@ enum Command {
     /// Fill a benchmark cluster's catalog with many users and rooms (one shared password;
     /// the cluster secret's internal write path).
     BenchSeed(SeedArgs),
+    /// Hold many authenticated, idle WebSockets on one node and measure its RSS per connection.
+    BenchIdle(IdleBenchArgs),
+    /// Kill a node holding many clients; time them back on the others and check nothing was lost.
+    BenchStorm(StormBenchArgs),
     /// Kill a leader or a node of a running local cluster and measure recovery and loss.
     Drill(DrillArgs),
     /// Start a cluster of its own, inject faults under chat load, check every history.
@@ -106,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::chat::run(args).await,
         Command::BenchControl(args) => bench::control::run(args).await,
         Command::BenchSeed(args) => bench::seed::run(args).await,
+        Command::BenchIdle(args) => bench::idle::run(args).await,
+        Command::BenchStorm(args) => bench::storm::run(args).await,
         Command::Drill(args) => drill::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Init { target } => admin::init(&target).await,

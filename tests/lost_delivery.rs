@@ -3,6 +3,8 @@
 //! next message to reveal the gap (issue 12). The loss is a real network fault: the
 //! third node's mesh address is a TCP proxy that, on demand, swallows what is sent to
 //! the node and then cuts every connection, as a link that breaks with frames in flight.
+//! Also: a batch the owner kept when its replica died mid-write, committed once a new
+//! replica holds it, reaches the followers although nothing is sent after it.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::chat::{token, ChatCluster, WsClient};
+use common::chat::{send_acked, token, ChatCluster, WsClient};
 use common::{wait_for, Api};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +84,40 @@ async fn a_delivery_lost_with_a_broken_link_reaches_the_peer_in_a_quiet_room() {
     let seq = message.as_ref().and_then(|frame| frame["seq"].as_u64());
     assert_eq!(seq, Some(2), "the follower never got the lost message: {message:?}");
     eprintln!("lost delivery repaired {} ms after the link broke", cut.elapsed().as_millis());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_kept_across_a_replica_change_reaches_followers_in_a_quiet_room() {
+    common::init_logs();
+    let mut cluster = ChatCluster::start(3).await;
+    let api = Api::logged_in(&cluster.url(), "kept").await;
+    let created = cluster.create_room(&api, "kept", false).await;
+    let placed = |field: &str| created[field].as_u64().expect("placed");
+    let (room, owner, replica) = (placed("id"), cluster.index_of(placed("owner")), cluster.index_of(placed("replica")));
+    let follower = (0..3).find(|i| *i != owner && *i != replica).expect("a third node");
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut reader = WsClient::connect(&cluster.node(follower).ws_url(), &ws_token).await;
+    reader.subscribe(room, Some(0)).await;
+    let mut writer = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    assert_eq!(send_acked(&mut writer, room, "first", Duration::from_secs(10)).await, 1);
+    assert_eq!(reader.expect("message").await["seq"], 1, "deliveries reach the follower");
+
+    // The first try of "kept" is written by the owner and not by the dead replica: kept
+    // unacknowledged. Its retries are acked once the control gave the room a new replica.
+    cluster.stop_node(replica).await;
+    assert_eq!(send_acked(&mut writer, room, "kept", Duration::from_secs(60)).await, 2);
+
+    // Nobody sends again; the follower must still get message 2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut message = None;
+    while message.is_none() && Instant::now() < deadline {
+        match reader.next(Duration::from_millis(200)).await {
+            Some(frame) if frame["type"] == "message" => message = Some(frame),
+            _ => {}
+        }
+    }
+    let seq = message.as_ref().and_then(|frame| frame["seq"].as_u64());
+    assert_eq!(seq, Some(2), "the follower never got the kept message: {message:?}");
 }
 
 /// A TCP proxy in front of one address: it forwards both ways until told to swallow what

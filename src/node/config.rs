@@ -91,6 +91,12 @@ pub struct Limits {
     /// bounded (in-flight / throughput) instead of growing by seconds of queueing
     /// (docs/BENCHMARKS.md, "Past saturation").
     pub sends_in_flight: usize,
+    /// Browser WebSockets this node holds at once; one more gets `503` before the
+    /// upgrade (the browser tries the next node). At start the node raises its open-file
+    /// limit to this plus [`crate::fd_limit::NODE_RESERVE`]; where it may not (not root,
+    /// a lower hard limit), it holds only what the limit in force leaves after the
+    /// reserve, so RocksDB and the mesh never run out of descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -106,6 +112,7 @@ impl Default for Limits {
             reads_in_flight: 4,
             queued_frames: 4_096,
             sends_in_flight: 256,
+            max_connections: 100_000,
         }
     }
 }
@@ -183,6 +190,7 @@ impl NodeConfig {
             ("limits.reads_in_flight", limits.reads_in_flight == 0, "at least 1"),
             ("limits.queued_frames", limits.queued_frames == 0, "at least 1"),
             ("limits.sends_in_flight", limits.sends_in_flight == 0, "at least 1"),
+            ("limits.max_connections", limits.max_connections == 0, "at least 1"),
             ("mesh.link_queue", self.mesh.link_queue == 0, "at least 1"),
             ("mesh.requests_per_link", self.mesh.requests_per_link == 0, "at least 1"),
         ];
@@ -255,6 +263,7 @@ mod tests {
             ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),
             ("[limits]\nqueued_frames = 0\n", "limits.queued_frames"),
             ("[limits]\nsends_in_flight = 0\n", "limits.sends_in_flight"),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
             ("[mesh]\nlink_queue = 0\n", "mesh.link_queue"),
             ("[mesh]\nrequests_per_link = 0\n", "mesh.requests_per_link"),
         ] {

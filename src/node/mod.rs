@@ -164,6 +164,9 @@ pub struct NodeInner {
     pub connections: AtomicU64,
     /// Permits for the sends of this node's clients in flight (`limits.sends_in_flight`).
     sends_in_flight: tokio::sync::Semaphore,
+    /// One permit per browser WebSocket this node may hold: `limits.max_connections`,
+    /// or fewer when the open-file limit in force leaves less ([`connection_cap`]).
+    pub browser_slots: Arc<tokio::sync::Semaphore>,
     messages: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -222,6 +225,7 @@ pub async fn run_from_config(config: &Path, secret: Option<String>) -> anyhow::R
         config.cluster_secret = secret;
     }
     std::fs::create_dir_all(&config.data_dir)?;
+    raise_file_limit(&config);
     let listener = crate::bind_listener(&config.listen).await?;
     let handle = start(config, listener).await?;
     crate::shutdown_signal().await;
@@ -243,6 +247,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     let fsync = config.replication.fsync;
     let memory = config.storage.clone();
     let log = tokio::task::spawn_blocking(move || RoomLog::open(&dir, fsync, &memory)).await??;
+    let browser_slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(&config)));
     let node = Node(Arc::new(NodeInner {
         id: registration.node_id,
         name: config.name.clone(),
@@ -263,6 +268,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         refresh: tokio::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1)),
         leader_url: Mutex::new(leader_url),
         connections: AtomicU64::new(0),
+        browser_slots,
         messages: AtomicU64::new(0),
         next_session: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
@@ -279,6 +285,43 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     }
     tracing::info!(node = node.id, name = %node.name, addr = %node.addr, "chat node started");
     Ok(NodeHandle { node, addr, shutdown, tasks: vec![server, heartbeat] })
+}
+
+/// Raises the process's open-file limit to what `limits.max_connections` browsers and
+/// [`crate::fd_limit::NODE_RESERVE`] need (a process-wide setting: the binary's start
+/// path does it, not [`start`], which tests run in their own process).
+fn raise_file_limit(config: &NodeConfig) {
+    let wanted = (config.limits.max_connections as u64).saturating_add(crate::fd_limit::NODE_RESERVE);
+    match crate::fd_limit::raise_to(wanted) {
+        Ok(limit) if limit.soft < wanted => tracing::warn!(
+            wanted,
+            soft = limit.soft,
+            hard = limit.hard,
+            "the open-file limit stays below what limits.max_connections needs; raise it \
+             (LimitNOFILE=, ulimit -n) or run as root: this node takes fewer connections"
+        ),
+        Ok(limit) => tracing::info!(soft = limit.soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+/// Browser WebSockets this node holds at once: `limits.max_connections`, but no more
+/// than the open-file limit in force leaves after [`crate::fd_limit::NODE_RESERVE`] (a
+/// quarter of a small limit: 768 of the common 1,024).
+fn connection_cap(config: &NodeConfig) -> usize {
+    let configured = config.limits.max_connections;
+    let Ok(limit) = crate::fd_limit::current() else { return configured };
+    let reserve = crate::fd_limit::NODE_RESERVE.min(limit.soft / 4);
+    let fits = usize::try_from(limit.soft.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    if fits < configured {
+        tracing::warn!(
+            configured,
+            fits,
+            soft = limit.soft,
+            "taking at most {fits} browser connections: the open-file limit leaves no more"
+        );
+    }
+    configured.min(fits).max(1)
 }
 
 /// How often at most the owners here show peers their newest messages after losses: a

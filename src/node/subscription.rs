@@ -41,8 +41,12 @@ impl<F: Clone> Subscription<F> {
 
     /// Starts a catch-up for a `subscribe` (again): from `since` when given, else from the
     /// room's last seq. Returns what to fetch after (`None`: only the room's last seq).
+    /// Subscribing again never goes back before what this connection was already written:
+    /// a client that re-subscribes after an `error` may not have read the messages the
+    /// node's own retry wrote meanwhile, and would get them twice (a reconnect storm
+    /// showed it: `bench-storm`, docs/BENCHMARKS.md).
     pub fn subscribe(&mut self, since: Option<Seq>) -> Option<Seq> {
-        self.last = since.unwrap_or(self.last);
+        self.last = since.map_or(self.last, |since| since.max(self.last));
         self.held = Some(Vec::new());
         since.map(|_| self.last)
     }
@@ -180,6 +184,16 @@ mod tests {
         assert_eq!(out, vec![1, 2, 3]);
         assert_eq!(next, AfterPage::Fetch { after: 3, delay: GAP_RETRY }, "4 is missing, 5 waits");
         assert_eq!(subscription.page(page(4..=5), false, 5), (vec![4, 5], AfterPage::Subscribed(5)));
+    }
+
+    #[test]
+    fn subscribing_again_with_an_older_since_writes_nothing_twice() {
+        let mut subscription = Subscription::new();
+        subscription.subscribe(Some(2));
+        assert_eq!(subscription.page(page(3..=5), false, 5), (vec![3, 4, 5], AfterPage::Subscribed(5)));
+        assert_eq!(subscription.subscribe(Some(2)), Some(5), "the client had not read 3..5 yet");
+        assert_eq!(subscription.page(page(6..=6), false, 6), (vec![6], AfterPage::Subscribed(6)));
+        assert_eq!(subscription.subscribe(Some(7)), Some(7), "a newer since is taken as it is");
     }
 
     #[test]

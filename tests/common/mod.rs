@@ -215,6 +215,7 @@ pub fn init_logs() {
 }
 pub mod browser;
 pub mod chat;
+pub mod processes;
 pub mod senders;
 
 /// This process's resident set size in bytes (`VmRSS` in /proc/self/status): the memory

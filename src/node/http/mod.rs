@@ -49,6 +49,13 @@ pub fn serve(listener: TcpListener, node: Node, mut shutdown: watch::Receiver<bo
     })
 }
 
+/// Bytes a browser socket reads at a time. tungstenite allocates this up front and
+/// zero-fills it on every read, so all of it is resident for every idle connection: 4 KiB
+/// made an idle connection cost the node ~11 KB, 1 KiB ~8 KB (docs/BENCHMARKS.md, "Idle
+/// connections and a reconnect storm"). Browser frames are mostly far smaller; a larger
+/// one (up to `limits.max_frame_bytes`) grows the buffer and takes a few more reads.
+const READ_BUFFER: usize = 1024;
+
 async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
     if !origin_allowed(&node, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -56,16 +63,26 @@ async fn browser_socket(State(node): State<Node>, headers: HeaderMap, upgrade: W
     if node.is_isolated() {
         return (StatusCode::SERVICE_UNAVAILABLE, "this node lost the control plane; use another").into_response();
     }
+    // A slot per connection (limits.max_connections): a full node says so before the
+    // upgrade, and the browser tries the next node. The slot goes with the session.
+    let Ok(slot) = node.browser_slots.clone().try_acquire_owned() else {
+        metrics::counter!("districhat_connections_refused_total").increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "this node holds all the connections it may; use another")
+            .into_response();
+    };
     let max = node.config.limits.max_frame_bytes;
     // Frames a little over the limit still arrive, so the session can answer
     // `frame_too_large` instead of the socket being cut.
     // Small socket buffers: most browsers sit idle, and tungstenite's defaults (128 KiB
     // each way) would cost over 100 KiB per idle connection.
     upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4 * 1024)
         .max_message_size(max.saturating_mul(4).max(64 * 1024))
-        .on_upgrade(move |socket| session::run(node, socket))
+        .on_upgrade(move |socket| async move {
+            session::run(node, socket).await;
+            drop(slot);
+        })
 }
 
 /// Browsers must come from a page of the cluster: a control, this node, or a configured

@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{timeout, Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::tally::{self, AckedSets, Arrival, NodeInfo, RoomTracker};
+use crate::cli::bench::socket::{self, Sources, Ws};
 use crate::protocol::{ChatMessage, ClientFrame, NodeId, RoomId, Seq, ServerFrame};
 
 /// Bound on each network step: a token request, a connect, a frame write, a reply.
@@ -37,8 +36,6 @@ const MAX_RECONNECTS: u64 = 20;
 const MAX_IN_FLIGHT_AT_RATE: usize = 1024;
 /// How often timeouts and scheduled retries are looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Where the run is; the coordinator moves it forward, clients follow.
 #[derive(Debug, Clone)]
@@ -68,8 +65,15 @@ pub struct Shared {
     pub window: usize,
     /// Time between two sends of one client in rate mode; `None` = as fast as the window allows.
     pub period: Option<Duration>,
-    /// Caps concurrent connection setups (token + connect + hello + subscribe).
+    /// Caps concurrent connection setups (token + connect + hello; a subscription
+    /// waiting for its room's failover holds no slot).
     pub setup_slots: Semaphore,
+    /// The node every client connects to first (`bench-storm`); later connections go to
+    /// the others, as a browser moves to the node after the one it lost. `None`:
+    /// round-robin over all nodes.
+    pub first_node: Option<NodeId>,
+    /// Local addresses to connect from (several for more sockets than one address has ports).
+    pub sources: Sources,
     /// First-send instant of every `client_id`, for end-to-end latency. std Mutex: never
     /// held across an await.
     pub sent_at: Mutex<HashMap<String, Instant>>,
@@ -131,6 +135,11 @@ pub struct ClientOutcome {
     pub first_failure: Option<String>,
     /// Nodes this client was connected to (from `welcome`).
     pub nodes: BTreeSet<NodeId>,
+    /// The node of its first `welcome`.
+    pub first_node: Option<NodeId>,
+    /// When the client was subscribed again after each lost connection (`bench-storm`
+    /// measures the time from a node's death to this).
+    pub resumed_at: Vec<Instant>,
 }
 
 /// Runs client `index` (room `room`, logged in with `bearer`) until the coordinator says stop.
@@ -265,6 +274,9 @@ impl Client {
             let failure = match connected {
                 Ok(mut ws) => {
                     failures_in_a_row = 0;
+                    if self.outcome.reconnects > 0 {
+                        self.outcome.resumed_at.push(Instant::now());
+                    }
                     self.report_ready();
                     self.outcome.alive = true;
                     let end = self.session(&mut ws).await;
@@ -301,19 +313,19 @@ impl Client {
     /// Token, node, hello → welcome, subscribe (resuming after our last seq) → subscribed.
     async fn connect(&mut self) -> Result<Ws, Failure> {
         let shared = self.shared.clone();
-        let _slot = shared.setup_slots.acquire().await.map_err(|e| Failure::new("setup", e.to_string()))?;
+        let slot = shared.setup_slots.acquire().await.map_err(|e| Failure::new("setup", e.to_string()))?;
         let (token, nodes) = self.fetch_token().await?;
         let attempt = self.connections;
         self.connections += 1;
-        let node = tally::pick_node(&nodes, self.index, attempt)
+        let node = tally::pick_node_first(&nodes, shared.first_node, self.index, attempt)
             .ok_or_else(|| Failure::new("no_nodes", "GET /api/token listed no node"))?;
         // No Origin header: nodes accept non-browser clients without one (they still need
         // a valid token), while a browser Origin must match the node's configured controls.
-        let connecting = tokio_tungstenite::connect_async_with_config(node.ws_url.as_str(), None, true);
-        let (mut ws, _) = timeout(STEP_TIMEOUT, connecting)
+        let connecting = socket::open(&node.ws_url, shared.sources.for_client(self.index), Some(socket::chat_config()));
+        let mut ws = timeout(STEP_TIMEOUT, connecting)
             .await
             .map_err(|_| Failure::new("connect", format!("{}: timed out", node.ws_url)))?
-            .map_err(|e| Failure::new("connect", format!("{}: {e}", node.ws_url)))?;
+            .map_err(|e| Failure::new("connect", e))?;
 
         send_frame(&mut ws, &ClientFrame::Hello { token }).await?;
         let deadline = Instant::now() + STEP_TIMEOUT;
@@ -326,6 +338,7 @@ impl Client {
                 Event::Subscribed | Event::Error { about: About::Other, .. } | Event::Other => {}
             }
         }
+        drop(slot);
 
         // Not the first subscription: resume after the last seq seen (or the first
         // subscription point), so missed messages arrive before live ones.
@@ -367,27 +380,7 @@ impl Client {
     }
 
     async fn fetch_token_from(&self, control: &str) -> Result<(String, Vec<NodeInfo>), Failure> {
-        #[derive(serde::Deserialize)]
-        struct TokenReply {
-            token: String,
-            nodes: Vec<NodeInfo>,
-        }
-        let url = format!("{control}/api/token");
-        let response = self
-            .shared
-            .http
-            .get(&url)
-            .bearer_auth(&self.bearer)
-            .send()
-            .await
-            .map_err(|e| Failure::new("token", format!("{url}: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(Failure::new("token", format!("{url} answered {status}: {body}")));
-        }
-        let reply: TokenReply = response.json().await.map_err(|e| Failure::new("token", format!("{url}: {e}")))?;
-        Ok((reply.token, reply.nodes))
+        connection_token(&self.shared.http, control, &self.bearer).await.map_err(|e| Failure::new("token", e))
     }
 
     /// The next frame, handled, as an [`Event`]; fails at `deadline` or if the connection ends.
@@ -497,6 +490,7 @@ impl Client {
         Ok(match frame {
             ServerFrame::Welcome { node, .. } => {
                 self.outcome.nodes.insert(node);
+                self.outcome.first_node.get_or_insert(node);
                 Event::Welcome
             }
             ServerFrame::Subscribed { room, seq } if room == self.outcome.room => {
@@ -751,6 +745,28 @@ impl Client {
         self.outcome.unacked = self.pending.len() as u64;
         self.outcome
     }
+}
+
+/// `GET /api/token` of `control` with a Bearer token: a connection token and the node list.
+pub async fn connection_token(
+    http: &reqwest::Client,
+    control: &str,
+    bearer: &str,
+) -> Result<(String, Vec<NodeInfo>), String> {
+    #[derive(serde::Deserialize)]
+    struct TokenReply {
+        token: String,
+        nodes: Vec<NodeInfo>,
+    }
+    let url = format!("{control}/api/token");
+    let response = http.get(&url).bearer_auth(bearer).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("{url} answered {status}: {body}"));
+    }
+    let reply: TokenReply = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+    Ok((reply.token, reply.nodes))
 }
 
 /// Writes one frame, bounded by [`STEP_TIMEOUT`].

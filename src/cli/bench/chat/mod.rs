@@ -39,7 +39,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::bench::control::bench_login;
+use crate::cli::bench::socket::Sources;
 use crate::protocol::{NodeId, RoomId};
+pub(crate) use client::connection_token;
 use client::{lock, ClientOutcome, Phase, Shared};
 pub use tally::{LatencySummary, OrderCounts};
 
@@ -49,8 +51,8 @@ pub const DEFAULT_MAX_USERS: usize = 50;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long stopped clients get to hand in their outcome.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Connection setups (token, connect, hello, subscribe) in flight at once.
-const SETUP_CONCURRENCY: usize = 64;
+/// Connection setups (token, connect, hello) in flight at once.
+pub const SETUP_CONCURRENCY: usize = 64;
 /// Registrations in flight at once (each is an argon2 hash on the control).
 const REGISTER_CONCURRENCY: usize = 4;
 /// How often the progress bar and the phase conditions are looked at.
@@ -113,7 +115,7 @@ impl Default for ChatBenchArgs {
 
 /// The outcome of a run. Correct runs have `lost`, `duplicated`, `out_of_order` and
 /// `duplicate_ids` at 0 (see [`ChatBenchReport::correct`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatBenchReport {
     pub clients: usize,
     /// Clients that subscribed at least once.
@@ -200,9 +202,49 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a run places its clients, beyond the flags of `bench`.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Every client connects to this node first (`bench-storm`), and to the others after.
+    pub first_node: Option<NodeId>,
+    /// Local addresses to connect from (more sockets than one address has ports).
+    pub sources: Sources,
+    /// Connection setups in flight at once; 0: [`SETUP_CONCURRENCY`].
+    pub setup_concurrency: usize,
+}
+
+/// What one client went through, for callers that measure more than the report.
+#[derive(Debug, Clone)]
+pub struct Journey {
+    pub room: RoomId,
+    /// The node of its first connection.
+    pub first_node: Option<NodeId>,
+    /// When it was subscribed again after each lost connection.
+    pub resumed_at: Vec<Instant>,
+    /// Connected and subscribed at the end.
+    pub alive: bool,
+}
+
 /// Sets up users, rooms and clients, runs the load and the drain, and measures them.
 /// Fails only when the setup over REST fails or no client could connect at all.
 pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
+    let (report, (), _) = measure_around(args, Placement::default(), |_| async { Ok(()) }).await?;
+    Ok(report)
+}
+
+/// [`measure`] with the clients placed by `placement`, and `during_load` run once the
+/// load has started (it gets the start instant; `bench-storm` kills a node in it). The
+/// load phase ends once `during_load` has returned and every client is done sending.
+/// Returns the report, what `during_load` returned, and every client's [`Journey`].
+pub async fn measure_around<T, F, Fut>(
+    args: &ChatBenchArgs,
+    placement: Placement,
+    during_load: F,
+) -> anyhow::Result<(ChatBenchReport, T, Vec<Journey>)>
+where
+    F: FnOnce(Instant) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(args.rooms > 0, "--rooms must be at least 1");
     let users = args.users.unwrap_or(DEFAULT_MAX_USERS).clamp(1, args.clients);
@@ -228,7 +270,12 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
         messages: args.messages,
         window: args.window,
         period: tally::send_period(args.rate, args.clients),
-        setup_slots: Semaphore::new(SETUP_CONCURRENCY),
+        setup_slots: Semaphore::new(match placement.setup_concurrency {
+            0 => SETUP_CONCURRENCY,
+            n => n,
+        }),
+        first_node: placement.first_node,
+        sources: placement.sources,
         sent_at: Default::default(),
         acked: Default::default(),
         counters: Default::default(),
@@ -260,12 +307,21 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     phase.send_replace(Phase::Load(started));
     progress.set_length((args.clients * args.messages) as u64);
     progress.set_position(0);
-    let finished = wait_until(Duration::from_secs(args.timeout), || {
+    let sending = wait_until(Duration::from_secs(args.timeout), || {
         progress.set_position(counters.acked.load(Ordering::Relaxed));
         progress.set_message(format!("{} delivered", counters.deliveries.load(Ordering::Relaxed)));
         counters.sending_done.load(Ordering::Relaxed) >= clients
-    })
-    .await;
+    });
+    let (during, finished) = tokio::join!(during_load(started), sending);
+    let during = match during {
+        Ok(during) => during,
+        Err(e) => {
+            phase.send_replace(Phase::Stop);
+            progress.finish_and_clear();
+            handles.iter().for_each(JoinHandle::abort);
+            return Err(e);
+        }
+    };
     let load_seconds = started.elapsed().as_secs_f64();
 
     let snapshot = Arc::new(lock(&shared.acked).clone());
@@ -304,7 +360,16 @@ pub async fn measure(args: &ChatBenchArgs) -> anyhow::Result<ChatBenchReport> {
     };
     let mut report = summarize(&run, &outcomes, &acked);
     report.hops = hops::diff(&hops_before, &hops_after);
-    Ok(report)
+    let journeys = outcomes
+        .into_iter()
+        .map(|outcome| Journey {
+            room: outcome.room,
+            first_node: outcome.first_node,
+            resumed_at: outcome.resumed_at,
+            alive: outcome.alive,
+        })
+        .collect();
+    Ok((report, during, journeys))
 }
 
 /// `host:port` of every node the catalog lists (for their `/metrics`).
@@ -483,7 +548,7 @@ fn summarize(run: &RunInfo, outcomes: &[ClientOutcome], acked: &tally::AckedSets
 }
 
 /// Registers `count` fresh users and returns their Bearer tokens.
-async fn register_users(
+pub(crate) async fn register_users(
     http: &reqwest::Client,
     control: &str,
     count: usize,

@@ -206,6 +206,19 @@ pub fn pick_node(nodes: &[NodeInfo], index: usize, attempt: usize) -> Option<&No
     (len > 0).then(|| by_id[(index % len + attempt % len) % len])
 }
 
+/// Like [`pick_node`], with node `first` (when listed and not the only one) taken on the
+/// first attempt and skipped on later ones: clients start on one node and, once it is
+/// gone, move to the others (`bench-storm`). `None`: [`pick_node`].
+pub fn pick_node_first(nodes: &[NodeInfo], first: Option<NodeId>, index: usize, attempt: usize) -> Option<&NodeInfo> {
+    let Some(first) = first else { return pick_node(nodes, index, attempt) };
+    let Some(pinned) = nodes.iter().find(|node| node.id == first) else { return pick_node(nodes, index, attempt) };
+    let others: Vec<NodeInfo> = nodes.iter().filter(|node| node.id != first).cloned().collect();
+    match (attempt, others.is_empty()) {
+        (0, _) | (_, true) => Some(pinned),
+        _ => pick_node(&others, index, attempt - 1).and_then(|chosen| nodes.iter().find(|node| node.id == chosen.id)),
+    }
+}
+
 /// The time between two sends of one client when `rate` messages/s are spread over
 /// `clients`; `None` for unlimited (a rate of 0, negative or not a number).
 pub fn send_period(rate: f64, clients: usize) -> Option<Duration> {
@@ -370,6 +383,19 @@ mod tests {
         assert_eq!(pick_node(&nodes, 0, 1).map(|n| n.id), Some(2), "a reconnect tries the next node");
         assert_eq!(pick_node(&nodes, usize::MAX, usize::MAX).map(|n| n.id), Some(1));
         assert_eq!(pick_node(&[], 0, 0), None);
+    }
+
+    #[test]
+    fn a_first_node_takes_every_first_connection_and_no_later_one() {
+        let nodes: Vec<NodeInfo> =
+            [3, 1, 2].iter().map(|id| NodeInfo { id: *id, ws_url: format!("ws://n{id}/ws") }).collect();
+        let first: Vec<NodeId> = (0..4).filter_map(|i| pick_node_first(&nodes, Some(2), i, 0)).map(|n| n.id).collect();
+        assert_eq!(first, vec![2, 2, 2, 2]);
+        let later: Vec<NodeId> = (0..4).filter_map(|i| pick_node_first(&nodes, Some(2), i, 1)).map(|n| n.id).collect();
+        assert_eq!(later, vec![1, 3, 1, 3], "reconnects spread over the other nodes");
+        assert_eq!(pick_node_first(&nodes, Some(9), 0, 1).map(|n| n.id), Some(2), "an unlisted node: round-robin");
+        assert_eq!(pick_node_first(&nodes[..1], Some(3), 0, 5).map(|n| n.id), Some(3), "the only node");
+        assert_eq!(pick_node_first(&nodes, None, 0, 0).map(|n| n.id), Some(1));
     }
 
     #[test]
