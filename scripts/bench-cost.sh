@@ -63,4 +63,4 @@ cpu_ms=$(( (ticks_after - ticks_before) * 1000 / $(getconf CLK_TCK) ))
 echo "measured ${seconds} s of load: ${sends} sends acknowledged; the cluster's CPU: ${cpu_ms} ms," \
     "$(awk -v c="$cpu_ms" -v s="$sends" 'BEGIN{printf "%.0f", c * 1000 / s}') ms per 1,000 sends"
 awk -F, -v s="$sends" '/^[0-9]/{printf "  %-34s %9d  %6.2f per send\n", $3, $1, $1 / s}' "$counters"
-grep -E '^(sends|deliveries|ack latency|  of the attempt|delivery latency|lost|errors):' "$report" || cat "$report"
+grep -E '^(sends|deliveries|ack latency|  of the attempt acked[^:]*|delivery latency|lost|errors):' "$report" || cat "$report"

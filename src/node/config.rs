@@ -111,7 +111,7 @@ impl Default for Limits {
             held_frames: 1_000,
             reads_in_flight: 4,
             queued_frames: 4_096,
-            sends_in_flight: 256,
+            sends_in_flight: 1_024,
             max_connections: 100_000,
         }
     }
