@@ -56,8 +56,8 @@ fn default_control_lease_ms() -> u64 {
     3_000
 }
 
-/// Per-connection limits, and the sends one node has in flight; a breach gets an error
-/// frame, the connection lives on.
+/// Per-connection limits, and the sends one node has in flight to each owner; a breach
+/// gets an error frame, the connection lives on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -84,12 +84,13 @@ pub struct Limits {
     /// Frames waiting in one connection's queue (live frames, acks, answers); a
     /// connection whose queue is full when a room frame arrives is closed as `lagging`.
     pub queued_frames: usize,
-    /// Sends this node's clients (WebSocket and REST) may have in flight at once, all
-    /// rooms together: accepted and not yet acknowledged. Past it a send is refused at
-    /// once with `rate_limited`, before any work, so past saturation the queues behind
-    /// it hold at most this many sends and an acknowledged message's latency stays
-    /// bounded (in-flight / throughput) instead of growing by seconds of queueing
-    /// (docs/BENCHMARKS.md, "Past saturation").
+    /// Sends this node's clients (WebSocket and REST) may have in flight at once to one
+    /// owner node, all its rooms together: accepted and not yet acknowledged. Past it a
+    /// send is refused at once with `rate_limited`, before any work, so past saturation
+    /// the queues behind it hold at most this many sends and an acknowledged message's
+    /// latency stays bounded (in-flight / throughput) instead of growing by seconds of
+    /// queueing (docs/BENCHMARKS.md, "Past saturation"). Per owner node: a stalled
+    /// owner uses up only the permits of its own rooms.
     pub sends_in_flight: usize,
     /// Browser WebSockets this node holds at once; one more gets `503` before the
     /// upgrade (the browser tries the next node). At start the node raises its open-file

@@ -252,7 +252,7 @@ async fn run_link(
 
 /// The read buffer of a mesh socket, each end. The WebSocket library zero-fills the free
 /// part of its buffer before every read; its default of 128 KiB made that 2–3 % of a
-/// node's CPU under load (docs/BENCHMARKS.md, "Mesh writes"). Larger frames take a few
+/// node's CPU under load (docs/BENCHMARKS.md, "Levers at 2,000 sends/s"). Larger frames take a few
 /// reads.
 pub const READ_BUFFER: usize = 16 * 1024;
 
@@ -261,7 +261,7 @@ const FRAMES_PER_WRITE: usize = 64;
 
 /// Writes `first` and the frames queued behind it (up to [`FRAMES_PER_WRITE`]), in order,
 /// with one flush: under load one system call carries a burst of replications, replies
-/// and deliveries instead of one each (docs/BENCHMARKS.md, "Mesh writes").
+/// and deliveries instead of one each (docs/BENCHMARKS.md, "Levers at 2,000 sends/s").
 async fn write_burst<S, T, M>(
     sink: &mut S,
     first: T,

@@ -75,8 +75,9 @@ pub enum NodeError {
     /// without moderating the room).
     #[error("{0}")]
     NotAllowed(String),
-    /// This node has `limits.sends_in_flight` sends of its clients in flight already (it
-    /// is saturated): the send was refused before any work, unsequenced.
+    /// This node has `limits.sends_in_flight` sends of its clients in flight already to
+    /// the room's owner node (it is saturated): the send was refused before any work,
+    /// unsequenced.
     #[error("the chat is busy; slow down and retry")]
     Busy,
     #[error("the sender's epoch is stale")]
@@ -162,8 +163,9 @@ pub struct NodeInner {
     /// The control member believed to lead (`http://host:port`).
     leader_url: Mutex<String>,
     pub connections: AtomicU64,
-    /// Permits for the sends of this node's clients in flight (`limits.sends_in_flight`).
-    sends_in_flight: tokio::sync::Semaphore,
+    /// Per owner node, the permits for the sends of this node's clients in flight to it
+    /// (`limits.sends_in_flight` each).
+    sends_in_flight: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
     /// One permit per browser WebSocket this node may hold: `limits.max_connections`,
     /// or fewer when the open-file limit in force leaves less ([`connection_cap`]).
     pub browser_slots: Arc<tokio::sync::Semaphore>,
@@ -253,9 +255,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         name: config.name.clone(),
         addr: advertise,
         mesh: Mesh::new(secret.clone(), shutdown_rx.clone(), config.mesh.link_queue),
-        sends_in_flight: tokio::sync::Semaphore::new(
-            config.limits.sends_in_flight.min(tokio::sync::Semaphore::MAX_PERMITS),
-        ),
+        sends_in_flight: Mutex::default(),
         config,
         log,
         hub: Hub::default(),

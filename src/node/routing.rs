@@ -172,19 +172,21 @@ impl Node {
     /// once more to the room's owner: the client's `client_id` makes that safe (the new
     /// owner holds the dedupe index of every message the old one got acknowledged). An
     /// owner that could not be reached at all is not asked twice unless the room moved.
-    /// With `limits.sends_in_flight` sends of this node's clients in flight already, it
-    /// is refused at once ([`NodeError::Busy`]): back-pressure instead of queueing.
+    /// With `limits.sends_in_flight` sends of this node's clients in flight already to
+    /// the room's owner node, it is refused at once ([`NodeError::Busy`]): back-pressure
+    /// instead of queueing. The bound is per owner node, so a stalled owner fills only its
+    /// own rooms' permits, not every room's.
     #[tracing::instrument(skip(self, message), fields(node = self.id, client_id = %message.client_id, owner))]
     pub async fn send_message(&self, room: RoomId, message: Outgoing) -> Result<Sent, NodeError> {
-        let Ok(_in_flight) = self.sends_in_flight.try_acquire() else {
-            metrics::counter!("districhat_sends_refused_busy_total").increment(1);
-            return Err(NodeError::Busy);
-        };
         let placement = |route: RoomRoute| route.owner.map(|owner| (owner, route.epoch));
         let (owner, epoch) = self
             .room(room)
             .and_then(placement)
             .ok_or_else(|| NodeError::Unavailable("the room has no owner yet".into()))?;
+        let Ok(_in_flight) = self.send_permits(owner).try_acquire_owned() else {
+            metrics::counter!("districhat_sends_refused_busy_total").increment(1);
+            return Err(NodeError::Busy);
+        };
         tracing::Span::current().record("owner", owner);
         let (error, owner_answered) = match self.send_via(owner, room, message.clone()).await {
             Ok(Ok(sent)) => return Ok(sent),
@@ -200,6 +202,14 @@ impl Node {
             }
             _ => Err(error),
         }
+    }
+
+    /// The permits for sends of this node's clients in flight to `owner`
+    /// (`limits.sends_in_flight` each).
+    fn send_permits(&self, owner: NodeId) -> Arc<tokio::sync::Semaphore> {
+        let mut permits = self.sends_in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bound = self.config.limits.sends_in_flight.min(tokio::sync::Semaphore::MAX_PERMITS);
+        permits.entry(owner).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(bound))).clone()
     }
 
     /// One attempt at the owner: `Err` when it could not be reached, else its answer.
