@@ -73,14 +73,7 @@ async fn a_delivery_lost_with_a_broken_link_reaches_the_peer_in_a_quiet_room() {
     let cut = Instant::now();
 
     // Presence may come and go meanwhile; the next message must be the lost one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut message = None;
-    while message.is_none() && Instant::now() < deadline {
-        match reader.next(Duration::from_millis(200)).await {
-            Some(frame) if frame["type"] == "message" => message = Some(frame),
-            _ => {}
-        }
-    }
+    let message = next_message(&mut reader, Duration::from_secs(10)).await;
     let seq = message.as_ref().and_then(|frame| frame["seq"].as_u64());
     assert_eq!(seq, Some(2), "the follower never got the lost message: {message:?}");
     eprintln!("lost delivery repaired {} ms after the link broke", cut.elapsed().as_millis());
@@ -108,14 +101,7 @@ async fn a_batch_kept_across_a_replica_change_reaches_followers_in_a_quiet_room(
     assert_eq!(send_acked(&mut writer, room, "kept", Duration::from_secs(60)).await, 2);
 
     // Nobody sends again; the follower must still get message 2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut message = None;
-    while message.is_none() && Instant::now() < deadline {
-        match reader.next(Duration::from_millis(200)).await {
-            Some(frame) if frame["type"] == "message" => message = Some(frame),
-            _ => {}
-        }
-    }
+    let message = next_message(&mut reader, Duration::from_secs(10)).await;
     let seq = message.as_ref().and_then(|frame| frame["seq"].as_u64());
     assert_eq!(seq, Some(2), "the follower never got the kept message: {message:?}");
 }
@@ -194,4 +180,17 @@ async fn carry(
         _ = downstream => {}
         _ = cut.changed() => {}
     }
+}
+
+/// The next `message` frame `reader` gets within `within` (other frames, such as
+/// presence, may come and go meanwhile).
+async fn next_message(reader: &mut WsClient, within: Duration) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match reader.next(Duration::from_millis(200)).await {
+            Some(frame) if frame["type"] == "message" => return Some(frame),
+            _ => {}
+        }
+    }
+    None
 }
