@@ -9,10 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::chat::{token, ChatCluster, WsClient};
+use common::chat::{answer, send_acked, token, ChatCluster, WsClient};
 use common::processes::ProcessCluster;
 use common::Api;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite;
 
 /// `districhat ARGS --control URL` on `cluster`, which must succeed; its JSON report.
@@ -96,4 +96,66 @@ async fn a_full_node_refuses_one_more_socket_before_the_upgrade() {
         tokio_tungstenite::connect_async(url.as_str()).await.ok().map(drop)
     })
     .await;
+}
+
+/// `limits.sends_in_flight` bounds a node's sends per owner node: while one owner is
+/// paused (SIGSTOP: its sockets stay open, nothing answers) and the sends to its rooms
+/// hold every permit they may take, the same node's sends to another owner's room are
+/// still acknowledged, not refused busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_takes_only_its_own_rooms_send_permits() {
+    // Controls that take a minute to call a silent node down: the paused owner keeps its
+    // rooms for the whole test.
+    let cluster = ProcessCluster::start_with("node_timeout_ms = 60000", "[limits]\nsends_in_flight = 2").await;
+    let base = cluster.control_url.clone();
+    let api = Api::logged_in(&base, "permits").await;
+    let (ws_token, _) = token(&api, &base).await;
+    let listed = api.get(&format!("{base}/api/nodes")).await.expect("nodes");
+    let nodes = listed["nodes"].as_array().expect("nodes").clone();
+    let node = |name: &str| nodes.iter().find(|n| n["name"] == name).cloned().unwrap_or_else(|| panic!("{name}"));
+    let (paused, sender) =
+        (node("n1")["id"].as_u64().expect("id"), node("n3")["addr"].as_str().expect("addr").to_string());
+    // A room n1 owns, and one on the other two nodes alone (owner and replica).
+    let (mut paused_room, mut other_room) = (None, None);
+    for i in 0..60 {
+        let (status, room) =
+            api.post(&format!("{base}/api/rooms"), json!({"name": format!("permits-{i}")})).await.expect("create");
+        assert_eq!(status, 201, "{room}");
+        let (id, owner, replica) = (room["id"].as_u64(), room["owner"].as_u64(), room["replica"].as_u64());
+        if owner == Some(paused) {
+            paused_room = paused_room.or(id);
+        } else if replica != Some(paused) {
+            other_room = other_room.or(id);
+        }
+        if paused_room.is_some() && other_room.is_some() {
+            break;
+        }
+    }
+    let (paused_room, other_room) = (paused_room.expect("a room on n1"), other_room.expect("a room off n1"));
+
+    let pid = std::fs::read_to_string(cluster.data.join("n1.pid")).expect("n1's pid file");
+    let signal = |name: &str| std::process::Command::new("kill").args([name, pid.trim()]).status().expect("kill");
+    let mut client = WsClient::connect(&format!("ws://{sender}/ws"), &ws_token).await;
+    // A first message opens n3's mesh link to n1, so the paused owner's sends wait on an
+    // open link (as with a process that stopped mid-run) instead of failing to connect.
+    send_acked(&mut client, paused_room, "first", Duration::from_secs(20)).await;
+    assert!(signal("-STOP").success());
+    for i in 0..3 {
+        client
+            .send(json!({"type": "send", "room": paused_room, "client_id": format!("stuck{i}"), "text": "waits"}))
+            .await;
+    }
+    // Two of the three take the paused owner's two permits and wait for it; the third
+    // (whichever ran last) is refused busy at once.
+    let refused = loop {
+        let frame = client.next(Duration::from_secs(5)).await.expect("one send refused at once");
+        if frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    client.send(json!({"type": "send", "room": other_room, "client_id": "elsewhere", "text": "goes on"})).await;
+    let acked = answer(&mut client, "elsewhere").await;
+    assert!(signal("-CONT").success());
+    assert!(acked.is_ok(), "a healthy owner's room is not refused: {acked:?}");
 }

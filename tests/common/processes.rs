@@ -74,6 +74,12 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
 
 impl ProcessCluster {
     pub async fn start() -> Self {
+        Self::start_with("", "").await
+    }
+
+    /// [`Self::start`], with `control_extra` appended to each control's config and
+    /// `node_extra` to each node's (TOML lines, say a `[limits]` table).
+    pub async fn start_with(control_extra: &str, node_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (data, configs) = (dir.path().join("data"), dir.path().join("configs"));
         std::fs::create_dir_all(&data).unwrap();
@@ -86,7 +92,7 @@ impl ProcessCluster {
             .collect();
         for (i, port) in control_ports.iter().enumerate() {
             let config = format!(
-                "id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ncluster_secret = \"{SECRET}\"\n{peers}",
+                "id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ncluster_secret = \"{SECRET}\"\n{control_extra}\n{peers}",
                 i + 1,
                 data.join(format!("c{}", i + 1)).display()
             );
@@ -97,7 +103,7 @@ impl ProcessCluster {
         for i in 1..=3 {
             let addr = format!("127.0.0.1:{}", free_port());
             let config = format!(
-                "name = \"n{i}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ncluster_secret = \"{SECRET}\"\ncontrols = [{}]\n",
+                "name = \"n{i}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ncluster_secret = \"{SECRET}\"\ncontrols = [{}]\n{node_extra}\n",
                 data.join(format!("n{i}")).display(),
                 controls.join(", ")
             );
