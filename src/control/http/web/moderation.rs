@@ -149,18 +149,8 @@ fn check(catalog: &Catalog, room: RoomId, me: UserId) -> Result<String, WebError
 
 /// `2026-11-30 21:05 UTC` for milliseconds since the Unix epoch.
 fn utc(ms: u64) -> String {
-    let secs = ms / 1_000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rest = ms / 1_000 % 86_400;
+    let (year, month, day) = crate::utc_date(ms);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3_600, rest % 3_600 / 60, rest % 60)
 }
 
