@@ -568,8 +568,7 @@ impl Owner {
     /// `None` when the dedupe read failed (every send was answered with the error).
     async fn sequence(&self, sends: Vec<PendingSend>, ts: u64, started: std::time::Instant) -> Option<Batch> {
         // Every send's dedupe key in one read, off the runtime.
-        let keys: Vec<(UserId, String)> =
-            sends.iter().map(|send| (send.message.user_id, send.message.client_id.clone())).collect();
+        let keys: Vec<(UserId, String)> = sends.iter().map(PendingSend::dedupe_key).collect();
         let (log, room) = (self.node.log.clone(), self.room);
         let stored = match blocking(move || log.dedupe_many(room, &keys)).await {
             Ok(stored) => stored,
@@ -604,8 +603,7 @@ impl Owner {
             sends.iter().map(|send| events::plain_entry(&self.node, self.room, &send.message)).collect();
         let (log, room, epoch, next_seq) = (self.node.log.clone(), self.room, self.epoch, self.next_seq);
         let outcome = blocking(move || {
-            let keys: Vec<(UserId, String)> =
-                sends.iter().map(|send| (send.message.user_id, send.message.client_id.clone())).collect();
+            let keys: Vec<(UserId, String)> = sends.iter().map(PendingSend::dedupe_key).collect();
             let stored = match log.dedupe_many(room, &keys) {
                 Ok(stored) => stored,
                 Err(e) => return Ok(Err((sends, e))),

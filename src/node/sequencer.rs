@@ -20,6 +20,13 @@ pub struct PendingSend {
     pub queued: std::time::Instant,
 }
 
+impl PendingSend {
+    /// What makes a send a repeat of another: its sender and `client_id`.
+    pub fn dedupe_key(&self) -> (UserId, String) {
+        (self.message.user_id, self.message.client_id.clone())
+    }
+}
+
 /// An acknowledged send.
 #[derive(Debug, Clone, Copy)]
 pub struct Sent {
@@ -47,8 +54,7 @@ impl Sequencer {
     /// Answers `send` as a duplicate when its `(user, client_id)` holds a seq already:
     /// `stored` in the log, or given earlier in this batch. Otherwise gives it back.
     pub fn duplicate(&mut self, send: PendingSend, stored: Option<Seq>) -> Option<PendingSend> {
-        let key = (send.message.user_id, send.message.client_id.clone());
-        match self.in_batch.get(&key).copied().or(stored) {
+        match self.in_batch.get(&send.dedupe_key()).copied().or(stored) {
             Some(seq) => {
                 self.outcomes.push((send, Sent { seq, ts: self.ts, duplicate: true }));
                 None
@@ -61,7 +67,7 @@ impl Sequencer {
     pub fn append(&mut self, send: PendingSend, kind: EntryKind, text: String) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.in_batch.insert((send.message.user_id, send.message.client_id.clone()), seq);
+        self.in_batch.insert(send.dedupe_key(), seq);
         self.messages.push(StoredMessage {
             seq,
             sender_id: send.message.user_id,
