@@ -241,11 +241,13 @@ impl Owner {
         // (docs/REPLICATION.md, "No rollback", "Background copy").
         let before = self.committed.get();
         self.committed.set(last);
-        if before.is_some_and(|before| before < last) {
-            // That batch was never fanned out: show the subscribed nodes the newest
-            // message, so their sessions fetch what they lack. Without it a room whose last
-            // messages were that batch kept them from every subscriber until a next
-            // message showed the gap (`bench-storm` lost 323 acked messages so).
+        if before.is_none_or(|before| before < last) {
+            // What this commits was never fanned out (a kept batch), and nodes that
+            // announced themselves while this task was not ready were shown nothing (it had
+            // no commit point yet): show every following node the newest message, so their
+            // sessions fetch what they lack (docs/REPLICATION.md, "Live delivery"). Without
+            // it a room whose last messages were such a batch kept them from every follower
+            // until a next message showed the gap (`bench-storm` lost 323 acked messages).
             let nodes: Vec<NodeId> = self.interest.keys().copied().collect();
             for node in nodes {
                 self.show_newest(node).await;
