@@ -129,6 +129,41 @@ async fn a_batch_kept_across_a_replica_change_reaches_followers_that_came_while_
     }
 }
 
+/// A session that joins a room its node already follows, and whose catch-up is served by
+/// the replica (the owner does not answer reads), must still get the room's newest message:
+/// the replica knows the commit point only up to the batch before it, and the owner
+/// delivered that message to the node before the session joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_catch_up_the_replica_serves_gets_the_newest_message_its_node_was_delivered() {
+    common::init_logs();
+    let (cluster, proxy) = cluster_with_proxied_follower().await;
+    let owner_id = cluster.node(2).id();
+    let api = Api::logged_in(&cluster.url(), "joiner").await;
+    let (room, owner, replica) = room_placed(&cluster, &api, |owner, _| owner == owner_id).await;
+    let follower = (0..3).find(|i| *i != owner && *i != replica).expect("a third node");
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut first = WsClient::connect(&cluster.node(follower).ws_url(), &ws_token).await;
+    first.subscribe(room, Some(0)).await;
+    let mut writer = WsClient::connect(&format!("ws://{}/ws", cluster.node(owner).addr), &ws_token).await;
+    for (seq, client_id) in [(1, "one"), (2, "two")] {
+        assert_eq!(send_acked(&mut writer, room, client_id, Duration::from_secs(10)).await, seq);
+        assert_eq!(first.expect("message").await["seq"], seq, "deliveries reach the follower");
+    }
+
+    // From now on the owner does not answer the follower's node: reads go to the replica.
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let mut joiner = WsClient::connect(&cluster.node(follower).ws_url(), &ws_token).await;
+    let (mut seqs, subscribed) = joiner.subscribe(room, Some(0)).await;
+    let mut seqs: Vec<u64> = seqs.drain(..).filter_map(|frame| frame["seq"].as_u64()).collect();
+    if seqs.last() != Some(&2) {
+        // Nobody sends again.
+        if let Some(message) = next_message(&mut joiner, Duration::from_secs(10)).await {
+            seqs.extend(message["seq"].as_u64());
+        }
+    }
+    assert_eq!(seqs, vec![1, 2], "the joiner lacks the newest message (subscribed at {subscribed})");
+}
+
 /// Three nodes whose third one (`n3`) is reached by the others through a [`Proxy`].
 async fn cluster_with_proxied_follower() -> (ChatCluster, Proxy) {
     let proxy: Arc<Mutex<Option<Proxy>>> = Arc::default();
@@ -150,14 +185,20 @@ async fn cluster_with_proxied_follower() -> (ChatCluster, Proxy) {
 /// index, replica's index).
 async fn room_beside(cluster: &ChatCluster, api: &Api, follower: usize) -> (u64, usize, usize) {
     let follower_id = cluster.node(follower).id();
+    room_placed(cluster, api, |owner, replica| owner != follower_id && replica != follower_id).await
+}
+
+/// A new room whose (owner id, replica id) `wanted` accepts: (room, owner's index,
+/// replica's index).
+async fn room_placed(cluster: &ChatCluster, api: &Api, wanted: impl Fn(u64, u64) -> bool) -> (u64, usize, usize) {
     for i in 0..20 {
-        let created = cluster.create_room(api, &format!("beside-{i}"), false).await;
+        let created = cluster.create_room(api, &format!("placed-{i}"), false).await;
         let placed = |field: &str| created[field].as_u64().expect("placed");
-        if placed("owner") != follower_id && placed("replica") != follower_id {
+        if wanted(placed("owner"), placed("replica")) {
             return (placed("id"), cluster.index_of(placed("owner")), cluster.index_of(placed("replica")));
         }
     }
-    panic!("no room placed on the other two nodes in 20 tries");
+    panic!("no room placed as wanted in 20 tries");
 }
 
 /// Reads `client`'s frames until one that `wanted` accepts (within 30 s).
