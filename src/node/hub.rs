@@ -52,10 +52,18 @@ pub struct Subscriber {
     pub kick: Arc<Notify>,
 }
 
+/// The local followers of one room, and the newest message this node was delivered for it
+/// while they followed.
+#[derive(Default)]
+struct Followers {
+    members: HashMap<SessionId, Subscriber>,
+    newest: Option<(Seq, Utf8Bytes)>,
+}
+
 /// Rooms → local subscribers. A std lock, never held across an await.
 #[derive(Default)]
 pub struct Hub {
-    rooms: Mutex<HashMap<RoomId, HashMap<SessionId, Subscriber>>>,
+    rooms: Mutex<HashMap<RoomId, Followers>>,
     /// The newest presence frame per room, for sessions that subscribe later (the owner
     /// announces presence only when it changes).
     presence: Mutex<HashMap<RoomId, Utf8Bytes>>,
@@ -65,25 +73,25 @@ pub struct Hub {
 const PRESENCE_PREFIX: &str = "{\"type\":\"presence\"";
 
 impl Hub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, HashMap<SessionId, Subscriber>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Followers>> {
         self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds a subscriber; returns the room's local users afterwards.
     pub fn join(&self, room: RoomId, session: SessionId, subscriber: Subscriber) -> Vec<String> {
         let mut rooms = self.lock();
-        let members = rooms.entry(room).or_default();
-        members.insert(session, subscriber);
-        users(members)
+        let followers = rooms.entry(room).or_default();
+        followers.members.insert(session, subscriber);
+        users(&followers.members)
     }
 
     /// Removes a subscriber; returns the room's local users afterwards.
     pub fn leave(&self, room: RoomId, session: SessionId) -> Vec<String> {
         let mut rooms = self.lock();
-        let Some(members) = rooms.get_mut(&room) else { return Vec::new() };
-        members.remove(&session);
-        let left = users(members);
-        if members.is_empty() {
+        let Some(followers) = rooms.get_mut(&room) else { return Vec::new() };
+        followers.members.remove(&session);
+        let left = users(&followers.members);
+        if followers.members.is_empty() {
             rooms.remove(&room);
         }
         left
@@ -91,7 +99,7 @@ impl Hub {
 
     /// The local users of a room.
     pub fn users(&self, room: RoomId) -> Vec<String> {
-        self.lock().get(&room).map(users).unwrap_or_default()
+        self.lock().get(&room).map(|followers| users(&followers.members)).unwrap_or_default()
     }
 
     /// Rooms with at least one local subscriber.
@@ -102,6 +110,14 @@ impl Hub {
     /// The room's newest presence frame, if one was seen.
     pub fn presence(&self, room: RoomId) -> Option<Utf8Bytes> {
         self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned()
+    }
+
+    /// The newest message frame this node was delivered for the room since it has local
+    /// followers: a session starting a catch-up holds it as if it had just come live, so
+    /// the catch-up ends no earlier, even when the copy it reads from knows an older commit
+    /// point (docs/REPLICATION.md, "Live delivery").
+    pub fn newest(&self, room: RoomId) -> Option<(Seq, Utf8Bytes)> {
+        self.lock().get(&room).and_then(|followers| followers.newest.clone())
     }
 
     /// Hands the frames to every local subscriber of the room and records, for live
@@ -117,8 +133,17 @@ impl Hub {
         {
             self.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(room, presence.clone());
         }
-        let subscribers: Vec<Subscriber> =
-            self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let subscribers: Vec<Subscriber> = match self.lock().get_mut(&room) {
+            Some(followers) => {
+                if let Some((seq, text)) = frames.iter().rev().find(|(seq, _)| *seq > 0) {
+                    if followers.newest.as_ref().is_none_or(|(newest, _)| newest < seq) {
+                        followers.newest = Some((*seq, text.clone()));
+                    }
+                }
+                followers.members.values().cloned().collect()
+            }
+            None => Vec::new(),
+        };
         for subscriber in subscribers {
             for (seq, text) in &frames {
                 let outbound = Outbound::Room { room, seq: *seq, text: text.clone() };
@@ -151,7 +176,7 @@ impl Hub {
     /// subscriber whose queue is full is kicked instead.
     fn tell(&self, room: RoomId, what: impl Fn(&Subscriber) -> Option<Outbound>) {
         let subscribers: Vec<Subscriber> =
-            self.lock().get(&room).map(|m| m.values().cloned().collect()).unwrap_or_default();
+            self.lock().get(&room).map(|followers| followers.members.values().cloned().collect()).unwrap_or_default();
         for subscriber in subscribers {
             let Some(outbound) = what(&subscriber) else { continue };
             if subscriber.tx.try_send(outbound).is_err() {

@@ -31,6 +31,7 @@ use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
     Action, ChatMessage, ClientFrame, ConnectionClaims, LogQuery, Outgoing, ReadMessage, RoomId, Seq, ServerFrame,
+    UserId,
 };
 
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
@@ -325,8 +326,24 @@ impl Session {
         let floor = self.node.history_floor(room, user.user_id);
         let since = since.map(|since| since.max(floor));
         let after = self.rooms.entry(room).or_default().subscribe(since);
+        self.hold_newest(room, user.user_id);
         self.catch_up(room, after, Duration::ZERO);
         Vec::new()
+    }
+
+    /// Holds the newest message this node was delivered for the room as if it had just
+    /// come live, for a catch-up that starts: the catch-up then ends no earlier, even when
+    /// the copy it reads from (a replica) knows only an older commit point and the room
+    /// stays quiet (docs/REPLICATION.md, "Live delivery", L1). Never one before the
+    /// user's history floor.
+    fn hold_newest(&mut self, room: RoomId, user: UserId) {
+        let Some((seq, text)) = self.node.hub.newest(room) else { return };
+        if seq <= self.node.history_floor(room, user) {
+            return;
+        }
+        if let Some(subscription) = self.rooms.get_mut(&room) {
+            subscription.live(seq, Message::Text(text), true);
+        }
     }
 
     /// Fetches one page of the messages after `after`, or only the room's last seq when
@@ -500,6 +517,9 @@ impl Session {
             }
             Outbound::Resync { room } => {
                 if let Some(after) = self.rooms.get_mut(&room).and_then(Subscription::resync) {
+                    if let Some(user) = self.user.as_ref().map(|user| user.user_id) {
+                        self.hold_newest(room, user);
+                    }
                     self.catch_up(room, Some(after), Duration::ZERO);
                 }
                 Vec::new()
