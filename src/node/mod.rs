@@ -169,6 +169,10 @@ pub struct NodeInner {
     /// One permit per browser WebSocket this node may hold: `limits.max_connections`,
     /// or fewer when the open-file limit in force leaves less ([`connection_cap`]).
     pub browser_slots: Arc<tokio::sync::Semaphore>,
+    /// Turns for owners taking their room over in the background: at most
+    /// [`owner::TAKEOVERS_IN_FLIGHT`] at once (an owner with a send waiting does not wait
+    /// for one).
+    takeovers: Arc<tokio::sync::Semaphore>,
     messages: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -269,6 +273,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         leader_url: Mutex::new(leader_url),
         connections: AtomicU64::new(0),
         browser_slots,
+        takeovers: Arc::new(tokio::sync::Semaphore::new(owner::TAKEOVERS_IN_FLIGHT)),
         messages: AtomicU64::new(0),
         next_session: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),

@@ -35,6 +35,12 @@ const ADOPT_ROUNDS: usize = 3;
 /// first and at most (doubling in between).
 const START_RETRY_FIRST: Duration = Duration::from_millis(250);
 const START_RETRY_LAST: Duration = Duration::from_secs(2);
+/// How many owners of one node take their room over at once in the background (after a
+/// restart every owner does, and a node with 50,000 rooms sent 50,000 `Adopt`s at once:
+/// past `mesh.requests_per_link` and the replication timeout they failed and were retried,
+/// and the whole node took half a minute; docs/BENCHMARKS.md, "Restarting 50,000 rooms").
+/// An owner with a send waiting takes over at once, without a turn.
+pub const TAKEOVERS_IN_FLIGHT: usize = 64;
 /// How long the owner waits for its replica.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most entries a new owner copies to its replica before taking sends; a replica that
@@ -149,14 +155,7 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
             backfill: None,
             replica_complete: complete,
         };
-        let ready = match owner.start().await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(room, epoch, error = %e, "cannot take ownership of the room yet");
-                false
-            }
-        };
-        owner.run(rx, ready).await;
+        owner.run(rx).await;
     });
     OwnerHandle { epoch, tx, ready, replica_complete, committed, task: task.abort_handle() }
 }
@@ -420,12 +419,16 @@ impl Owner {
         Ok(tail.iter().zip(ours).find(|(theirs, ours)| ours.as_ref() != Some(*theirs)).map(|(theirs, _)| theirs.seq))
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, mut ready: bool) {
+    async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>) {
         let mut commands = Vec::with_capacity(MAX_BATCH);
+        let mut ready = false;
+        let mut tries = 0u32;
         let mut retry_in = START_RETRY_FIRST;
-        // One deadline across turns: typing and presence traffic must not keep pushing
-        // the next attempt back.
-        let mut retry_at = tokio::time::Instant::now() + retry_in;
+        // The next background takeover: after `retry_at`, with one of the node's turns. One
+        // future across loop turns: typing and presence traffic must not push the attempt
+        // back, nor lose its place in the queue for a turn.
+        let mut retry_at = tokio::time::Instant::now();
+        let mut turn = None;
         loop {
             if ready {
                 self.backfill_step().await;
@@ -439,20 +442,36 @@ impl Owner {
                     None => rx.recv_many(&mut commands, MAX_BATCH).await,
                 }
             } else {
-                // Taking over failed (replica unreachable?): retry in the background too,
-                // so the replica is synced even when no send comes (it may have a stale
-                // tail to lose, and it must hold the log before it can take over).
+                // Not owning the room yet (just started, or taking over failed: replica
+                // unreachable?): take it over in the background too, so the replica is
+                // synced even when no send comes (it may have a stale tail to lose, and it
+                // must hold the log before it can take over).
+                let takeovers = self.node.takeovers.clone();
+                let next_turn = turn.get_or_insert_with(|| {
+                    Box::pin(async move {
+                        tokio::time::sleep_until(retry_at).await;
+                        takeovers.acquire_owned().await.ok()
+                    })
+                });
                 tokio::select! {
                     received = rx.recv_many(&mut commands, MAX_BATCH) => received,
-                    _ = tokio::time::sleep_until(retry_at) => {
+                    _permit = next_turn => {
+                        turn = None;
+                        tries += 1;
                         ready = match self.start().await {
                             Ok(()) => true,
+                            Err(e) if tries == 1 => {
+                                tracing::warn!(room = self.room, epoch = self.epoch, error = %e, "cannot take ownership of the room yet");
+                                false
+                            }
                             Err(e) => {
                                 tracing::debug!(room = self.room, epoch = self.epoch, error = %e, "still cannot take ownership");
                                 false
                             }
                         };
-                        retry_in = (retry_in * 2).min(START_RETRY_LAST);
+                        if tries > 1 {
+                            retry_in = (retry_in * 2).min(START_RETRY_LAST);
+                        }
                         retry_at = tokio::time::Instant::now() + retry_in;
                         continue;
                     }
@@ -481,9 +500,13 @@ impl Owner {
                 continue;
             }
             if !ready {
-                // Taking over failed (replica unreachable?): try again before taking sends.
+                // Not owning the room yet: take it over now, without waiting for a turn (a
+                // send waits), before taking sends.
                 ready = self.start().await.is_ok();
-                if !ready {
+                if ready {
+                    // A turn still queued would hold its permit once granted.
+                    turn = None;
+                } else {
                     fail_all(sends, NodeError::Unavailable("the room's replica is not reachable yet".into()));
                     continue;
                 }
