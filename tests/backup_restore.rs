@@ -44,6 +44,12 @@ async fn a_group_restored_from_one_members_backup_holds_exactly_the_backed_up_ca
     let backup_dir = cluster.dir.path().join("backups").join("first");
     assert_eq!(reply["member"], json!(follower as u64 + 1));
     assert_eq!(reply["path"], json!(backup_dir.display().to_string()));
+    // The snapshot is a file beside RocksDB's: the backup has its own link to it.
+    let snapshot_files = std::fs::read_dir(&backup_dir)
+        .expect("read the backup")
+        .filter(|entry| entry.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("catalog-snapshot-")))
+        .count();
+    assert_eq!(snapshot_files, 1, "the backup holds the member's snapshot file");
     assert_eq!(reply["users"], json!(BEFORE + 1));
     assert!(reply["bytes"].as_u64().is_some_and(|b| b > 0), "{reply}");
     let applied = reply["applied_index"].as_u64().expect("applied index");
@@ -106,6 +112,14 @@ async fn a_group_restored_from_one_members_backup_holds_exactly_the_backed_up_ca
             .then_some(())
     })
     .await;
+
+    // A replacement member on an empty disk catches up from the restored group's
+    // snapshot (the backup's file or a newer one): the log behind it is purged.
+    let mut restored = restored;
+    let fresh = restored.add_empty_member().await;
+    restored.wait_converged().await;
+    let leader = restored.wait_ready().await;
+    assert_eq!(restored.catalog(fresh), restored.catalog(leader), "the new member caught up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,7 @@
 //! A member that was down for thousands of writes catches up through a snapshot, and
-//! loads the same catalog (read marks included) from its rows after another restart.
+//! loads the same catalog (read marks included) from its rows after another restart. A
+//! member that joins with an empty data directory (a lost member's replacement) is sent
+//! the leader's snapshot file, keeps it as its own file, and serves it after a restart.
 
 mod common;
 
@@ -81,4 +83,54 @@ async fn a_restarted_member_catches_up_through_a_snapshot() {
     cluster.restart(lagging).await;
     cluster.wait_converged().await;
     assert_eq!(cluster.catalog(lagging), expected, "same catalog after a restart from the rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_an_empty_disk_is_sent_the_snapshot_file_and_restarts_from_its_own() {
+    let tuning = RaftTuning { snapshot_every: 20, keep_logs: 0, ..tuning() };
+    let mut cluster = TestCluster::start_with(3, tuning, |config| config.max_rooms_per_user = 0).await;
+    let leader = cluster.wait_ready().await;
+    let api = Api::logged_in(&cluster.url(leader), "wipe").await;
+    let url = Arc::new(cluster.url(leader));
+    let statuses: Vec<u16> =
+        stream::iter(0..200)
+            .map(|i| {
+                let (api, url) = (api.clone(), url.clone());
+                async move {
+                    api.post(&format!("{url}/api/rooms"), json!({"name": format!("w-{i}")})).await.map_or(0, |r| r.0)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+    assert!(statuses.iter().all(|s| *s == 201), "every write acked");
+    wait_for("the leader to purge its log behind a snapshot", Duration::from_secs(30), || async {
+        let metrics = cluster.member(leader).raft.metrics().borrow().clone();
+        metrics.purged.filter(|p| p.index > 20).map(|_| ())
+    })
+    .await;
+
+    // A member on an empty disk (a lost member's replacement): the log it would need is
+    // purged, so the leader sends it the snapshot, which it keeps as its own file.
+    let fresh = cluster.add_empty_member().await;
+    cluster.wait_converged().await;
+    let expected = cluster.catalog(leader);
+    assert_eq!(expected.rooms.len(), 200);
+    assert_eq!(cluster.catalog(fresh), expected, "the installed snapshot holds the catalog");
+    let installed = cluster.member(fresh).raft.metrics().borrow().snapshot;
+    assert!(installed.is_some(), "the member holds a snapshot");
+    let dir = cluster.configs[fresh].data_dir.clone();
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read the data dir")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("catalog-snapshot-"))
+        .collect();
+    assert!(files.len() == 1 && files[0].ends_with(".snap"), "one snapshot file in the data dir: {files:?}");
+
+    cluster.stop(fresh).await;
+    cluster.restart(fresh).await;
+    cluster.wait_converged().await;
+    assert_eq!(cluster.catalog(fresh), expected, "the same catalog after a restart");
+    let restarted = cluster.member(fresh).raft.metrics().borrow().snapshot;
+    assert!(restarted >= installed, "the snapshot file is served after a restart: {restarted:?}");
 }

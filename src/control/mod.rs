@@ -126,7 +126,7 @@ pub async fn start(config: ControlConfig, listener: TcpListener) -> Result<Contr
     let config = Arc::new(ControlConfig { advertise: Some(advertise), ..config });
     let (log_store, state_machine) = open_storage_retrying(&config).await?;
     let state = state_machine.state();
-    let checkpointer = log_store.checkpointer();
+    let checkpointer = state_machine.checkpointer();
     let secret = ClusterSecret::new(config.cluster_secret.as_str());
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))

@@ -88,6 +88,12 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(bincode::serde::encode_to_vec(value, bincode::config::standard())?)
 }
 
+/// Appends a value's [`encode`] bytes to `out` (no allocation of its own).
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())?;
+    Ok(())
+}
+
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (value, _) = decode_bounded(bytes)?;

@@ -130,6 +130,34 @@ impl TestCluster {
         .await
     }
 
+    /// Starts a member with the next id and an empty data directory (a lost member's
+    /// replacement, docs/OPERATIONS.md), has the group add it (learner, then voter) and
+    /// waits until it votes; returns its index. Its config copies member 0's tuning.
+    pub async fn add_empty_member(&mut self) -> usize {
+        let id = self.configs.len() as u64 + 1;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let config = member_config(&self.dir, id, &addr, &self.configs[0].raft, Vec::new());
+        let member = control::start(config.clone(), listener).await.expect("start the new member");
+        let via = self.running().map(|(i, _)| self.url(i)).next().expect("a running member");
+        let added = reqwest::Client::new()
+            .post(format!("{via}/api/admin/members"))
+            .header(districhat::control::secret::SECRET_HEADER, SECRET)
+            .json(&json!({"id": id, "addr": addr}))
+            .send()
+            .await
+            .expect("add the member");
+        assert_eq!(added.status().as_u16(), 200, "{}", added.text().await.unwrap_or_default());
+        let raft = member.raft.clone();
+        wait_for("the new member to vote", Duration::from_secs(60), || async {
+            raft.metrics().borrow().membership_config.voter_ids().any(|voter| voter == id).then_some(())
+        })
+        .await;
+        self.configs.push(config);
+        self.members.push(Some(member));
+        self.members.len() - 1
+    }
+
     pub fn catalog(&self, i: usize) -> Catalog {
         read_state(&self.member(i).state).catalog.clone()
     }

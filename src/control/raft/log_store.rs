@@ -45,11 +45,6 @@ impl LogStore {
         Self { db, syncer }
     }
 
-    /// A handle that can copy this member's database (log and catalog) for a backup.
-    pub fn checkpointer(&self) -> super::checkpoint::Checkpointer {
-        super::checkpoint::Checkpointer::new(self.db.clone())
-    }
-
     fn get_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let cf = store::cf(&self.db, CF_STATE).map_err(read_err)?;
         match self.db.get_cf(cf, key).map_err(read_err)? {

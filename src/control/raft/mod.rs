@@ -4,6 +4,8 @@
 pub mod checkpoint;
 pub mod log_store;
 pub mod network;
+pub mod snapshot_file;
+pub mod snapshot_rows;
 pub mod state_machine;
 pub mod types;
 

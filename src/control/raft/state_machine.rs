@@ -5,8 +5,11 @@
 //! `ended_sessions`, `replicas_in_sync`, `room_policies`, `audit`) plus `sm_meta`
 //! (catalog counters, last applied log id, last membership). Each `apply` call writes the
 //! rows it touched and the new applied log id in one atomic batch. Snapshots are the
-//! whole catalog in bincode, kept in `sm_meta` (fsynced) so they can be sent to a
-//! member that fell behind the purged log.
+//! whole catalog in bincode, encoded from those rows without the catalog lock
+//! ([`super::snapshot_rows`]) and kept as a file beside the database
+//! ([`super::snapshot_file`]), so they can be sent to a member that fell behind the purged
+//! log. Data directories from before keep their snapshot in `sm_meta` (`snapshot`): it is
+//! moved to a file when the member opens them.
 
 // openraft's `StorageError` is large, and its traits require it: we return it as is.
 #![allow(clippy::result_large_err)]
@@ -20,6 +23,8 @@ use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, Ra
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_file::SnapshotFiles;
+use super::snapshot_rows::{encode_from_rows, EncodedCatalog};
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::control::catalog::{
     Catalog, CatalogMeta, ChatNode, ChatNodeId, CommandOutput, CommandResult, Room, RoomId, Touched, User, UserId,
@@ -49,9 +54,11 @@ const TABLES: [&str; 9] = [
     CF_ROOM_POLICIES,
     CF_AUDIT,
 ];
-const KEY_CATALOG_META: &[u8] = b"catalog_meta";
-const KEY_APPLIED: &[u8] = b"applied";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
+pub(super) const KEY_CATALOG_META: &[u8] = b"catalog_meta";
+pub(super) const KEY_APPLIED: &[u8] = b"applied";
+/// Where snapshots were kept before they became files: read when a member opens an older
+/// data directory (and then removed), never written.
+const KEY_LEGACY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// The applied catalog shared between the state machine (writer) and the web handlers
 /// (readers). A `std` lock: it is never held across an `.await`.
@@ -83,7 +90,8 @@ pub struct AppliedState {
     pub membership: StoredMembership,
 }
 
-/// A snapshot as stored and shipped: its metadata and the bincode catalog.
+/// A snapshot as older versions stored it under [`KEY_LEGACY_SNAPSHOT`]: its metadata and
+/// the bincode catalog.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -98,6 +106,8 @@ type Row = (Box<[u8]>, Box<[u8]>);
 pub struct StateMachineStore {
     db: Arc<DB>,
     state: SharedState,
+    /// The snapshot files in the database's directory.
+    files: SnapshotFiles,
     /// Makes snapshot ids unique within this process.
     snapshot_counter: u64,
 }
@@ -105,26 +115,51 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Loads the catalog from disk: from its rows, or from the stored snapshot when that is
     /// newer (rows written after the last fsync can be lost in a crash; the snapshot cannot).
+    /// A leftover temporary snapshot file (a crash mid-write) is removed, and a snapshot an
+    /// older version kept in the database is moved to a file first.
     pub fn open(db: Arc<DB>) -> Result<Self, StorageError> {
-        let mut machine = Self { db, state: Arc::default(), snapshot_counter: 0 };
+        let files = SnapshotFiles::open(db.path()).map_err(snap_read)?;
+        let mut machine = Self { db, state: Arc::default(), files, snapshot_counter: 0 };
+        machine.move_legacy_snapshot_to_file()?;
         let (catalog, applied) = machine.load_rows()?;
-        let snapshot = machine.stored_snapshot()?;
-        match snapshot {
-            Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => machine.install(snapshot)?,
-            _ => *machine.write_state() = CatalogState::loaded(catalog, applied),
+        let newer = machine.files.current_meta().filter(|meta| meta.last_log_id > applied.last_applied);
+        match newer.and_then(|_| machine.files.read_current().transpose()) {
+            Some(snapshot) => {
+                let (meta, data) = snapshot.map_err(snap_read)?;
+                machine.install_rows(&meta, &data)?;
+            }
+            None => *machine.write_state() = CatalogState::loaded(catalog, applied),
         }
         Ok(machine)
     }
 
     /// The catalog stored in `db`, read without writing anything (to describe a backup):
-    /// the same choice between rows and snapshot as [`Self::open`].
+    /// the same choice between rows and snapshot as [`Self::open`], the snapshot being the
+    /// newer of the file and an older version's one in the database.
     pub fn read_stored(db: Arc<DB>) -> Result<CatalogState, StorageError> {
-        let reader = Self { db, state: Arc::default(), snapshot_counter: 0 };
+        let files = SnapshotFiles::read_only(db.path()).map_err(snap_read)?;
+        let reader = Self { db, state: Arc::default(), files, snapshot_counter: 0 };
         let (catalog, applied) = reader.load_rows()?;
-        match reader.stored_snapshot()? {
-            Some(snapshot) if snapshot.meta.last_log_id > applied.last_applied => decode_snapshot(&snapshot),
-            _ => Ok(CatalogState::loaded(catalog, applied)),
+        let file = reader.files.current_meta().map(|meta| meta.last_log_id);
+        if let Some(legacy) = reader.legacy_snapshot()? {
+            if file.is_none_or(|file| legacy.meta.last_log_id > file) {
+                if legacy.meta.last_log_id > applied.last_applied {
+                    return decode_snapshot(&legacy.meta, &legacy.data);
+                }
+                return Ok(CatalogState::loaded(catalog, applied));
+            }
         }
+        if file.is_some_and(|file| file > applied.last_applied) {
+            if let Some((meta, data)) = reader.files.read_current().map_err(snap_read)? {
+                return decode_snapshot(&meta, &data);
+            }
+        }
+        Ok(CatalogState::loaded(catalog, applied))
+    }
+
+    /// A handle that copies this member's database and current snapshot file for a backup.
+    pub fn checkpointer(&self) -> super::checkpoint::Checkpointer {
+        super::checkpoint::Checkpointer::new(self.db.clone(), self.files.clone())
     }
 
     /// The applied catalog, for readers.
@@ -183,12 +218,30 @@ impl StateMachineStore {
         self.db.iterator_cf(cf, IteratorMode::Start).map(|item| item.map_err(sm_read)).collect()
     }
 
-    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+    /// The snapshot an older version kept in the database, if it is still there.
+    fn legacy_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let cf = store::cf(&self.db, CF_SM_META).map_err(sm_read)?;
-        match self.db.get_cf(cf, KEY_SNAPSHOT).map_err(sm_read)? {
+        match self.db.get_cf(cf, KEY_LEGACY_SNAPSHOT).map_err(sm_read)? {
             Some(bytes) => Ok(Some(store::decode(&bytes).map_err(sm_read)?)),
             None => Ok(None),
         }
+    }
+
+    /// Moves a snapshot an older version kept in the database into a file (unless a file
+    /// already holds a newer one), then removes it from the database. A crash in between
+    /// only repeats the move at the next start.
+    fn move_legacy_snapshot_to_file(&self) -> Result<(), StorageError> {
+        let Some(legacy) = self.legacy_snapshot()? else { return Ok(()) };
+        let file_is_newer = self.files.current_meta().is_some_and(|file| file.last_log_id > legacy.meta.last_log_id);
+        if !file_is_newer {
+            self.files.store(&legacy.meta, &legacy.data).map_err(snap_write)?;
+        }
+        let cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf, KEY_LEGACY_SNAPSHOT);
+        self.write_synced(batch)?;
+        tracing::info!(index = ?legacy.meta.last_log_id, "moved the stored catalog snapshot to a file");
+        Ok(())
     }
 
     /// Adds the current value (or the deletion) of every touched row to `batch`.
@@ -233,9 +286,10 @@ impl StateMachineStore {
         Ok(())
     }
 
-    /// Replaces the in-memory and on-disk catalog with a snapshot's.
-    fn install(&mut self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
-        let CatalogState { catalog, applied, .. } = decode_snapshot(&snapshot)?;
+    /// Replaces the in-memory catalog and its rows with a snapshot's (already durable as the
+    /// current snapshot file, so a crash before the rows are written loads it again).
+    pub(super) fn install_rows(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let CatalogState { catalog, applied, .. } = decode_snapshot(meta, data)?;
         let mut batch = WriteBatch::default();
         for table in TABLES {
             let cf = store::cf(&self.db, table).map_err(sm_write)?;
@@ -256,7 +310,6 @@ impl StateMachineStore {
         self.persist_rows(&catalog, &touched, &mut batch)?;
         let meta_cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
         batch.put_cf(meta_cf, KEY_APPLIED, store::encode(&applied).map_err(sm_write)?);
-        batch.put_cf(meta_cf, KEY_SNAPSHOT, store::encode(&snapshot).map_err(sm_write)?);
         self.write_synced(batch)?;
         *self.write_state() = CatalogState::loaded(catalog, applied);
         Ok(())
@@ -274,10 +327,9 @@ impl StateMachineStore {
 /// replicas (none in sync: owners report theirs again within a heartbeat) and before
 /// moderation (no room policies, no audit). Each format
 /// must use every byte, so an older one never half-reads a newer one.
-fn decode_snapshot(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
-    let catalog = decode_catalog(&snapshot.data).map_err(snap_read)?;
-    let applied =
-        AppliedState { last_applied: snapshot.meta.last_log_id, membership: snapshot.meta.last_membership.clone() };
+fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<CatalogState, StorageError> {
+    let catalog = decode_catalog(data).map_err(snap_read)?;
+    let applied = AppliedState { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
     Ok(CatalogState::loaded(catalog, applied))
 }
 
@@ -381,6 +433,10 @@ fn snap_read(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(ErrorSubject::Snapshot(None), ErrorVerb::Read, AnyError::new(&e)).into()
 }
 
+fn snap_write(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), ErrorVerb::Write, AnyError::new(&e)).into()
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.snapshot_counter += 1;
@@ -392,30 +448,30 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// The snapshot of the applied catalog, stored (fsynced) as the current one.
+    /// The snapshot of the applied catalog, stored (fsynced) as the current snapshot file.
+    /// It is encoded from the rows at one RocksDB snapshot, not from the in-memory catalog:
+    /// `apply` goes on meanwhile. Written to its own file, it holds up no log append.
     fn build_blocking(&self, counter: u64) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = std::time::Instant::now();
-        // Data and log position are read under one lock, so they always match.
-        let (data, applied) = {
-            let state = read_state(&self.state);
-            (store::encode(&state.catalog).map_err(snap_read)?, state.applied.clone())
-        };
+        let EncodedCatalog { applied, data } = encode_from_rows(&self.db).map_err(snap_read)?;
         let encoded_ms = started.elapsed().as_millis() as u64;
         let snapshot_id = match applied.last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, counter),
             None => format!("empty-{counter}"),
         };
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        let cf = store::cf(&self.db, CF_SM_META).map_err(sm_write)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf, KEY_SNAPSHOT, store::encode(&stored).map_err(sm_write)?);
-        self.write_synced(batch)?;
-        let data = stored.data;
+        let current = self.files.store(&meta, &data).map_err(snap_write)?;
         metrics::counter!("districhat_raft_snapshots_built_total").increment(1);
         metrics::gauge!("districhat_raft_snapshot_bytes").set(data.len() as f64);
         let took_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(bytes = data.len(), encoded_ms, took_ms, index = ?meta.last_log_id, "built a catalog snapshot");
+        tracing::info!(
+            bytes = data.len(),
+            encoded_ms,
+            took_ms,
+            index = ?meta.last_log_id,
+            current,
+            "built a catalog snapshot"
+        );
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -478,11 +534,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
-        let bytes = stored.data.len();
-        // Off the async runtime, like building one: seconds for a large catalog.
-        let mut machine = self.clone();
-        tokio::task::spawn_blocking(move || machine.install(stored)).await.map_err(sm_write)??;
+        let data = snapshot.into_inner();
+        let bytes = data.len();
+        // Off the async runtime, like building one: seconds for a large catalog. The file
+        // first: once it is durable, a crash before the rows are written loads it again.
+        let (mut machine, meta_owned) = (self.clone(), meta.clone());
+        let install = move || -> Result<(), StorageError> {
+            machine.files.store(&meta_owned, &data).map_err(snap_write)?;
+            machine.install_rows(&meta_owned, &data)
+        };
+        tokio::task::spawn_blocking(install).await.map_err(sm_write)??;
         metrics::counter!("districhat_raft_snapshots_installed_total").increment(1);
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(bytes, took_ms, index = ?meta.last_log_id, "installed a catalog snapshot");
@@ -490,10 +551,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .stored_snapshot()?
-            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        // Reading 135 MB at a million users: off the async runtime.
+        let files = self.files.clone();
+        let current = tokio::task::spawn_blocking(move || files.read_current()).await.map_err(snap_read)?;
+        let current = current.map_err(snap_read)?;
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
+}
+
+#[cfg(test)]
+fn decode_stored(snapshot: &StoredSnapshot) -> Result<CatalogState, StorageError> {
+    decode_snapshot(&snapshot.meta, &snapshot.data)
 }
 
 #[cfg(test)]
@@ -512,13 +580,13 @@ mod tests {
         };
         let meta = SnapshotMeta::default();
         let snapshot = StoredSnapshot { meta, data: store::encode(&older).expect("encode") };
-        let state = decode_snapshot(&snapshot).expect("an older snapshot loads");
+        let state = decode_stored(&snapshot).expect("an older snapshot loads");
         assert_eq!(state.catalog.users[&1].username, "alice");
         assert!(state.catalog.read_marks.is_empty());
         assert_eq!(state.catalog.meta.next_user_id, 2);
 
         let garbage = StoredSnapshot { meta: SnapshotMeta::default(), data: vec![1, 2, 3] };
-        assert!(decode_snapshot(&garbage).is_err(), "anything else is still refused");
+        assert!(decode_stored(&garbage).is_err(), "anything else is still refused");
     }
 }
 
@@ -551,7 +619,7 @@ mod format_tests {
             legacy,
             "plus empty ended sessions, in-sync replicas, policies and audit"
         );
-        let state = decode_snapshot(&stored(store::encode(&before_sessions).expect("encode"))).expect("loads");
+        let state = decode_stored(&stored(store::encode(&before_sessions).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(1, 2)], 7, "read marks of the intermediate format are kept");
         assert!(state.catalog.ended_sessions.is_empty());
 
@@ -573,7 +641,7 @@ mod format_tests {
         let mut legacy = store::encode(&before_in_sync).expect("encode");
         legacy.extend([0, 0, 0]);
         assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty in-sync replicas, policies and audit");
-        let state = decode_snapshot(&stored(store::encode(&before_in_sync).expect("encode"))).expect("loads");
+        let state = decode_stored(&stored(store::encode(&before_in_sync).expect("encode"))).expect("loads");
         assert!(state.catalog.session_ended(5, 2_000), "ended sessions of the format before in-sync are kept");
         assert!(state.catalog.replicas_in_sync.is_empty());
 
@@ -599,7 +667,7 @@ mod format_tests {
         let mut legacy = store::encode(&before_moderation).expect("encode");
         legacy.extend([0, 0]);
         assert_eq!(store::encode(&same).expect("encode"), legacy, "plus empty policies and audit");
-        let state = decode_snapshot(&stored(store::encode(&before_moderation).expect("encode"))).expect("loads");
+        let state = decode_stored(&stored(store::encode(&before_moderation).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.replicas_in_sync[&4], 2, "in-sync replicas of the format before moderation are kept");
         assert!(state.catalog.session_ended(6, 3_000));
         assert!(state.catalog.policies.is_empty() && state.catalog.audit.is_empty());
@@ -618,7 +686,7 @@ mod format_tests {
         );
         current.ended_sessions.insert((3, 1_000));
         current.replicas_in_sync.insert(8, 3);
-        let state = decode_snapshot(&stored(store::encode(&current).expect("encode"))).expect("loads");
+        let state = decode_stored(&stored(store::encode(&current).expect("encode"))).expect("loads");
         assert_eq!(state.catalog.read_marks[&(3, 4)], 9);
         assert!(state.catalog.session_ended(3, 1_000), "the newest format is read whole");
         assert_eq!(state.catalog.replicas_in_sync[&8], 3);
@@ -627,6 +695,6 @@ mod format_tests {
 
         let mut longer = store::encode(&current).expect("encode");
         longer.push(0);
-        assert!(decode_snapshot(&stored(longer)).is_err(), "bytes no format uses are refused");
+        assert!(decode_stored(&stored(longer)).is_err(), "bytes no format uses are refused");
     }
 }
