@@ -4,7 +4,9 @@
 //! third node's mesh address is a TCP proxy that, on demand, swallows what is sent to
 //! the node and then cuts every connection, as a link that breaks with frames in flight.
 //! Also: a batch the owner kept when its replica died mid-write, committed once a new
-//! replica holds it, reaches the followers although nothing is sent after it.
+//! replica holds it, reaches the followers although nothing is sent after it; and a
+//! session whose catch-up the replica serves (the owner does not answer) still ends at
+//! the room's newest message in a quiet room.
 
 mod common;
 
@@ -166,6 +168,32 @@ async fn a_session_whose_catch_up_the_replica_serves_gets_the_newest_message_its
         }
     }
     assert_eq!(seqs, vec![1, 2], "the joiner lacks the newest message (subscribed at {subscribed})");
+}
+
+/// A session that joins a quiet room at a node that follows nothing, while the owner does
+/// not hear that node (its announcement and its read are lost), is served by the replica:
+/// the replica must know the commit point of the room's last batch by then, although no
+/// batch came after it to carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_of_a_quiet_room_learns_the_commit_point_of_its_last_batch() {
+    common::init_logs();
+    let (cluster, proxy) = cluster_with_proxied_follower().await;
+    let owner_id = cluster.node(2).id();
+    let api = Api::logged_in(&cluster.url(), "quiet-joiner").await;
+    let (room, owner, replica) = room_placed(&cluster, &api, |owner, _| owner == owner_id).await;
+    let follower = (0..3).find(|i| *i != owner && *i != replica).expect("a third node");
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut writer = WsClient::connect(&format!("ws://{}/ws", cluster.node(owner).addr), &ws_token).await;
+    for (seq, client_id) in [(1, "one"), (2, "two")] {
+        assert_eq!(send_acked(&mut writer, room, client_id, Duration::from_secs(10)).await, seq);
+    }
+
+    // The owner hears nothing from the other nodes from now on; the room stays quiet.
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let mut joiner = WsClient::connect(&cluster.node(follower).ws_url(), &ws_token).await;
+    let (messages, subscribed) = joiner.subscribe(room, Some(0)).await;
+    let seqs: Vec<u64> = messages.iter().filter_map(|frame| frame["seq"].as_u64()).collect();
+    assert_eq!((seqs, subscribed), (vec![1, 2], 2), "the replica served the room one batch short");
 }
 
 /// Three nodes whose third one (`n3`) is reached by the others through a [`Proxy`].
