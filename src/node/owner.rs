@@ -47,6 +47,10 @@ const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// lacks more is seeded and filled in behind live sends (docs/REPLICATION.md,
 /// "Background copy"). Also the size of one copy chunk.
 const INLINE_COPY: usize = 1_000;
+/// How long a room stays quiet after a commit before the owner tells its replica that
+/// commit point in an empty `Replicate` (each `Replicate` carries the commit point before
+/// its batch: docs/REPLICATION.md, "Reads").
+const QUIET_COMMIT_NOTICE: Duration = Duration::from_millis(100);
 /// How long the background copy waits after its replica did not answer.
 const BACKFILL_RETRY: Duration = Duration::from_secs(1);
 /// How long one chunk of the background copy may take: the owner's sends wait for it,
@@ -154,6 +158,8 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
             committed: commit_point,
             backfill: None,
             replica_complete: complete,
+            replica_told: 0,
+            notice_due: None,
         };
         owner.run(rx).await;
     });
@@ -179,6 +185,11 @@ struct Owner {
     backfill: Option<Backfill>,
     /// Shared with the [`OwnerHandle`]: the replica holds the whole log.
     replica_complete: Arc<AtomicBool>,
+    /// The highest commit point the replica confirmed it was told at this epoch.
+    replica_told: Seq,
+    /// When to tell the replica a commit point it was not told yet, if the room stays
+    /// quiet until then ([`QUIET_COMMIT_NOTICE`]).
+    notice_due: Option<tokio::time::Instant>,
 }
 
 /// What the replica still lacks of the older log, and when the next chunk may go.
@@ -257,6 +268,7 @@ impl Owner {
         self.backfill = missing.map(|(first, last)| Backfill { first, last, due: now, started: now });
         self.replica_complete.store(missing.is_none(), Ordering::Release);
         self.ready.store(true, Ordering::Release);
+        self.notice_due = Some(tokio::time::Instant::now() + QUIET_COMMIT_NOTICE);
         tracing::info!(room, epoch, last_seq = last, replica_lacks = ?missing, "owning the room");
         Ok(())
     }
@@ -432,9 +444,10 @@ impl Owner {
         loop {
             if ready {
                 self.backfill_step().await;
+                self.tell_quiet_commit().await;
             }
             let received = if ready {
-                match self.backfill.map(|fill| fill.due) {
+                match self.backfill.map(|fill| fill.due).into_iter().chain(self.notice_due).min() {
                     Some(due) => tokio::select! {
                         received = rx.recv_many(&mut commands, MAX_BATCH) => received,
                         _ = tokio::time::sleep_until(due) => continue,
@@ -545,6 +558,7 @@ impl Owner {
             for message in &messages {
                 tracing::debug!(seq = message.seq, client_id = %message.client_id, "sequenced");
             }
+            let committed_before = self.committed.get().unwrap_or(0);
             let stored = match appended {
                 Some(appended) => appended,
                 None => self.persist(&messages).await,
@@ -565,7 +579,10 @@ impl Owner {
                 }
                 return false;
             }
+            // The replica stored the batch with the commit point before it.
+            self.replica_told = self.replica_told.max(committed_before);
             self.committed.set(self.next_seq - 1);
+            self.notice_due = Some(tokio::time::Instant::now() + QUIET_COMMIT_NOTICE);
             self.last_stamp = messages.last().map(stamp);
             if deletes {
                 self.redact().await;
@@ -732,6 +749,41 @@ impl Owner {
         };
         if let Err(e) = self.node.mesh_request(replica, request, REPLICATION_TIMEOUT).await {
             tracing::debug!(room, replica, error = %e, "the replica erases with the next batch");
+        }
+    }
+
+    /// Tells the replica the commit point in an empty `Replicate` once the room has been
+    /// quiet for [`QUIET_COMMIT_NOTICE`] since a commit it was not told of: each batch's
+    /// `Replicate` carries the commit point before that batch, so without this the replica
+    /// of a quiet room would serve reads one batch short for good (docs/REPLICATION.md,
+    /// "Reads"). A replica that misses it learns the commit point with the next batch.
+    async fn tell_quiet_commit(&mut self) {
+        if self.notice_due.is_none_or(|due| due > tokio::time::Instant::now()) {
+            return;
+        }
+        self.notice_due = None;
+        let Some(committed) = self.committed.get().filter(|committed| *committed > self.replica_told) else { return };
+        let Some(replica) = self.node.replica_of(self.room) else { return };
+        let request = MeshRequest::Replicate {
+            room: self.room,
+            epoch: self.epoch,
+            prev: self.last_stamp.clone(),
+            committed,
+            messages: vec![],
+        };
+        match self.node.mesh_request(replica, request, BACKFILL_TIMEOUT).await {
+            Ok(MeshResponse::Stored { .. }) => self.replica_told = committed,
+            Ok(other) => match NodeError::from_response(other) {
+                NodeError::StaleEpoch => {
+                    let _ = self.moved();
+                }
+                error => {
+                    tracing::debug!(room = self.room, replica, %error, "the replica learns the commit point later")
+                }
+            },
+            Err(e) => {
+                tracing::debug!(room = self.room, replica, error = %e, "the replica learns the commit point later")
+            }
         }
     }
 
