@@ -65,7 +65,7 @@ pub fn subscription_order(data: &[u8]) {
     let mut subscription = Subscription::<Seq>::new();
     // The fetch the session has asked for and not had answered: `Some(None)` for the
     // room's last seq only.
-    let mut fetch = Some(subscription.subscribe(since));
+    let mut fetch = Some(subscription.subscribe(since, 0));
     let mut written: Vec<Seq> = Vec::new();
     while let Some(op) = bytes.next() {
         let arg = bytes.next().unwrap_or(0);

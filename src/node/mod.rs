@@ -169,10 +169,10 @@ pub struct NodeInner {
     /// One permit per browser WebSocket this node may hold: `limits.max_connections`,
     /// or fewer when the open-file limit in force leaves less ([`connection_cap`]).
     pub browser_slots: Arc<tokio::sync::Semaphore>,
-    /// Turns for owners taking their room over in the background: at most
-    /// [`owner::TAKEOVERS_IN_FLIGHT`] at once (an owner with a send waiting does not wait
-    /// for one).
-    takeovers: Arc<tokio::sync::Semaphore>,
+    /// Per replica node, the turns for owners here taking their room over in the
+    /// background: at most [`owner::TAKEOVERS_IN_FLIGHT`] at once each (an owner with a
+    /// send waiting does not wait for one).
+    takeovers: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
     messages: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -273,7 +273,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         leader_url: Mutex::new(leader_url),
         connections: AtomicU64::new(0),
         browser_slots,
-        takeovers: Arc::new(tokio::sync::Semaphore::new(owner::TAKEOVERS_IN_FLIGHT)),
+        takeovers: Mutex::default(),
         messages: AtomicU64::new(0),
         next_session: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
@@ -359,6 +359,15 @@ impl Node {
                 let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
             }
         }
+    }
+
+    /// The turns of background takeovers whose replica is `replica`.
+    pub(super) fn takeover_turns(&self, replica: NodeId) -> Arc<tokio::sync::Semaphore> {
+        let mut turns = self.takeovers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        turns
+            .entry(replica)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(owner::TAKEOVERS_IN_FLIGHT)))
+            .clone()
     }
 
     fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, OwnerHandle>> {

@@ -35,7 +35,8 @@ const ADOPT_ROUNDS: usize = 3;
 /// first and at most (doubling in between).
 const START_RETRY_FIRST: Duration = Duration::from_millis(250);
 const START_RETRY_LAST: Duration = Duration::from_secs(2);
-/// How many owners of one node take their room over at once in the background (after a
+/// How many owners of one node take their room over at once in the background, per
+/// replica node (after a
 /// restart every owner does, and a node with 50,000 rooms sent 50,000 `Adopt`s at once:
 /// past `mesh.requests_per_link` and the replication timeout they failed and were retried,
 /// and the whole node took half a minute; docs/BENCHMARKS.md, "Restarting 50,000 rooms").
@@ -459,7 +460,9 @@ impl Owner {
                 // unreachable?): take it over in the background too, so the replica is
                 // synced even when no send comes (it may have a stale tail to lose, and it
                 // must hold the log before it can take over).
-                let takeovers = self.node.takeovers.clone();
+                // Turns are per replica node: rooms whose replica does not answer (3 s per
+                // try) hold up only each other.
+                let takeovers = self.node.takeover_turns(self.node.replica_of(self.room).unwrap_or(self.node.id));
                 let next_turn = turn.get_or_insert_with(|| {
                     Box::pin(async move {
                         tokio::time::sleep_until(retry_at).await;
@@ -468,6 +471,7 @@ impl Owner {
                 });
                 tokio::select! {
                     received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                    // Bound to a name (not `_`): the permit is held through `start`.
                     _permit = next_turn => {
                         turn = None;
                         tries += 1;
@@ -514,12 +518,12 @@ impl Owner {
             }
             if !ready {
                 // Not owning the room yet: take it over now, without waiting for a turn (a
-                // send waits), before taking sends.
+                // send waits), before taking sends. A turn still queued is given up first: a
+                // permit granted to it meanwhile would be held by nobody.
+                turn = None;
                 ready = self.start().await.is_ok();
-                if ready {
-                    // A turn still queued would hold its permit once granted.
-                    turn = None;
-                } else {
+                if !ready {
+                    retry_at = tokio::time::Instant::now() + retry_in;
                     fail_all(sends, NodeError::Unavailable("the room's replica is not reachable yet".into()));
                     continue;
                 }

@@ -324,8 +324,7 @@ impl Session {
         self.node.send_interest(room, users);
         // A group-DM member added without its history resumes no earlier than their join.
         let floor = self.node.history_floor(room, user.user_id);
-        let since = since.map(|since| since.max(floor));
-        let after = self.rooms.entry(room).or_default().subscribe(since);
+        let after = self.rooms.entry(room).or_default().subscribe(since, floor);
         self.hold_newest(room, user.user_id);
         self.catch_up(room, after, Duration::ZERO);
         Vec::new()

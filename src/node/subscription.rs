@@ -45,8 +45,10 @@ impl<F: Clone> Subscription<F> {
     /// a client that re-subscribes after an `error` may not have read the messages the
     /// node's own retry wrote meanwhile, and would get them twice (a reconnect storm
     /// showed it: `bench-storm`, docs/BENCHMARKS.md).
-    pub fn subscribe(&mut self, since: Option<Seq>) -> Option<Seq> {
-        self.last = since.map_or(self.last, |since| since.max(self.last));
+    /// Nothing at or below `floor` (a group-DM member's history floor) is ever fetched or
+    /// written, with or without `since`.
+    pub fn subscribe(&mut self, since: Option<Seq>, floor: Seq) -> Option<Seq> {
+        self.last = since.map_or(self.last, |since| since.max(self.last)).max(floor);
         self.held = Some(Vec::new());
         since.map(|_| self.last)
     }
@@ -166,7 +168,7 @@ mod tests {
     #[test]
     fn a_gap_in_live_frames_is_fetched_and_the_held_frame_follows_it() {
         let mut subscription = Subscription::new();
-        assert_eq!(subscription.subscribe(Some(3)), Some(3));
+        assert_eq!(subscription.subscribe(Some(3), 0), Some(3));
         assert_eq!(subscription.page(Vec::new(), false, 3), (vec![], AfterPage::Subscribed(3)));
         assert_eq!(subscription.live(4, 4, true), (vec![4], None));
         assert_eq!(subscription.live(6, 6, true), (vec![], Some(4)), "5 was lost: fetch after 4");
@@ -178,7 +180,7 @@ mod tests {
     #[test]
     fn a_page_from_a_copy_behind_the_live_frames_is_fetched_again_after_a_pause() {
         let mut subscription = Subscription::new();
-        subscription.subscribe(Some(0));
+        subscription.subscribe(Some(0), 0);
         subscription.live(5, 5, true);
         let (out, next) = subscription.page(page(1..=3), false, 3);
         assert_eq!(out, vec![1, 2, 3]);
@@ -189,17 +191,29 @@ mod tests {
     #[test]
     fn subscribing_again_with_an_older_since_writes_nothing_twice() {
         let mut subscription = Subscription::new();
-        subscription.subscribe(Some(2));
+        subscription.subscribe(Some(2), 0);
         assert_eq!(subscription.page(page(3..=5), false, 5), (vec![3, 4, 5], AfterPage::Subscribed(5)));
-        assert_eq!(subscription.subscribe(Some(2)), Some(5), "the client had not read 3..5 yet");
+        assert_eq!(subscription.subscribe(Some(2), 0), Some(5), "the client had not read 3..5 yet");
         assert_eq!(subscription.page(page(6..=6), false, 6), (vec![6], AfterPage::Subscribed(6)));
-        assert_eq!(subscription.subscribe(Some(7)), Some(7), "a newer since is taken as it is");
+        assert_eq!(subscription.subscribe(Some(7), 0), Some(7), "a newer since is taken as it is");
+    }
+
+    #[test]
+    fn without_since_a_gap_below_the_history_floor_is_never_fetched() {
+        // A member added at seq 5 without history subscribes without `since`; the node's
+        // newest frame (9) is held, and a replica one batch behind answers last seq 0.
+        let mut subscription = Subscription::new();
+        assert_eq!(subscription.subscribe(None, 5), None, "only the room's last seq");
+        subscription.live(9, 9, true);
+        let (out, next) = subscription.page(Vec::new(), false, 0);
+        assert_eq!((out, next), (vec![], AfterPage::Fetch { after: 5, delay: GAP_RETRY }), "never after 0");
+        assert_eq!(subscription.page(page(6..=9), false, 9), (vec![6, 7, 8, 9], AfterPage::Subscribed(9)));
     }
 
     #[test]
     fn frames_past_the_hold_cap_are_fetched_instead_of_dropped() {
         let mut subscription = Subscription::new();
-        subscription.subscribe(Some(0));
+        subscription.subscribe(Some(0), 0);
         subscription.live(3, 3, false);
         assert_eq!(subscription.held(), 0);
         let (out, next) = subscription.page(page(1..=2), false, 2);
