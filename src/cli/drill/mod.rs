@@ -98,10 +98,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
 /// Runs every round and summarises them.
 pub async fn drill(args: &DrillArgs) -> anyhow::Result<DrillReport> {
     let cluster = Cluster::new(&args.control, &args.cluster_dir, &args.configs)?;
-    let token =
-        crate::cli::bench::control::bench_login(&cluster.http, cluster.control()).await.context("drill login")?;
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
+        // A user per round: the catalog-write load creates rooms as fast as they are
+        // acknowledged, and one user may create at most the control's `max_rooms_per_user`.
+        let token =
+            crate::cli::bench::control::bench_login(&cluster.http, cluster.control()).await.context("drill login")?;
         let result = match args.scenario {
             Scenario::KillLeader => leader_round(&cluster, &token, round).await?,
             Scenario::KillNode | Scenario::KillReplica => node_round(&cluster, &token, round, args).await?,
