@@ -433,7 +433,8 @@ impl Owner {
     }
 
     async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>) {
-        let mut commands = Vec::with_capacity(MAX_BATCH);
+        // Grown on demand: a quiet room's owner should not hold room for a whole batch.
+        let mut commands = Vec::new();
         let mut ready = false;
         let mut tries = 0u32;
         let mut retry_in = START_RETRY_FIRST;
