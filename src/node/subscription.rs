@@ -199,6 +199,28 @@ mod tests {
     }
 
     #[test]
+    fn a_held_newest_frame_ends_a_catch_up_from_a_copy_one_batch_behind() {
+        // The node was delivered 2 before this session joined; the replica's page ends at 1.
+        let mut subscription = Subscription::new();
+        subscription.subscribe(Some(0), 0);
+        subscription.live(2, 2, true);
+        assert_eq!(subscription.page(page(1..=1), false, 1), (vec![1, 2], AfterPage::Subscribed(2)));
+        // A last batch of two (3 and 4) behind a copy that knows 2: fetched again until the
+        // copy knows 4, each message once.
+        let mut subscription = Subscription::new();
+        subscription.subscribe(Some(0), 0);
+        subscription.live(4, 4, true);
+        let (out, next) = subscription.page(page(1..=2), false, 2);
+        assert_eq!((out, next), (vec![1, 2], AfterPage::Fetch { after: 2, delay: GAP_RETRY }));
+        assert_eq!(subscription.page(page(3..=4), false, 4), (vec![3, 4], AfterPage::Subscribed(4)));
+        // A held frame the page already covers is not written twice.
+        let mut subscription = Subscription::new();
+        subscription.subscribe(Some(0), 0);
+        subscription.live(2, 2, true);
+        assert_eq!(subscription.page(page(1..=3), false, 3), (vec![1, 2, 3], AfterPage::Subscribed(3)));
+    }
+
+    #[test]
     fn without_since_a_gap_below_the_history_floor_is_never_fetched() {
         // A member added at seq 5 without history subscribes without `since`; the node's
         // newest frame (9) is held, and a replica one batch behind answers last seq 0.
