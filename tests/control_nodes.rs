@@ -445,7 +445,6 @@ async fn a_node_whose_registration_is_refused_with_a_4xx_stops_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_far_behind_is_sent_a_delta_or_told_to_fetch_the_whole_table() {
-    use futures_util::stream::{self, StreamExt};
     let cluster = TestCluster::start_with(3, tuning(), |config| config.max_rooms_per_user = 0).await;
     let leader = cluster.wait_ready().await;
     let base = cluster.url(leader);
@@ -460,17 +459,7 @@ async fn a_node_far_behind_is_sent_a_delta_or_told_to_fetch_the_whole_table() {
     let HeartbeatReply::Ok { routes: Some(table), .. } = beat(0, true).await else {
         panic!("version 0: the whole table")
     };
-    let statuses: Vec<u16> =
-        stream::iter(0..1_001)
-            .map(|i| {
-                let (api, base) = (api.clone(), base.clone());
-                async move {
-                    api.post(&format!("{base}/api/rooms"), json!({"name": format!("r-{i}")})).await.map_or(0, |r| r.0)
-                }
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
+    let statuses = api.create_rooms(&base, "r", 1_001, 32).await;
     assert!(statuses.iter().all(|status| *status == 201));
     let reply = beat(table.version, true).await;
     assert!(

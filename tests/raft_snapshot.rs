@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{tuning, wait_for, Api, TestCluster};
 use districhat::config::RaftTuning;
-use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
 const WRITES: usize = 3_000;
@@ -31,18 +29,8 @@ async fn a_restarted_member_catches_up_through_a_snapshot() {
     let last_seen = cluster.catalog(leader).rooms.len();
     assert_eq!(last_seen, 0);
 
-    let url = Arc::new(cluster.url(leader));
-    let statuses: Vec<u16> =
-        stream::iter(0..WRITES)
-            .map(|i| {
-                let (api, url) = (api.clone(), url.clone());
-                async move {
-                    api.post(&format!("{url}/api/rooms"), json!({"name": format!("s-{i}")})).await.map_or(0, |r| r.0)
-                }
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
+    let url = cluster.url(leader);
+    let statuses = api.create_rooms(&url, "s", WRITES, 32).await;
     assert!(statuses.iter().all(|s| *s == 201), "every write acked");
     // Read positions travel in the snapshot too (one batched write a second later).
     let (status, body) = api
@@ -91,18 +79,7 @@ async fn a_member_with_an_empty_disk_is_sent_the_snapshot_file_and_restarts_from
     let mut cluster = TestCluster::start_with(3, tuning, |config| config.max_rooms_per_user = 0).await;
     let leader = cluster.wait_ready().await;
     let api = Api::logged_in(&cluster.url(leader), "wipe").await;
-    let url = Arc::new(cluster.url(leader));
-    let statuses: Vec<u16> =
-        stream::iter(0..200)
-            .map(|i| {
-                let (api, url) = (api.clone(), url.clone());
-                async move {
-                    api.post(&format!("{url}/api/rooms"), json!({"name": format!("w-{i}")})).await.map_or(0, |r| r.0)
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
+    let statuses = api.create_rooms(&cluster.url(leader), "w", 200, 8).await;
     assert!(statuses.iter().all(|s| *s == 201), "every write acked");
     wait_for("the leader to purge its log behind a snapshot", Duration::from_secs(30), || async {
         let metrics = cluster.member(leader).raft.metrics().borrow().clone();

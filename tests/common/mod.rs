@@ -9,6 +9,7 @@ use districhat::config::{ControlConfig, PeerConfig, RaftTuning};
 use districhat::control::catalog::Catalog;
 use districhat::control::raft::state_machine::read_state;
 use districhat::control::{self, ControlHandle};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -180,6 +181,19 @@ pub struct Api {
 }
 
 impl Api {
+    /// Creates `count` public rooms named `{prefix}-{i}` at `base`, `concurrency` at once;
+    /// returns each answer's status (0 when it never came).
+    pub async fn create_rooms(&self, base: &str, prefix: &str, count: usize, concurrency: usize) -> Vec<u16> {
+        futures_util::stream::iter(0..count)
+            .map(|i| {
+                let (api, url, name) = (self.clone(), format!("{base}/api/rooms"), format!("{prefix}-{i}"));
+                async move { api.post(&url, json!({"name": name})).await.map_or(0, |r| r.0) }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
     pub fn new() -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
         Self { http, token: None }
