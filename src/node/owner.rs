@@ -36,11 +36,11 @@ const ADOPT_ROUNDS: usize = 3;
 const START_RETRY_FIRST: Duration = Duration::from_millis(250);
 const START_RETRY_LAST: Duration = Duration::from_secs(2);
 /// How many owners of one node take their room over at once in the background, per
-/// replica node (after a
-/// restart every owner does, and a node with 50,000 rooms sent 50,000 `Adopt`s at once:
-/// past `mesh.requests_per_link` and the replication timeout they failed and were retried,
-/// and the whole node took half a minute; docs/BENCHMARKS.md, "Restarting 50,000 rooms").
-/// An owner with a send waiting takes over at once, without a turn.
+/// replica node. After a restart every owner does: a node with 50,000 rooms sent 50,000
+/// `Adopt`s at once, which failed past `mesh.requests_per_link` and the replication
+/// timeout and were retried, and the whole node took half a minute (docs/BENCHMARKS.md,
+/// "Restarting 50,000 rooms"). An owner with a send waiting takes over at once, without
+/// a turn.
 pub const TAKEOVERS_IN_FLIGHT: usize = 64;
 /// How long the owner waits for its replica.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
