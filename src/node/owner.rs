@@ -260,9 +260,7 @@ impl Owner {
             // it a room whose last messages were such a batch kept them from every follower
             // until a next message showed the gap (`bench-storm` lost 323 acked messages).
             let nodes: Vec<NodeId> = self.interest.keys().copied().collect();
-            for node in nodes {
-                self.show_newest(node).await;
-            }
+            self.show_newest(&nodes).await;
         }
         self.redact().await;
         let now = tokio::time::Instant::now();
@@ -505,7 +503,7 @@ impl Owner {
                     OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
                     OwnerCommand::Returned { node } => {
                         if self.interest.contains_key(&node) {
-                            self.show_newest(node).await;
+                            self.show_newest(&[node]).await;
                         }
                     }
                     OwnerCommand::Typing { username } => {
@@ -813,7 +811,7 @@ impl Owner {
             self.interest.insert(node, users);
         }
         if newcomer {
-            self.show_newest(node).await;
+            self.show_newest(&[node]).await;
         }
         let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
         if everyone != before {
@@ -822,10 +820,13 @@ impl Owner {
         }
     }
 
-    /// Delivers the room's newest committed message to `node`: its sessions notice any
-    /// message they missed (a gap) and fetch it. Only an acknowledged message is shown
-    /// (docs/REPLICATION.md, "Reads").
-    async fn show_newest(&self, node: NodeId) {
+    /// Delivers the room's newest committed message (read once) to each of `nodes`: their
+    /// sessions notice any message they missed (a gap) and fetch it. Only an acknowledged
+    /// message is shown (docs/REPLICATION.md, "Reads").
+    async fn show_newest(&self, nodes: &[NodeId]) {
+        if nodes.is_empty() {
+            return;
+        }
         let Some(last) = self.committed.get().filter(|last| *last > 0) else { return };
         let (log, room) = (self.node.log.clone(), self.room);
         if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
@@ -834,7 +835,9 @@ impl Owner {
                 .iter()
                 .map(|m| (m.seq, frame_json(&ServerFrame::Message(chat_message(room, m, &fresh)))))
                 .collect();
-            self.node.deliver_to(node, room, frames, 0);
+            for node in nodes {
+                self.node.deliver_to(*node, room, frames.clone(), 0);
+            }
         }
     }
 

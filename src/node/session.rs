@@ -31,7 +31,6 @@ use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
     Action, ChatMessage, ClientFrame, ConnectionClaims, LogQuery, Outgoing, ReadMessage, RoomId, Seq, ServerFrame,
-    UserId,
 };
 
 /// Messages fetched per catch-up page: what one resuming session holds at most (with
@@ -325,7 +324,7 @@ impl Session {
         // A group-DM member added without its history resumes no earlier than their join.
         let floor = self.node.history_floor(room, user.user_id);
         let after = self.rooms.entry(room).or_default().subscribe(since, floor);
-        self.hold_newest(room, user.user_id);
+        self.hold_newest(room, floor);
         self.catch_up(room, after, Duration::ZERO);
         Vec::new()
     }
@@ -333,11 +332,11 @@ impl Session {
     /// Holds the newest message this node was delivered for the room as if it had just
     /// come live, for a catch-up that starts: the catch-up then ends no earlier, even when
     /// the copy it reads from (a replica) knows only an older commit point and the room
-    /// stays quiet (docs/REPLICATION.md, "Live delivery", L1). Never one before the
-    /// user's history floor.
-    fn hold_newest(&mut self, room: RoomId, user: UserId) {
+    /// stays quiet (docs/REPLICATION.md, "Live delivery", L1). Never one at or below the
+    /// user's history `floor`.
+    fn hold_newest(&mut self, room: RoomId, floor: Seq) {
         let Some((seq, text)) = self.node.hub.newest(room) else { return };
-        if seq <= self.node.history_floor(room, user) {
+        if seq <= floor {
             return;
         }
         if let Some(subscription) = self.rooms.get_mut(&room) {
@@ -517,7 +516,7 @@ impl Session {
             Outbound::Resync { room } => {
                 if let Some(after) = self.rooms.get_mut(&room).and_then(Subscription::resync) {
                     if let Some(user) = self.user.as_ref().map(|user| user.user_id) {
-                        self.hold_newest(room, user);
+                        self.hold_newest(room, self.node.history_floor(room, user));
                     }
                     self.catch_up(room, Some(after), Duration::ZERO);
                 }
