@@ -21,3 +21,17 @@ pub mod drain;
 pub mod drill;
 pub mod rebalance;
 pub mod status;
+
+/// Prints a command's report: pretty JSON with `--json`, else the text `render` makes.
+pub fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    render: impl FnOnce(&R) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{}", render(report));
+    }
+    Ok(())
+}

@@ -45,10 +45,8 @@ pub struct ControlBenchReport {
 
 pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
     let report = measure(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
+    crate::cli::print_report(&report, args.json, |report| {
+        format!(
             "{} writers, {:.1} s: {} committed ({:.0} writes/s), {} errors\n\
              commit latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; longest gap without a commit {:.0} ms",
             report.writers,
@@ -60,8 +58,8 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
             report.p99_ms,
             report.max_ms,
             report.longest_gap_ms
-        );
-    }
+        )
+    })?;
     Ok(())
 }
 

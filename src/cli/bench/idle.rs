@@ -89,11 +89,7 @@ pub struct IdleBenchReport {
 
 pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
     let report = measure(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", render(&report));
-    }
+    crate::cli::print_report(&report, args.json, render)?;
     anyhow::ensure!(
         report.held == report.wanted,
         "{} of {} sockets failed",

@@ -116,11 +116,7 @@ impl StormReport {
 
 pub async fn run(args: StormBenchArgs) -> anyhow::Result<()> {
     let report = measure(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", render(&report));
-    }
+    crate::cli::print_report(&report, args.json, render)?;
     anyhow::ensure!(report.ok(), "not every client came back, or messages were lost, doubled or reordered");
     Ok(())
 }

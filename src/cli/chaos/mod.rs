@@ -138,11 +138,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let _ = temp.keep();
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", render(&report));
-    }
+    crate::cli::print_report(&report, args.json, render)?;
     anyhow::ensure!(report.ok, "the chaos run found lost, doubled, reordered or diverging messages");
     Ok(())
 }

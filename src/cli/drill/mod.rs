@@ -86,11 +86,7 @@ pub struct DrillReport {
 
 pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     let report = drill(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", render(&report));
-    }
+    crate::cli::print_report(&report, args.json, render)?;
     anyhow::ensure!(report.ok, "acknowledged writes were lost, doubled or reordered");
     Ok(())
 }
