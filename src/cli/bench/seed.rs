@@ -78,14 +78,7 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
             at_ms,
         })
         .await?;
-    let users_took = started.elapsed();
-    println!(
-        "users: {} created, {} skipped (taken) in {:.1} s ({:.0}/s)",
-        users.0.created,
-        users.0.skipped,
-        users_took.as_secs_f64(),
-        args.users as f64 / users_took.as_secs_f64().max(0.001)
-    );
+    print_seeded("users", &users.0, args.users as f64, started);
     if args.rooms == 0 {
         return Ok(());
     }
@@ -100,14 +93,7 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
             at_ms,
         })
         .await?;
-    let rooms_took = started.elapsed();
-    println!(
-        "rooms: {} created, {} skipped (taken) in {:.1} s ({:.0}/s)",
-        rooms.0.created,
-        rooms.0.skipped,
-        rooms_took.as_secs_f64(),
-        args.rooms as f64 / rooms_took.as_secs_f64().max(0.001)
-    );
+    print_seeded("rooms", &rooms.0, args.rooms as f64, started);
     Ok(())
 }
 
@@ -180,4 +166,15 @@ impl Seeder {
             ForwardReply::Failed(reason) => anyhow::bail!("the leader failed the write: {reason}"),
         }
     }
+}
+
+/// One line on what a seeding step did: `asked` commands since `started`.
+fn print_seeded(what: &str, tally: &Tally, asked: f64, started: Instant) {
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "{what}: {} created, {} skipped (taken) in {took:.1} s ({:.0}/s)",
+        tally.created,
+        tally.skipped,
+        asked / took.max(0.001)
+    );
 }
