@@ -37,6 +37,25 @@ async fn send_acked(ws: &mut WsClient, room: u64, client_id: &str) -> u64 {
     }
 }
 
+/// The room's newest 50 messages, asked again while the new owner's copy is not readable
+/// yet (`unavailable`, until it has taken the room over; clients retry it).
+async fn history_when_readable(ws: &mut WsClient, room: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "the history never became readable");
+        ws.send(json!({"type": "history", "room": room, "limit": 50})).await;
+        let frame = ws.next(Duration::from_secs(10)).await.expect("an answer to history");
+        match frame["type"].as_str() {
+            Some("history") => return frame,
+            Some("error") => {
+                assert_eq!(frame["code"], "unavailable", "only a copy not readable yet may refuse: {frame}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Waits until node `index` of the cluster routes `room` to owner `owner` with replica
 /// `replica`.
 async fn wait_route(cluster: &ChatCluster, index: usize, room: u64, owner: u64, replica: Option<u64>) {
@@ -127,8 +146,7 @@ async fn a_returning_nodes_unacknowledged_tail_is_dropped() {
     wait_route(&cluster, a, room, a_id, None).await;
     let (ws_token, _) = token(&api, &cluster.url()).await;
     let mut on_a = WsClient::connect(&cluster.node(a).ws_url(), &ws_token).await;
-    on_a.send(json!({"type": "history", "room": room, "limit": 50})).await;
-    let page = on_a.expect("history").await;
+    let page = history_when_readable(&mut on_a, room).await;
     let mut history: Vec<(u64, String)> = page["messages"]
         .as_array()
         .expect("messages")
