@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::{self, BatchEvents};
-use super::log::{stamp, Fenced, Missing};
+use super::log::{stamp, Fenced, Missing, RoomLog, Staged};
 pub use super::sequencer::Sent;
 use super::sequencer::{PendingSend, Sequencer};
 use super::{Node, NodeError};
@@ -646,12 +646,12 @@ impl Owner {
     async fn sequence_plain(&self, sends: Vec<PendingSend>, ts: u64, started: std::time::Instant) -> Option<Batch> {
         let entries: Vec<(EntryKind, String)> =
             sends.iter().map(|send| events::plain_entry(&self.node, self.room, &send.message)).collect();
-        let (log, room, epoch, next_seq) = (self.node.log.clone(), self.room, self.epoch, self.next_seq);
-        let outcome = blocking(move || {
+        let (room, epoch, next_seq) = (self.room, self.epoch, self.next_seq);
+        let stage = move |log: &RoomLog, staged: &mut Staged<'_>| {
             let keys: Vec<(UserId, String)> = sends.iter().map(PendingSend::dedupe_key).collect();
             let stored = match log.dedupe_many(room, &keys) {
                 Ok(stored) => stored,
-                Err(e) => return Ok(Err((sends, e))),
+                Err(e) => return Err((sends, e)),
             };
             let mut sequenced = Sequencer::new(next_seq, ts);
             for ((send, (kind, text)), stored) in sends.into_iter().zip(entries).zip(stored) {
@@ -660,15 +660,24 @@ impl Owner {
                 }
             }
             record_hop("sequence", started);
-            if sequenced.messages.is_empty() {
-                return Ok(Ok((sequenced, Ok(Fenced::Done(())))));
-            }
-            let writing = std::time::Instant::now();
-            let appended = log.append_at(room, epoch, &sequenced.messages);
-            record_hop("fsync", writing);
-            Ok(Ok((sequenced, appended)))
-        })
-        .await;
+            let appended = if sequenced.messages.is_empty() {
+                Ok(Fenced::Done(()))
+            } else {
+                log.stage_append_at(staged, epoch, &sequenced.messages)
+            };
+            Ok((sequenced, appended, std::time::Instant::now()))
+        };
+        // The append is on disk only if the group's write succeeded.
+        let outcome = self
+            .node
+            .log
+            .write_grouped(room, stage, |_, staged, written| {
+                Ok(staged.map(|(sequenced, appended, writing)| {
+                    record_hop("fsync", writing);
+                    (sequenced, appended.and_then(|fenced| written.map(|()| fenced)))
+                }))
+            })
+            .await;
         let (sequenced, appended) = match outcome {
             Ok(Ok(done)) => done,
             Ok(Err((sends, e))) => {
@@ -676,10 +685,10 @@ impl Owner {
                 return None;
             }
             Err(e) => {
-                // The storage task itself failed, perhaps after its append: what the log
-                // holds is unknown, so sync the replica from it again before the next batch
-                // (as after a failed persist). Its sends went with it; their senders hear
-                // that the room moved, and retry.
+                // The writer lost the job (it stopped, or another job of its group
+                // panicked): what the log holds is unknown, so sync the replica from it
+                // again before the next batch (as after a failed persist). Its sends went
+                // with it; their senders hear that the room moved, and retry.
                 tracing::warn!(room, error = %e, "a batch was lost with its storage task; syncing again");
                 self.ready.store(false, Ordering::Release);
                 return None;
@@ -695,9 +704,19 @@ impl Owner {
 
     /// Writes a sequenced batch to this node's log.
     async fn persist(&self, messages: &[StoredMessage]) -> Result<(), NodeError> {
-        let (log, room, epoch, batch) = (self.node.log.clone(), self.room, self.epoch, messages.to_vec());
+        let (epoch, batch) = (self.epoch, messages.to_vec());
         let writing = std::time::Instant::now();
-        if let Fenced::Stale { .. } = blocking(move || log.append_at(room, epoch, &batch)).await? {
+        let appended = self
+            .node
+            .log
+            .write_grouped(
+                self.room,
+                move |log, staged| log.stage_append_at(staged, epoch, &batch),
+                |_, appended, written| appended.and_then(|fenced| written.map(|()| fenced)),
+            )
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        if let Fenced::Stale { .. } = appended {
             return Err(self.moved());
         }
         record_hop("fsync", writing);

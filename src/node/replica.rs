@@ -26,19 +26,23 @@ impl Node {
         committed: Seq,
         messages: Vec<StoredMessage>,
     ) -> Result<MeshResponse, NodeError> {
-        let log = self.log.clone();
         let last = messages.last().map_or(0, |m| m.seq);
-        let stored = blocking(move || {
-            let stored = log.replicate_at(room, epoch, prev.as_ref(), &messages)?;
-            if stored == Fenced::Done(Replicated::Stored) {
-                // This log matches the owner's up to `committed`, all of it acknowledged:
-                // the deletes there may erase their messages' text now (docs/REPLICATION.md,
-                // "Message events").
-                log.redact_committed(room, committed)?;
-            }
-            Ok(stored)
-        });
-        match stored.await? {
+        let stored = self.log.write_grouped(
+            room,
+            move |log, staged| log.stage_replicate_at(staged, epoch, prev.as_ref(), &messages),
+            move |log, stored, written| {
+                let stored = stored?;
+                written?;
+                if stored == Fenced::Done(Replicated::Stored) {
+                    // This log matches the owner's up to `committed`, all of it
+                    // acknowledged: the deletes there may erase their messages' text now
+                    // (docs/REPLICATION.md, "Message events").
+                    log.redact_committed(room, committed)?;
+                }
+                Ok(stored)
+            },
+        );
+        match stored.await.map_err(|e| NodeError::Internal(e.to_string()))? {
             Fenced::Done(Replicated::Stored) => {
                 let mut commits = self.replica_commits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let known = commits.entry(room).or_insert(0);

@@ -29,6 +29,15 @@ pub enum StoreError {
     BadKey(usize),
     #[error("a stored value used {used} of its {total} bytes (a different format)")]
     TrailingBytes { used: usize, total: usize },
+    /// A grouped write was not made: another job of its group failed while staging.
+    #[error("the write was abandoned with its group")]
+    WriteAbandoned,
+    /// A thread could not be started.
+    #[error("starting a thread failed: {0}")]
+    Thread(std::io::Error),
+    /// The node's log writer thread has stopped (the node is shutting down).
+    #[error("the log writer has stopped")]
+    WriterStopped,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -396,7 +396,7 @@ mod tests {
             entry(6, 2, EntryKind::Message { reply_to: Some(1), mentions: vec![] }, "a reply"),
             entry(7, 1, EntryKind::Delete { target: 1 }, ""),
         ];
-        log.append(9, &entries, None).unwrap();
+        super::super::tests::append(&log, 9, &entries, None).unwrap();
         let read = |upto| log.fold(9, log.after(9, 0, 10).unwrap(), upto).unwrap();
         let at_six = read(6);
         assert_eq!(at_six[0].message.text, "hello again @u2");
@@ -437,7 +437,7 @@ mod tests {
             entry(1, 1, EntryKind::Message { reply_to: None, mentions: vec!["@room".into()] }, "hi all"),
             entry(2, 1, EntryKind::Delete { target: 1 }, ""),
         ];
-        log.append(9, &entries, None).unwrap();
+        super::super::tests::append(&log, 9, &entries, None).unwrap();
         // The delete was never committed and a new owner's log lacks it: it goes, and its
         // redaction with it.
         assert_eq!(log.truncate_after(9, 1, false).unwrap(), 1);

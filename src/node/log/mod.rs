@@ -8,7 +8,8 @@
 //! (room → first ‖ last seq a replica still lacks while its owner copies the older log in
 //! the background: docs/REPLICATION.md, "Background copy", I9), and the indexes of message
 //! events (`relations`, `mentions`, `redactions`: [`events`]). All calls block: async
-//! callers use `spawn_blocking`.
+//! callers use `spawn_blocking`, except [`RoomLog::write_grouped`], which hands the hot
+//! path's writes to the log's writer thread ([`group`]).
 //!
 //! Writes that depend on a room's fence (a replica storing, an owner appending, a new
 //! owner or replica taking an epoch) go through the `*_at` methods, which
@@ -22,8 +23,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 pub mod events;
+mod group;
 
 use events::{decode_entry, CF_MENTIONS, CF_REDACTIONS, CF_RELATIONS};
+
+pub use group::Staged;
 
 use crate::protocol::{MessageStamp, RoomId, Seq, StoredMessage, UserId};
 use crate::store::checkpoint::{CheckpointError, CheckpointFiles};
@@ -44,6 +48,8 @@ pub struct RoomLog {
     /// Serialise fence checks with the writes they guard (see the module docs). `std`
     /// mutexes: held only inside blocking calls, never across an `.await`.
     fence_locks: Arc<Vec<Mutex<()>>>,
+    /// The thread of [`Self::write_grouped`]; `None` in the thread's own copy.
+    writer: Option<Arc<group::Writer>>,
 }
 
 /// What a replica did with an owner's messages that passed the fence.
@@ -76,18 +82,69 @@ impl RoomLog {
             &[CF_MESSAGES, CF_DEDUPE, CF_FENCES, CF_MISSING, CF_RELATIONS, CF_MENTIONS, CF_REDACTIONS],
             memory,
         )?;
-        Ok(Self { db, fsync, fence_locks })
+        let mut log = Self { db, fsync, fence_locks, writer: None };
+        log.writer = Some(Arc::new(group::Writer::start(log.clone()).map_err(StoreError::Thread)?));
+        Ok(log)
+    }
+
+    /// Runs `stage` on the log's writer thread with the room's fence lock held, then
+    /// writes what it staged together with every other room's waiting writes (one
+    /// write, fsynced if configured), then runs `then` with the outcome of that write,
+    /// after the lock is released. What `stage` staged is on disk only if the outcome is
+    /// `Ok`. Err if the writer has stopped or lost the job.
+    pub async fn write_grouped<S, T>(
+        &self,
+        room: RoomId,
+        stage: impl FnOnce(&RoomLog, &mut Staged<'_>) -> S + Send + 'static,
+        then: impl FnOnce(&RoomLog, S, Result<(), StoreError>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        S: Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let submitted = self.writer.as_ref().is_some_and(|writer| {
+            writer.submit(
+                room,
+                Box::new(move |log: &RoomLog, staged: &mut Staged<'_>| {
+                    let value = stage(log, staged);
+                    Box::new(move |log: &RoomLog, written| {
+                        let _ = reply.send(then(log, value, written));
+                    })
+                }),
+            )
+        });
+        if !submitted {
+            return Err(StoreError::WriterStopped);
+        }
+        done.await.unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Appends for a writer at `epoch` (an owner, or an owner's replication): refused if
     /// the fence is newer; raises the fence to `epoch` first if it is older.
     pub fn append_at(&self, room: RoomId, epoch: u64, messages: &[StoredMessage]) -> Result<Fenced<()>, StoreError> {
         let _guard = self.fence_lock(room);
-        if let Some(fence) = self.pass_fence(room, epoch, true)? {
-            return Ok(Fenced::Stale { fence });
-        }
-        self.append(room, messages, None)?;
-        Ok(Fenced::Done(()))
+        let mut batch = WriteBatch::default();
+        let appended = self.stage_append_at(&mut Staged::alone(room, &mut batch), epoch, messages)?;
+        self.write_staged(batch)?;
+        Ok(appended)
+    }
+
+    /// [`Self::append_at`] staged in a grouped write ([`Self::write_grouped`]).
+    pub fn stage_append_at(
+        &self,
+        staged: &mut Staged<'_>,
+        epoch: u64,
+        messages: &[StoredMessage],
+    ) -> Result<Fenced<()>, StoreError> {
+        let outcome = (|| {
+            if let Some(fence) = self.pass_fence(staged.room, epoch, true)? {
+                return Ok(Fenced::Stale { fence });
+            }
+            self.stage_append(staged.batch, staged.room, messages, None)?;
+            Ok(Fenced::Done(()))
+        })();
+        staged.check(outcome)
     }
 
     /// A replica stores an owner's messages at `epoch` if they follow `prev` (the entry
@@ -102,23 +159,41 @@ impl RoomLog {
         messages: &[StoredMessage],
     ) -> Result<Fenced<Replicated>, StoreError> {
         let _guard = self.fence_lock(room);
-        if let Some(fence) = self.pass_fence(room, epoch, true)? {
-            return Ok(Fenced::Stale { fence });
-        }
-        let follows = match prev {
-            None => messages.first().is_none_or(|first| first.seq == 1),
-            Some(prev) => {
-                messages.first().is_none_or(|first| first.seq == prev.seq + 1)
-                    && self.stamp_at(room, prev.seq)?.as_ref() == Some(prev)
+        let mut batch = WriteBatch::default();
+        let stored = self.stage_replicate_at(&mut Staged::alone(room, &mut batch), epoch, prev, messages)?;
+        self.write_staged(batch)?;
+        Ok(stored)
+    }
+
+    /// [`Self::replicate_at`] staged in a grouped write ([`Self::write_grouped`]).
+    pub fn stage_replicate_at(
+        &self,
+        staged: &mut Staged<'_>,
+        epoch: u64,
+        prev: Option<&MessageStamp>,
+        messages: &[StoredMessage],
+    ) -> Result<Fenced<Replicated>, StoreError> {
+        let outcome = (|| {
+            let room = staged.room;
+            if let Some(fence) = self.pass_fence(room, epoch, true)? {
+                return Ok(Fenced::Stale { fence });
             }
-        };
-        if !follows {
-            return Ok(Fenced::Done(Replicated::Gap));
-        }
-        // The highest seq stored at this epoch goes in the same durable write as the
-        // messages, so it is on disk before the owner hears `Stored`.
-        self.append(room, messages, Some(epoch))?;
-        Ok(Fenced::Done(Replicated::Stored))
+            let follows = match prev {
+                None => messages.first().is_none_or(|first| first.seq == 1),
+                Some(prev) => {
+                    messages.first().is_none_or(|first| first.seq == prev.seq + 1)
+                        && self.stamp_at(room, prev.seq)?.as_ref() == Some(prev)
+                }
+            };
+            if !follows {
+                return Ok(Fenced::Done(Replicated::Gap));
+            }
+            // The highest seq stored at this epoch goes in the same durable write as the
+            // messages, so it is on disk before the owner hears `Stored`.
+            self.stage_append(staged.batch, room, messages, Some(epoch))?;
+            Ok(Fenced::Done(Replicated::Stored))
+        })();
+        staged.check(outcome)
     }
 
     /// A replica that adopted `epoch` and whose log ends at `after` stores `message` (its
@@ -143,7 +218,8 @@ impl RoomLog {
         }
         let first = self.missing(room)?.map_or(after + 1, |(first, _)| first);
         let missing = Some((first, message.seq - 1));
-        let mut batch = self.append_batch(room, std::slice::from_ref(message), Some(epoch))?;
+        let mut batch = WriteBatch::default();
+        self.stage_append(&mut batch, room, std::slice::from_ref(message), Some(epoch))?;
         self.put_missing(&mut batch, room, missing)?;
         self.write(batch, self.fsync)?;
         Ok(Fenced::Done(Ok(missing)))
@@ -173,7 +249,8 @@ impl RoomLog {
             return Ok(Fenced::Done(missing));
         }
         let rest = (end < last).then_some((end + 1, last));
-        let mut batch = self.append_batch(room, messages, None)?;
+        let mut batch = WriteBatch::default();
+        self.stage_append(&mut batch, room, messages, None)?;
         self.put_missing(&mut batch, room, rest)?;
         self.write(batch, self.fsync)?;
         Ok(Fenced::Done(rest))
@@ -242,9 +319,13 @@ impl RoomLog {
     }
 
     fn fence_lock(&self, room: RoomId) -> MutexGuard<'_, ()> {
-        let lock = &self.fence_locks[(room % FENCE_STRIPES as u64) as usize];
+        let lock = &self.fence_locks[Self::stripe(room)];
         // The guarded data lives in RocksDB, so a poisoned lock protects nothing broken.
         lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn stripe(room: RoomId) -> usize {
+        (room % FENCE_STRIPES as u64) as usize
     }
 
     /// Writes a consistent copy of every room log into `target` (a backup; see
@@ -253,40 +334,34 @@ impl RoomLog {
         store::checkpoint::create(&self.db, target)
     }
 
-    /// Appends messages (and their dedupe keys) in one atomic write, fsynced if configured.
-    /// `replica_epoch`: see [`Self::append_batch`].
-    fn append(&self, room: RoomId, messages: &[StoredMessage], replica_epoch: Option<u64>) -> Result<(), StoreError> {
-        self.write(self.append_batch(room, messages, replica_epoch)?, self.fsync)
-    }
-
-    /// The write of [`Self::append`]. A message that replaces a different one at the same
+    /// Adds to `batch` the writes that append messages and their dedupe keys. A message that replaces a different one at the same
     /// seq (a replica receiving a batch its owner rolled back and sequenced anew, or an
     /// older entry copied over a stale one) also drops the replaced one's dedupe key, so a
     /// retry of the replaced message is not answered with a seq that now holds another
     /// message.
     /// `replica_epoch`: written by a replica at that (current) epoch, which records the
     /// highest seq stored at it with the fence.
-    fn append_batch(
+    fn stage_append(
         &self,
+        batch: &mut WriteBatch,
         room: RoomId,
         messages: &[StoredMessage],
         replica_epoch: Option<u64>,
-    ) -> Result<WriteBatch, StoreError> {
+    ) -> Result<(), StoreError> {
         let messages_cf = store::cf(&self.db, CF_MESSAGES)?;
         let dedupe_cf = store::cf(&self.db, CF_DEDUPE)?;
-        let mut batch = WriteBatch::default();
         let keys = messages.iter().map(|message| (messages_cf, store::pair_key(room, message.seq)));
         for (message, replaced) in messages.iter().zip(self.db.multi_get_cf(keys)) {
             let Some(bytes) = replaced? else { continue };
             let replaced = decode_entry(&bytes)?;
             if stamp(&replaced) != stamp(message) {
-                self.forget_dedupe(&mut batch, room, &replaced)?;
+                self.forget_dedupe(batch, room, &replaced)?;
             }
             // Its index keys go either way: the same entry adds them again below.
-            self.unindex(&mut batch, room, &replaced)?;
+            self.unindex(batch, room, &replaced)?;
         }
         for message in messages {
-            self.index(&mut batch, room, message)?;
+            self.index(batch, room, message)?;
             batch.put_cf(messages_cf, store::pair_key(room, message.seq), store::encode(message)?);
             batch.put_cf(dedupe_cf, dedupe_key(room, message.sender_id, &message.client_id), message.seq.to_be_bytes());
         }
@@ -296,7 +371,15 @@ impl RoomLog {
                 batch.put_cf(store::cf(&self.db, CF_FENCES)?, store::u64_key(room), store::pair_key(epoch, last));
             }
         }
-        Ok(batch)
+        Ok(())
+    }
+
+    /// Writes what a direct (not grouped) `*_at` call staged, if anything.
+    fn write_staged(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(batch, self.fsync)
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
@@ -490,7 +573,20 @@ fn dedupe_key(room: RoomId, sender: UserId, client_id: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn message(seq: Seq) -> StoredMessage {
+    /// Appends messages to `log` in one direct write (`replica_epoch`: see
+    /// [`RoomLog::stage_append`]).
+    pub(super) fn append(
+        log: &RoomLog,
+        room: RoomId,
+        messages: &[StoredMessage],
+        replica_epoch: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        log.stage_append(&mut batch, room, messages, replica_epoch)?;
+        log.write(batch, log.fsync)
+    }
+
+    pub(super) fn message(seq: Seq) -> StoredMessage {
         StoredMessage {
             seq,
             sender_id: 1,
@@ -506,8 +602,8 @@ mod tests {
     fn log_scans_ranges_per_room_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
-        log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
-        log.append(2, &[message(1)], None).unwrap();
+        append(&log, 1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
+        append(&log, 2, &[message(1)], None).unwrap();
         assert_eq!(log.last_seq(1).unwrap(), 5);
         assert_eq!(log.last_seq(3).unwrap(), 0);
         let seqs = |m: Vec<StoredMessage>| m.iter().map(|m| m.seq).collect::<Vec<_>>();
@@ -527,8 +623,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
         assert!(log.tail_stamps(1, 3).unwrap().is_empty());
-        log.append(1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
-        log.append(2, &[message(9)], None).unwrap();
+        append(&log, 1, &(1..=5).map(message).collect::<Vec<_>>(), None).unwrap();
+        append(&log, 2, &[message(9)], None).unwrap();
         assert_eq!(log.stamps_at(1, &[2, 7]).unwrap(), vec![Some(stamp(&message(2))), None]);
         let stamps = log.tail_stamps(1, 3).unwrap();
         assert_eq!(stamps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
@@ -539,23 +635,23 @@ mod tests {
     fn dedupe_keys_follow_the_message_that_holds_the_seq() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
-        log.append(1, &[message(1), message(2)], None).unwrap();
+        append(&log, 1, &[message(1), message(2)], None).unwrap();
         // A replica gets seq 2 again with another message (its owner rolled back and
         // sequenced anew): the replaced message's dedupe key goes.
         let other = StoredMessage { client_id: "other".into(), ..message(2) };
-        log.append(1, std::slice::from_ref(&other), None).unwrap();
+        append(&log, 1, std::slice::from_ref(&other), None).unwrap();
         assert_eq!(log.dedupe(1, 1, "c2").unwrap(), None);
         assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
         // The same message again changes nothing.
-        log.append(1, &[other], None).unwrap();
+        append(&log, 1, &[other], None).unwrap();
         assert_eq!(log.dedupe(1, 1, "other").unwrap(), Some(2));
         let retried = StoredMessage { client_id: "c1".into(), ..message(3) };
-        log.append(1, &[retried], None).unwrap();
+        append(&log, 1, &[retried], None).unwrap();
         assert_eq!(log.truncate_after(1, 0, false).unwrap(), 3);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), None, "all three went");
         // A client_id stored again at another seq keeps that key when the old seq goes.
-        log.append(1, &[StoredMessage { client_id: "c1".into(), ..message(2) }], None).unwrap();
-        log.append(1, &[message(1)], None).unwrap();
+        append(&log, 1, &[StoredMessage { client_id: "c1".into(), ..message(2) }], None).unwrap();
+        append(&log, 1, &[message(1)], None).unwrap();
         assert_eq!(log.truncate_after(1, 1, false).unwrap(), 1);
         assert_eq!(log.dedupe(1, 1, "c1").unwrap(), Some(1), "seq 1 still holds c1");
     }
@@ -612,7 +708,7 @@ mod tests {
     fn a_seeded_replica_records_what_it_lacks_until_the_owner_filled_it_in() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
-        log.append(1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
+        append(&log, 1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
         // Not adopted at epoch 3 yet, or the log no longer ends where the owner thinks.
         assert_eq!(log.seed_at(1, 3, 2, &message(10)).unwrap(), Fenced::Done(Err(Replicated::Gap)));
         assert_eq!(log.take_epoch(1, 3, Some(2)).unwrap(), Fenced::Done((2, 0)));
@@ -646,7 +742,7 @@ mod tests {
     fn adopting_below_a_missing_range_leaves_the_plain_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let log = RoomLog::open(dir.path(), false, &StoreMemory::default()).unwrap();
-        log.append(1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
+        append(&log, 1, &(1..=2).map(message).collect::<Vec<_>>(), None).unwrap();
         assert_eq!(log.take_epoch(1, 2, Some(2)).unwrap(), Fenced::Done((2, 0)));
         assert_eq!(log.seed_at(1, 2, 2, &message(9)).unwrap(), Fenced::Done(Ok(Some((3, 8)))));
         assert_eq!(log.backfill_at(1, 2, &[message(3), message(4)]).unwrap(), Fenced::Done(Some((5, 8))));
