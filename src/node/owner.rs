@@ -685,10 +685,10 @@ impl Owner {
                 return None;
             }
             Err(e) => {
-                // The writer lost the job (it stopped, or another job of its group
-                // panicked): what the log holds is unknown, so sync the replica from it
-                // again before the next batch (as after a failed persist). Its sends went
-                // with it; their senders hear that the room moved, and retry.
+                // The writer lost the job (it stopped, or staging this batch panicked):
+                // treat what the log holds as unknown and sync the replica from it again
+                // before the next batch (as after a failed persist). Its sends went with
+                // it; their senders hear that the room moved, and retry.
                 tracing::warn!(room, error = %e, "a batch was lost with its storage task; syncing again");
                 self.ready.store(false, Ordering::Release);
                 return None;

@@ -35,9 +35,10 @@ pub enum StoreError {
     /// A thread could not be started.
     #[error("starting a thread failed: {0}")]
     Thread(std::io::Error),
-    /// The node's log writer thread has stopped (the node is shutting down).
-    #[error("the log writer has stopped")]
-    WriterStopped,
+    /// The node's log writer dropped the write: it has stopped (the node is shutting
+    /// down), or staging the write panicked.
+    #[error("the log writer lost the write (it stopped, or staging the write panicked)")]
+    WriterLost,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -87,39 +87,6 @@ impl RoomLog {
         Ok(log)
     }
 
-    /// Runs `stage` on the log's writer thread with the room's fence lock held, then
-    /// writes what it staged together with every other room's waiting writes (one
-    /// write, fsynced if configured), then runs `then` with the outcome of that write,
-    /// after the lock is released. What `stage` staged is on disk only if the outcome is
-    /// `Ok`. Err if the writer has stopped or lost the job.
-    pub async fn write_grouped<S, T>(
-        &self,
-        room: RoomId,
-        stage: impl FnOnce(&RoomLog, &mut Staged<'_>) -> S + Send + 'static,
-        then: impl FnOnce(&RoomLog, S, Result<(), StoreError>) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError>
-    where
-        S: Send + 'static,
-        T: Send + 'static,
-    {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        let submitted = self.writer.as_ref().is_some_and(|writer| {
-            writer.submit(
-                room,
-                Box::new(move |log: &RoomLog, staged: &mut Staged<'_>| {
-                    let value = stage(log, staged);
-                    Box::new(move |log: &RoomLog, written| {
-                        let _ = reply.send(then(log, value, written));
-                    })
-                }),
-            )
-        });
-        if !submitted {
-            return Err(StoreError::WriterStopped);
-        }
-        done.await.unwrap_or(Err(StoreError::WriterStopped))
-    }
-
     /// Appends for a writer at `epoch` (an owner, or an owner's replication): refused if
     /// the fence is newer; raises the fence to `epoch` first if it is older.
     pub fn append_at(&self, room: RoomId, epoch: u64, messages: &[StoredMessage]) -> Result<Fenced<()>, StoreError> {
