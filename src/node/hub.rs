@@ -52,21 +52,21 @@ pub struct Subscriber {
     pub kick: Arc<Notify>,
 }
 
-/// The local followers of one room, and the newest message this node was delivered for it
-/// while they followed.
+/// The local followers of one room, and what this node was delivered for it while they
+/// followed: the newest message, and the newest presence frame (for sessions that
+/// subscribe later: the owner announces presence to a node when it starts following and
+/// when presence changes). Both go with the room's last follower.
 #[derive(Default)]
 struct Followers {
     members: HashMap<SessionId, Subscriber>,
     newest: Option<(Seq, Utf8Bytes)>,
+    presence: Option<Utf8Bytes>,
 }
 
 /// Rooms → local subscribers. A std lock, never held across an await.
 #[derive(Default)]
 pub struct Hub {
     rooms: Mutex<HashMap<RoomId, Followers>>,
-    /// The newest presence frame per room, for sessions that subscribe later (the owner
-    /// announces presence only when it changes).
-    presence: Mutex<HashMap<RoomId, Utf8Bytes>>,
 }
 
 /// How a serialised presence frame starts (serde writes the tag first).
@@ -109,7 +109,7 @@ impl Hub {
 
     /// The room's newest presence frame, if one was seen.
     pub fn presence(&self, room: RoomId) -> Option<Utf8Bytes> {
-        self.presence.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned()
+        self.lock().get(&room).and_then(|followers| followers.presence.clone())
     }
 
     /// The newest message frame this node was delivered for the room since it has local
@@ -128,17 +128,16 @@ impl Hub {
                 .entered();
         let frames: Vec<(Seq, Utf8Bytes)> =
             frames.into_iter().map(|(seq, text)| (seq, Utf8Bytes::from(text))).collect();
-        if let Some((_, presence)) =
-            frames.iter().rev().find(|(seq, text)| *seq == 0 && text.starts_with(PRESENCE_PREFIX))
-        {
-            self.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(room, presence.clone());
-        }
         let subscribers: Vec<Subscriber> = match self.lock().get_mut(&room) {
             Some(followers) => {
                 if let Some((seq, text)) = frames.iter().rev().find(|(seq, _)| *seq > 0) {
                     if followers.newest.as_ref().is_none_or(|(newest, _)| newest < seq) {
                         followers.newest = Some((*seq, text.clone()));
                     }
+                }
+                let presence = frames.iter().rev().find(|(seq, text)| *seq == 0 && text.starts_with(PRESENCE_PREFIX));
+                if let Some((_, presence)) = presence {
+                    followers.presence = Some(presence.clone());
                 }
                 followers.members.values().cloned().collect()
             }

@@ -820,7 +820,8 @@ impl Owner {
 
     /// Records which users of `node` follow the room. A node that just started following
     /// gets the room's newest message, so its sessions notice anything they missed while
-    /// the owner moved; presence is re-announced only when it changed.
+    /// the owner moved, and the room's presence (a node keeps presence only while it has
+    /// followers); the other nodes get presence again only when it changed.
     async fn set_interest(&mut self, node: NodeId, users: Vec<String>) {
         let before: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
         let newcomer = !users.is_empty() && !self.interest.contains_key(&node);
@@ -833,9 +834,15 @@ impl Owner {
             self.show_newest(&[node]).await;
         }
         let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
-        if everyone != before {
+        let changed = everyone != before;
+        if changed || newcomer {
             let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
-            self.fan_out(vec![(0, frame_json(&frame))], 0);
+            let frames = vec![(0, frame_json(&frame))];
+            if changed {
+                self.fan_out(frames, 0);
+            } else {
+                self.node.deliver_to(node, self.room, frames, 0);
+            }
         }
     }
 
