@@ -41,6 +41,8 @@ pub struct ControlBenchReport {
     pub max_ms: f64,
     /// Longest time between two consecutive successful writes.
     pub longest_gap_ms: f64,
+    /// When that gap ended (Unix time, ms), to find it in the processes' logs.
+    pub longest_gap_ended_unix_ms: u64,
 }
 
 pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
@@ -48,7 +50,8 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
     crate::cli::print_report(&report, args.json, |report| {
         format!(
             "{} writers, {:.1} s: {} committed ({:.0} writes/s), {} errors\n\
-             commit latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; longest gap without a commit {:.0} ms",
+             commit latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; longest gap without a commit {:.0} ms \
+             (ended {} UTC)",
             report.writers,
             report.seconds,
             report.committed,
@@ -57,7 +60,8 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
             report.p50_ms,
             report.p99_ms,
             report.max_ms,
-            report.longest_gap_ms
+            report.longest_gap_ms,
+            time_of_day_utc(report.longest_gap_ended_unix_ms)
         )
     })?;
     Ok(())
@@ -78,6 +82,7 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
     let samples: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
     let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
+    let started_unix_ms = crate::now_ms();
     let progress = ProgressBar::new(args.seconds);
     progress.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")?);
     let mut tasks = Vec::new();
@@ -123,10 +128,13 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
     let elapsed = started.elapsed();
     let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     samples.sort_by_key(|(done, _)| *done);
-    let mut longest_gap = Duration::ZERO;
+    let (mut longest_gap, mut gap_ended) = (Duration::ZERO, started);
     let mut previous = started;
     for (done, _) in &samples {
-        longest_gap = longest_gap.max(done.saturating_duration_since(previous));
+        let gap = done.saturating_duration_since(previous);
+        if gap > longest_gap {
+            (longest_gap, gap_ended) = (gap, *done);
+        }
         previous = *done;
     }
     let mut latencies: Vec<Duration> = samples.iter().map(|(_, latency)| *latency).collect();
@@ -141,7 +149,15 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
         p99_ms: percentile_ms(&latencies, 0.99),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         longest_gap_ms: longest_gap.as_secs_f64() * 1000.0,
+        longest_gap_ended_unix_ms: started_unix_ms + gap_ended.saturating_duration_since(started).as_millis() as u64,
     })
+}
+
+/// `HH:MM:SS.mmm` of a Unix time in ms, as the processes' logs print it.
+fn time_of_day_utc(unix_ms: u64) -> String {
+    let ms_of_day = unix_ms % 86_400_000;
+    let (hours, minutes) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    format!("{hours:02}:{minutes:02}:{:02}.{:03}", ms_of_day / 1000 % 60, ms_of_day % 1000)
 }
 
 /// The `q` quantile of sorted durations, in milliseconds (0 when empty).
@@ -169,5 +185,17 @@ pub async fn bench_login(client: &reqwest::Client, base: &str) -> anyhow::Result
         }
         anyhow::ensure!(Instant::now() < deadline, "cannot log in as {username}: {}", response.status());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unix_time_reads_as_the_time_of_day_in_utc() {
+        // 2026-12-01T06:44:01.065Z
+        assert_eq!(time_of_day_utc(1_796_107_441_065), "06:44:01.065");
+        assert_eq!(time_of_day_utc(0), "00:00:00.000");
     }
 }
