@@ -27,19 +27,21 @@ pub fn routes(raft: Raft, secret: ClusterSecret) -> Router {
 type RpcState = State<(Raft, ClusterSecret)>;
 
 async fn append(State((raft, secret)): RpcState, headers: HeaderMap, body: Bytes) -> Response {
-    serve(&secret, &headers, &body, |request| async move { raft.append_entries(request).await }).await
+    serve("append", &secret, &headers, &body, |request| async move { raft.append_entries(request).await }).await
 }
 
 async fn vote(State((raft, secret)): RpcState, headers: HeaderMap, body: Bytes) -> Response {
-    serve(&secret, &headers, &body, |request| async move { raft.vote(request).await }).await
+    serve("vote", &secret, &headers, &body, |request| async move { raft.vote(request).await }).await
 }
 
 async fn snapshot(State((raft, secret)): RpcState, headers: HeaderMap, body: Bytes) -> Response {
-    serve(&secret, &headers, &body, |request| async move { raft.install_snapshot(request).await }).await
+    serve("snapshot", &secret, &headers, &body, |request| async move { raft.install_snapshot(request).await }).await
 }
 
-/// Checks the secret, decodes the request, runs it and encodes the result.
+/// Checks the secret, decodes the request, runs it and encodes the result. How long
+/// running it took goes to `districhat_raft_rpc_served_seconds{rpc}`.
 async fn serve<Req, Resp, Fut>(
+    rpc: &'static str,
     secret: &ClusterSecret,
     headers: &HeaderMap,
     body: &[u8],
@@ -57,7 +59,9 @@ where
         Ok(request) => request,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable raft request: {e}")).into_response(),
     };
+    let started = std::time::Instant::now();
     let result = handle(request).await;
+    metrics::histogram!("districhat_raft_rpc_served_seconds", "rpc" => rpc).record(started.elapsed().as_secs_f64());
     match store::encode(&result) {
         Ok(bytes) => bytes.into_response(),
         Err(e) => {
