@@ -550,7 +550,8 @@ impl Owner {
         let plain = sends.iter().all(|send| matches!(send.message.action, Action::Message { reply_to: None, .. }));
         let batch =
             if plain { self.sequence_plain(sends, ts, started).await } else { self.sequence(sends, ts, started).await };
-        // No batch: the dedupe read failed (still ready) or the storage task did (not).
+        // No batch: the dedupe read failed (still ready) or the log writer lost the batch
+        // (not).
         let Some(Batch { sequenced, appended, deletes }) = batch else { return self.ready.load(Ordering::Acquire) };
         self.next_seq = sequenced.next_seq;
         let (messages, outcomes) = (sequenced.messages, sequenced.outcomes);
@@ -642,7 +643,8 @@ impl Owner {
 
     /// [`Self::sequence`] for a batch of plain messages, which need nothing of the log but
     /// their dedupe keys: the dedupe read, the sequencing and the append to the log are
-    /// one blocking call instead of two (docs/BENCHMARKS.md, "Levers at 2,000 sends/s").
+    /// one job of the log writer (docs/BENCHMARKS.md, "Levers at 2,000 sends/s", "Group
+    /// commit across rooms").
     async fn sequence_plain(&self, sends: Vec<PendingSend>, ts: u64, started: std::time::Instant) -> Option<Batch> {
         let entries: Vec<(EntryKind, String)> =
             sends.iter().map(|send| events::plain_entry(&self.node, self.room, &send.message)).collect();
@@ -689,7 +691,7 @@ impl Owner {
                 // treat what the log holds as unknown and sync the replica from it again
                 // before the next batch (as after a failed persist). Its sends went with
                 // it; their senders hear that the room moved, and retry.
-                tracing::warn!(room, error = %e, "a batch was lost with its storage task; syncing again");
+                tracing::warn!(room, error = %e, "the log writer lost a batch; syncing again");
                 self.ready.store(false, Ordering::Release);
                 return None;
             }

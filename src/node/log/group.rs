@@ -9,6 +9,13 @@
 //! and lands before any other write of the room can check) holds for a grouped write as
 //! for a direct one. A group holds each room once: a second job of a room waits for the
 //! next group, so a job's reads never miss an earlier job's writes.
+//!
+//! The lock rule this relies on: only the writer ever holds two fence locks, and nothing
+//! that holds one waits for the writer. So a stage must not call anything that takes a
+//! fence lock (the `*_at` methods, `take_epoch`, `redact_committed`): the writer may hold
+//! that lock already, and std mutexes do not re-enter. A `then` may, since it runs after
+//! the locks are released. The cost of the rule: a job whose stripe another thread holds
+//! (an owner change truncating a log) waits for it, and the group with it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, MutexGuard};
@@ -30,18 +37,19 @@ const MAX_GROUP: usize = 128;
 pub struct Staged<'a> {
     pub(super) room: RoomId,
     pub(super) batch: &'a mut WriteBatch,
-    /// A `stage_*` method failed after it may have staged part of its writes: the
-    /// group is not written (a batch has no save points to undo a part).
+    /// A `stage_*` method failed. If it had staged part of its writes by then, the group
+    /// is not written (a batch has no save points to undo a part).
     pub(super) spoiled: bool,
 }
 
 impl<'a> Staged<'a> {
-    /// A direct (ungrouped) write's staging into its own batch.
-    pub(super) fn alone(room: RoomId, batch: &'a mut WriteBatch) -> Self {
+    /// Stages `room`'s writes into `batch` (a group's, or a direct write's own).
+    pub(super) fn new(room: RoomId, batch: &'a mut WriteBatch) -> Self {
         Self { room, batch, spoiled: false }
     }
 
-    /// Notes a `stage_*` method's outcome: an error spoils the group.
+    /// Notes a `stage_*` method's outcome: an error after something was staged spoils the
+    /// group.
     pub(super) fn check<T>(&mut self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
         self.spoiled |= outcome.is_err();
         outcome
@@ -59,7 +67,7 @@ struct Job {
 }
 
 /// The writer thread of one [`RoomLog`]; stopping it (dropping the last clone of the
-/// log) waits for the group it is writing.
+/// log) waits until it has written every job queued by then.
 pub(super) struct Writer {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
@@ -69,7 +77,14 @@ impl Writer {
     /// Starts the thread; `log` is the thread's own copy (it has no writer).
     pub(super) fn start(log: RoomLog) -> std::io::Result<Self> {
         let (jobs, waiting) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("log-writer".into()).spawn(move || run(&log, &waiting))?;
+        let thread = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+            // A panic outside a job's own code (those are caught per job) would leave every
+            // later write waiting forever: write on instead. The jobs of the group it hit
+            // hear `WriterLost`.
+            while catch_unwind(AssertUnwindSafe(|| run(&log, &waiting))).is_err() {
+                tracing::error!("the log writer panicked; it goes on with the next jobs");
+            }
+        })?;
         Ok(Self { jobs: Some(jobs), thread: Some(thread) })
     }
 
@@ -96,7 +111,8 @@ impl RoomLog {
     /// writes what it staged together with every other room's waiting writes (one
     /// write, fsynced if configured), then runs `then` with the outcome of that write,
     /// after the lock is released. What `stage` staged is on disk only if the outcome is
-    /// `Ok`. Err if the writer has stopped or lost the job.
+    /// `Ok`. Err if the writer has stopped or lost the job. `stage` must not take a fence
+    /// lock (see the module docs); `then` may.
     pub async fn write_grouped<S, T>(
         &self,
         room: RoomId,
@@ -138,7 +154,7 @@ fn run(log: &RoomLog, jobs: &mpsc::Receiver<Job>) {
         };
         let mut group = Group::new(log);
         group.stage(first);
-        while group.finishes.len() < MAX_GROUP {
+        while !group.abandoned && group.finishes.len() < MAX_GROUP {
             let Ok(job) = jobs.try_recv() else { break };
             if group.rooms.contains(&job.room) {
                 next = Some(job);
@@ -180,12 +196,15 @@ impl<'a> Group<'a> {
             self.locks[stripe] = Some(self.log.fence_lock(job.room));
         }
         self.rooms.push(job.room);
-        let mut staged = Staged::alone(job.room, &mut self.batch);
+        let staged_before = self.batch.len();
+        let mut staged = Staged::new(job.room, &mut self.batch);
         let log = self.log;
         match catch_unwind(AssertUnwindSafe(|| (job.stage)(log, &mut staged))) {
             Ok(finish) => {
-                if staged.spoiled {
-                    tracing::warn!(room = job.room, "staging a log write failed; its group is not written");
+                // A stage that failed before staging anything fails alone (its job hears
+                // its error); one that failed halfway spoils the group.
+                if staged.spoiled && self.batch.len() > staged_before {
+                    tracing::warn!(room = job.room, "staging a log write failed halfway; its group is not written");
                     self.abandoned = true;
                 }
                 self.finishes.push(finish);
@@ -228,7 +247,7 @@ impl<'a> Group<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::sync::mpsc::{channel, Sender};
 
     use super::super::tests::message;
     use super::super::{stamp, Fenced, Replicated};
@@ -241,19 +260,29 @@ mod tests {
         (dir, log)
     }
 
-    /// Keeps the writer busy staging a job for a moment, so the jobs submitted meanwhile
-    /// are drained into its group (what the tests assert holds either way). That job's
-    /// outcome is its group's.
-    async fn busy_writer(log: &RoomLog) {
-        let _ = log.write_grouped(99, |_, _| std::thread::sleep(Duration::from_millis(100)), |_, (), w| w).await;
+    /// Holds the writer inside the stage of a job of room 99 until the returned gate is
+    /// opened (sent to or dropped): every job submitted meanwhile is drained into that
+    /// job's group. Returns once the writer is inside the stage.
+    async fn hold_writer(log: &RoomLog) -> (tokio::task::JoinHandle<()>, Sender<()>) {
+        let (inside, entered) = channel();
+        let (gate, opened) = channel::<()>();
+        let log = log.clone();
+        let held = tokio::spawn(async move {
+            let stage = move |_: &RoomLog, _: &mut Staged<'_>| {
+                let _ = inside.send(());
+                let _ = opened.recv();
+            };
+            // Its outcome is its group's, which the tests assert on their own jobs.
+            let _ = log.write_grouped(99, stage, |_, (), written| written).await;
+        });
+        tokio::task::spawn_blocking(move || entered.recv()).await.unwrap().unwrap();
+        (held, gate)
     }
 
     #[tokio::test]
     async fn a_group_writes_many_rooms_and_a_rooms_second_job_reads_the_first() {
         let (_dir, log) = open();
-        let blocker = log.clone();
-        let busy = tokio::spawn(async move { busy_writer(&blocker).await });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (held, gate) = hold_writer(&log).await;
         // Room 1's second store follows its first: it passes log matching only if it
         // reads the first one's write, so the two must not share a group.
         let first = log.write_grouped(
@@ -266,25 +295,27 @@ mod tests {
             |log, staged| log.stage_replicate_at(staged, 1, Some(&stamp(&message(2))), &[message(3)]),
             |_, stored, written| written.and(stored),
         );
-        let others = (2..=40).map(|room| {
+        // Rooms 65 and 129 share room 1's fence lock stripe; 2..=40 do not.
+        let rooms: Vec<RoomId> = (2..=40).chain([65, 129]).collect();
+        let others = rooms.iter().map(|&room| {
             log.write_grouped(room, |log, staged| log.stage_append_at(staged, 1, &[message(1)]), |_, a, w| w.and(a))
         });
-        let (first, second, others) = tokio::join!(first, second, futures_util::future::join_all(others));
-        busy.await.unwrap();
+        // `join!` polls (and so submits) the jobs in order before it opens the gate.
+        let open = async move { drop(gate) };
+        let (first, second, others, ()) = tokio::join!(first, second, futures_util::future::join_all(others), open);
+        held.await.unwrap();
         assert_eq!(first.unwrap(), Fenced::Done(Replicated::Stored));
         assert_eq!(second.unwrap(), Fenced::Done(Replicated::Stored));
         assert!(others.into_iter().all(|appended| appended.unwrap() == Fenced::Done(())));
         assert_eq!(log.last_seq(1).unwrap(), 3);
-        assert!((2..=40).all(|room| log.last_seq(room).unwrap() == 1));
+        assert!(rooms.iter().all(|&room| log.last_seq(room).unwrap() == 1));
     }
 
     #[tokio::test]
-    async fn a_failed_or_panicking_stage_keeps_its_whole_group_off_the_disk() {
+    async fn a_stage_that_fails_halfway_or_panics_keeps_its_whole_group_off_the_disk() {
         let (_dir, log) = open();
         for (good_room, bad_room, spoil) in [(1, 2, true), (3, 4, false)] {
-            let blocker = log.clone();
-            let busy = tokio::spawn(async move { busy_writer(&blocker).await });
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (held, gate) = hold_writer(&log).await;
             let good = log.write_grouped(
                 good_room,
                 |log, staged| log.stage_append_at(staged, 1, &[message(1)]),
@@ -302,14 +333,10 @@ mod tests {
                 },
                 |_, a, w| w.and(a),
             );
-            let (good, bad) = tokio::join!(good, bad);
-            busy.await.unwrap();
-            // Both heard an error unless the good job was written before the bad one was
-            // queued; either way nothing of the bad one's group is on disk with it.
-            assert!(bad.is_err());
-            if good.is_err() {
-                assert_eq!(log.last_seq(good_room).unwrap(), 0);
-            }
+            let (good, bad, ()) = tokio::join!(good, bad, async move { drop(gate) });
+            held.await.unwrap();
+            assert!(good.is_err() && bad.is_err(), "every job of the group hears an error");
+            assert_eq!(log.last_seq(good_room).unwrap(), 0);
             assert_eq!(log.last_seq(bad_room).unwrap(), 0);
         }
         // The writer still works.
@@ -317,6 +344,39 @@ mod tests {
             log.write_grouped(5, |log, staged| log.stage_append_at(staged, 1, &[message(1)]), |_, a, w| w.and(a));
         assert_eq!(appended.await.unwrap(), Fenced::Done(()));
         assert_eq!(log.last_seq(5).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_fails_before_staging_anything_fails_alone() {
+        let (_dir, log) = open();
+        let (held, gate) = hold_writer(&log).await;
+        let good =
+            log.write_grouped(1, |log, staged| log.stage_append_at(staged, 1, &[message(1)]), |_, a, w| w.and(a));
+        let bad = log.write_grouped(
+            2,
+            |_, staged| staged.check::<()>(Err(StoreError::MissingColumnFamily("a read failed"))),
+            |_, failed, written| written.and(failed),
+        );
+        let (good, bad, ()) = tokio::join!(good, bad, async move { drop(gate) });
+        held.await.unwrap();
+        assert!(bad.is_err());
+        assert_eq!(good.unwrap(), Fenced::Done(()));
+        assert_eq!(log.last_seq(1).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_then_may_take_its_rooms_fence_lock() {
+        let (_dir, log) = open();
+        let redacted = log.write_grouped(
+            1,
+            |log, staged| log.stage_append_at(staged, 1, &[message(1)]),
+            |log, appended, written| {
+                written?;
+                appended?;
+                log.redact_committed(1, 1)
+            },
+        );
+        assert_eq!(redacted.await.unwrap(), 0);
     }
 
     #[tokio::test]

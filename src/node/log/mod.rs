@@ -13,7 +13,8 @@
 //!
 //! Writes that depend on a room's fence (a replica storing, an owner appending, a new
 //! owner or replica taking an epoch) go through the `*_at` methods, which
-//! check the fence and write under one lock per room stripe. Without it a write of the
+//! check the fence and write under one lock per room stripe, or their `stage_*_at`
+//! forms, which the log writer runs under the same lock ([`group`]). Without it a write of the
 //! old epoch could pass its fence check, then land after the new owner read the last
 //! seq, and the new owner would reuse that seq.
 
@@ -92,7 +93,7 @@ impl RoomLog {
     pub fn append_at(&self, room: RoomId, epoch: u64, messages: &[StoredMessage]) -> Result<Fenced<()>, StoreError> {
         let _guard = self.fence_lock(room);
         let mut batch = WriteBatch::default();
-        let appended = self.stage_append_at(&mut Staged::alone(room, &mut batch), epoch, messages)?;
+        let appended = self.stage_append_at(&mut Staged::new(room, &mut batch), epoch, messages)?;
         self.write_staged(batch)?;
         Ok(appended)
     }
@@ -127,7 +128,7 @@ impl RoomLog {
     ) -> Result<Fenced<Replicated>, StoreError> {
         let _guard = self.fence_lock(room);
         let mut batch = WriteBatch::default();
-        let stored = self.stage_replicate_at(&mut Staged::alone(room, &mut batch), epoch, prev, messages)?;
+        let stored = self.stage_replicate_at(&mut Staged::new(room, &mut batch), epoch, prev, messages)?;
         self.write_staged(batch)?;
         Ok(stored)
     }
