@@ -91,11 +91,7 @@ impl RoomLog {
     /// Appends for a writer at `epoch` (an owner, or an owner's replication): refused if
     /// the fence is newer; raises the fence to `epoch` first if it is older.
     pub fn append_at(&self, room: RoomId, epoch: u64, messages: &[StoredMessage]) -> Result<Fenced<()>, StoreError> {
-        let _guard = self.fence_lock(room);
-        let mut batch = WriteBatch::default();
-        let appended = self.stage_append_at(&mut Staged::new(room, &mut batch), epoch, messages)?;
-        self.write_staged(batch)?;
-        Ok(appended)
+        self.write_alone(room, |staged| self.stage_append_at(staged, epoch, messages))
     }
 
     /// [`Self::append_at`] staged in a grouped write ([`Self::write_grouped`]).
@@ -126,11 +122,7 @@ impl RoomLog {
         prev: Option<&MessageStamp>,
         messages: &[StoredMessage],
     ) -> Result<Fenced<Replicated>, StoreError> {
-        let _guard = self.fence_lock(room);
-        let mut batch = WriteBatch::default();
-        let stored = self.stage_replicate_at(&mut Staged::new(room, &mut batch), epoch, prev, messages)?;
-        self.write_staged(batch)?;
-        Ok(stored)
+        self.write_alone(room, |staged| self.stage_replicate_at(staged, epoch, prev, messages))
     }
 
     /// [`Self::replicate_at`] staged in a grouped write ([`Self::write_grouped`]).
@@ -342,12 +334,20 @@ impl RoomLog {
         Ok(())
     }
 
-    /// Writes what a direct (not grouped) `*_at` call staged, if anything.
-    fn write_staged(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
+    /// A `stage_*_at` write made alone (not grouped): staged under the room's fence lock,
+    /// then written (fsynced if configured) if it staged anything.
+    fn write_alone<T>(
+        &self,
+        room: RoomId,
+        stage: impl FnOnce(&mut Staged<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _guard = self.fence_lock(room);
+        let mut batch = WriteBatch::default();
+        let staged = stage(&mut Staged::new(room, &mut batch))?;
+        if !batch.is_empty() {
+            self.write(batch, self.fsync)?;
         }
-        self.write(batch, self.fsync)
+        Ok(staged)
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
