@@ -1,6 +1,7 @@
 //! The control plane's Raft: types, RocksDB storage (log and state machine) and the HTTP
 //! network. [`open_storage`] is the one place the control member's database is opened.
 
+pub mod catalog_lock;
 pub mod checkpoint;
 pub mod log_store;
 pub mod network;

@@ -23,6 +23,7 @@ use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, Ra
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
+use super::catalog_lock::{self, CatalogRead, CatalogWrite};
 use super::snapshot_file::SnapshotFiles;
 use super::snapshot_rows::{encode_from_rows, EncodedCatalog};
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -167,7 +168,8 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
+    #[track_caller]
+    fn write_state(&self) -> CatalogWrite<'_> {
         write_state(&self.state)
     }
 
@@ -411,14 +413,15 @@ impl From<CatalogBeforeReadMarks> for Catalog {
     }
 }
 
-/// Locks the state for reading. A poisoned lock is still consistent: `Catalog::apply`
-/// validates before it mutates and never panics in between.
-pub fn read_state(state: &SharedState) -> std::sync::RwLockReadGuard<'_, CatalogState> {
-    state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Locks the state for reading, timed and with the caller's place ([`super::catalog_lock`]).
+#[track_caller]
+pub fn read_state(state: &SharedState) -> CatalogRead<'_> {
+    catalog_lock::read(state)
 }
 
-fn write_state(state: &SharedState) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
-    state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+#[track_caller]
+fn write_state(state: &SharedState) -> CatalogWrite<'_> {
+    catalog_lock::write(state)
 }
 
 fn sm_read(e: impl std::error::Error + 'static) -> StorageError {
