@@ -35,6 +35,8 @@ pub struct ControlBenchReport {
     pub seconds: f64,
     pub committed: usize,
     pub errors: usize,
+    /// Writers that reached the room quota and went on as a fresh user (not errors).
+    pub fresh_users: usize,
     pub writes_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -49,7 +51,7 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
     let report = measure(&args).await?;
     crate::cli::print_report(&report, args.json, |report| {
         format!(
-            "{} writers, {:.1} s: {} committed ({:.0} writes/s), {} errors\n\
+            "{} writers, {:.1} s: {} committed ({:.0} writes/s), {} errors, {} fresh users at the quota\n\
              commit latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; longest gap without a commit {:.0} ms \
              (ended {} UTC)",
             report.writers,
@@ -57,6 +59,7 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
             report.committed,
             report.writes_per_sec,
             report.errors,
+            report.fresh_users,
             report.p50_ms,
             report.p99_ms,
             report.max_ms,
@@ -71,7 +74,8 @@ pub async fn run(args: ControlBenchArgs) -> anyhow::Result<()> {
 pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchReport> {
     let base = args.control.trim_end_matches('/').to_string();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    // One user per writer: a user may create at most `max_rooms_per_user` rooms.
+    // One user per writer: a user may create at most `max_rooms_per_user` rooms, and a
+    // writer that reaches it goes on as a fresh user.
     let mut tokens = Vec::new();
     for _ in 0..args.writers {
         tokens.push(bench_login(&client, &base).await?);
@@ -81,15 +85,17 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
     // Completion instants and latencies of successful writes; std Mutex, never held across await.
     let samples: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
     let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fresh_users = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let started_unix_ms = crate::now_ms();
     let progress = ProgressBar::new(args.seconds);
     progress.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")?);
     let mut tasks = Vec::new();
     for (writer, token) in tokens.into_iter().enumerate() {
-        let (client, base, stop, samples, errors) =
-            (client.clone(), base.clone(), stop.clone(), samples.clone(), errors.clone());
+        let (client, base, stop, samples, errors, fresh_users) =
+            (client.clone(), base.clone(), stop.clone(), samples.clone(), errors.clone(), fresh_users.clone());
         tasks.push(tokio::spawn(async move {
+            let mut token = token;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("bench-{run_id:08x}-{writer}-{i}");
@@ -105,6 +111,16 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
                         let done = Instant::now();
                         samples.lock().unwrap_or_else(|p| p.into_inner()).push((done, done - sent));
                     }
+                    Ok(response) if response.status().as_u16() == 403 => match bench_login(&client, &base).await {
+                        // `quota_exceeded` (the only 403 of room creation).
+                        Ok(fresh) => {
+                            token = fresh;
+                            fresh_users.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -144,6 +160,7 @@ pub async fn measure(args: &ControlBenchArgs) -> anyhow::Result<ControlBenchRepo
         seconds: elapsed.as_secs_f64(),
         committed: latencies.len(),
         errors: errors.load(Ordering::Relaxed),
+        fresh_users: fresh_users.load(Ordering::Relaxed),
         writes_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
