@@ -55,12 +55,22 @@ pub struct ControlConfig {
     /// creates in flight at once may pass it by their number.
     #[serde(default = "default_max_rooms_per_user")]
     pub max_rooms_per_user: usize,
+    /// Most routes (rooms and nodes) a heartbeat reply carries, about 0.2 MB of JSON at
+    /// the default. A node that needs more fetches them beside its heartbeats, so a
+    /// heartbeat stays well within its deadline (docs/PROTOCOL.md, "Routing-table
+    /// deltas"). 0: every change is fetched beside the heartbeats.
+    #[serde(default = "default_heartbeat_routes")]
+    pub heartbeat_routes: usize,
     /// RocksDB memory of the catalog and Raft log (docs/OPERATIONS.md, "Bounds").
     #[serde(default)]
     pub storage: crate::store::StoreMemory,
 }
 
 fn default_max_rooms_per_user() -> usize {
+    1_000
+}
+
+fn default_heartbeat_routes() -> usize {
     1_000
 }
 
@@ -174,6 +184,7 @@ impl ControlConfig {
             password_hashing_concurrency: 0,
             password_hashing_queue: default_password_hashing_queue(),
             max_rooms_per_user: default_max_rooms_per_user(),
+            heartbeat_routes: default_heartbeat_routes(),
             storage: crate::store::StoreMemory::default(),
         }
     }

@@ -13,9 +13,11 @@ use axum::{Json, Router};
 use common::{tuning, wait_for, Api, TestCluster, SECRET};
 use districhat::control::catalog::{NodeStatus, Room};
 use districhat::control::secret::SECRET_HEADER;
+use districhat::node::routing::Routes;
 use districhat::node::{self, config::NodeConfig};
 use districhat::protocol::{
-    ChatMessage, Heartbeat, HeartbeatReply, HistoryPage, NodeLoad, NodeRegistration, RegisterNode, RoutingTable,
+    ChatMessage, Heartbeat, HeartbeatReply, HistoryPage, NodeLoad, NodeRegistration, RegisterNode, RoutingDelta,
+    RoutingTable,
 };
 use districhat::{now_ms, token};
 use serde_json::{json, Value};
@@ -444,7 +446,7 @@ async fn a_node_whose_registration_is_refused_with_a_4xx_stops_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_far_behind_is_sent_a_delta_or_told_to_fetch_the_whole_table() {
+async fn a_node_far_behind_is_told_to_fetch_and_gets_the_delta_beside_its_heartbeat() {
     let cluster = TestCluster::start_with(3, tuning(), |config| config.max_rooms_per_user = 0).await;
     let leader = cluster.wait_ready().await;
     let base = cluster.url(leader);
@@ -464,8 +466,46 @@ async fn a_node_far_behind_is_sent_a_delta_or_told_to_fetch_the_whole_table() {
     let reply = beat(table.version, true).await;
     assert!(
         matches!(reply, HeartbeatReply::Ok { routes: None, delta: None, fetch: true }),
-        "1,001 rooms behind: fetch the whole table"
+        "1,001 rooms behind: too much for a heartbeat"
     );
+    let delta_from = |from: &str| {
+        let request = http().get(format!("{base}/internal/routes/delta?from={from}")).header(SECRET_HEADER, SECRET);
+        async move {
+            let response = request.send().await.expect("delta");
+            (response.status(), response.text().await.expect("body"))
+        }
+    };
+    let (status, body) = delta_from(&table.version.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delta: RoutingDelta = serde_json::from_str(&body).expect("a delta");
+    assert_eq!((delta.from, delta.rooms.len()), (table.version, 1_001), "every new room, from the node's version");
+    let fetched_version = delta.version;
+    assert!(Routes::from(table.clone()).with_delta(delta).is_some(), "it fits the node's table");
+    // Applied to the node's table, the delta gives the whole table of its version. The
+    // catalog may move meanwhile (the leader marks the silent n1 down): compare a delta and
+    // a whole table taken at one version.
+    let (caught_up, whole_now) =
+        wait_for("a delta and the whole table at one version", Duration::from_secs(10), || {
+            let (delta, whole) = (delta_from(&table.version.to_string()), whole_table(&base));
+            let table = table.clone();
+            async move {
+                let delta: RoutingDelta = serde_json::from_str(&delta.await.1).ok()?;
+                let whole = whole.await;
+                (delta.version == whole.version).then(|| (Routes::from(table).with_delta(delta), Routes::from(whole)))
+            }
+        })
+        .await;
+    assert_eq!(caught_up, Some(whole_now), "the delta applied gives the whole table");
+    for (version, what) in [(0, "a node with no table"), (fetched_version + 1_000, "a version from the future")] {
+        let (status, body) = delta_from(&version.to_string()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}: {body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["code"], "no_delta", "{what}");
+    }
+    let (status, body) = delta_from("soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["code"], "invalid_query");
+    let unsigned = http().get(format!("{base}/internal/routes/delta?from=1")).send().await.expect("delta");
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED, "the cluster secret is required");
     let HeartbeatReply::Ok { routes: Some(whole), .. } = beat(table.version, false).await else {
         panic!("a node that takes no deltas gets the whole table")
     };
@@ -477,4 +517,10 @@ async fn a_node_far_behind_is_sent_a_delta_or_told_to_fetch_the_whole_table() {
     };
     assert_eq!(delta.from, whole.version);
     assert!(delta.rooms.iter().any(|room| room.id == body["id"].as_u64().expect("id")), "the new room is in it");
+}
+
+/// The whole routing table of the member at `base`.
+async fn whole_table(base: &str) -> RoutingTable {
+    let request = http().get(format!("{base}/internal/routes")).header(SECRET_HEADER, SECRET);
+    request.send().await.expect("routes").json().await.expect("a table")
 }

@@ -5,6 +5,12 @@
 //! the node's table at that version, must give exactly the whole table of now. After a
 //! restart or a snapshot install the control has no deltas for older versions (the node
 //! gets the whole table) and deltas start again from there.
+//!
+//! Then a real node, whose heartbeats may carry no routes, catches up on new rooms beside
+//! its heartbeats with the delta, not the whole table (docs/PROTOCOL.md, "Large answers
+//! leave the heartbeat").
+
+mod common;
 
 use districhat::control::catalog::{Command, ModAction, NodeStatus, ReadMark};
 use districhat::control::raft::open_storage;
@@ -13,6 +19,10 @@ use districhat::control::raft::types::{Entry, LogId};
 use districhat::control::routing::{routing_delta, routing_table, version};
 use districhat::node::routing::Routes;
 use districhat::protocol::RoutingTable;
+use std::time::Duration;
+
+use common::chat::ChatCluster;
+use common::{wait_for, Api};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
@@ -185,4 +195,42 @@ async fn deltas_give_the_whole_table_across_catalog_changes_restarts_and_snapsho
     installed.check_deltas();
     installed.run(Command::CreateRoom { name: "later".into(), private: true, created_by: 4, at_ms: 10 }).await;
     installed.run(Command::NodeDown { node: 2 }).await;
+}
+
+/// A real node with `heartbeat_routes = 0`: every heartbeat that finds its table behind
+/// says `fetch`, and the node fetches what changed from the leader
+/// (`GET /internal/routes/delta`), never the whole table (`GET /internal/routes`), which
+/// cost the leader a stall per fetch under fast room creation (docs/BENCHMARKS.md, "The
+/// control plane's stalls, attributed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_catches_up_beside_its_heartbeats_with_the_delta_not_the_whole_table() {
+    let cluster = ChatCluster::start_configured(1, |control| control.heartbeat_routes = 0, |_| {}).await;
+    let node = cluster.node(0).node.clone();
+    let first_table = || async { (node.routes().version > 0).then_some(()) };
+    wait_for("the node's first table", Duration::from_secs(10), first_table).await;
+    let before = routes_sent(&cluster.url()).await;
+    let api = Api::logged_in(&cluster.url(), "alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..20 {
+        rooms.push(cluster.create_room(&api, &format!("r{i}"), false).await["id"].as_u64().expect("room id"));
+    }
+    wait_for("the node to know every new room", Duration::from_secs(15), || async {
+        let routes = node.routes();
+        rooms.iter().all(|room| routes.rooms.contains_key(room)).then_some(())
+    })
+    .await;
+    let after = routes_sent(&cluster.url()).await;
+    assert!(after.0 > before.0, "the node fetched deltas: {before:?} -> {after:?}");
+    assert_eq!(after.1, before.1, "and no whole table: {before:?} -> {after:?}");
+}
+
+/// `districhat_routes_sent_total` of kinds `delta_fetch` and `table`, from `/metrics` (the
+/// controls of this process share one recorder).
+async fn routes_sent(base: &str) -> (u64, u64) {
+    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    let count = |kind: &str| {
+        let name = format!("districhat_routes_sent_total{{kind=\"{kind}\"}} ");
+        text.lines().find_map(|line| line.strip_prefix(&name)).map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    (count("delta_fetch"), count("table"))
 }

@@ -1,8 +1,9 @@
 //! The node's link to the control plane: registration at start, a heartbeat about once a
 //! second to the leader (carrying load, bringing back routing-table updates: what changed
-//! since the node's version, or the whole table), and a full routing-table fetch when a
-//! lookup misses or a delta does not fit the node's table. The routing table also carries the
-//! connection-token key (`admin after-restore` replaces it).
+//! since the node's version, or the whole table), a catch-up fetch beside the heartbeats when
+//! what changed is too large for a heartbeat (a delta when the leader can give one, else the
+//! whole table), and a full routing-table fetch when a lookup misses. The routing table also
+//! carries the connection-token key (`admin after-restore` replaces it).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use tokio::sync::watch;
 use super::config::NodeConfig;
 use super::Node;
 use crate::control::secret::{ClusterSecret, SECRET_HEADER};
-use crate::protocol::{Heartbeat, HeartbeatReply, NodeLoad, NodeRegistration, RegisterNode, RoutingTable};
+use crate::protocol::{
+    Heartbeat, HeartbeatReply, NodeLoad, NodeRegistration, RegisterNode, RoutingDelta, RoutingTable,
+};
 
 /// Registers (retrying across controls, and until approved) and returns the registration
 /// and the control that answered. A 401 or any 4xx other than 409 ends the attempt with
@@ -77,7 +80,7 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
     let mut control_index = 0usize;
     let lease = Duration::from_millis(node.config.control_lease_ms);
     let mut answered_at = std::time::Instant::now();
-    // A whole-table fetch under way (one at a time).
+    // A catch-up fetch under way (one at a time).
     let mut fetching: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -111,9 +114,9 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
             match send_heartbeat(&node, &url, &heartbeat).await {
                 Ok(HeartbeatReply::Ok { routes, delta, fetch }) => {
                     // Our table moved since this heartbeat was sent (the delta does not
-                    // fit), or it is too old for a heartbeat: fetch it whole, beside the
-                    // heartbeats, which go on meanwhile.
-                    let whole = match (routes, delta) {
+                    // fit), or what changed is too large for a heartbeat: catch up beside
+                    // the heartbeats, which go on meanwhile.
+                    let catch_up = match (routes, delta) {
                         (Some(table), _) => {
                             node.apply_routes(table);
                             false
@@ -121,8 +124,8 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
                         (None, Some(delta)) => !node.apply_delta(*delta),
                         (None, None) => fetch,
                     };
-                    if whole && fetching.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
-                        fetching = Some(tokio::spawn(fetch_whole_table(node.clone())));
+                    if catch_up && fetching.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                        fetching = Some(tokio::spawn(catch_up_routes(node.clone())));
                     }
                     answered_at = std::time::Instant::now();
                     break;
@@ -174,16 +177,49 @@ async fn send_heartbeat(node: &Node, url: &str, heartbeat: &Heartbeat) -> anyhow
     Ok(response.json().await?)
 }
 
-/// How long a whole-table fetch the heartbeat asked for may take (tens of megabytes with
-/// a hundred thousand rooms).
-const WHOLE_TABLE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a fetch the heartbeat asked for may take (a delta as large as the whole table,
+/// tens of megabytes with a hundred thousand rooms, is possible).
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Fetches and installs the whole routing table, for the heartbeat loop.
-async fn fetch_whole_table(node: Node) {
-    match fetch_routes_within(&node, WHOLE_TABLE_DEADLINE).await {
+/// Brings the node's table up to date beside the heartbeats, when a heartbeat said
+/// `fetch` or its delta did not fit: what changed since the node's version, from the
+/// leader, when it can say; else the whole table from any control. Under fast room
+/// creation this is the difference between a few hundred kilobytes and the whole table
+/// every second (docs/PROTOCOL.md, "Routing-table deltas").
+async fn catch_up_routes(node: Node) {
+    let version = node.routes().version;
+    if version > 0 {
+        match fetch_delta(&node, version).await {
+            // Not applied when a whole table moved ours meanwhile: fetch it whole below.
+            Ok(Some(delta)) => {
+                if node.apply_delta(delta) {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(node = node.id, error = %e, "could not fetch a routing delta"),
+        }
+    }
+    match fetch_routes_within(&node, CATCH_UP_DEADLINE).await {
         Ok(table) => node.apply_routes(table),
         Err(e) => tracing::warn!(node = node.id, error = %e, "could not fetch the whole routing table"),
     }
+}
+
+/// What changed since `version`, from the leader; `None` when it cannot say (`404`: its
+/// change index does not reach back that far, or it is a control from before deltas).
+async fn fetch_delta(node: &Node, version: u64) -> anyhow::Result<Option<RoutingDelta>> {
+    let response = node
+        .http
+        .get(format!("{}/internal/routes/delta?from={version}", node.leader_url()))
+        .header(SECRET_HEADER, node.secret.expose())
+        .timeout(CATCH_UP_DEADLINE)
+        .send()
+        .await?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    Ok(Some(response.error_for_status()?.json().await?))
 }
 
 /// The full routing table from any reachable control.

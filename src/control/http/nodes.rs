@@ -5,15 +5,20 @@
 //! | `POST /internal/nodes/register` | [`RegisterNode`] → [`NodeRegistration`]; any member (a Raft write) |
 //! | `POST /internal/nodes/heartbeat` | [`Heartbeat`] → [`HeartbeatReply`]; the leader only |
 //! | `GET /internal/routes` | → [`RoutingTable`]; any member, from its applied catalog |
+//! | `GET /internal/routes/delta?from=V` | → [`RoutingDelta`] since version `V`; any member, `404 no_delta` when it cannot say |
 //! | `GET /internal/nodes/loads` | → [`LoadsReply`]; the leader's heartbeat memory (for followers) |
 //!
 //! The routing table's version is the Raft applied index of the catalog it was read from:
 //! it only grows, and a heartbeat carrying another version gets what changed since its
 //! version (a delta, when the node takes them and the leader's change index reaches back
 //! that far) or else the whole table — either with the connection-token key, so a key
-//! replaced by `admin after-restore` reaches running nodes at their next heartbeat.
+//! replaced by `admin after-restore` reaches running nodes at their next heartbeat. A delta
+//! too large for a heartbeat is fetched beside it with `GET /internal/routes/delta`
+//! (docs/PROTOCOL.md, "Routing-table deltas").
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::time::Instant;
@@ -26,13 +31,8 @@ use crate::control::raft::state_machine::read_state;
 use crate::control::routing::{routing_delta, routing_table, valid_addr, valid_ws_url, version};
 use crate::control::AppState;
 use crate::now_ms;
-use crate::protocol::{Heartbeat, HeartbeatReply, NodeRegistration, RegisterNode, RoutingTable};
+use crate::protocol::{Heartbeat, HeartbeatReply, NodeRegistration, RegisterNode, RoutingDelta, RoutingTable};
 use crate::token;
-
-/// Most rooms a heartbeat reply carries (about 0.2 MB of JSON): a node that needs more
-/// (it was cut off, or its version is older than this member's change index) is told to
-/// fetch the whole table instead, so a heartbeat stays well within its deadline.
-pub const HEARTBEAT_ROOMS: usize = 1_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/internal/nodes/heartbeat", post(heartbeat))
         .route("/internal/nodes/loads", get(loads))
         .route("/internal/routes", get(routing))
+        .route("/internal/routes/delta", get(delta_since))
 }
 
 /// `POST /internal/nodes/register`: a node announces (or re-announces) itself.
@@ -126,10 +127,19 @@ async fn heartbeat(
         return Ok(Json(HeartbeatReply::Ok { routes: None, delta: None, fetch: false }));
     }
     let (routes, delta, fetch) = if beat.deltas {
-        match routing_delta(&state, beat.routes_version) {
-            Some(delta) if delta.rooms.len() <= HEARTBEAT_ROOMS => (None, Some(Box::new(delta)), false),
+        // Counted before it is built: a delta too large for a heartbeat is not built here
+        // (under the catalog lock) only to be dropped.
+        // The limit is `heartbeat_routes`: a node that needs more (rooms are created fast,
+        // it was cut off, or its version is older than this member's change index) is told
+        // to fetch beside its heartbeats, the delta when a member can give it, else the
+        // whole table.
+        let limit = app.config.heartbeat_routes;
+        let fits = (state.route_changes.changed_since(beat.routes_version))
+            .is_some_and(|changed| changed.take(limit + 1).count() <= limit);
+        match fits.then(|| routing_delta(&state, beat.routes_version)).flatten() {
+            Some(delta) => (None, Some(Box::new(delta)), false),
             // Too much for a heartbeat: liveness must not wait on megabytes of routes.
-            _ if state.catalog.rooms.len() > HEARTBEAT_ROOMS => (None, None, true),
+            _ if state.catalog.rooms.len() > limit => (None, None, true),
             _ => (Some(routing_table(&state)), None, false),
         }
     } else {
@@ -147,7 +157,32 @@ async fn heartbeat(
 
 /// `GET /internal/routes`: the whole routing table of this member's applied catalog.
 async fn routing(_: SecretChecked, State(app): State<AppState>) -> Json<RoutingTable> {
+    metrics::counter!("districhat_routes_sent_total", "kind" => "table").increment(1);
     Json(routing_table(&read_state(&app.state)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DeltaQuery {
+    from: u64,
+}
+
+/// `GET /internal/routes/delta?from=V`: what changed in the routing table since version
+/// `V`, for a node whose heartbeat said `fetch` (its delta was too large for a heartbeat).
+/// Its cost follows the rooms that changed, where the whole table's follows every room.
+/// `404 no_delta` when this member cannot say (its change index starts after `V`, or `V`
+/// is 0 or not older than its own version): the node then fetches the whole table.
+async fn delta_since(
+    _: SecretChecked,
+    State(app): State<AppState>,
+    query: Result<Query<DeltaQuery>, QueryRejection>,
+) -> Result<Json<RoutingDelta>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let delta = routing_delta(&read_state(&app.state), query.from).ok_or_else(|| {
+        let message = format!("no delta from version {}: fetch the whole table", query.from);
+        ApiError::new(StatusCode::NOT_FOUND, "no_delta", message)
+    })?;
+    metrics::counter!("districhat_routes_sent_total", "kind" => "delta_fetch").increment(1);
+    Ok(Json(delta))
 }
 
 /// `GET /internal/nodes/loads`: the leader's heartbeat memory.
