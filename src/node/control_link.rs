@@ -92,16 +92,16 @@ pub async fn heartbeat_loop(node: Node, mut shutdown: watch::Receiver<bool>) {
         last_messages = messages;
         last_tick = std::time::Instant::now();
         let routes = node.routes();
-        let replicated = routes.rooms.values().filter(|room| room.replica == Some(node.id)).count();
+        let report = node.room_report(&routes);
         let load = NodeLoad {
             connections: node.connections.load(Ordering::Relaxed),
             rooms_owned: node.owned_rooms() as u64,
-            rooms_replicated: replicated as u64,
+            rooms_replicated: report.replicated as u64,
             messages_per_sec: rate,
-            rooms_syncing: node.rooms_syncing(&routes) as u64,
+            rooms_syncing: report.syncing as u64,
         };
         metrics::gauge!("districhat_node_connections", "node" => node.id.to_string()).set(load.connections as f64);
-        let in_sync = node.replicas_synced(&routes);
+        let in_sync = report.synced_replicas;
         let heartbeat = Heartbeat { node_id: node.id, load, routes_version: routes.version, in_sync, deltas: true };
         // Re-announce followed rooms: an owner that learned of its room after our first
         // announcement (routing tables arrive at different times) hears of us now.

@@ -137,6 +137,21 @@ impl From<mesh::MeshError> for NodeError {
     }
 }
 
+/// What a heartbeat says of this node's rooms ([`Node::room_report`]).
+#[derive(Debug, Default)]
+pub struct RoomReport {
+    /// Rooms the table gives this node to hold a replica of.
+    pub replicated: usize,
+    /// Rooms the table gives this node to own whose owner does not take sends yet: not
+    /// started for that epoch, or still syncing its replica. A table being installed
+    /// right now counts its new owners as syncing.
+    pub syncing: usize,
+    /// (room, epoch) of the rooms this node owns, with a replica the table does not show
+    /// in sync, whose owner synced that replica at that epoch and finished any background
+    /// copy to it (docs/REPLICATION.md, "The configuration and who may change it", I9).
+    pub synced_replicas: Vec<(RoomId, u64)>,
+}
+
 /// Shared state of a running node.
 pub struct NodeInner {
     pub id: NodeId,
@@ -390,34 +405,28 @@ impl Node {
         self.owners_lock().len()
     }
 
-    /// Rooms `routes` gives this node to own whose owner does not take sends yet: not
-    /// started for that epoch, or still syncing its replica. Read against one routing
-    /// table, so a table being installed right now counts its new owners as syncing.
-    pub fn rooms_syncing(&self, routes: &Routes) -> usize {
+    /// What a heartbeat reports of this node's rooms, read against one routing table in
+    /// one pass (at 100,000 rooms, a pass is what a heartbeat costs): see [`RoomReport`].
+    pub fn room_report(&self, routes: &Routes) -> RoomReport {
         let owners = self.owners_lock();
-        routes
-            .rooms
-            .values()
-            .filter(|route| route.owner == Some(self.id))
-            .filter(|route| owners.get(&route.id).is_none_or(|owner| owner.epoch != route.epoch || !owner.is_ready()))
-            .count()
-    }
-
-    /// (room, epoch) of the rooms `routes` gives this node to own, with a replica the
-    /// table does not show in sync, whose owner synced that replica at that epoch and
-    /// finished any background copy to it: what the next heartbeat reports
-    /// (docs/REPLICATION.md, "The configuration and who may change it", I9).
-    pub fn replicas_synced(&self, routes: &Routes) -> Vec<(RoomId, u64)> {
-        let owners = self.owners_lock();
-        routes
-            .rooms
-            .values()
-            .filter(|route| route.owner == Some(self.id) && route.replica.is_some() && !route.replica_in_sync)
-            .filter(|route| {
-                owners.get(&route.id).is_some_and(|owner| owner.epoch == route.epoch && owner.replica_complete())
-            })
-            .map(|route| (route.id, route.epoch))
-            .collect()
+        let mut report = RoomReport::default();
+        for route in routes.rooms.values() {
+            if route.replica == Some(self.id) {
+                report.replicated += 1;
+            }
+            if route.owner != Some(self.id) {
+                continue;
+            }
+            let owner = owners.get(&route.id).filter(|owner| owner.epoch == route.epoch);
+            if owner.is_none_or(|owner| !owner.is_ready()) {
+                report.syncing += 1;
+            }
+            if route.replica.is_some() && !route.replica_in_sync && owner.is_some_and(|owner| owner.replica_complete())
+            {
+                report.synced_replicas.push((route.id, route.epoch));
+            }
+        }
+        report
     }
 
     /// Whether this node's control-plane lease has run out.
