@@ -3,12 +3,13 @@
 //! This module owns only what the crate does not: [`Driver`] starts `chromedriver` as a
 //! child process (in its own process group, so every Chromium it launches goes away with
 //! it) on a port it picks itself (`--port=0`; the port is read from its banner, so there
-//! is no window in which another process could take a port we chose); [`Driver::session`]
-//! opens one browser per simulated person, each with its own profile directory (separate
-//! cookies and storage) and a window size. [`Browser`] derefs to `thirtyfour::WebDriver`
-//! and adds the few conveniences these tests share: bounded waiting on a JavaScript
-//! condition ([`Browser::wait_js`], the one way to wait), viewport emulation, and
-//! screenshots to files.
+//! is no window in which another process could take a port we chose; it is started again
+//! when its IPv6 half collides, see [`Driver::start`]); [`Driver::session`] opens one
+//! browser per simulated person, each with its own profile directory (separate cookies
+//! and storage) and a window size. [`Browser`] derefs to `thirtyfour::WebDriver` and adds
+//! the few conveniences these tests share: bounded waiting on a JavaScript condition
+//! ([`Browser::wait_js`], the one way to wait), viewport emulation, and screenshots to
+//! files.
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use thirtyfour::common::capabilities::chromium::ChromiumLikeCapabilities;
 use thirtyfour::{By, DesiredCapabilities, Key, WebDriver, WebElement};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long a wait polls by default.
@@ -27,6 +28,8 @@ pub const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "chromedriver";
+/// How many times [`Driver::start`] starts chromedriver when its port collides.
+const START_ATTEMPTS: usize = 5;
 /// A desktop window, in CSS pixels.
 pub const DESKTOP: (u32, u32) = (1280, 800);
 
@@ -49,30 +52,74 @@ pub struct Driver {
 
 impl Driver {
     /// Starts chromedriver on a port of its choosing and waits until it says which.
+    ///
+    /// With `--port=0` chromedriver binds an IPv4 port the kernel picks and then wants the
+    /// same port on IPv6 (`::1`); when another socket holds that one it prints "IPv6 port
+    /// not available. Exiting..." and exits with 1. (Reproduced here: holding `[::1]:P`
+    /// and starting `chromedriver --port=P`; and with `--port=0` in a network namespace
+    /// whose two ephemeral ports were both held on `::1`.) That is a collision of
+    /// chromedriver's own choosing, so it is started again, up to [`START_ATTEMPTS`] times; any other exit
+    /// fails the test with what chromedriver printed.
     pub async fn start() -> Self {
+        let mut last_exit = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start().await {
+                Ok(driver) => return driver,
+                Err(printed) if printed.contains("port not available") => {
+                    eprintln!("chromedriver's port collided, starting it again: {printed}");
+                    last_exit = printed;
+                }
+                Err(printed) => panic!("chromedriver exited before it said which port it uses: {printed}"),
+            }
+        }
+        panic!("chromedriver found no free port in {START_ATTEMPTS} starts; the last said: {last_exit}");
+    }
+
+    /// One start of chromedriver: the driver, or how it exited and what it printed.
+    async fn try_start() -> Result<Self, String> {
         let mut child = Command::new(CHROMEDRIVER)
             .arg("--port=0")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver is installed (apt-get install chromium chromium-driver)");
-        let stdout = child.stdout.take().expect("chromedriver stdout");
-        let mut lines = BufReader::new(stdout).lines();
+        let mut lines = BufReader::new(child.stdout.take().expect("chromedriver stdout")).lines();
+        let mut stderr = child.stderr.take().expect("chromedriver stderr");
+        // Keep reading stderr so chromedriver never blocks on a full pipe.
+        let printed = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        });
+        // Its stdout carries the banner, or the reason it gives up ("IPv6 port not
+        // available. Exiting..."); stderr carries the failed bind.
+        let mut stdout_seen = String::new();
         let port = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.expect("read chromedriver output") {
                 if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                    return rest.trim_end_matches('.').trim().parse::<u16>().expect("chromedriver port");
+                    return Some(rest.trim_end_matches('.').trim().parse::<u16>().expect("chromedriver port"));
                 }
+                stdout_seen.push_str(&line);
+                stdout_seen.push('\n');
             }
-            panic!("chromedriver exited before it said which port it uses");
+            None
         })
         .await
         .expect("chromedriver started within 30 s");
+        let Some(port) = port else {
+            let status = child.wait().await;
+            let stderr_seen = printed.await.unwrap_or_default();
+            return Err(format!("{status:?}\n{stdout_seen}{stderr_seen}"));
+        };
         // Keep draining its output so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, url: format!("http://127.0.0.1:{port}"), profiles: tempfile::tempdir().expect("profiles dir") }
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            profiles: tempfile::tempdir().expect("profiles dir"),
+        })
     }
 
     /// A new headless browser named `name`, with its own profile and a `width` × `height`
