@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::chat::{token, ChatCluster, WsClient};
+use common::chat::{history, send_acked, token, ChatCluster, WsClient};
 use common::senders::{checked_history, collect, full_history, Sender, TailGate};
 use common::{Api, SECRET};
 use districhat::control::secret::ClusterSecret;
@@ -97,4 +97,80 @@ async fn a_replica_refuses_an_owner_with_a_stale_epoch() {
     }
     let history = full_history(&api, &cluster.url(), room_id).await;
     assert!(history.iter().all(|m| m["text"] != "forged"), "the forged message is nowhere");
+}
+
+/// Each node's fence of `room` (`None`: the node is stopped).
+async fn fences(cluster: &ChatCluster, room: u64) -> Vec<Option<u64>> {
+    let mut fences = Vec::new();
+    for node in &cluster.nodes {
+        let Some(node) = node else {
+            fences.push(None);
+            continue;
+        };
+        let log = node.node.log.clone();
+        let fence = tokio::task::spawn_blocking(move || log.fence(room)).await.expect("join");
+        fences.push(Some(fence.expect("read the fence")));
+    }
+    fences
+}
+
+/// docs/REPLICATION.md, "Dormant owners": a new room's owner does not take the room over
+/// until its first send (no node's log of it is fenced, no node reports it syncing, and
+/// it reads as empty); the first send takes it over and is acknowledged; and a dormant
+/// room whose owner node stops fails over to its replica and takes sends there, losing
+/// nothing acknowledged in the other rooms. On the code before dormant owners the fences
+/// were 1 as soon as each owner started, so the first assertion failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rooms_owner_takes_it_over_at_its_first_send_and_a_dormant_room_fails_over() {
+    let mut cluster = ChatCluster::start(3).await;
+    let api = Api::logged_in(&cluster.url(), "creator").await;
+    let mut rooms = Vec::new();
+    for i in 0..6 {
+        let room = cluster.create_room(&api, &format!("new-{i}"), false).await;
+        rooms.push((room["id"].as_u64().unwrap(), room["owner"].as_u64().unwrap(), room["replica"].as_u64().unwrap()));
+    }
+    // Every node installed a table with the rooms, every owner exists, and no node reports
+    // one of them syncing.
+    common::wait_for("every node to hold the new rooms with none syncing", Duration::from_secs(30), || async {
+        let settled = cluster.nodes.iter().flatten().all(|node| {
+            let routes = node.node.routes();
+            rooms.iter().all(|(room, _, _)| routes.rooms.contains_key(room))
+                && node.node.room_report(&routes).syncing == 0
+        });
+        settled.then_some(())
+    })
+    .await;
+    for (room, _, _) in &rooms {
+        assert_eq!(fences(&cluster, *room).await, vec![Some(0); 3], "room {room}: nobody took it over before a send");
+        assert_eq!(history(&api, &cluster.url(), *room).await, Some(Default::default()), "room {room} reads empty");
+    }
+
+    // The first send takes the room over: owner and replica take its epoch (1).
+    let (first, owner, replica) = rooms[0];
+    let (token, _) = token(&api, &cluster.url()).await;
+    let mut ws = WsClient::connect(&cluster.node(cluster.index_of(owner)).ws_url(), &token).await;
+    assert_eq!(send_acked(&mut ws, first, "first", Duration::from_secs(10)).await, 1);
+    let fenced = fences(&cluster, first).await;
+    assert_eq!((fenced[cluster.index_of(owner)], fenced[cluster.index_of(replica)]), (Some(1), Some(1)));
+    assert_eq!(fences(&cluster, rooms[1].0).await, vec![Some(0); 3], "the other rooms still wait");
+
+    // A dormant room of another owner: that owner stops, its replica takes the room over
+    // (epoch 2) and takes sends.
+    let (dormant, dead, heir) =
+        *rooms.iter().find(|(_, owner_node, _)| *owner_node != owner).expect("rooms on two owners");
+    drop(ws);
+    cluster.stop_node(cluster.index_of(dead)).await;
+    let mut ws = WsClient::connect(&cluster.node(cluster.index_of(heir)).ws_url(), &token).await;
+    assert_eq!(send_acked(&mut ws, dormant, "after-failover", Duration::from_secs(30)).await, 1);
+    assert_eq!(fences(&cluster, dormant).await[cluster.index_of(heir)], Some(2), "the heir owns it at epoch 2");
+    let read = common::wait_for("the failed-over room to read", Duration::from_secs(30), || async {
+        history(&api, &cluster.url(), dormant).await
+    })
+    .await;
+    assert_eq!(read.into_iter().collect::<Vec<_>>(), vec![(1, "after-failover".to_string())]);
+    let read = common::wait_for("the first room to read again", Duration::from_secs(30), || async {
+        history(&api, &cluster.url(), first).await
+    })
+    .await;
+    assert_eq!(read.into_iter().collect::<Vec<_>>(), vec![(1, "first".to_string())]);
 }

@@ -234,6 +234,11 @@ struct Model {
     /// live sends; `None` copies everything inline before taking sends (the design before the
     /// background copy, and the old rules).
     inline_copy: Option<Seq>,
+    /// Dormant owners (docs/REPLICATION.md, "Dormant owners"): an owner task spawned for a
+    /// room whose log is empty on its node, whole and not fenced past its epoch, while the
+    /// catalog shows the replica in sync, does not start until a client sends to it.
+    /// `false` starts every task at once (the rules before dormant owners).
+    dormant_owners: bool,
 }
 
 impl Model {
@@ -262,6 +267,7 @@ impl Model {
             check_recovery: false,
             accurate_failure_detector: false,
             inline_copy,
+            dormant_owners: false,
         }
     }
 }
@@ -401,6 +407,9 @@ struct Catalog {
 /// Where an owner task is in taking the room over and taking sends.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Phase {
+    /// Waits for a client's send to start ([`Model::dormant_owners`]): the room's log was
+    /// empty on this node and the replica in sync when the task was spawned.
+    Dormant,
     /// Start was refused: a newer epoch holds the room on this node's disk. (Start runs as
     /// soon as a task is spawned and again right after a timeout: running it later reaches
     /// no other states, since whatever could happen in between could as well happen before.)
@@ -433,6 +442,7 @@ impl Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
+            Phase::Dormant => write!(f, "dormant (waits for a send)"),
             Phase::Fenced => write!(f, "fenced out"),
             Phase::Incomplete => write!(f, "refuses to start (own copy has a missing range)"),
             Phase::Adopting { target } => write!(f, "adopting (own log ends at {target})"),
@@ -759,7 +769,8 @@ impl fmt::Display for Action {
 impl State {
     /// The room was just created: A owns it at epoch 1 with B as replica, both logs empty
     /// (so the replica is trivially in sync); every node has fetched that placement and
-    /// A's owner task has run start (its `Adopt` is in flight).
+    /// A's owner task has run start (its `Adopt` is in flight), or, with dormant owners,
+    /// waits for a send.
     fn initial(model: &Model) -> State {
         let room = Placement { owner: 0, replica: Some(1), epoch: 1 };
         let idle =
@@ -776,7 +787,13 @@ impl State {
             left: model.bounds.budget(),
             anomaly: None,
         };
-        state.start(model, 0);
+        if model.dormant_owners {
+            if let Some(task) = state.task_mut(0) {
+                task.phase = Phase::Dormant;
+            }
+        } else {
+            state.start(model, 0);
+        }
         state.drop_dead_messages(model);
         state
     }
@@ -823,6 +840,8 @@ impl State {
                                 actions.push(Action::Backfill(node));
                             }
                         }
+                        // A send wakes it (any id: `client_send` takes none).
+                        Phase::Dormant => actions.push(Action::Send { node, id: 1 }),
                         Phase::Fenced | Phase::Incomplete => {}
                         Phase::Adopting { .. }
                         | Phase::Copying { .. }
@@ -1098,6 +1117,14 @@ impl State {
     }
 
     fn client_send(&mut self, model: &Model, node: NodeId, id: MessageId) -> bool {
+        let chat_node = self.node(node);
+        if chat_node.running && chat_node.owner.is_some_and(|task| task.phase == Phase::Dormant) {
+            // A dormant owner starts at a send; the send waits for the start, which is the
+            // same as being refused and sent again once the owner is ready (no message id is
+            // used up here).
+            self.start(model, node);
+            return true;
+        }
         let first_send = id == self.sent + 1;
         if first_send {
             self.sent = id;
@@ -1160,7 +1187,7 @@ impl State {
         let fence = chat_node.fence;
         self.retire_exchange(node);
         match task.phase {
-            Phase::Fenced | Phase::Incomplete | Phase::Ready => return false,
+            Phase::Dormant | Phase::Fenced | Phase::Incomplete | Phase::Ready => return false,
             Phase::Backfilling => {
                 if let Some(task) = self.task_mut(node) {
                     task.phase = Phase::Ready;
@@ -1228,8 +1255,20 @@ impl State {
             self.retire_exchange(node);
         }
         if room.owner == node {
-            self.node_mut(node).owner = Some(OwnerTask::spawned(room));
-            self.start(model, node);
+            let in_sync = room.replica.is_some() && self.catalog.replica_in_sync;
+            let chat_node = self.node_mut(node);
+            chat_node.owner = Some(OwnerTask::spawned(room));
+            let nothing_to_sync = chat_node.log.entries().next().is_none()
+                && chat_node.missing.is_none()
+                && chat_node.fence <= room.epoch
+                && in_sync;
+            if model.dormant_owners && nothing_to_sync {
+                if let Some(task) = self.task_mut(node) {
+                    task.phase = Phase::Dormant;
+                }
+            } else {
+                self.start(model, node);
+            }
         }
         true
     }
@@ -1564,6 +1603,7 @@ impl State {
                     return true;
                 }
                 Phase::Ready => Action::Backfill(owner),
+                Phase::Dormant => Action::Send { node: owner, id: 1 },
                 Phase::Fenced | Phase::Incomplete => return false,
                 _ => state
                     .network
@@ -1977,6 +2017,15 @@ fn assert_no_violation(name: &str, model: Model) {
 fn new_rules_keep_every_acknowledged_message() {
     let model = Model { check_recovery: true, ..Model::new(Rules::NEW, Bounds::DEFAULT) };
     assert_no_violation("new_rules_keep_every_acknowledged_message", model);
+}
+
+/// docs/REPLICATION.md, "Dormant owners": an owner of a room empty on both nodes starts
+/// only when a client sends to it, and every property still holds (and every all-up state
+/// can still make an owner ready).
+#[test]
+fn new_rules_with_dormant_owners_keep_every_acknowledged_message() {
+    let model = Model { check_recovery: true, dormant_owners: true, ..Model::new(Rules::NEW, Bounds::DEFAULT) };
+    assert_no_violation("new_rules_with_dormant_owners_keep_every_acknowledged_message", model);
 }
 
 #[test]

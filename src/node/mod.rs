@@ -143,8 +143,9 @@ pub struct RoomReport {
     /// Rooms the table gives this node to hold a replica of.
     pub replicated: usize,
     /// Rooms the table gives this node to own whose owner does not take sends yet: not
-    /// started for that epoch, or still syncing its replica. A table being installed
-    /// right now counts its new owners as syncing.
+    /// started for that epoch, or still syncing its replica (a dormant owner, with
+    /// nothing to sync, is not counted). A table being installed right now counts its new
+    /// owners as syncing.
     pub syncing: usize,
     /// (room, epoch) of the rooms this node owns, with a replica the table does not show
     /// in sync, whose owner synced that replica at that epoch and finished any background
@@ -418,7 +419,8 @@ impl Node {
                 continue;
             }
             let owner = owners.get(&route.id).filter(|owner| owner.epoch == route.epoch);
-            if owner.is_none_or(|owner| !owner.is_ready()) {
+            // A dormant owner has nothing to sync (docs/REPLICATION.md, "Dormant owners").
+            if owner.is_none_or(|owner| !owner.is_ready() && !owner.is_dormant()) {
                 report.syncing += 1;
             }
             if route.replica.is_some() && !route.replica_in_sync && owner.is_some_and(|owner| owner.replica_complete())

@@ -94,6 +94,10 @@ pub struct OwnerHandle {
     /// Set once the replica holds the whole log (no background copy left): what makes the
     /// owner report it in sync (docs/REPLICATION.md, I9).
     replica_complete: Arc<AtomicBool>,
+    /// Set while the owner of a room whose log is empty on both nodes waits for the
+    /// room's first send to take it over (docs/REPLICATION.md, "Dormant owners"):
+    /// not ready, yet nothing to sync.
+    dormant: Arc<AtomicBool>,
     /// The commit point (see [`CommitPoint`]), shared with the task.
     committed: CommitPoint,
     task: tokio::task::AbortHandle,
@@ -109,6 +113,12 @@ impl OwnerHandle {
     /// left.
     pub fn replica_complete(&self) -> bool {
         self.is_ready() && self.replica_complete.load(Ordering::Acquire)
+    }
+
+    /// Whether the owner waits for the room's first send before it takes the room over
+    /// (docs/REPLICATION.md, "Dormant owners").
+    pub fn is_dormant(&self) -> bool {
+        self.dormant.load(Ordering::Acquire)
     }
 
     /// The highest seq known to be acknowledged (`None` until the owner first took the
@@ -141,12 +151,14 @@ impl Drop for OwnerHandle {
 }
 
 /// Starts owning `room` at `epoch`.
-pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
+pub fn spawn(node: Node, room: RoomId, epoch: u64, replica_in_sync: bool) -> OwnerHandle {
     let (tx, rx) = mpsc::channel(4_096);
     let ready = Arc::new(AtomicBool::new(false));
     let replica_complete = Arc::new(AtomicBool::new(false));
+    let dormant = Arc::new(AtomicBool::new(false));
     let committed = CommitPoint::default();
     let (flag, complete, commit_point) = (ready.clone(), replica_complete.clone(), committed.clone());
+    let waiting = dormant.clone();
     let task = tokio::spawn(async move {
         let mut owner = Owner {
             node,
@@ -161,10 +173,11 @@ pub fn spawn(node: Node, room: RoomId, epoch: u64) -> OwnerHandle {
             replica_complete: complete,
             replica_told: 0,
             notice_due: None,
+            dormant: waiting,
         };
-        owner.run(rx).await;
+        owner.run(rx, replica_in_sync).await;
     });
-    OwnerHandle { epoch, tx, ready, replica_complete, committed, task: task.abort_handle() }
+    OwnerHandle { epoch, tx, ready, replica_complete, dormant, committed, task: task.abort_handle() }
 }
 
 struct Owner {
@@ -191,6 +204,8 @@ struct Owner {
     /// When to tell the replica a commit point it was not told yet, if the room stays
     /// quiet until then ([`QUIET_COMMIT_NOTICE`]).
     notice_due: Option<tokio::time::Instant>,
+    /// Shared with the [`OwnerHandle`]: see [`OwnerHandle::is_dormant`].
+    dormant: Arc<AtomicBool>,
 }
 
 /// What the replica still lacks of the older log, and when the next chunk may go.
@@ -268,8 +283,19 @@ impl Owner {
         self.replica_complete.store(missing.is_none(), Ordering::Release);
         self.ready.store(true, Ordering::Release);
         self.notice_due = Some(tokio::time::Instant::now() + QUIET_COMMIT_NOTICE);
+        metrics::counter!("districhat_owner_takeovers_total").increment(1);
         tracing::info!(room, epoch, last_seq = last, replica_lacks = ?missing, "owning the room");
         Ok(())
+    }
+
+    /// Whether this node's log of the room is empty, whole and not fenced past this
+    /// owner's epoch: with a replica in sync, an owner with nothing to take over
+    /// (docs/REPLICATION.md, "Dormant owners"). A failed read says no.
+    async fn log_is_empty(&self) -> bool {
+        let (log, room, epoch) = (self.node.log.clone(), self.room, self.epoch);
+        let empty =
+            blocking(move || Ok(log.last_seq(room)? == 0 && log.missing(room)?.is_none() && log.fence(room)? <= epoch));
+        empty.await.unwrap_or(false)
     }
 
     /// Makes the replica adopt this epoch with this owner's log up to `base`: it drops what
@@ -430,7 +456,14 @@ impl Owner {
         Ok(tail.iter().zip(ours).find(|(theirs, ours)| ours.as_ref() != Some(*theirs)).map(|(theirs, _)| theirs.seq))
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>) {
+    async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, replica_in_sync: bool) {
+        // A room whose log is empty here, with a replica the catalog shows in sync (so its
+        // log is empty too), has nothing to sync: its owner takes it over on its first
+        // send, not in the background (docs/REPLICATION.md, "Dormant owners"). Creating
+        // rooms by the thousand no longer costs every owner an adoption round.
+        if replica_in_sync && self.log_is_empty().await {
+            self.dormant.store(true, Ordering::Release);
+        }
         // Grown on demand: a quiet room's owner should not hold room for a whole batch.
         let mut commands = Vec::new();
         let mut ready = false;
@@ -454,6 +487,8 @@ impl Owner {
                     },
                     None => rx.recv_many(&mut commands, MAX_BATCH).await,
                 }
+            } else if self.dormant.load(Ordering::Acquire) {
+                rx.recv_many(&mut commands, MAX_BATCH).await
             } else {
                 // Not owning the room yet (just started, or taking over failed: replica
                 // unreachable?): take it over in the background too, so the replica is
@@ -518,8 +553,10 @@ impl Owner {
             if !ready {
                 // Not owning the room yet: take it over now, without waiting for a turn (a
                 // send waits), before taking sends. A turn still queued is given up first: a
-                // permit granted to it meanwhile would be held by nobody.
+                // permit granted to it meanwhile would be held by nobody. A dormant owner
+                // wakes here; if this start fails, it retries in the background like any.
                 turn = None;
+                self.dormant.store(false, Ordering::Release);
                 ready = self.start().await.is_ok();
                 if !ready {
                     retry_at = tokio::time::Instant::now() + retry_in;

@@ -484,7 +484,8 @@ impl Node {
                 owners.retain(|room, handle| owns(room, Some(handle.epoch)));
                 for route in new.rooms.values() {
                     if route.owner == Some(self.id) && !owners.contains_key(&route.id) {
-                        owners.insert(route.id, owner::spawn(self.clone(), route.id, route.epoch));
+                        owners
+                            .insert(route.id, owner::spawn(self.clone(), route.id, route.epoch, route.replica_in_sync));
                     }
                 }
             }
@@ -494,7 +495,9 @@ impl Node {
                         owners.remove(room);
                     }
                     if let Some(route) = new.rooms.get(room).filter(|_| owns(room, None)) {
-                        owners.entry(*room).or_insert_with(|| owner::spawn(self.clone(), route.id, route.epoch));
+                        owners.entry(*room).or_insert_with(|| {
+                            owner::spawn(self.clone(), route.id, route.epoch, route.replica_in_sync)
+                        });
                     }
                 }
             }
