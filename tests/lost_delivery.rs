@@ -6,7 +6,8 @@
 //! Also: a batch the owner kept when its replica died mid-write, committed once a new
 //! replica holds it, reaches the followers although nothing is sent after it; and a
 //! session whose catch-up the replica serves (the owner does not answer) still ends at
-//! the room's newest message in a quiet room.
+//! the room's newest message in a quiet room; and a follower that announces itself
+//! before the owner's node has the room in its table is not forgotten.
 
 mod common;
 
@@ -345,4 +346,59 @@ async fn next_message(reader: &mut WsClient, within: Duration) -> Option<serde_j
         }
     }
     None
+}
+
+/// docs/REPLICATION.md, "Live delivery": an `Interest` that reaches the owner's node before
+/// its routing table has the room is kept for the owner task. The interest is sent by
+/// hand, for the next room's id, before the room exists, claiming to come from the other
+/// node (with a user no session has); the presence a subscriber on the owner's node then
+/// sees must include that user. On the code before, the interest was dropped and the
+/// owner never heard of it (a real follower's node announced itself again only with its
+/// next heartbeat, and its sessions missed the messages in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_announced_before_the_owners_table_has_the_room_gets_its_deliveries() {
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "early").await;
+    let first = cluster.create_room(&api, "first", false).await["id"].as_u64().expect("room id");
+    let next = first + 1;
+    let (_stop, stop_rx) = watch::channel(false);
+    let limits = districhat::node::config::MeshLimits::default();
+    let mesh = districhat::node::mesh::Mesh::new(
+        districhat::control::secret::ClusterSecret::new(common::SECRET),
+        stop_rx,
+        limits.link_queue,
+    );
+    // Whichever node will own the next room hears from the other one now.
+    for (to, from) in [(0, 1), (1, 0)] {
+        let (to, from) = (cluster.node(to), cluster.node(from));
+        let interest = districhat::protocol::MeshRequest::Interest {
+            room: next,
+            node: from.id(),
+            users: vec!["early-bird".into()],
+        };
+        mesh.notify(to.id(), &to.node.addr, interest).expect("queue the interest");
+    }
+    // The notes have arrived once a request on the same links is answered.
+    for node in [0, 1] {
+        let (id, addr) = (cluster.node(node).id(), cluster.node(node).node.addr.clone());
+        let ping = districhat::protocol::MeshRequest::Fetch { room: first, after: Some(0), before: None, limit: 1 };
+        mesh.request(id, &addr, ping, Duration::from_secs(5)).await.expect("the node answers");
+    }
+    let room = cluster.create_room(&api, "second", false).await;
+    assert_eq!(room["id"], next, "room ids are sequential");
+    let owner = cluster.index_of(room["owner"].as_u64().expect("owner"));
+    let (ws_token, _) = token(&api, &cluster.url()).await;
+    let mut watcher = WsClient::connect(&cluster.node(owner).ws_url(), &ws_token).await;
+    watcher.send(json!({"type": "subscribe", "room": next})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = watcher
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the owner told its followers about the early follower within 10 s");
+        let users = frame["users"].as_array().cloned().unwrap_or_default();
+        if frame["type"] == "presence" && users.iter().any(|user| user == "early-bird") {
+            break;
+        }
+    }
 }

@@ -15,8 +15,15 @@ impl Dispatch for Node {
         match request {
             MeshRequest::Deliver { room, frames, sequenced_ms } => self.hub.deliver(room, frames, sequenced_ms),
             MeshRequest::Interest { room, node, users } => {
-                if let Some(owner) = self.owners_lock().get(&room) {
-                    let _ = owner.tx.try_send(OwnerCommand::Interest { node, users });
+                let owners = self.owners_lock();
+                match owners.get(&room) {
+                    Some(owner) => {
+                        let _ = owner.tx.try_send(OwnerCommand::Interest { node, users });
+                    }
+                    // Our table may not have the room yet: keep it for the owner task
+                    // (`early_interest`), under the owners' lock so a task starting now
+                    // cannot miss it.
+                    None => self.keep_early_interest(room, node, users),
                 }
             }
             MeshRequest::Typing { room, username } => {

@@ -20,6 +20,7 @@
 pub mod config;
 mod control_link;
 mod dispatch;
+mod early_interest;
 mod events;
 pub mod frames;
 mod http;
@@ -170,6 +171,10 @@ pub struct NodeInner {
     routes: RwLock<Arc<Routes>>,
     /// Rooms this node owns now, one sequencer task each.
     owners: Mutex<HashMap<RoomId, OwnerHandle>>,
+    /// Interest for rooms this node has no owner task for yet, handed to the task when it
+    /// starts ([`early_interest`]). Taken only while holding `owners` (lock order: owners,
+    /// then this).
+    early_interest: Mutex<early_interest::EarlyInterest>,
     /// Per room this node replicates, the highest commit point an owner told it: reads
     /// served from this copy stop there (docs/REPLICATION.md, "Reads"). In memory: after
     /// a restart this copy serves no reads until the owner's next `Replicate`.
@@ -284,6 +289,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         token_key: RwLock::new(registration.token_key),
         routes: RwLock::default(),
         owners: Mutex::default(),
+        early_interest: Mutex::default(),
         replica_commits: Mutex::default(),
         refresh: tokio::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1)),
         leader_url: Mutex::new(leader_url),
@@ -388,6 +394,26 @@ impl Node {
 
     fn owners_lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, OwnerHandle>> {
         self.owners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `node`'s interest in a room this node has no owner task for yet (call with
+    /// `owners` held: see [`early_interest`]).
+    fn keep_early_interest(&self, room: RoomId, node: NodeId, users: Vec<String>) {
+        let mut early = self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        early.keep(room, node, users, std::time::Instant::now());
+        metrics::gauge!("districhat_early_interest_rooms").set(early.len() as f64);
+    }
+
+    /// The interest that came for `room` before its owner task here (call with `owners`
+    /// held, as the task is spawned).
+    fn take_early_interest(&self, room: RoomId) -> Vec<(NodeId, Vec<String>)> {
+        let mut early = self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if early.is_empty() {
+            return Vec::new();
+        }
+        let taken = early.take(room, std::time::Instant::now());
+        metrics::gauge!("districhat_early_interest_rooms").set(early.len() as f64);
+        taken
     }
 
     pub fn count_messages(&self, n: u64) {

@@ -484,8 +484,7 @@ impl Node {
                 owners.retain(|room, handle| owns(room, Some(handle.epoch)));
                 for route in new.rooms.values() {
                     if route.owner == Some(self.id) && !owners.contains_key(&route.id) {
-                        owners
-                            .insert(route.id, owner::spawn(self.clone(), route.id, route.epoch, route.replica_in_sync));
+                        owners.insert(route.id, self.spawn_owner(route));
                     }
                 }
             }
@@ -495,9 +494,7 @@ impl Node {
                         owners.remove(room);
                     }
                     if let Some(route) = new.rooms.get(room).filter(|_| owns(room, None)) {
-                        owners.entry(*room).or_insert_with(|| {
-                            owner::spawn(self.clone(), route.id, route.epoch, route.replica_in_sync)
-                        });
+                        owners.entry(*room).or_insert_with(|| self.spawn_owner(route));
                     }
                 }
             }
@@ -534,6 +531,18 @@ impl Node {
             }
         }
         metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(owned as f64);
+    }
+}
+
+impl Node {
+    /// Starts the owner task of `route`'s room, with any interest that came for the room
+    /// before this node's table had it (`early_interest`). Called with `owners` held.
+    fn spawn_owner(&self, route: &RoomRoute) -> owner::OwnerHandle {
+        let handle = owner::spawn(self.clone(), route.id, route.epoch, route.replica_in_sync);
+        for (node, users) in self.take_early_interest(route.id) {
+            let _ = handle.tx.try_send(OwnerCommand::Interest { node, users });
+        }
+        handle
     }
 }
 

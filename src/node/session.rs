@@ -325,7 +325,7 @@ impl Session {
         let floor = self.node.history_floor(room, user.user_id);
         let after = self.rooms.entry(room).or_default().subscribe(since, floor);
         self.hold_newest(room, floor);
-        self.catch_up(room, after, Duration::ZERO);
+        self.catch_up(room, after, Duration::ZERO, "subscribe");
         Vec::new()
     }
 
@@ -349,7 +349,11 @@ impl Session {
     /// asks for the next page once it wrote this one. With `limits.reads_in_flight`
     /// pages already under way it waits its turn (a newer request for the same room
     /// replaces a waiting one).
-    fn catch_up(&mut self, room: RoomId, after: Option<Seq>, delay: Duration) {
+    /// `cause` labels `districhat_catch_ups_total`: `subscribe`, `gap` (a live frame
+    /// skipped a seq), `resync` (the room's owner changed), `next_page`, or `retry` (the
+    /// copy read was behind the live frames held).
+    fn catch_up(&mut self, room: RoomId, after: Option<Seq>, delay: Duration, cause: &'static str) {
+        metrics::counter!("districhat_catch_ups_total", "cause" => cause).increment(1);
         let next = CatchUp { room, after, delay };
         match self.waiting.iter_mut().find(|waiting| waiting.room == room) {
             Some(waiting) => *waiting = next,
@@ -518,7 +522,7 @@ impl Session {
                     if let Some(user) = self.user.as_ref().map(|user| user.user_id) {
                         self.hold_newest(room, self.node.history_floor(room, user));
                     }
-                    self.catch_up(room, Some(after), Duration::ZERO);
+                    self.catch_up(room, Some(after), Duration::ZERO, "resync");
                 }
                 Vec::new()
             }
@@ -531,7 +535,7 @@ impl Session {
         let Some(subscription) = self.rooms.get_mut(&room) else { return Vec::new() };
         let (out, gap) = subscription.live(seq, Message::Text(text), may_hold);
         if let Some(after) = gap {
-            self.catch_up(room, Some(after), Duration::ZERO);
+            self.catch_up(room, Some(after), Duration::ZERO, "gap");
         }
         out
     }
@@ -559,7 +563,10 @@ impl Session {
             page.messages.iter().map(|m| (m.message.seq, text(&ServerFrame::Message(read_message(room, m))))).collect();
         let (mut out, next) = subscription.page(messages, page.has_more, page.last_seq);
         match next {
-            AfterPage::Fetch { after, delay } => self.catch_up(room, Some(after), delay),
+            AfterPage::Fetch { after, delay } => {
+                let cause = if delay.is_zero() { "next_page" } else { "retry" };
+                self.catch_up(room, Some(after), delay, cause);
+            }
             AfterPage::Subscribed(seq) => {
                 out.push(text(&ServerFrame::Subscribed { room, seq }));
                 if let Some(presence) = self.node.hub.presence(room) {
