@@ -7,9 +7,9 @@
 //! be dropped, so the owner fanned out to nobody there until the subscriber's node
 //! announced its rooms again at its next heartbeat, up to a second later; the messages in
 //! between reached those subscribers only through a gap fetch (quiet-chat deliveries of
-//! up to 0.9 s in 12 of 32 runs, docs/BENCHMARKS.md, session 12). Now it is kept here, for a while and for
-//! a bounded number of rooms, and handed to the room's owner task when this node starts
-//! one. The periodic announcement stays as the backstop.
+//! up to 0.9 s in 12 of 32 runs: docs/BENCHMARKS.md, session 12). Now it is kept here,
+//! for a while and for a bounded number of rooms, and handed to the room's owner task
+//! when this node starts one. The periodic announcement stays as the backstop.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
