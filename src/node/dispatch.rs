@@ -22,8 +22,12 @@ impl Dispatch for Node {
                     }
                     // Our table may not have the room yet: keep it for the owner task
                     // (`early_interest`), under the owners' lock so a task starting now
-                    // cannot miss it.
-                    None => self.keep_early_interest(room, node, users),
+                    // cannot miss it. A room our table gives to another node is the
+                    // sender's stale view: nothing to keep.
+                    None if self.room(room).is_none_or(|route| route.owner == Some(self.id)) => {
+                        self.keep_early_interest(room, node, users)
+                    }
+                    None => {}
                 }
             }
             MeshRequest::Typing { room, username } => {

@@ -29,10 +29,14 @@ pub struct EarlyInterest {
 
 impl EarlyInterest {
     /// Keeps `node`'s interest in `room` (its users; empty means it stopped following),
-    /// replacing what that node said before. Drops interest older than [`KEEP_FOR`], and
-    /// the oldest room's when [`MAX_ROOMS`] rooms wait.
+    /// replacing what that node said before. When [`MAX_ROOMS`] rooms wait, drops interest
+    /// older than [`KEEP_FOR`], and then the oldest room's if none was.
     pub fn keep(&mut self, room: RoomId, node: NodeId, users: Vec<String>, now: Instant) {
-        self.rooms.retain(|_, (since, _)| now.saturating_duration_since(*since) < KEEP_FOR);
+        if !self.rooms.contains_key(&room) && self.rooms.len() >= MAX_ROOMS {
+            // Full: drop what is too old, then (still full) the oldest. Only here, so a
+            // keep is O(1) until the map fills (it runs under the owners' lock).
+            self.rooms.retain(|_, (since, _)| now.saturating_duration_since(*since) < KEEP_FOR);
+        }
         if !self.rooms.contains_key(&room) && self.rooms.len() >= MAX_ROOMS {
             let oldest = self.rooms.iter().min_by_key(|(_, (since, _))| *since).map(|(room, _)| *room);
             if let Some(oldest) = oldest {
@@ -83,14 +87,14 @@ mod tests {
         let start = Instant::now();
         early.keep(1, 2, vec!["ann".into()], start);
         assert!(early.take(1, start + KEEP_FOR).is_empty(), "too old to hand over");
-        early.keep(1, 2, vec!["ann".into()], start);
-        early.keep(2, 2, vec!["ann".into()], start + KEEP_FOR);
-        assert_eq!(early.len(), 1, "room 1's interest expired on the next keep");
         for room in 0..(MAX_ROOMS as RoomId + 10) {
             early.keep(1_000 + room, 2, Vec::new(), start + KEEP_FOR + Duration::from_millis(room));
         }
         assert_eq!(early.len(), MAX_ROOMS);
         assert!(early.take(1_000, start + KEEP_FOR).is_empty(), "the oldest rooms made way");
         assert_eq!(early.take(1_000 + MAX_ROOMS as RoomId + 9, start + KEEP_FOR).len(), 1);
+        early.keep(1_000 + MAX_ROOMS as RoomId + 9, 2, Vec::new(), start + KEEP_FOR);
+        early.keep(1, 2, vec!["ann".into()], start + KEEP_FOR * 3);
+        assert_eq!(early.len(), 1, "a keep into a full map drops what expired");
     }
 }

@@ -460,10 +460,10 @@ impl Owner {
         // A room whose log is empty here, with a replica the catalog shows in sync (so its
         // log is empty too), has nothing to sync: its owner takes it over on its first
         // send, not in the background (docs/REPLICATION.md, "Dormant owners"). Creating
-        // rooms by the thousand no longer costs every owner an adoption round.
-        if replica_in_sync && self.log_is_empty().await {
-            self.dormant.store(true, Ordering::Release);
-        }
+        // rooms by the thousand no longer costs every owner an adoption round. Whether the
+        // log is empty is read with the first background turn, so a restart that starts
+        // 100,000 owners reads at the pace of the takeovers, not all at once.
+        let mut may_be_dormant = replica_in_sync;
         // Grown on demand: a quiet room's owner should not hold room for a whole batch.
         let mut commands = Vec::new();
         let mut ready = false;
@@ -508,6 +508,10 @@ impl Owner {
                     // Bound to a name (not `_`): the permit is held through `start`.
                     _permit = next_turn => {
                         turn = None;
+                        if std::mem::take(&mut may_be_dormant) && self.log_is_empty().await {
+                            self.dormant.store(true, Ordering::Release);
+                            continue;
+                        }
                         tries += 1;
                         ready = match self.start().await {
                             Ok(()) => true,
@@ -556,6 +560,7 @@ impl Owner {
                 // permit granted to it meanwhile would be held by nobody. A dormant owner
                 // wakes here; if this start fails, it retries in the background like any.
                 turn = None;
+                may_be_dormant = false;
                 self.dormant.store(false, Ordering::Release);
                 ready = self.start().await.is_ok();
                 if !ready {
