@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::chat::{history, send_acked, token, ChatCluster, WsClient};
+use common::chat::{history, mesh_client, send_acked, token, ChatCluster, WsClient};
 use common::senders::{checked_history, collect, full_history, Sender, TailGate};
-use common::{Api, SECRET};
-use districhat::control::secret::ClusterSecret;
-use districhat::node::mesh::Mesh;
+use common::Api;
 use districhat::protocol::{MeshRequest, MeshResponse, StoredMessage};
 use serde_json::json;
 
@@ -73,9 +71,7 @@ async fn a_replica_refuses_an_owner_with_a_stale_epoch() {
     ws.send(json!({"type": "send", "room": room_id, "client_id": "real", "text": "real"})).await;
     ws.expect("ack").await;
 
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mesh =
-        Mesh::new(ClusterSecret::new(SECRET), stop_rx, districhat::node::config::MeshLimits::default().link_queue);
+    let (mesh, _stop) = mesh_client();
     let replica_addr = cluster.node(cluster.index_of(replica)).node.addr.clone();
     let forged = StoredMessage {
         seq: 2,

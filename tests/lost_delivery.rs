@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::chat::{answer, send_acked, token, ChatCluster, WsClient};
+use common::chat::{answer, mesh_client, send_acked, token, ChatCluster, WsClient};
 use common::{wait_for, Api};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -361,13 +361,7 @@ async fn a_follower_announced_before_the_owners_table_has_the_room_gets_its_deli
     let api = Api::logged_in(&cluster.url(), "early").await;
     let first = cluster.create_room(&api, "first", false).await["id"].as_u64().expect("room id");
     let next = first + 1;
-    let (_stop, stop_rx) = watch::channel(false);
-    let limits = districhat::node::config::MeshLimits::default();
-    let mesh = districhat::node::mesh::Mesh::new(
-        districhat::control::secret::ClusterSecret::new(common::SECRET),
-        stop_rx,
-        limits.link_queue,
-    );
+    let (mesh, _stop) = mesh_client();
     // Whichever node will own the next room hears from the other one now.
     for (to, from) in [(0, 1), (1, 0)] {
         let (to, from) = (cluster.node(to), cluster.node(from));

@@ -24,7 +24,7 @@ impl Dispatch for Node {
                     // (`early_interest`), under the owners' lock so a task starting now
                     // cannot miss it. A room our table gives to another node is the
                     // sender's stale view: nothing to keep.
-                    None if self.room(room).is_none_or(|route| route.owner == Some(self.id)) => {
+                    None if self.routes().rooms.get(&room).is_none_or(|route| route.owner == Some(self.id)) => {
                         self.keep_early_interest(room, node, users)
                     }
                     None => {}

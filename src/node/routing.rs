@@ -532,9 +532,7 @@ impl Node {
         }
         metrics::gauge!("districhat_node_rooms_owned", "node" => self.id.to_string()).set(owned as f64);
     }
-}
 
-impl Node {
     /// Starts the owner task of `route`'s room, with any interest that came for the room
     /// before this node's table had it (`early_interest`). Called with `owners` held.
     fn spawn_owner(&self, route: &RoomRoute) -> owner::OwnerHandle {

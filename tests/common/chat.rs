@@ -127,6 +127,14 @@ impl ChatCluster {
     }
 }
 
+/// A mesh client that speaks for another node (it holds the cluster secret), for tests
+/// that send nodes requests by hand. Keep the sender alive while the client is used.
+pub fn mesh_client() -> (node::mesh::Mesh, tokio::sync::watch::Sender<bool>) {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let secret = districhat::control::secret::ClusterSecret::new(SECRET);
+    (node::mesh::Mesh::new(secret, stop_rx, node::config::MeshLimits::default().link_queue), stop)
+}
+
 /// A connection token and the node list, as the browser gets them.
 pub async fn token(api: &Api, base: &str) -> (String, Vec<Value>) {
     let response = api
