@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::events::{self, BatchEvents};
 use super::log::{stamp, Fenced, Missing, RoomLog, Staged};
@@ -22,7 +22,7 @@ use super::{Node, NodeError};
 use crate::now_ms;
 use crate::protocol::{
     Action, ChatMessage, EntryKind, EntryKindName, MeshRequest, MeshResponse, MessageStamp, MessageState, NodeId,
-    Outgoing, ReactionCount, ReadMessage, RoomId, Seq, ServerFrame, StoredMessage, UserId,
+    ReactionCount, ReadMessage, RoomId, Seq, ServerFrame, StoredMessage, UserId,
 };
 
 /// Most sends one batch takes; also how many of its last messages a replica shows a new
@@ -60,13 +60,9 @@ const BACKFILL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What an owner task is asked to do.
 pub enum OwnerCommand {
-    Send {
-        message: Outgoing,
-        reply: oneshot::Sender<Result<Sent, NodeError>>,
-        /// When the send reached this node's owner task's queue (for the per-hop
-        /// latency histograms: docs/BENCHMARKS.md, "Where the time goes").
-        queued: std::time::Instant,
-    },
+    /// Boxed: a command is as large as its largest kind, and every owner task's queue
+    /// holds room for 32 of them from the start, sends or not.
+    Send(Box<PendingSend>),
     /// Node `node` has these users following the room (empty: unfollow).
     Interest {
         node: NodeId,
@@ -475,9 +471,18 @@ impl Owner {
         let mut retry_at = tokio::time::Instant::now();
         let mut turn = None;
         loop {
+            // The calls below that do real work are boxed: a task waiting for commands
+            // then holds this loop's state, not room for the largest call's (an owner
+            // task per room the node owns, most of them idle; docs/BENCHMARKS.md, "The
+            // memory of an idle room").
             if ready {
-                self.backfill_step().await;
-                self.tell_quiet_commit().await;
+                let now = tokio::time::Instant::now();
+                if self.backfill.is_some_and(|fill| fill.due <= now) {
+                    Box::pin(self.backfill_step()).await;
+                }
+                if self.notice_due.is_some_and(|due| due <= now) {
+                    Box::pin(self.tell_quiet_commit()).await;
+                }
             }
             let received = if ready {
                 match self.backfill.map(|fill| fill.due).into_iter().chain(self.notice_due).min() {
@@ -513,7 +518,7 @@ impl Owner {
                             continue;
                         }
                         tries += 1;
-                        ready = match self.start().await {
+                        ready = match Box::pin(self.start()).await {
                             Ok(()) => true,
                             Err(e) if tries == 1 => {
                                 tracing::warn!(room = self.room, epoch = self.epoch, error = %e, "cannot take ownership of the room yet");
@@ -538,8 +543,8 @@ impl Owner {
             let mut sends = Vec::new();
             for command in commands.drain(..) {
                 match command {
-                    OwnerCommand::Send { message, reply, queued } => sends.push(PendingSend { message, reply, queued }),
-                    OwnerCommand::Interest { node, users } => self.set_interest(node, users).await,
+                    OwnerCommand::Send(send) => sends.push(*send),
+                    OwnerCommand::Interest { node, users } => Box::pin(self.set_interest(node, users)).await,
                     OwnerCommand::Returned { node } => {
                         if self.interest.contains_key(&node) {
                             self.show_newest(&[node]).await;
@@ -562,14 +567,14 @@ impl Owner {
                 turn = None;
                 may_be_dormant = false;
                 self.dormant.store(false, Ordering::Release);
-                ready = self.start().await.is_ok();
+                ready = Box::pin(self.start()).await.is_ok();
                 if !ready {
                     retry_at = tokio::time::Instant::now() + retry_in;
                     fail_all(sends, NodeError::Unavailable("the room's replica is not reachable yet".into()));
                     continue;
                 }
             }
-            ready = self.commit(sends).await;
+            ready = Box::pin(self.commit(sends)).await;
         }
     }
 

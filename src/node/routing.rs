@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::log::RoomLog;
 use super::mesh::Dispatch;
 use super::owner::{self, blocking, OwnerCommand, Sent};
+use super::sequencer::PendingSend;
 use super::{control_link, Node, NodeError};
 use crate::protocol::{
     LogQuery, MeshRequest, MeshResponse, NodeId, NodeRoute, Outgoing, ReadMessage, RoomId, RoomRoute, RoutingDelta,
@@ -243,7 +244,7 @@ impl Node {
         }
         let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
         let (reply, answer) = oneshot::channel();
-        tx.send(OwnerCommand::Send { message, reply, queued: std::time::Instant::now() })
+        tx.send(OwnerCommand::Send(Box::new(PendingSend { message, reply, queued: std::time::Instant::now() })))
             .await
             .map_err(|_| NodeError::Unavailable("the room moved; retry".into()))?;
         match tokio::time::timeout(Duration::from_secs(10), answer).await {
