@@ -110,6 +110,57 @@ async fn fences(cluster: &ChatCluster, room: u64) -> Vec<Option<u64>> {
     fences
 }
 
+/// docs/REPLICATION.md, "Parked owners": the dormant owner of a room nobody follows keeps
+/// no task. A follower starts one again (and gets the room's messages), so does a send (which
+/// takes the room over), and the rooms nobody touched stay parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_rooms_owner_parks_and_a_follower_or_a_send_wakes_it() {
+    let cluster = ChatCluster::start(3).await;
+    let api = Api::logged_in(&cluster.url(), "parker").await;
+    let mut rooms = Vec::new();
+    for i in 0..6 {
+        let room = cluster.create_room(&api, &format!("idle-{i}"), false).await;
+        rooms.push((room["id"].as_u64().unwrap(), room["owner"].as_u64().unwrap()));
+    }
+    let owner_tasks = |cluster: &ChatCluster| cluster.nodes.iter().flatten().map(|n| n.node.owner_tasks()).sum::<u64>();
+    common::wait_for("every new room's owner to park", Duration::from_secs(30), || async {
+        let owned: usize = cluster.nodes.iter().flatten().map(|n| n.node.owned_rooms()).sum();
+        (owned == rooms.len() && owner_tasks(&cluster) == 0).then_some(())
+    })
+    .await;
+
+    // A follower on another node wakes the owner of `followed`, and gets its first message.
+    let (followed, followed_owner) = rooms[0];
+    let owner_index = cluster.index_of(followed_owner);
+    let (token, _) = token(&api, &cluster.url()).await;
+    let mut follower = WsClient::connect(&cluster.node((owner_index + 1) % 3).ws_url(), &token).await;
+    let (before, _) = follower.subscribe(followed, None).await;
+    assert!(before.is_empty(), "the room is empty: {before:?}");
+    common::wait_for("the followed room's owner to run again", Duration::from_secs(30), || async {
+        (cluster.node(owner_index).node.owner_tasks() == 1).then_some(())
+    })
+    .await;
+    let mut sender = WsClient::connect(&cluster.node(owner_index).ws_url(), &token).await;
+    assert_eq!(send_acked(&mut sender, followed, "to-the-follower", Duration::from_secs(10)).await, 1);
+    let delivered = loop {
+        let frame = follower.next(Duration::from_secs(10)).await.expect("the message reaches the follower");
+        if frame["type"] == "message" {
+            break frame;
+        }
+    };
+    assert_eq!((delivered["seq"].as_u64(), delivered["text"].as_str()), (Some(1), Some("text of to-the-follower")));
+
+    // A send to a parked room nobody follows wakes its owner, which takes the room over.
+    let (written, _) = rooms[1];
+    assert_eq!(send_acked(&mut sender, written, "to-a-parked-room", Duration::from_secs(10)).await, 1);
+    let read = common::wait_for("the parked room's message to read", Duration::from_secs(30), || async {
+        history(&api, &cluster.url(), written).await.filter(|read| !read.is_empty())
+    })
+    .await;
+    assert_eq!(read.into_iter().collect::<Vec<_>>(), vec![(1, "to-a-parked-room".to_string())]);
+    assert_eq!(owner_tasks(&cluster), 2, "the four rooms nobody touched stay parked");
+}
+
 /// docs/REPLICATION.md, "Dormant owners": a new room's owner does not take the room over
 /// until its first send (no node's log of it is fenced, no node reports it syncing, and
 /// it reads as empty); the first send takes it over and is acknowledged; and a dormant

@@ -15,10 +15,10 @@ impl Dispatch for Node {
         match request {
             MeshRequest::Deliver { room, frames, sequenced_ms } => self.hub.deliver(room, frames, sequenced_ms),
             MeshRequest::Interest { room, node, users } => {
-                let owners = self.owners_lock();
-                match owners.get(&room) {
+                let mut owners = self.owners_lock();
+                match owners.get_mut(&room) {
                     Some(owner) => {
-                        let _ = owner.tx.try_send(OwnerCommand::Interest { node, users });
+                        let _ = owner.queue(self).try_send(OwnerCommand::Interest { node, users });
                     }
                     // Our table may not have the room yet: keep it for the owner task
                     // (`early_interest`), under the owners' lock so a task starting now
@@ -31,8 +31,8 @@ impl Dispatch for Node {
                 }
             }
             MeshRequest::Typing { room, username } => {
-                if let Some(owner) = self.owners_lock().get(&room) {
-                    let _ = owner.tx.try_send(OwnerCommand::Typing { username });
+                if let Some(owner) = self.owners_lock().get_mut(&room) {
+                    let _ = owner.queue(self).try_send(OwnerCommand::Typing { username });
                 }
             }
             other => tracing::warn!(request = ?other, "a request that wants an answer came without an id"),

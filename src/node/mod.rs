@@ -28,6 +28,7 @@ pub mod hub;
 pub mod log;
 pub mod mesh;
 pub mod owner;
+mod owner_handle;
 mod replica;
 pub mod routing;
 mod sequencer;
@@ -52,7 +53,8 @@ use self::config::NodeConfig;
 use self::hub::Hub;
 use self::log::RoomLog;
 use self::mesh::Mesh;
-use self::owner::{OwnerCommand, OwnerHandle};
+use self::owner::OwnerCommand;
+use self::owner_handle::OwnerHandle;
 use crate::control::secret::ClusterSecret;
 use crate::protocol::{MeshResponse, NodeId, RoomId, Seq};
 
@@ -195,6 +197,8 @@ pub struct NodeInner {
     /// send waiting does not wait for one).
     takeovers: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
     messages: AtomicU64,
+    /// Owner tasks running (owners not parked: [`owner_handle`]).
+    owner_tasks: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
     /// True while the control-plane lease has run out (see `NodeConfig::control_lease_ms`):
@@ -297,6 +301,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         browser_slots,
         takeovers: Mutex::default(),
         messages: AtomicU64::new(0),
+        owner_tasks: AtomicU64::new(0),
         next_session: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
         isolated: watch::Sender::new(false),
@@ -376,9 +381,10 @@ async fn repair_losses(node: Node, mut shutdown: watch::Receiver<bool>) {
 impl Node {
     /// Has each owner here show `nodes` its newest message, if they follow its room.
     pub(super) fn show_newest_to(&self, nodes: &[NodeId]) {
-        for handle in self.owners_lock().values() {
+        // A parked owner has no message to show.
+        for queue in self.owners_lock().values().filter_map(OwnerHandle::running_queue) {
             for node in nodes {
-                let _ = handle.tx.try_send(OwnerCommand::Returned { node: *node });
+                let _ = queue.try_send(OwnerCommand::Returned { node: *node });
             }
         }
     }
@@ -430,6 +436,32 @@ impl Node {
 
     pub fn owned_rooms(&self) -> usize {
         self.owners_lock().len()
+    }
+
+    /// Owner tasks running: the owned rooms whose owner is not parked.
+    pub fn owner_tasks(&self) -> u64 {
+        self.owner_tasks.load(Ordering::Relaxed)
+    }
+
+    fn owner_task_started(&self) {
+        self.owner_tasks.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("districhat_owner_tasks").increment(1.0);
+    }
+
+    fn owner_task_ended(&self) {
+        self.owner_tasks.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("districhat_owner_tasks").decrement(1.0);
+    }
+
+    /// Ends the task of a dormant owner that nobody follows, if nothing waits for it
+    /// (see [`OwnerHandle::park`]). Returns whether the caller's task should end.
+    fn park_owner(
+        &self,
+        room: RoomId,
+        dormant: &Arc<std::sync::atomic::AtomicBool>,
+        queue: &tokio::sync::mpsc::Receiver<OwnerCommand>,
+    ) -> bool {
+        self.owners_lock().get_mut(&room).is_some_and(|owner| owner.park(dormant, queue))
     }
 
     /// What a heartbeat reports of this node's rooms, read against one routing table in

@@ -8,7 +8,7 @@
 //! written down in docs/REPLICATION.md; the comments here point there.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::events::{self, BatchEvents};
 use super::log::{stamp, Fenced, Missing, RoomLog, Staged};
+use super::owner_handle::{CommitPoint, OwnerFlags};
 pub use super::sequencer::Sent;
 use super::sequencer::{PendingSend, Sequencer};
 use super::{Node, NodeError};
@@ -79,104 +80,8 @@ pub enum OwnerCommand {
     },
 }
 
-/// The node's handle on a running owner task.
-pub struct OwnerHandle {
-    pub epoch: u64,
-    pub tx: mpsc::Sender<OwnerCommand>,
-    /// Set once the owner took the room over (its replica adopted the epoch and holds the
-    /// log's newest entry): from then on it takes sends. Heartbeats count the owners still
-    /// without it.
-    ready: Arc<AtomicBool>,
-    /// Set once the replica holds the whole log (no background copy left): what makes the
-    /// owner report it in sync (docs/REPLICATION.md, I9).
-    replica_complete: Arc<AtomicBool>,
-    /// Set while the owner of a room whose log is empty on both nodes waits for the
-    /// room's first send to take it over (docs/REPLICATION.md, "Dormant owners"):
-    /// not ready, yet nothing to sync.
-    dormant: Arc<AtomicBool>,
-    /// The commit point (see [`CommitPoint`]), shared with the task.
-    committed: CommitPoint,
-    task: tokio::task::AbortHandle,
-}
-
-impl OwnerHandle {
-    /// Whether the owner has synced its replica and takes sends.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Whether the owner's replica holds its whole log: ready, and no background copy
-    /// left.
-    pub fn replica_complete(&self) -> bool {
-        self.is_ready() && self.replica_complete.load(Ordering::Acquire)
-    }
-
-    /// Whether the owner waits for the room's first send before it takes the room over
-    /// (docs/REPLICATION.md, "Dormant owners").
-    pub fn is_dormant(&self) -> bool {
-        self.dormant.load(Ordering::Acquire)
-    }
-
-    /// The highest seq known to be acknowledged (`None` until the owner first took the
-    /// room over): what reads of this room may return (docs/REPLICATION.md, "Reads").
-    pub fn committed(&self) -> Option<Seq> {
-        self.committed.get()
-    }
-}
-
-/// An owner's commit point: every message up to it is on the owner's and (with two
-/// copies) the replica's disk. It only grows within an epoch. Cheap to clone.
-#[derive(Clone, Default)]
-struct CommitPoint(Arc<AtomicU64>);
-
-impl CommitPoint {
-    /// Stored as seq + 1, so 0 means "not known yet".
-    fn get(&self) -> Option<Seq> {
-        self.0.load(Ordering::Acquire).checked_sub(1)
-    }
-
-    fn set(&self, seq: Seq) {
-        self.0.fetch_max(seq + 1, Ordering::AcqRel);
-    }
-}
-
-impl Drop for OwnerHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Starts owning `room` at `epoch`.
-pub fn spawn(node: Node, room: RoomId, epoch: u64, replica_in_sync: bool) -> OwnerHandle {
-    let (tx, rx) = mpsc::channel(4_096);
-    let ready = Arc::new(AtomicBool::new(false));
-    let replica_complete = Arc::new(AtomicBool::new(false));
-    let dormant = Arc::new(AtomicBool::new(false));
-    let committed = CommitPoint::default();
-    let (flag, complete, commit_point) = (ready.clone(), replica_complete.clone(), committed.clone());
-    let waiting = dormant.clone();
-    let task = tokio::spawn(async move {
-        let mut owner = Owner {
-            node,
-            room,
-            epoch,
-            next_seq: 1,
-            last_stamp: None,
-            interest: HashMap::new(),
-            ready: flag,
-            committed: commit_point,
-            backfill: None,
-            replica_complete: complete,
-            replica_told: 0,
-            notice_due: None,
-            dormant: waiting,
-        };
-        owner.run(rx, replica_in_sync).await;
-    });
-    OwnerHandle { epoch, tx, ready, replica_complete, dormant, committed, task: task.abort_handle() }
-}
-
-struct Owner {
+/// One room's owner task's state (started by [`OwnerHandle`](super::owner_handle)).
+pub(super) struct Owner {
     node: Node,
     room: RoomId,
     epoch: u64,
@@ -204,6 +109,12 @@ struct Owner {
     dormant: Arc<AtomicBool>,
 }
 
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.node.owner_task_ended();
+    }
+}
+
 /// What the replica still lacks of the older log, and when the next chunk may go.
 #[derive(Debug, Clone, Copy)]
 struct Backfill {
@@ -214,6 +125,27 @@ struct Backfill {
 }
 
 impl Owner {
+    /// The state of a task that has not taken `room` over yet, sharing `flags` with its
+    /// handle.
+    pub(super) fn new(node: Node, room: RoomId, epoch: u64, flags: &OwnerFlags) -> Self {
+        node.owner_task_started();
+        Self {
+            node,
+            room,
+            epoch,
+            next_seq: 1,
+            last_stamp: None,
+            interest: HashMap::new(),
+            ready: flags.ready.clone(),
+            committed: flags.committed.clone(),
+            backfill: None,
+            replica_complete: flags.replica_complete.clone(),
+            replica_told: 0,
+            notice_due: None,
+            dormant: flags.dormant.clone(),
+        }
+    }
+
     /// Continues the sequence from the local log and makes the replica adopt this epoch:
     /// it drops entries this owner never had and receives the ones it lacks.
     ///
@@ -452,7 +384,7 @@ impl Owner {
         Ok(tail.iter().zip(ours).find(|(theirs, ours)| ours.as_ref() != Some(*theirs)).map(|(theirs, _)| theirs.seq))
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<OwnerCommand>, replica_in_sync: bool) {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<OwnerCommand>, replica_in_sync: bool) {
         // A room whose log is empty here, with a replica the catalog shows in sync (so its
         // log is empty too), has nothing to sync: its owner takes it over on its first
         // send, not in the background (docs/REPLICATION.md, "Dormant owners"). Creating
@@ -493,6 +425,11 @@ impl Owner {
                     None => rx.recv_many(&mut commands, MAX_BATCH).await,
                 }
             } else if self.dormant.load(Ordering::Acquire) {
+                // Nobody follows the room and nothing waits: end the task and leave the
+                // handle parked (docs/REPLICATION.md, "Parked owners").
+                if self.interest.is_empty() && self.node.park_owner(self.room, &self.dormant, &rx) {
+                    return;
+                }
                 rx.recv_many(&mut commands, MAX_BATCH).await
             } else {
                 // Not owning the room yet (just started, or taking over failed: replica

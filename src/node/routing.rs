@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 
 use super::log::RoomLog;
 use super::mesh::Dispatch;
-use super::owner::{self, blocking, OwnerCommand, Sent};
+use super::owner::{blocking, OwnerCommand, Sent};
+use super::owner_handle::OwnerHandle;
 use super::sequencer::PendingSend;
 use super::{control_link, Node, NodeError};
 use crate::protocol::{
@@ -236,11 +237,11 @@ impl Node {
             // look again (docs/REPLICATION.md, "Leases").
             return Err(NodeError::Unavailable("this node lost the control plane; retry".into()));
         }
-        let mut tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+        let mut tx = self.owners_lock().get_mut(&room).map(|owner| owner.queue(self).clone());
         if tx.is_none() {
             // Asked as owner before our routing table says so: it may just be stale.
             let _ = self.refresh_routes().await;
-            tx = self.owners_lock().get(&room).map(|owner| owner.tx.clone());
+            tx = self.owners_lock().get_mut(&room).map(|owner| owner.queue(self).clone());
         }
         let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
         let (reply, answer) = oneshot::channel();
@@ -536,10 +537,10 @@ impl Node {
 
     /// Starts the owner task of `route`'s room, with any interest that came for the room
     /// before this node's table had it (`early_interest`). Called with `owners` held.
-    fn spawn_owner(&self, route: &RoomRoute) -> owner::OwnerHandle {
-        let handle = owner::spawn(self.clone(), route.id, route.epoch, route.replica_in_sync);
+    fn spawn_owner(&self, route: &RoomRoute) -> OwnerHandle {
+        let mut handle = OwnerHandle::spawn(self, route.id, route.epoch, route.replica_in_sync);
         for (node, users) in self.take_early_interest(route.id) {
-            let _ = handle.tx.try_send(OwnerCommand::Interest { node, users });
+            let _ = handle.queue(self).try_send(OwnerCommand::Interest { node, users });
         }
         handle
     }
