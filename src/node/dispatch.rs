@@ -7,6 +7,7 @@ use tracing::Instrument;
 
 use super::mesh::Dispatch;
 use super::owner::OwnerCommand;
+use super::owner_handle::OwnerHandle;
 use super::{Node, NodeError};
 use crate::protocol::{MeshRequest, MeshResponse};
 
@@ -17,6 +18,12 @@ impl Dispatch for Node {
             MeshRequest::Interest { room, node, users } => {
                 let mut owners = self.owners_lock();
                 match owners.get_mut(&room) {
+                    // A parked owner wakes only for a follower: it has none to forget.
+                    Some(owner) if users.is_empty() => {
+                        if let Some(queue) = owner.running_queue() {
+                            let _ = queue.try_send(OwnerCommand::Interest { node, users });
+                        }
+                    }
                     Some(owner) => {
                         let _ = owner.queue(self).try_send(OwnerCommand::Interest { node, users });
                     }
@@ -31,8 +38,8 @@ impl Dispatch for Node {
                 }
             }
             MeshRequest::Typing { room, username } => {
-                if let Some(owner) = self.owners_lock().get_mut(&room) {
-                    let _ = owner.queue(self).try_send(OwnerCommand::Typing { username });
+                if let Some(queue) = self.owners_lock().get(&room).and_then(OwnerHandle::running_queue) {
+                    let _ = queue.try_send(OwnerCommand::Typing { username });
                 }
             }
             other => tracing::warn!(request = ?other, "a request that wants an answer came without an id"),

@@ -445,12 +445,12 @@ impl Node {
 
     fn owner_task_started(&self) {
         self.owner_tasks.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("districhat_owner_tasks").increment(1.0);
+        metrics::gauge!("districhat_node_owner_tasks", "node" => self.id.to_string()).increment(1.0);
     }
 
     fn owner_task_ended(&self) {
         self.owner_tasks.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("districhat_owner_tasks").decrement(1.0);
+        metrics::gauge!("districhat_node_owner_tasks", "node" => self.id.to_string()).decrement(1.0);
     }
 
     /// Ends the task of a dormant owner that nobody follows, if nothing waits for it

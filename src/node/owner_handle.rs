@@ -92,19 +92,22 @@ impl OwnerHandle {
     }
 
     /// The queue of a running task, without starting one: for news a parked owner has
-    /// nothing to do with.
+    /// nothing to do with (typing, a node that stopped following or came back: it has
+    /// no followers to tell and no message to show).
     pub fn running_queue(&self) -> Option<&mpsc::Sender<OwnerCommand>> {
         self.task.as_ref().map(|task| &task.tx)
     }
 
     /// Parks the owner whose task shares `dormant` and drains `queue`, if it may: the
-    /// handle is that task's (not a newer epoch's), nothing waits in its queue, and no
-    /// sender but the handle's exists. Call with the owners' lock held, which every
-    /// sender is taken under, so no command can come after the check. The caller's task
-    /// then ends.
+    /// handle is that task's (not a newer epoch's), no sender but the handle's exists, and
+    /// nothing waits in the queue. Call with the owners' lock held: the handle's own
+    /// sender is used only under it, and a clone is only made under it, so once the count
+    /// shows no clone, none can appear. The count is read first: a clone's value may be
+    /// half written while `is_empty` looks, but a clone dropped before the count was read
+    /// has finished writing (the count's release and acquire order it), so `is_empty` then
+    /// sees its command. The caller's task then ends.
     pub(super) fn park(&mut self, dormant: &Arc<AtomicBool>, queue: &mpsc::Receiver<OwnerCommand>) -> bool {
-        let ours = Arc::ptr_eq(&self.flags.dormant, dormant) && self.is_dormant();
-        if !ours || !queue.is_empty() || queue.sender_strong_count() > 1 {
+        if !Arc::ptr_eq(&self.flags.dormant, dormant) || queue.sender_strong_count() > 1 || !queue.is_empty() {
             return false;
         }
         if let Some(mut task) = self.task.take() {
