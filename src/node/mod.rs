@@ -171,7 +171,7 @@ pub struct NodeInner {
     /// HMAC key for connection tokens (from registration).
     pub token_key: RwLock<Vec<u8>>,
     routes: RwLock<Arc<Routes>>,
-    /// Rooms this node owns now, one sequencer task each.
+    /// Rooms this node owns now: a handle each, with its sequencer task unless parked.
     owners: Mutex<HashMap<RoomId, OwnerHandle>>,
     /// Interest for rooms this node has no owner task for yet, handed to the task when it
     /// starts ([`early_interest`]). Taken only while holding `owners` (lock order: owners,

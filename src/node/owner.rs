@@ -1,4 +1,5 @@
-//! The owner of one room: its sequencer. One task per owned room receives sends (from
+//! The owner of one room: its sequencer. One task per owned room (none while the room is
+//! idle and its owner parked: [`owner_handle`](super::owner_handle)) receives sends (from
 //! local sessions and, over the mesh, from other nodes), gives each the next `seq`,
 //! writes the batch to the room log, copies it to the replica, and only then acknowledges
 //! and fans out ONE pre-serialised frame batch per subscribed node. Several sends waiting
