@@ -54,7 +54,7 @@ use self::hub::Hub;
 use self::log::RoomLog;
 use self::mesh::Mesh;
 use self::owner::OwnerCommand;
-use self::owner_handle::OwnerHandle;
+use self::owner_handle::{OwnerHandle, ReportGeneration};
 use crate::control::secret::ClusterSecret;
 use crate::protocol::{MeshResponse, NodeId, RoomId, Seq};
 
@@ -141,7 +141,7 @@ impl From<mesh::MeshError> for NodeError {
 }
 
 /// What a heartbeat says of this node's rooms ([`Node::room_report`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RoomReport {
     /// Rooms the table gives this node to hold a replica of.
     pub replicated: usize,
@@ -199,6 +199,10 @@ pub struct NodeInner {
     messages: AtomicU64,
     /// Owner tasks running (owners not parked: [`owner_handle`]).
     owner_tasks: AtomicU64,
+    /// Changes to the owners a heartbeat report reads (see [`Node::room_report`]).
+    report_generation: ReportGeneration,
+    /// The last report: (generation, routing-table version, report).
+    last_report: Mutex<Option<(u64, u64, RoomReport)>>,
     next_session: AtomicU64,
     shutdown: watch::Receiver<bool>,
     /// True while the control-plane lease has run out (see `NodeConfig::control_lease_ms`):
@@ -302,6 +306,8 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         takeovers: Mutex::default(),
         messages: AtomicU64::new(0),
         owner_tasks: AtomicU64::new(0),
+        report_generation: ReportGeneration::default(),
+        last_report: Mutex::default(),
         next_session: AtomicU64::new(1),
         shutdown: shutdown_rx.clone(),
         isolated: watch::Sender::new(false),
@@ -458,15 +464,33 @@ impl Node {
     fn park_owner(
         &self,
         room: RoomId,
-        dormant: &Arc<std::sync::atomic::AtomicBool>,
+        flags: &owner_handle::OwnerFlags,
         queue: &tokio::sync::mpsc::Receiver<OwnerCommand>,
     ) -> bool {
-        self.owners_lock().get_mut(&room).is_some_and(|owner| owner.park(dormant, queue))
+        self.owners_lock().get_mut(&room).is_some_and(|owner| owner.park(flags, queue))
     }
 
-    /// What a heartbeat reports of this node's rooms, read against one routing table in
-    /// one pass (at 100,000 rooms, a pass is what a heartbeat costs): see [`RoomReport`].
+    /// What a heartbeat reports of this node's rooms (see [`RoomReport`]). A pass over
+    /// the routing table is what a heartbeat costs at 100,000 rooms, so the last report is
+    /// reused while neither the table's version nor the owners changed
+    /// ([`ReportGeneration`]): an idle node passes over nothing.
     pub fn room_report(&self, routes: &Routes) -> RoomReport {
+        // Read before the pass: a change counted after this read makes the next report
+        // pass again, and one counted before it is seen by this pass.
+        let generation = self.report_generation.current();
+        let mut last = self.last_report.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, _, report)) =
+            last.as_ref().filter(|(seen, version, _)| *seen == generation && *version == routes.version)
+        {
+            return report.clone();
+        }
+        let report = self.count_rooms(routes);
+        *last = Some((generation, routes.version, report.clone()));
+        report
+    }
+
+    /// [`Self::room_report`]'s pass over `routes`.
+    fn count_rooms(&self, routes: &Routes) -> RoomReport {
         let owners = self.owners_lock();
         let mut report = RoomReport::default();
         for route in routes.rooms.values() {

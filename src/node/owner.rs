@@ -9,15 +9,13 @@
 //! written down in docs/REPLICATION.md; the comments here point there.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::events::{self, BatchEvents};
 use super::log::{stamp, Fenced, Missing, RoomLog, Staged};
-use super::owner_handle::{CommitPoint, OwnerFlags};
+use super::owner_handle::OwnerFlags;
 pub use super::sequencer::Sent;
 use super::sequencer::{PendingSend, Sequencer};
 use super::{Node, NodeError};
@@ -92,22 +90,16 @@ pub(super) struct Owner {
     last_stamp: Option<MessageStamp>,
     /// Subscribed nodes and their users, for fan-out and presence.
     interest: HashMap<NodeId, Vec<String>>,
-    /// Shared with the [`OwnerHandle`]: set when [`Self::start`] succeeded, cleared when a
-    /// batch was not acknowledged (until the replica is synced again).
-    ready: Arc<AtomicBool>,
-    /// Shared with the [`OwnerHandle`], for reads.
-    committed: CommitPoint,
+    /// Shared with the [`OwnerHandle`]: ready, dormant, the replica complete, the commit
+    /// point.
+    flags: OwnerFlags,
     /// The background copy still to do, if the replica was seeded.
     backfill: Option<Backfill>,
-    /// Shared with the [`OwnerHandle`]: the replica holds the whole log.
-    replica_complete: Arc<AtomicBool>,
     /// The highest commit point the replica confirmed it was told at this epoch.
     replica_told: Seq,
     /// When to tell the replica a commit point it was not told yet, if the room stays
     /// quiet until then ([`QUIET_COMMIT_NOTICE`]).
     notice_due: Option<tokio::time::Instant>,
-    /// Shared with the [`OwnerHandle`]: see [`OwnerHandle::is_dormant`].
-    dormant: Arc<AtomicBool>,
 }
 
 impl Drop for Owner {
@@ -137,13 +129,10 @@ impl Owner {
             next_seq: 1,
             last_stamp: None,
             interest: HashMap::new(),
-            ready: flags.ready.clone(),
-            committed: flags.committed.clone(),
+            flags: flags.clone(),
             backfill: None,
-            replica_complete: flags.replica_complete.clone(),
             replica_told: 0,
             notice_due: None,
-            dormant: flags.dormant.clone(),
         }
     }
 
@@ -194,8 +183,8 @@ impl Owner {
         // The replica now holds this log's newest entry and everything it lacks is on its
         // way: all of it is committed, including a batch a failed round left unacknowledged
         // (docs/REPLICATION.md, "No rollback", "Background copy").
-        let before = self.committed.get();
-        self.committed.set(last);
+        let before = self.flags.committed.get();
+        self.flags.committed.set(last);
         if before.is_none_or(|before| before < last) {
             // What this commits was never fanned out (a kept batch), and nodes that
             // announced themselves while this task was not ready were shown nothing (it had
@@ -209,8 +198,8 @@ impl Owner {
         self.redact().await;
         let now = tokio::time::Instant::now();
         self.backfill = missing.map(|(first, last)| Backfill { first, last, due: now, started: now });
-        self.replica_complete.store(missing.is_none(), Ordering::Release);
-        self.ready.store(true, Ordering::Release);
+        self.flags.set_replica_complete(missing.is_none());
+        self.flags.set_ready(true);
         self.notice_due = Some(tokio::time::Instant::now() + QUIET_COMMIT_NOTICE);
         metrics::counter!("districhat_owner_takeovers_total").increment(1);
         tracing::info!(room, epoch, last_seq = last, replica_lacks = ?missing, "owning the room");
@@ -278,7 +267,7 @@ impl Owner {
             let (prev, messages) =
                 blocking(move || Ok((log.stamp_at(room, from)?, log.after(room, from, INLINE_COPY)?))).await?;
             let Some(last) = messages.last().map(|m| m.seq) else { break };
-            let committed = self.committed.get().unwrap_or(0);
+            let committed = self.flags.committed.get().unwrap_or(0);
             let copy = MeshRequest::Replicate { room: self.room, epoch: self.epoch, prev, committed, messages };
             match self.node.mesh_request(replica, copy, REPLICATION_TIMEOUT).await? {
                 MeshResponse::Stored { .. } => replica_last = last,
@@ -342,7 +331,7 @@ impl Owner {
                 metrics::counter!("districhat_backfill_messages_total").increment(fill.last - fill.first + 1);
                 let seconds = fill.started.elapsed().as_secs_f64();
                 tracing::info!(room, epoch, replica, seconds, "the replica holds the room's whole log");
-                self.replica_complete.store(true, Ordering::Release);
+                self.flags.set_replica_complete(true);
                 None
             }
             Ok(MeshResponse::Copied { missing: Some((first, last)) }) => {
@@ -425,10 +414,10 @@ impl Owner {
                     },
                     None => rx.recv_many(&mut commands, MAX_BATCH).await,
                 }
-            } else if self.dormant.load(Ordering::Acquire) {
+            } else if self.flags.is_dormant() {
                 // Nobody follows the room and nothing waits: end the task and leave the
                 // handle parked (docs/REPLICATION.md, "Parked owners").
-                if self.interest.is_empty() && self.node.park_owner(self.room, &self.dormant, &rx) {
+                if self.interest.is_empty() && self.node.park_owner(self.room, &self.flags, &rx) {
                     return;
                 }
                 rx.recv_many(&mut commands, MAX_BATCH).await
@@ -452,7 +441,7 @@ impl Owner {
                     _permit = next_turn => {
                         turn = None;
                         if std::mem::take(&mut may_be_dormant) && self.log_is_empty().await {
-                            self.dormant.store(true, Ordering::Release);
+                            self.flags.set_dormant(true);
                             continue;
                         }
                         tries += 1;
@@ -504,7 +493,7 @@ impl Owner {
                 // wakes here; if this start fails, it retries in the background like any.
                 turn = None;
                 may_be_dormant = false;
-                self.dormant.store(false, Ordering::Release);
+                self.flags.set_dormant(false);
                 ready = Box::pin(self.start()).await.is_ok();
                 if !ready {
                     retry_at = tokio::time::Instant::now() + retry_in;
@@ -537,7 +526,7 @@ impl Owner {
             if plain { self.sequence_plain(sends, ts, started).await } else { self.sequence(sends, ts, started).await };
         // No batch: the dedupe read failed (still ready) or the log writer lost the batch
         // (not).
-        let Some(Batch { sequenced, appended, deletes }) = batch else { return self.ready.load(Ordering::Acquire) };
+        let Some(Batch { sequenced, appended, deletes }) = batch else { return self.flags.is_ready() };
         self.next_seq = sequenced.next_seq;
         let (messages, outcomes) = (sequenced.messages, sequenced.outcomes);
         if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
@@ -547,7 +536,7 @@ impl Owner {
             for message in &messages {
                 tracing::debug!(seq = message.seq, client_id = %message.client_id, "sequenced");
             }
-            let committed_before = self.committed.get().unwrap_or(0);
+            let committed_before = self.flags.committed.get().unwrap_or(0);
             let stored = match appended {
                 Some(appended) => appended,
                 None => self.persist(&messages).await,
@@ -562,7 +551,7 @@ impl Owner {
                     error = %e,
                     "batch not acknowledged; keeping it and syncing the replica again before the next"
                 );
-                self.ready.store(false, Ordering::Release);
+                self.flags.set_ready(false);
                 for (send, _) in outcomes {
                     let _ = send.reply.send(Err(e.clone()));
                 }
@@ -570,7 +559,7 @@ impl Owner {
             }
             // The replica stored the batch with the commit point before it.
             self.replica_told = self.replica_told.max(committed_before);
-            self.committed.set(self.next_seq - 1);
+            self.flags.committed.set(self.next_seq - 1);
             self.notice_due = Some(tokio::time::Instant::now() + QUIET_COMMIT_NOTICE);
             self.last_stamp = messages.last().map(stamp);
             if deletes {
@@ -677,7 +666,7 @@ impl Owner {
                 // before the next batch (as after a failed persist). Its sends went with
                 // it; their senders hear that the room moved, and retry.
                 tracing::warn!(room, error = %e, "the log writer lost a batch; syncing again");
-                self.ready.store(false, Ordering::Release);
+                self.flags.set_ready(false);
                 return None;
             }
         };
@@ -717,7 +706,7 @@ impl Owner {
             room: self.room,
             epoch: self.epoch,
             prev: self.last_stamp.clone(),
-            committed: self.committed.get().unwrap_or(0),
+            committed: self.flags.committed.get().unwrap_or(0),
             messages: messages.to_vec(),
         };
         let replicating = std::time::Instant::now();
@@ -738,7 +727,7 @@ impl Owner {
     /// "Message events"). A replica that misses this learns the commit point with the
     /// next batch.
     async fn redact(&self) {
-        let Some(committed) = self.committed.get() else { return };
+        let Some(committed) = self.flags.committed.get() else { return };
         let (log, room) = (self.node.log.clone(), self.room);
         match blocking(move || log.redact_committed(room, committed)).await {
             Ok(0) => return,
@@ -771,7 +760,9 @@ impl Owner {
             return;
         }
         self.notice_due = None;
-        let Some(committed) = self.committed.get().filter(|committed| *committed > self.replica_told) else { return };
+        let Some(committed) = self.flags.committed.get().filter(|committed| *committed > self.replica_told) else {
+            return;
+        };
         let Some(replica) = self.node.replica_of(self.room) else { return };
         let request = MeshRequest::Replicate {
             room: self.room,
@@ -840,7 +831,7 @@ impl Owner {
         if nodes.is_empty() {
             return;
         }
-        let Some(last) = self.committed.get().filter(|last| *last > 0) else { return };
+        let Some(last) = self.flags.committed.get().filter(|last| *last > 0) else { return };
         let (log, room) = (self.node.log.clone(), self.room);
         if let Ok(newest) = blocking(move || log.after(room, last - 1, 1)).await {
             let fresh = MessageState::default();

@@ -31,22 +31,80 @@ pub struct OwnerHandle {
     task: Option<OwnerTask>,
 }
 
-/// What an owner's task shares with its handle.
-#[derive(Clone, Default)]
+/// What an owner's task shares with its handle. Each change of a flag the heartbeat reads
+/// counts in the node's [`ReportGeneration`], so an unchanged node reuses its last report.
+#[derive(Clone)]
 pub(super) struct OwnerFlags {
     /// Set once the owner took the room over (its replica adopted the epoch and holds the
     /// log's newest entry): from then on it takes sends. Heartbeats count the owners still
     /// without it.
-    pub ready: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
     /// Set once the replica holds the whole log (no background copy left): what makes the
     /// owner report it in sync (docs/REPLICATION.md, I9).
-    pub replica_complete: Arc<AtomicBool>,
+    replica_complete: Arc<AtomicBool>,
     /// Set while the owner of a room whose log is empty on both nodes waits for the
     /// room's first send to take it over (docs/REPLICATION.md, "Dormant owners"):
     /// not ready, yet nothing to sync. Also what tells a task its own handle.
-    pub dormant: Arc<AtomicBool>,
+    dormant: Arc<AtomicBool>,
     /// The commit point (see [`CommitPoint`]).
     pub committed: CommitPoint,
+    generation: ReportGeneration,
+}
+
+impl OwnerFlags {
+    fn new(generation: ReportGeneration) -> Self {
+        Self {
+            ready: Arc::default(),
+            replica_complete: Arc::default(),
+            dormant: Arc::default(),
+            committed: CommitPoint::default(),
+            generation,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_dormant(&self) -> bool {
+        self.dormant.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+        self.generation.advance();
+    }
+
+    pub fn set_replica_complete(&self, complete: bool) {
+        self.replica_complete.store(complete, Ordering::Release);
+        self.generation.advance();
+    }
+
+    pub fn set_dormant(&self, dormant: bool) {
+        self.dormant.store(dormant, Ordering::Release);
+        self.generation.advance();
+    }
+
+    /// Whether `other` is the same owner's flags (not a later epoch's).
+    fn same_owner(&self, other: &OwnerFlags) -> bool {
+        Arc::ptr_eq(&self.dormant, &other.dormant)
+    }
+}
+
+/// Counts the changes to what a node's heartbeat report reads besides the routing table:
+/// its owner handles (started, removed) and their flags. Advanced after each change, so a
+/// report computed after reading a count saw every change counted up to it.
+#[derive(Clone, Default)]
+pub struct ReportGeneration(Arc<AtomicU64>);
+
+impl ReportGeneration {
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// A running owner task: its queue, and the task to stop when the handle goes.
@@ -69,7 +127,7 @@ impl OwnerHandle {
     /// or, if its log turns out empty on both nodes (`replica_in_sync` and nothing here),
     /// waits for the first send (docs/REPLICATION.md, "Dormant owners").
     pub fn spawn(node: &Node, room: RoomId, epoch: u64, replica_in_sync: bool) -> Self {
-        let mut handle = Self { room, epoch, flags: OwnerFlags::default(), task: None };
+        let mut handle = Self { room, epoch, flags: OwnerFlags::new(node.report_generation.clone()), task: None };
         handle.task = Some(handle.start_task(node, replica_in_sync));
         handle
     }
@@ -98,7 +156,7 @@ impl OwnerHandle {
         self.task.as_ref().map(|task| &task.tx)
     }
 
-    /// Parks the owner whose task shares `dormant` and drains `queue`, if it may: the
+    /// Parks the owner whose task shares `flags` and drains `queue`, if it may: the
     /// handle is that task's (not a newer epoch's), no sender but the handle's exists, and
     /// nothing waits in the queue. Call with the owners' lock held: the handle's own
     /// sender is used only under it, and a clone is only made under it, so once the count
@@ -106,8 +164,8 @@ impl OwnerHandle {
     /// half written while `is_empty` looks, but a clone dropped before the count was read
     /// has finished writing (the count's release and acquire order it), so `is_empty` then
     /// sees its command. The caller's task then ends.
-    pub(super) fn park(&mut self, dormant: &Arc<AtomicBool>, queue: &mpsc::Receiver<OwnerCommand>) -> bool {
-        if !Arc::ptr_eq(&self.flags.dormant, dormant) || queue.sender_strong_count() > 1 || !queue.is_empty() {
+    pub(super) fn park(&mut self, flags: &OwnerFlags, queue: &mpsc::Receiver<OwnerCommand>) -> bool {
+        if !self.flags.same_owner(flags) || queue.sender_strong_count() > 1 || !queue.is_empty() {
             return false;
         }
         if let Some(mut task) = self.task.take() {
@@ -119,7 +177,7 @@ impl OwnerHandle {
 
     /// Whether the owner has synced its replica and takes sends.
     pub fn is_ready(&self) -> bool {
-        self.flags.ready.load(Ordering::Acquire)
+        self.flags.is_ready()
     }
 
     /// Whether the owner's replica holds its whole log: ready, and no background copy
@@ -131,7 +189,7 @@ impl OwnerHandle {
     /// Whether the owner waits for the room's first send before it takes the room over
     /// (docs/REPLICATION.md, "Dormant owners"), parked or not.
     pub fn is_dormant(&self) -> bool {
-        self.flags.dormant.load(Ordering::Acquire)
+        self.flags.is_dormant()
     }
 
     /// The highest seq known to be acknowledged (`None` until the owner first took the

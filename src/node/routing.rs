@@ -502,6 +502,8 @@ impl Node {
             }
         }
         let owned = owners.len();
+        // Under the owners' lock, after the changes: see `Node::room_report`.
+        self.report_generation.advance();
         drop(owners);
         self.take_token_key(token_key);
         // Nodes up again in this table: owners skipped their deliveries while they were
