@@ -242,11 +242,12 @@ impl NodeHandle {
     /// Stops everything: listener, sessions, mesh links, owners, heartbeats.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let mut owners = self.node.owners_lock();
-        owners.clear();
-        // Under the owners' lock, after the change: see `Node::room_report`.
-        self.node.report_generation.advance();
-        drop(owners);
+        {
+            let mut owners = self.node.owners_lock();
+            owners.clear();
+            // Under the owners' lock, after the change: see `Node::room_report`.
+            self.node.report_generation.advance();
+        }
         for task in self.tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
