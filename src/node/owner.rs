@@ -302,13 +302,12 @@ impl Owner {
         }
     }
 
-    /// Copies the next chunk of the older log to a seeded replica, if one is due: at most
-    /// `replication.backfill_per_sec` messages a second, one chunk per turn of the owner
-    /// loop so sends keep their turns (docs/REPLICATION.md, "Background copy").
+    /// Copies the next chunk of the older log to a seeded replica (`fill`, which is due):
+    /// at most `replication.backfill_per_sec` messages a second, one chunk per turn of the
+    /// owner loop so sends keep their turns (docs/REPLICATION.md, "Background copy").
     #[tracing::instrument(level = "debug", skip_all, fields(room = self.room, epoch = self.epoch))]
-    async fn backfill_step(&mut self) {
+    async fn backfill_step(&mut self, fill: Backfill) {
         let now = tokio::time::Instant::now();
-        let Some(fill) = self.backfill.filter(|fill| fill.due <= now) else { return };
         let retry = |fill: Backfill| Some(Backfill { due: tokio::time::Instant::now() + BACKFILL_RETRY, ..fill });
         let Some(replica) = self.node.replica_of(self.room) else {
             // The room lost its replica (this task ends with the new epoch); do not spin.
@@ -399,8 +398,8 @@ impl Owner {
             // memory of an idle room").
             if ready {
                 let now = tokio::time::Instant::now();
-                if self.backfill.is_some_and(|fill| fill.due <= now) {
-                    Box::pin(self.backfill_step()).await;
+                if let Some(fill) = self.backfill.filter(|fill| fill.due <= now) {
+                    Box::pin(self.backfill_step(fill)).await;
                 }
                 if self.notice_due.is_some_and(|due| due <= now) {
                     Box::pin(self.tell_quiet_commit()).await;
@@ -755,10 +754,8 @@ impl Owner {
     /// `Replicate` carries the commit point before that batch, so without this the replica
     /// of a quiet room would serve reads one batch short for good (docs/REPLICATION.md,
     /// "Reads"). A replica that misses it learns the commit point with the next batch.
+    /// Called once `notice_due` has passed.
     async fn tell_quiet_commit(&mut self) {
-        if self.notice_due.is_none_or(|due| due > tokio::time::Instant::now()) {
-            return;
-        }
         self.notice_due = None;
         let Some(committed) = self.flags.committed.get().filter(|committed| *committed > self.replica_told) else {
             return;

@@ -237,11 +237,12 @@ impl Node {
             // look again (docs/REPLICATION.md, "Leases").
             return Err(NodeError::Unavailable("this node lost the control plane; retry".into()));
         }
-        let mut tx = self.owners_lock().get_mut(&room).map(|owner| owner.queue(self).clone());
+        let owner_queue = || self.owners_lock().get_mut(&room).map(|owner| owner.queue(self).clone());
+        let mut tx = owner_queue();
         if tx.is_none() {
             // Asked as owner before our routing table says so: it may just be stale.
             let _ = self.refresh_routes().await;
-            tx = self.owners_lock().get_mut(&room).map(|owner| owner.queue(self).clone());
+            tx = owner_queue();
         }
         let tx = tx.ok_or_else(|| NodeError::Unavailable("this node is taking over the room; retry".into()))?;
         let (reply, answer) = oneshot::channel();
