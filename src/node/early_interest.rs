@@ -54,6 +54,14 @@ impl EarlyInterest {
         }
     }
 
+    /// Forgets what `node` said of every room (it restarted: its followers are gone).
+    pub fn forget(&mut self, node: NodeId) {
+        self.rooms.retain(|_, (_, nodes)| {
+            nodes.remove(&node);
+            !nodes.is_empty()
+        });
+    }
+
     /// Rooms with interest waiting.
     pub fn len(&self) -> usize {
         self.rooms.len()
@@ -79,6 +87,18 @@ mod tests {
         taken.sort();
         assert_eq!(taken, vec![(2, vec!["ann".to_string(), "cy".to_string()]), (3, vec!["bob".to_string()])]);
         assert!(early.take(7, now).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_restarted_nodes_interest_is_forgotten_and_the_others_kept() {
+        let mut early = EarlyInterest::default();
+        let now = Instant::now();
+        early.keep(7, 2, vec!["ann".into()], now);
+        early.keep(7, 3, vec!["bob".into()], now);
+        early.keep(8, 2, vec!["cy".into()], now);
+        early.forget(2);
+        assert_eq!(early.take(7, now), vec![(3, vec!["bob".to_string()])]);
+        assert_eq!(early.len(), 0, "only the restarted node followed room 8");
     }
 
     #[test]

@@ -29,6 +29,34 @@ use crate::control::secret::{ClusterSecret, SECRET_HEADER};
 use crate::protocol::{MeshEnvelope, MeshReply, MeshRequest, MeshResponse, NodeId};
 use crate::store;
 
+/// The headers a dialling node names itself by: its id, and its incarnation (when its
+/// process started, in ns since the epoch; a restart makes a larger one).
+pub const NODE_HEADER: &str = "x-districhat-node";
+pub const INCARNATION_HEADER: &str = "x-districhat-incarnation";
+
+/// Who dials: a node and its incarnation. A listener that sees a larger incarnation than
+/// before from the same node knows it restarted, and that what it followed before is gone
+/// (`Node::peer_connected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshOrigin {
+    pub node: NodeId,
+    pub incarnation: u64,
+}
+
+impl MeshOrigin {
+    /// This process's incarnation of `node`.
+    pub fn starting_now(node: NodeId) -> Self {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Self { node, incarnation: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX) }
+    }
+
+    /// The origin a dialler's headers name, if both are there and well formed.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<Self> {
+        let number = |name: &str| headers.get(name)?.to_str().ok()?.parse::<u64>().ok();
+        Some(Self { node: number(NODE_HEADER)?, incarnation: number(INCARNATION_HEADER)? })
+    }
+}
+
 /// Why a mesh request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -59,6 +87,8 @@ pub struct Mesh {
     links: Arc<Mutex<HashMap<NodeId, Arc<Link>>>>,
     next_id: Arc<AtomicU64>,
     secret: ClusterSecret,
+    /// Who this mesh dials as (`None` for a client that is not a node, as in tests).
+    origin: Option<MeshOrigin>,
     shutdown: watch::Receiver<bool>,
     /// Frames waiting for one link before senders see back-pressure (`mesh.link_queue`).
     link_queue: usize,
@@ -94,9 +124,20 @@ impl Losses {
 }
 
 impl Mesh {
-    pub fn new(secret: ClusterSecret, shutdown: watch::Receiver<bool>, link_queue: usize) -> Self {
+    pub fn new(
+        secret: ClusterSecret,
+        origin: Option<MeshOrigin>,
+        shutdown: watch::Receiver<bool>,
+        link_queue: usize,
+    ) -> Self {
         let (links, next_id, losses) = (Arc::default(), Arc::new(AtomicU64::new(1)), Arc::default());
-        Self { links, next_id, secret, shutdown, link_queue, losses }
+        Self { links, next_id, secret, origin, shutdown, link_queue, losses }
+    }
+
+    /// Opens the link to `node` now rather than at its first frame, so the peer learns of
+    /// this process's incarnation at once.
+    pub fn dial(&self, node: NodeId, addr: &str) {
+        self.link(node, addr);
     }
 
     /// Sends a request and waits for its answer.
@@ -158,7 +199,7 @@ impl Mesh {
         let link = Arc::new(Link { addr: addr.to_string(), tx, pending: Arc::default(), reachable: reachable.clone() });
         let (pending, losses) = (link.pending.clone(), self.losses.clone());
         let state = LinkState { node, addr: link.addr.clone(), pending, reachable, losses };
-        tokio::spawn(run_link(state, rx, self.secret.clone(), self.shutdown.clone()));
+        tokio::spawn(run_link(state, rx, self.secret.clone(), self.origin, self.shutdown.clone()));
         links.insert(node, link.clone());
         link
     }
@@ -187,6 +228,7 @@ async fn run_link(
     state: LinkState,
     mut rx: mpsc::Receiver<Vec<u8>>,
     secret: ClusterSecret,
+    origin: Option<MeshOrigin>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let LinkState { node, addr, pending, reachable, losses } = state;
@@ -198,7 +240,7 @@ async fn run_link(
         if *shutdown.borrow() {
             return;
         }
-        match connect(&addr, &secret).await {
+        match connect(&addr, &secret, origin).await {
             Ok(socket) => {
                 backoff = Duration::from_millis(50);
                 reachable.store(true, Ordering::Relaxed);
@@ -283,10 +325,19 @@ where
 
 type ClientSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: &str, secret: &ClusterSecret) -> Result<ClientSocket, tokio_tungstenite::tungstenite::Error> {
+async fn connect(
+    addr: &str,
+    secret: &ClusterSecret,
+    origin: Option<MeshOrigin>,
+) -> Result<ClientSocket, tokio_tungstenite::tungstenite::Error> {
     let mut request = format!("ws://{addr}/mesh").into_client_request()?;
+    let headers = request.headers_mut();
     if let Ok(value) = secret.expose().parse() {
-        request.headers_mut().insert(SECRET_HEADER, value);
+        headers.insert(SECRET_HEADER, value);
+    }
+    if let Some(MeshOrigin { node, incarnation }) = origin {
+        headers.insert(NODE_HEADER, node.into());
+        headers.insert(INCARNATION_HEADER, incarnation.into());
     }
     // Without Nagle's algorithm: replication and deliveries are small frames wanted now.
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);

@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 use self::config::NodeConfig;
 use self::hub::Hub;
 use self::log::RoomLog;
-use self::mesh::Mesh;
+use self::mesh::{Mesh, MeshOrigin};
 use self::owner::OwnerCommand;
 use self::owner_handle::{OwnerHandle, ReportGeneration};
 use crate::control::secret::ClusterSecret;
@@ -160,6 +160,8 @@ pub struct RoomReport {
 pub struct NodeInner {
     pub id: NodeId,
     pub name: String,
+    /// The newest incarnation each peer dialled this node as (`Node::peer_connected`).
+    peer_incarnations: Mutex<HashMap<NodeId, u64>>,
     /// `host:port` others reach this node at.
     pub addr: String,
     pub config: NodeConfig,
@@ -292,7 +294,13 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         id: registration.node_id,
         name: config.name.clone(),
         addr: advertise,
-        mesh: Mesh::new(secret.clone(), shutdown_rx.clone(), config.mesh.link_queue),
+        mesh: Mesh::new(
+            secret.clone(),
+            Some(MeshOrigin::starting_now(registration.node_id)),
+            shutdown_rx.clone(),
+            config.mesh.link_queue,
+        ),
+        peer_incarnations: Mutex::default(),
         sends_in_flight: Mutex::default(),
         config,
         log,
@@ -325,6 +333,10 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     // Learn the rooms before taking traffic.
     if let Err(e) = node.refresh_routes().await {
         tracing::warn!(error = %e, "no routing table yet; the heartbeat will bring it");
+    }
+    // Every peer learns of this incarnation now, and forgets what an earlier one followed.
+    for peer in node.routes().nodes.values().filter(|peer| peer.up && peer.id != node.id) {
+        node.mesh.dial(peer.id, &peer.addr);
     }
     tracing::info!(node = node.id, name = %node.name, addr = %node.addr, "chat node started");
     Ok(NodeHandle { node, addr, shutdown, tasks: vec![server, heartbeat] })
@@ -392,10 +404,18 @@ async fn repair_losses(node: Node, mut shutdown: watch::Receiver<bool>) {
 impl Node {
     /// Has each owner here show `nodes` its newest message, if they follow its room.
     pub(super) fn show_newest_to(&self, nodes: &[NodeId]) {
-        // A parked owner has no message to show.
+        self.tell_running_owners(nodes, |node| OwnerCommand::Returned { node });
+    }
+
+    /// Tells each running owner here one `command` per node of `nodes`. A parked owner has
+    /// no follower, so nothing to show or forget; an owner whose queue is full misses it.
+    pub(super) fn tell_running_owners(&self, nodes: &[NodeId], command: impl Fn(NodeId) -> OwnerCommand) {
+        if nodes.is_empty() {
+            return;
+        }
         for queue in self.owners_lock().values().filter_map(OwnerHandle::running_queue) {
             for node in nodes {
-                let _ = queue.try_send(OwnerCommand::Returned { node: *node });
+                let _ = queue.try_send(command(*node));
             }
         }
     }
@@ -419,6 +439,31 @@ impl Node {
         let mut early = self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         early.keep(room, node, users, std::time::Instant::now());
         metrics::gauge!("districhat_early_interest_rooms").set(early.len() as f64);
+    }
+
+    /// A peer dialled this node as `origin`. A larger incarnation than before means the
+    /// peer restarted: its sessions are gone and could not say so, so every owner here
+    /// forgets what it followed (as if it had unfollowed each room), and so does the
+    /// interest kept for rooms without an owner yet. Called before the link's first frame
+    /// is read, so the new incarnation's interest comes after.
+    pub(super) fn peer_connected(&self, origin: MeshOrigin) {
+        let restarted = {
+            let mut seen = self.peer_incarnations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let previous = seen.get(&origin.node).copied();
+            if previous.is_none_or(|previous| previous < origin.incarnation) {
+                seen.insert(origin.node, origin.incarnation);
+            }
+            previous.is_some_and(|previous| previous < origin.incarnation)
+        };
+        if !restarted {
+            return;
+        }
+        tracing::info!(peer = origin.node, "a peer restarted; forgetting what it followed");
+        let owners = self.owners_lock();
+        for queue in owners.values().filter_map(OwnerHandle::running_queue) {
+            let _ = queue.try_send(OwnerCommand::Interest { node: origin.node, users: Vec::new() });
+        }
+        self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).forget(origin.node);
     }
 
     /// The interest that came for `room` before its owner task here (call with `owners`

@@ -73,8 +73,15 @@ pub enum OwnerCommand {
     },
     /// Node `node` is up again in this node's routing table (deliveries to it were
     /// skipped while it was down), or the mesh may have lost frames to it: it gets the
-    /// newest message if it follows the room (its sessions then fetch any gap).
+    /// newest message if it follows the room (its sessions then fetch any gap), and its
+    /// users count in the room's presence again.
     Returned {
+        node: NodeId,
+    },
+    /// Node `node` is down in this node's routing table: its users leave the room's
+    /// presence (its sessions are closed or closing: docs/REPLICATION.md, "Leases"), though
+    /// its interest is kept for when it is up again.
+    Down {
         node: NodeId,
     },
 }
@@ -90,6 +97,9 @@ pub(super) struct Owner {
     last_stamp: Option<MessageStamp>,
     /// Subscribed nodes and their users, for fan-out and presence.
     interest: HashMap<NodeId, Vec<String>>,
+    /// The users of the last presence frame the followers were sent: those of `interest`
+    /// on nodes that are up.
+    presence: BTreeSet<String>,
     /// Shared with the [`OwnerHandle`]: ready, dormant, the replica complete, the commit
     /// point.
     flags: OwnerFlags,
@@ -129,6 +139,7 @@ impl Owner {
             next_seq: 1,
             last_stamp: None,
             interest: HashMap::new(),
+            presence: BTreeSet::new(),
             flags: flags.clone(),
             backfill: None,
             replica_told: 0,
@@ -474,6 +485,12 @@ impl Owner {
                     OwnerCommand::Returned { node } => {
                         if self.interest.contains_key(&node) {
                             self.show_newest(&[node]).await;
+                            self.announce_presence(None);
+                        }
+                    }
+                    OwnerCommand::Down { node } => {
+                        if self.interest.contains_key(&node) {
+                            self.announce_presence(None);
                         }
                     }
                     OwnerCommand::Typing { username } => {
@@ -798,7 +815,6 @@ impl Owner {
     /// the owner moved, and the room's presence (a node keeps presence only while it has
     /// followers); the other nodes get presence again only when it changed.
     async fn set_interest(&mut self, node: NodeId, users: Vec<String>) {
-        let before: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
         let newcomer = !users.is_empty() && !self.interest.contains_key(&node);
         if users.is_empty() {
             self.interest.remove(&node);
@@ -808,17 +824,30 @@ impl Owner {
         if newcomer {
             self.show_newest(&[node]).await;
         }
-        let everyone: BTreeSet<String> = self.interest.values().flatten().cloned().collect();
-        let changed = everyone != before;
-        if changed || newcomer {
-            let frame = ServerFrame::Presence { room: self.room, users: everyone.into_iter().collect() };
-            let frames = vec![(0, frame_json(&frame))];
-            if changed {
-                self.fan_out(frames, 0);
-            } else {
-                self.node.deliver_to(node, self.room, frames, 0);
-            }
+        self.announce_presence(newcomer.then_some(node));
+    }
+
+    /// Sends every follower the room's presence if it changed: the users of the following
+    /// nodes that are up in this node's routing table (a node the catalog calls down has
+    /// closed its sessions, or is closing them, and cannot say so). When it did not
+    /// change, a `newcomer` node still gets it (a node keeps presence only while it has
+    /// followers).
+    fn announce_presence(&mut self, newcomer: Option<NodeId>) {
+        let routes = self.node.routes();
+        let is_up = |node: &NodeId| *node == self.node.id || routes.nodes.get(node).is_none_or(|route| route.up);
+        let everyone: BTreeSet<String> =
+            self.interest.iter().filter(|(node, _)| is_up(node)).flat_map(|(_, users)| users.iter().cloned()).collect();
+        let changed = everyone != self.presence;
+        if !changed && newcomer.is_none() {
+            return;
         }
+        let frame = ServerFrame::Presence { room: self.room, users: everyone.iter().cloned().collect() };
+        let frames = vec![(0, frame_json(&frame))];
+        match newcomer {
+            Some(node) if !changed => self.node.deliver_to(node, self.room, frames, 0),
+            _ => self.fan_out(frames, 0),
+        }
+        self.presence = everyone;
     }
 
     /// Delivers the room's newest committed message (read once) to each of `nodes`: their

@@ -5,9 +5,9 @@
 //! writes to ends its task and leaves only this handle: the flags of an owner that has not
 //! taken the room over. A node keeps an owner for every room it owns, and most rooms of a
 //! large node are idle, so a parked room costs a handle instead of a task and a queue
-//! (docs/BENCHMARKS.md, "The memory of an idle room"). The first command for a parked room
-//! starts a task again, in the same dormant state; see "Parked owners" in REPLICATION.md
-//! for why nothing else changes.
+//! (docs/BENCHMARKS.md, "The memory of an idle room"). A send or a follower for a parked
+//! room starts a task again, in the same dormant state (news it has nothing to do with is
+//! dropped); see "Parked owners" in REPLICATION.md for why nothing else changes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

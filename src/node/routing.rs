@@ -516,6 +516,14 @@ impl Node {
             .map(|node| node.id)
             .collect();
         self.show_newest_to(&returned);
+        // Nodes down in this table: their users leave the presence of the rooms owned here.
+        let down: Vec<NodeId> = new
+            .nodes
+            .values()
+            .filter(|node| !node.up && old.nodes.get(&node.id).is_none_or(|before| before.up))
+            .map(|node| node.id)
+            .collect();
+        self.tell_running_owners(&down, |node| OwnerCommand::Down { node });
         for room in self.hub.rooms() {
             if changed.as_ref().is_some_and(|rooms| !rooms.contains(&room)) {
                 continue;

@@ -132,7 +132,7 @@ impl ChatCluster {
 pub fn mesh_client() -> (node::mesh::Mesh, tokio::sync::watch::Sender<bool>) {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let secret = districhat::control::secret::ClusterSecret::new(SECRET);
-    (node::mesh::Mesh::new(secret, stop_rx, node::config::MeshLimits::default().link_queue), stop)
+    (node::mesh::Mesh::new(secret, None, stop_rx, node::config::MeshLimits::default().link_queue), stop)
 }
 
 /// A connection token and the node list, as the browser gets them.

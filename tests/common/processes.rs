@@ -151,4 +151,25 @@ impl ProcessCluster {
             .output()
             .expect("run districhat")
     }
+
+    /// Kills node `name` (`n1`…`n3`) with SIGKILL, as a crash would: it says goodbye to no
+    /// one.
+    pub fn kill_node(&self, name: &str) {
+        let pid = std::fs::read_to_string(self.data.join(format!("{name}.pid"))).expect("pid file");
+        let status = Command::new("kill").args(["-9", pid.trim()]).status().expect("kill");
+        assert!(status.success(), "kill -9 {name}");
+        let gone = format!("/proc/{}", pid.trim());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A zombie keeps its /proc entry until reaped: its status says so.
+        while std::fs::read_to_string(format!("{gone}/status")).is_ok_and(|s| !s.contains("zombie")) {
+            assert!(Instant::now() < deadline, "{name} did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `name` again from its config and data (after [`Self::kill_node`]).
+    pub fn restart_node(&mut self, name: &str) {
+        let child = spawn(&self.data, &self.configs, name, "node", &[]);
+        self.children.push(child);
+    }
 }

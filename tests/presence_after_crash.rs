@@ -1,0 +1,114 @@
+//! A room's presence after a node that had followers crashes (docs/PROTOCOL.md, "Typing and
+//! presence"): the crashed node's sessions cannot say that they left, so the owner must
+//! take its users out on its own, whether the node stays down (the catalog marks it down)
+//! or comes back at once (a new incarnation dials the owner's node). Real processes, so
+//! the crash is a SIGKILL and nobody says goodbye. On the code before this change both
+//! tests failed: the crashed node's user stayed present for good.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chat::{token, WsClient};
+use common::processes::ProcessCluster;
+use common::Api;
+use serde_json::Value;
+
+/// A room owned by one node, `watcher` following it there, and `ghost` on a node that
+/// is neither its owner nor its replica.
+struct Haunted {
+    /// Its presence lists both users.
+    watcher: WsClient,
+    /// Open until its node dies: a session that closed would say it left.
+    _ghost: WsClient,
+    ghost_api: Api,
+    /// The ghost's node: its name (`n1`…) and WebSocket URL.
+    ghost_node: String,
+    ghost_url: String,
+    room: u64,
+}
+
+async fn room_with_a_ghost(cluster: &ProcessCluster) -> Haunted {
+    let base = &cluster.control_url;
+    let watcher_api = Api::logged_in(base, "watcher").await;
+    let ghost_api = Api::logged_in(base, "ghost").await;
+    let (status, room) = watcher_api
+        .post(&format!("{base}/api/rooms"), serde_json::json!({"name": "lobby", "private": false}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{room}");
+    let (room_id, owner, replica) = (room["id"].as_u64().unwrap(), room["owner"].as_u64(), room["replica"].as_u64());
+    let nodes = watcher_api.get(&format!("{base}/api/nodes")).await.expect("nodes");
+    let nodes: Vec<Value> = nodes["nodes"].as_array().cloned().unwrap_or_default();
+    let owner_node = nodes.iter().find(|n| n["id"].as_u64() == owner).expect("the owner node");
+    let ghost_node = nodes
+        .iter()
+        .find(|n| n["id"].as_u64() != owner && n["id"].as_u64() != replica)
+        .expect("a node that holds no copy of the room");
+
+    let (watcher_token, _) = token(&watcher_api, base).await;
+    let mut watcher = WsClient::connect(owner_node["ws_url"].as_str().unwrap(), &watcher_token).await;
+    watcher.subscribe(room_id, None).await;
+    let (ghost_token, _) = token(&ghost_api, base).await;
+    let mut ghost = WsClient::connect(ghost_node["ws_url"].as_str().unwrap(), &ghost_token).await;
+    ghost.subscribe(room_id, None).await;
+    presence_until(&mut watcher, "both users", |users| users == ["ghost", "watcher"]).await;
+    Haunted {
+        watcher,
+        _ghost: ghost,
+        ghost_api,
+        ghost_node: ghost_node["name"].as_str().unwrap().to_string(),
+        ghost_url: ghost_node["ws_url"].as_str().unwrap().to_string(),
+        room: room_id,
+    }
+}
+
+/// Reads frames until a presence frame whose users satisfy `wanted`; panics after 30 s.
+async fn presence_until(ws: &mut WsClient, what: &str, wanted: impl Fn(&[&str]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
+        let Some(frame) = ws.next(left).await else { break };
+        if frame["type"] == "presence" {
+            let users: Vec<&str> = frame["users"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if wanted(&users) {
+                return;
+            }
+            last = Some(frame.clone());
+        }
+    }
+    panic!("no presence frame with {what} within 30 s; the last was {last:?}");
+}
+
+/// The crashed node stays down: once the catalog marks it down, its user leaves the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_nodes_users_leave_presence_when_it_is_marked_down() {
+    let cluster = ProcessCluster::start().await;
+    let mut haunted = room_with_a_ghost(&cluster).await;
+    cluster.kill_node(&haunted.ghost_node);
+    presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+}
+
+/// The crashed node comes back before the catalog could notice (its timeout is long
+/// here): the new process dials its peers, and the owner forgets what the old one
+/// followed. The ghost then follows again from the new process and is present again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nodes_old_followers_leave_presence_and_its_new_ones_join() {
+    let mut cluster = ProcessCluster::start_with("node_timeout_ms = 600000", "").await;
+    let mut haunted = room_with_a_ghost(&cluster).await;
+    cluster.kill_node(&haunted.ghost_node);
+    cluster.restart_node(&haunted.ghost_node);
+    presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+
+    let (ghost_token, _) = token(&haunted.ghost_api, &cluster.control_url).await;
+    let url = haunted.ghost_url.clone();
+    let mut ghost = common::wait_for("the restarted node to take connections", Duration::from_secs(30), || async {
+        let (socket, _) = tokio_tungstenite::connect_async(&url).await.ok()?;
+        Some(WsClient::from_socket(socket))
+    })
+    .await;
+    ghost.send(serde_json::json!({"type": "hello", "token": ghost_token})).await;
+    ghost.expect("welcome").await;
+    ghost.subscribe(haunted.room, None).await;
+    presence_until(&mut haunted.watcher, "the ghost back", |users| users == ["ghost", "watcher"]).await;
+}
