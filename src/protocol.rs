@@ -340,6 +340,9 @@ pub struct RoutingDelta {
 pub struct NodeRoute {
     pub id: NodeId,
     pub addr: String,
+    /// The node serves its browser sessions: `up` or `drained` in the catalog (a drained
+    /// node takes no new rooms or connections, but keeps the ones it has). Nodes deliver
+    /// to it, dial it, and count its users in presence only while this holds.
     pub up: bool,
 }
 

@@ -187,3 +187,64 @@ async fn a_drain_that_cannot_move_every_room_is_refused_and_changes_nothing() {
     assert_eq!(after.rooms, before.rooms, "no room moved");
     assert_eq!(after.nodes, before.nodes, "no node changed status");
 }
+
+/// docs/DRAINING.md: browsers still connected to a drained node keep chatting through it.
+/// A session there keeps getting its room's live messages, and its user stays in the
+/// room's presence. Failed before the routing table counted a drained node as serving:
+/// it was "down" to every owner, which skipped its deliveries (no live message within
+/// 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_nodes_sessions_keep_getting_live_messages_and_stay_present() {
+    let cluster = ChatCluster::start(3).await;
+    let base = cluster.url();
+    let api = Api::logged_in(&base, "stayer").await;
+    let watcher_api = Api::logged_in(&base, "watcher").await;
+    let room = cluster.create_room(&api, "kept", false).await;
+    let (room, owner, replica) = (room["id"].as_u64().unwrap(), room["owner"].as_u64(), room["replica"].as_u64());
+    // A node with no copy of the room: draining it moves nothing of this room.
+    let drained = (0..3)
+        .map(|i| cluster.node(i).node.id)
+        .find(|id| Some(*id) != owner && Some(*id) != replica)
+        .expect("a third node");
+    let owner_url = cluster.node(cluster.index_of(owner.expect("owner"))).ws_url();
+
+    let (stayer_token, _) = token(&api, &base).await;
+    let mut stayer = WsClient::connect(&cluster.node(cluster.index_of(drained)).ws_url(), &stayer_token).await;
+    stayer.subscribe(room, None).await;
+    let (watcher_token, _) = token(&watcher_api, &base).await;
+    let mut watcher = WsClient::connect(&owner_url, &watcher_token).await;
+    watcher.subscribe(room, None).await;
+    let presence = |frame: &serde_json::Value| {
+        let users = frame["users"].as_array().into_iter().flatten().filter_map(|u| u.as_str());
+        users.map(str::to_string).collect::<Vec<_>>()
+    };
+    loop {
+        let frame = watcher.next(Duration::from_secs(10)).await.expect("presence with both users");
+        if frame["type"] == "presence" && presence(&frame) == ["stayer", "watcher"] {
+            break;
+        }
+    }
+
+    drain::drain(&target(&cluster, drained), Duration::from_secs(60), |_| {}).await.expect("drain");
+    let seq = send_once(&watcher_api, &base, &owner_url, room, "after-the-drain").await;
+    loop {
+        let frame = stayer.next(Duration::from_secs(10)).await.expect("the message reaches the drained node's session");
+        if frame["type"] == "message" {
+            assert_eq!((frame["seq"].as_u64(), frame["text"].as_str()), (Some(seq), Some("after-the-drain")));
+            break;
+        }
+    }
+    // The watcher's presence never lost the stayer: a frame that dropped it would come
+    // before the one with the third user, who joins after the drain.
+    let late_api = Api::logged_in(&base, "zed").await;
+    let (late_token, _) = token(&late_api, &base).await;
+    let mut late = WsClient::connect(&owner_url, &late_token).await;
+    late.subscribe(room, None).await;
+    loop {
+        let frame = watcher.next(Duration::from_secs(10)).await.expect("presence with the third user");
+        if frame["type"] == "presence" {
+            assert_eq!(presence(&frame), ["stayer", "watcher", "zed"], "the stayer stays present");
+            break;
+        }
+    }
+}

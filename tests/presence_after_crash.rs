@@ -85,7 +85,7 @@ async fn presence_until(ws: &mut WsClient, what: &str, wanted: impl Fn(&[&str]) 
 async fn a_crashed_nodes_users_leave_presence_when_it_is_marked_down() {
     let cluster = ProcessCluster::start().await;
     let mut haunted = room_with_a_ghost(&cluster).await;
-    cluster.kill_node(&haunted.ghost_node);
+    cluster.kill_node(&haunted.ghost_node).await;
     presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
 }
 
@@ -96,7 +96,7 @@ async fn a_crashed_nodes_users_leave_presence_when_it_is_marked_down() {
 async fn a_restarted_nodes_old_followers_leave_presence_and_its_new_ones_join() {
     let mut cluster = ProcessCluster::start_with("node_timeout_ms = 600000", "").await;
     let mut haunted = room_with_a_ghost(&cluster).await;
-    cluster.kill_node(&haunted.ghost_node);
+    cluster.kill_node(&haunted.ghost_node).await;
     cluster.restart_node(&haunted.ghost_node);
     presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
 

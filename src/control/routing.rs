@@ -58,7 +58,9 @@ pub fn routing_delta(state: &CatalogState, since: u64) -> Option<RoutingDelta> {
 }
 
 fn node_route(node: &ChatNode) -> NodeRoute {
-    NodeRoute { id: node.id, addr: node.mesh_addr.clone(), up: node.status == NodeStatus::Up }
+    // A drained node still serves the sessions it has (docs/DRAINING.md): up for them.
+    let up = matches!(node.status, NodeStatus::Up | NodeStatus::Drained);
+    NodeRoute { id: node.id, addr: node.mesh_addr.clone(), up }
 }
 
 fn room_route(catalog: &Catalog, room: &Room) -> RoomRoute {

@@ -29,10 +29,13 @@ use crate::control::secret::{ClusterSecret, SECRET_HEADER};
 use crate::protocol::{MeshEnvelope, MeshReply, MeshRequest, MeshResponse, NodeId};
 use crate::store;
 
-/// The headers a dialling node names itself by: its id, and its incarnation (when its
-/// process started, in ns since the epoch; a restart makes a larger one).
+/// The header a dialling node names its id in.
 pub const NODE_HEADER: &str = "x-districhat-node";
+/// The header a dialling node names its incarnation in ([`next_incarnation`]).
 pub const INCARNATION_HEADER: &str = "x-districhat-incarnation";
+
+/// Where a node keeps its last incarnation, in its data directory.
+const INCARNATION_FILE: &str = "incarnation";
 
 /// Who dials: a node and its incarnation. A listener that sees a larger incarnation than
 /// before from the same node knows it restarted, and that what it followed before is gone
@@ -43,13 +46,27 @@ pub struct MeshOrigin {
     pub incarnation: u64,
 }
 
-impl MeshOrigin {
-    /// This process's incarnation of `node`.
-    pub fn starting_now(node: NodeId) -> Self {
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Self { node, incarnation: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX) }
-    }
+/// This process's incarnation, larger than any earlier one of the node with this data
+/// directory: the time in ns since the epoch, or the last incarnation + 1 if the clock is
+/// behind it (stepped back). Kept on disk before it is used.
+pub fn next_incarnation(data_dir: &std::path::Path) -> std::io::Result<u64> {
+    let path = data_dir.join(INCARNATION_FILE);
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
+    let next = now.max(last.saturating_add(1));
+    let written = data_dir.join(format!("{INCARNATION_FILE}.new"));
+    std::fs::write(&written, next.to_string())?;
+    std::fs::File::open(&written)?.sync_all()?;
+    std::fs::rename(&written, &path)?;
+    Ok(next)
+}
 
+impl MeshOrigin {
     /// The origin a dialler's headers name, if both are there and well formed.
     pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<Self> {
         let number = |name: &str| headers.get(name)?.to_str().ok()?.parse::<u64>().ok();
@@ -134,8 +151,8 @@ impl Mesh {
         Self { links, next_id, secret, origin, shutdown, link_queue, losses }
     }
 
-    /// Opens the link to `node` now rather than at its first frame, so the peer learns of
-    /// this process's incarnation at once.
+    /// Opens the link to `node` now, if there is none to `addr` yet, rather than at its
+    /// first frame: the peer learns of this process's incarnation at once.
     pub fn dial(&self, node: NodeId, addr: &str) {
         self.link(node, addr);
     }

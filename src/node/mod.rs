@@ -289,6 +289,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     let fsync = config.replication.fsync;
     let memory = config.storage.clone();
     let log = tokio::task::spawn_blocking(move || RoomLog::open(&dir, fsync, &memory)).await??;
+    let incarnation = mesh::next_incarnation(&config.data_dir)?;
     let browser_slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(&config)));
     let node = Node(Arc::new(NodeInner {
         id: registration.node_id,
@@ -296,7 +297,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
         addr: advertise,
         mesh: Mesh::new(
             secret.clone(),
-            Some(MeshOrigin::starting_now(registration.node_id)),
+            Some(MeshOrigin { node: registration.node_id, incarnation }),
             shutdown_rx.clone(),
             config.mesh.link_queue,
         ),
@@ -333,10 +334,6 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> anyhow::Result<
     // Learn the rooms before taking traffic.
     if let Err(e) = node.refresh_routes().await {
         tracing::warn!(error = %e, "no routing table yet; the heartbeat will bring it");
-    }
-    // Every peer learns of this incarnation now, and forgets what an earlier one followed.
-    for peer in node.routes().nodes.values().filter(|peer| peer.up && peer.id != node.id) {
-        node.mesh.dial(peer.id, &peer.addr);
     }
     tracing::info!(node = node.id, name = %node.name, addr = %node.addr, "chat node started");
     Ok(NodeHandle { node, addr, shutdown, tasks: vec![server, heartbeat] })
@@ -447,15 +444,15 @@ impl Node {
     /// interest kept for rooms without an owner yet. Called before the link's first frame
     /// is read, so the new incarnation's interest comes after.
     pub(super) fn peer_connected(&self, origin: MeshOrigin) {
-        let restarted = {
-            let mut seen = self.peer_incarnations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let previous = seen.get(&origin.node).copied();
-            if previous.is_none_or(|previous| previous < origin.incarnation) {
-                seen.insert(origin.node, origin.incarnation);
-            }
-            previous.is_some_and(|previous| previous < origin.incarnation)
-        };
-        if !restarted {
+        // Held through the forget: another connection of the same new process waits here
+        // until the forget is queued, and only then reads its frames.
+        let mut seen = self.peer_incarnations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous = seen.get(&origin.node).copied();
+        if previous.is_some_and(|previous| previous >= origin.incarnation) {
+            return;
+        }
+        seen.insert(origin.node, origin.incarnation);
+        if previous.is_none() {
             return;
         }
         tracing::info!(peer = origin.node, "a peer restarted; forgetting what it followed");
@@ -463,7 +460,9 @@ impl Node {
         for queue in owners.values().filter_map(OwnerHandle::running_queue) {
             let _ = queue.try_send(OwnerCommand::Interest { node: origin.node, users: Vec::new() });
         }
-        self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).forget(origin.node);
+        let mut early = self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        early.forget(origin.node);
+        metrics::gauge!("districhat_early_interest_rooms").set(early.len() as f64);
     }
 
     /// The interest that came for `room` before its owner task here (call with `owners`

@@ -485,7 +485,9 @@ impl Owner {
                     OwnerCommand::Returned { node } => {
                         if self.interest.contains_key(&node) {
                             self.show_newest(&[node]).await;
-                            self.announce_presence(None);
+                            // It may have missed presence changes too: it gets presence
+                            // even when the list did not change.
+                            self.announce_presence(Some(node));
                         }
                     }
                     OwnerCommand::Down { node } => {

@@ -520,10 +520,15 @@ impl Node {
         let down: Vec<NodeId> = new
             .nodes
             .values()
-            .filter(|node| !node.up && old.nodes.get(&node.id).is_none_or(|before| before.up))
+            .filter(|node| !node.up && old.nodes.get(&node.id).is_some_and(|before| before.up))
             .map(|node| node.id)
             .collect();
         self.tell_running_owners(&down, |node| OwnerCommand::Down { node });
+        // Every peer that serves sessions has a link from here, so it learns of this
+        // process's incarnation as soon as this node knows it (see `Node::peer_connected`).
+        for peer in new.nodes.values().filter(|peer| peer.up && peer.id != self.id) {
+            self.mesh.dial(peer.id, &peer.addr);
+        }
         for room in self.hub.rooms() {
             if changed.as_ref().is_some_and(|rooms| !rooms.contains(&room)) {
                 continue;

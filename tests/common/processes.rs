@@ -154,17 +154,16 @@ impl ProcessCluster {
 
     /// Kills node `name` (`n1`…`n3`) with SIGKILL, as a crash would: it says goodbye to no
     /// one.
-    pub fn kill_node(&self, name: &str) {
+    pub async fn kill_node(&self, name: &str) {
         let pid = std::fs::read_to_string(self.data.join(format!("{name}.pid"))).expect("pid file");
         let status = Command::new("kill").args(["-9", pid.trim()]).status().expect("kill");
         assert!(status.success(), "kill -9 {name}");
-        let gone = format!("/proc/{}", pid.trim());
-        let deadline = Instant::now() + Duration::from_secs(10);
         // A zombie keeps its /proc entry until reaped: its status says so.
-        while std::fs::read_to_string(format!("{gone}/status")).is_ok_and(|s| !s.contains("zombie")) {
-            assert!(Instant::now() < deadline, "{name} did not die");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = format!("/proc/{}/status", pid.trim());
+        wait_until(&format!("{name} to die"), Duration::from_secs(10), async || {
+            std::fs::read_to_string(&status).is_ok_and(|s| s.contains("zombie")) || !Path::new(&status).exists()
+        })
+        .await;
     }
 
     /// Starts node `name` again from its config and data (after [`Self::kill_node`]).

@@ -105,11 +105,12 @@ async fn mesh_socket(State(node): State<Node>, headers: HeaderMap, upgrade: WebS
         return (StatusCode::UNAUTHORIZED, "cluster secret required").into_response();
     }
     let (shutdown, at_once) = (node.shutdown.clone(), node.config.mesh.requests_per_link);
+    let origin = mesh::MeshOrigin::from_headers(&headers);
     upgrade.read_buffer_size(mesh::READ_BUFFER).max_message_size(64 * 1024 * 1024).on_upgrade(
         move |socket| async move {
             // Before any frame of this link: what a restarted peer followed is forgotten
             // first, and then its new interest counts.
-            if let Some(origin) = mesh::MeshOrigin::from_headers(&headers) {
+            if let Some(origin) = origin {
                 node.peer_connected(origin);
             }
             mesh::serve_link(socket, node, shutdown, at_once).await
