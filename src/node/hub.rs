@@ -128,7 +128,8 @@ impl Hub {
                 .entered();
         let frames: Vec<(Seq, Utf8Bytes)> =
             frames.into_iter().map(|(seq, text)| (seq, Utf8Bytes::from(text))).collect();
-        let subscribers: Vec<Subscriber> = match self.lock().get_mut(&room) {
+        // Each follower's queue and kick, not its whole `Subscriber` (no copy of its name).
+        let subscribers: Vec<(mpsc::Sender<Outbound>, Arc<Notify>)> = match self.lock().get_mut(&room) {
             Some(followers) => {
                 if let Some((seq, text)) = frames.iter().rev().find(|(seq, _)| *seq > 0) {
                     if followers.newest.as_ref().is_none_or(|(newest, _)| newest < seq) {
@@ -139,16 +140,16 @@ impl Hub {
                 if let Some((_, presence)) = presence {
                     followers.presence = Some(presence.clone());
                 }
-                followers.members.values().cloned().collect()
+                followers.members.values().map(|member| (member.tx.clone(), member.kick.clone())).collect()
             }
             None => Vec::new(),
         };
-        for subscriber in subscribers {
+        for (tx, kick) in subscribers {
             for (seq, text) in &frames {
                 let outbound = Outbound::Room { room, seq: *seq, text: text.clone() };
-                if subscriber.tx.try_send(outbound).is_err() {
+                if tx.try_send(outbound).is_err() {
                     metrics::counter!("districhat_sessions_kicked_total").increment(1);
-                    subscriber.kick.notify_one();
+                    kick.notify_one();
                     break;
                 }
             }

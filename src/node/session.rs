@@ -127,6 +127,12 @@ pub async fn run(node: Node, mut socket: WebSocket) {
     let mut shutdown = node.shutdown.clone();
     let mut isolation = node.isolation();
     let write_timeout = Duration::from_millis(node.config.limits.write_timeout_ms);
+    // Made once, not once per turn of the loop: each would register with its notifier
+    // when polled and unregister when dropped, for every frame in or out.
+    let kicked = kick.notified();
+    let isolated = async { drop(isolation.wait_for(|isolated| *isolated).await) };
+    let stopping = crate::stopped(&mut shutdown);
+    tokio::pin!(kicked, isolated, stopping);
     loop {
         let outgoing: Vec<Message> = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -153,15 +159,15 @@ pub async fn run(node: Node, mut socket: WebSocket) {
                 }
                 None => break,
             },
-            _ = kick.notified() => {
+            _ = &mut kicked => {
                 close(&mut socket, "lagging", "this connection fell behind; reconnect and resume", 4008).await;
                 break;
             }
-            _ = async { drop(isolation.wait_for(|isolated| *isolated).await) } => {
+            _ = &mut isolated => {
                 close(&mut socket, "isolated", "this node lost the control plane; reconnect to another", 4009).await;
                 break;
             }
-            _ = crate::stopped(&mut shutdown) => break,
+            _ = &mut stopping => break,
         };
         metrics::counter!("districhat_frames_out_total").increment(outgoing.len() as u64);
         match write_all(&mut socket, outgoing, write_timeout).await {
