@@ -85,8 +85,10 @@ async fn presence_until(ws: &mut WsClient, what: &str, wanted: impl Fn(&[&str]) 
 async fn a_crashed_nodes_users_leave_presence_when_it_is_marked_down() {
     let cluster = ProcessCluster::start().await;
     let mut haunted = room_with_a_ghost(&cluster).await;
+    let killed = std::time::Instant::now();
     cluster.kill_node(&haunted.ghost_node).await;
     presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+    eprintln!("the crashed node's user left presence {} ms after the kill", killed.elapsed().as_millis());
 }
 
 /// The crashed node comes back before the catalog could notice (its timeout is long
@@ -96,9 +98,11 @@ async fn a_crashed_nodes_users_leave_presence_when_it_is_marked_down() {
 async fn a_restarted_nodes_old_followers_leave_presence_and_its_new_ones_join() {
     let mut cluster = ProcessCluster::start_with("node_timeout_ms = 600000", "").await;
     let mut haunted = room_with_a_ghost(&cluster).await;
+    let killed = std::time::Instant::now();
     cluster.kill_node(&haunted.ghost_node).await;
     cluster.restart_node(&haunted.ghost_node);
     presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+    eprintln!("the restarted node's old user left presence {} ms after the kill", killed.elapsed().as_millis());
 
     let (ghost_token, _) = token(&haunted.ghost_api, &cluster.control_url).await;
     let url = haunted.ghost_url.clone();
