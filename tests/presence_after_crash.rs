@@ -1,9 +1,10 @@
 //! A room's presence after a node that had followers crashes (docs/PROTOCOL.md, "Typing and
 //! presence"): the crashed node's sessions cannot say that they left, so the owner must
 //! take its users out on its own, whether the node stays down (the catalog marks it down)
-//! or comes back at once (a new incarnation dials the owner's node). Real processes, so
-//! the crash is a SIGKILL and nobody says goodbye. On the code before this change both
-//! tests failed: the crashed node's user stayed present for good.
+//! or comes back at once (a new incarnation dials the owner's node); and a node that was
+//! only paused gets its followers back. Real processes, so the crash is a SIGKILL and
+//! nobody says goodbye. On the code before this change the two crash tests failed: the
+//! crashed node's user stayed present for good.
 
 mod common;
 
@@ -20,7 +21,7 @@ struct Haunted {
     /// Its presence lists both users.
     watcher: WsClient,
     /// Open until its node dies: a session that closed would say it left.
-    _ghost: WsClient,
+    ghost: WsClient,
     ghost_api: Api,
     /// The ghost's node: its name (`n1`…) and WebSocket URL.
     ghost_node: String,
@@ -55,7 +56,7 @@ async fn room_with_a_ghost(cluster: &ProcessCluster) -> Haunted {
     presence_until(&mut watcher, "both users", |users| users == ["ghost", "watcher"]).await;
     Haunted {
         watcher,
-        _ghost: ghost,
+        ghost,
         ghost_api,
         ghost_node: ghost_node["name"].as_str().unwrap().to_string(),
         ghost_url: ghost_node["ws_url"].as_str().unwrap().to_string(),
@@ -78,6 +79,39 @@ async fn presence_until(ws: &mut WsClient, what: &str, wanted: impl Fn(&[&str]) 
         }
     }
     panic!("no presence frame with {what} within 30 s; the last was {last:?}");
+}
+
+/// A node marked down that was only paused, with a lease long enough to keep its sessions
+/// (docs/REPLICATION.md, "Followers on a node that crashed": down hides, it does not
+/// forget): its user leaves presence while it is down and comes back with it, and its
+/// session gets the room's messages live again. An owner that forgot a down node's
+/// interest would never deliver to that session again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_marked_down_that_keeps_its_sessions_gets_its_followers_back() {
+    let cluster = ProcessCluster::start_with("", "control_lease_ms = 600000").await;
+    let mut haunted = room_with_a_ghost(&cluster).await;
+    cluster.signal_node(&haunted.ghost_node, "STOP");
+    presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+    cluster.signal_node(&haunted.ghost_node, "CONT");
+    presence_until(&mut haunted.watcher, "the ghost back", |users| users == ["ghost", "watcher"]).await;
+
+    haunted
+        .watcher
+        .send(serde_json::json!({"type": "send", "room": haunted.room, "client_id": "w-1", "text": "back?"}))
+        .await;
+    let seq = loop {
+        let frame = haunted.watcher.next(Duration::from_secs(10)).await.expect("the watcher's ack");
+        if frame["type"] == "ack" {
+            break frame["seq"].as_u64().expect("seq");
+        }
+    };
+    loop {
+        let frame = haunted.ghost.next(Duration::from_secs(10)).await.expect("the message reaches the returned node");
+        if frame["type"] == "message" && frame["seq"].as_u64() == Some(seq) {
+            assert_eq!(frame["text"], "back?");
+            break;
+        }
+    }
 }
 
 /// The crashed node stays down: once the catalog marks it down, its user leaves the room.

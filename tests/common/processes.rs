@@ -152,6 +152,13 @@ impl ProcessCluster {
             .expect("run districhat")
     }
 
+    /// Sends node `name` (`n1`…`n3`) `signal` (`STOP`, `CONT`, …).
+    pub fn signal_node(&self, name: &str, signal: &str) {
+        let pid = std::fs::read_to_string(self.data.join(format!("{name}.pid"))).expect("pid file");
+        let status = Command::new("kill").args([&format!("-{signal}"), pid.trim()]).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {name}");
+    }
+
     /// Kills node `name` (`n1`…`n3`) with SIGKILL, as a crash would: it says goodbye to no
     /// one.
     pub async fn kill_node(&self, name: &str) {
