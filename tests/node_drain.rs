@@ -218,12 +218,7 @@ async fn a_drained_nodes_sessions_keep_getting_live_messages_and_stay_present() 
         let users = frame["users"].as_array().into_iter().flatten().filter_map(|u| u.as_str());
         users.map(str::to_string).collect::<Vec<_>>()
     };
-    loop {
-        let frame = watcher.next(Duration::from_secs(10)).await.expect("presence with both users");
-        if frame["type"] == "presence" && presence(&frame) == ["stayer", "watcher"] {
-            break;
-        }
-    }
+    watcher.presence_until("both users", Duration::from_secs(10), |users| users == ["stayer", "watcher"]).await;
 
     drain::drain(&target(&cluster, drained), Duration::from_secs(60), |_| {}).await.expect("drain");
     let seq = send_once(&watcher_api, &base, &owner_url, room, "after-the-drain").await;

@@ -15,6 +15,9 @@ use common::processes::ProcessCluster;
 use common::Api;
 use serde_json::Value;
 
+/// How long a presence change may take to reach the watcher.
+const PRESENCE_WITHIN: Duration = Duration::from_secs(30);
+
 /// A room owned by one node, `watcher` following it there, and `ghost` on a node that
 /// is neither its owner nor its replica.
 struct Haunted {
@@ -53,7 +56,7 @@ async fn room_with_a_ghost(cluster: &ProcessCluster) -> Haunted {
     let (ghost_token, _) = token(&ghost_api, base).await;
     let mut ghost = WsClient::connect(ghost_node["ws_url"].as_str().unwrap(), &ghost_token).await;
     ghost.subscribe(room_id, None).await;
-    presence_until(&mut watcher, "both users", |users| users == ["ghost", "watcher"]).await;
+    watcher.presence_until("both users", PRESENCE_WITHIN, |users| users == ["ghost", "watcher"]).await;
     Haunted {
         watcher,
         ghost,
@@ -62,23 +65,6 @@ async fn room_with_a_ghost(cluster: &ProcessCluster) -> Haunted {
         ghost_url: ghost_node["ws_url"].as_str().unwrap().to_string(),
         room: room_id,
     }
-}
-
-/// Reads frames until a presence frame whose users satisfy `wanted`; panics after 30 s.
-async fn presence_until(ws: &mut WsClient, what: &str, wanted: impl Fn(&[&str]) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
-        let Some(frame) = ws.next(left).await else { break };
-        if frame["type"] == "presence" {
-            let users: Vec<&str> = frame["users"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            if wanted(&users) {
-                return;
-            }
-            last = Some(frame.clone());
-        }
-    }
-    panic!("no presence frame with {what} within 30 s; the last was {last:?}");
 }
 
 /// A node marked down that was only paused, with a lease long enough to keep its sessions
@@ -91,9 +77,9 @@ async fn a_node_marked_down_that_keeps_its_sessions_gets_its_followers_back() {
     let cluster = ProcessCluster::start_with("", "control_lease_ms = 600000").await;
     let mut haunted = room_with_a_ghost(&cluster).await;
     cluster.signal_node(&haunted.ghost_node, "STOP");
-    presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+    haunted.watcher.presence_until("only the watcher", PRESENCE_WITHIN, |users| users == ["watcher"]).await;
     cluster.signal_node(&haunted.ghost_node, "CONT");
-    presence_until(&mut haunted.watcher, "the ghost back", |users| users == ["ghost", "watcher"]).await;
+    haunted.watcher.presence_until("the ghost back", PRESENCE_WITHIN, |users| users == ["ghost", "watcher"]).await;
 
     haunted
         .watcher
@@ -121,7 +107,7 @@ async fn a_crashed_nodes_users_leave_presence_when_it_is_marked_down() {
     let mut haunted = room_with_a_ghost(&cluster).await;
     let killed = std::time::Instant::now();
     cluster.kill_node(&haunted.ghost_node).await;
-    presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+    haunted.watcher.presence_until("only the watcher", PRESENCE_WITHIN, |users| users == ["watcher"]).await;
     eprintln!("the crashed node's user left presence {} ms after the kill", killed.elapsed().as_millis());
 }
 
@@ -135,7 +121,7 @@ async fn a_restarted_nodes_old_followers_leave_presence_and_its_new_ones_join() 
     let killed = std::time::Instant::now();
     cluster.kill_node(&haunted.ghost_node).await;
     cluster.restart_node(&haunted.ghost_node);
-    presence_until(&mut haunted.watcher, "only the watcher", |users| users == ["watcher"]).await;
+    haunted.watcher.presence_until("only the watcher", PRESENCE_WITHIN, |users| users == ["watcher"]).await;
     eprintln!("the restarted node's old user left presence {} ms after the kill", killed.elapsed().as_millis());
 
     let (ghost_token, _) = token(&haunted.ghost_api, &cluster.control_url).await;
@@ -148,5 +134,5 @@ async fn a_restarted_nodes_old_followers_leave_presence_and_its_new_ones_join() 
     ghost.send(serde_json::json!({"type": "hello", "token": ghost_token})).await;
     ghost.expect("welcome").await;
     ghost.subscribe(haunted.room, None).await;
-    presence_until(&mut haunted.watcher, "the ghost back", |users| users == ["ghost", "watcher"]).await;
+    haunted.watcher.presence_until("the ghost back", PRESENCE_WITHIN, |users| users == ["ghost", "watcher"]).await;
 }

@@ -398,22 +398,27 @@ async fn repair_losses(node: Node, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Queues one `command` per node of `nodes` to each running owner of `owners`. A parked
+/// owner has no follower, so nothing to show or forget; an owner whose queue is full
+/// misses it.
+fn tell_running(owners: &HashMap<RoomId, OwnerHandle>, nodes: &[NodeId], command: impl Fn(NodeId) -> OwnerCommand) {
+    for queue in owners.values().filter_map(OwnerHandle::running_queue) {
+        for node in nodes {
+            let _ = queue.try_send(command(*node));
+        }
+    }
+}
+
 impl Node {
     /// Has each owner here show `nodes` its newest message, if they follow its room.
     pub(super) fn show_newest_to(&self, nodes: &[NodeId]) {
         self.tell_running_owners(nodes, |node| OwnerCommand::Returned { node });
     }
 
-    /// Tells each running owner here one `command` per node of `nodes`. A parked owner has
-    /// no follower, so nothing to show or forget; an owner whose queue is full misses it.
+    /// Tells each running owner here one `command` per node of `nodes`.
     pub(super) fn tell_running_owners(&self, nodes: &[NodeId], command: impl Fn(NodeId) -> OwnerCommand) {
-        if nodes.is_empty() {
-            return;
-        }
-        for queue in self.owners_lock().values().filter_map(OwnerHandle::running_queue) {
-            for node in nodes {
-                let _ = queue.try_send(command(*node));
-            }
+        if !nodes.is_empty() {
+            tell_running(&self.owners_lock(), nodes, command);
         }
     }
 
@@ -457,9 +462,7 @@ impl Node {
         }
         tracing::info!(peer = origin.node, "a peer restarted; forgetting what it followed");
         let owners = self.owners_lock();
-        for queue in owners.values().filter_map(OwnerHandle::running_queue) {
-            let _ = queue.try_send(OwnerCommand::Interest { node: origin.node, users: Vec::new() });
-        }
+        tell_running(&owners, &[origin.node], |node| OwnerCommand::Interest { node, users: Vec::new() });
         let mut early = self.early_interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         early.forget(origin.node);
         metrics::gauge!("districhat_early_interest_rooms").set(early.len() as f64);

@@ -508,21 +508,17 @@ impl Node {
         drop(owners);
         self.take_token_key(token_key);
         // Nodes up again in this table: owners skipped their deliveries while they were
-        // down (see `deliver_to`), so each owner shows them its newest message.
-        let returned: Vec<NodeId> = new
-            .nodes
-            .values()
-            .filter(|node| node.up && old.nodes.get(&node.id).is_some_and(|before| !before.up))
-            .map(|node| node.id)
-            .collect();
+        // down (see `deliver_to`), so each owner shows them its newest message. Nodes down
+        // in this table: their users leave the presence of the rooms owned here.
+        let (mut returned, mut down) = (Vec::new(), Vec::new());
+        for node in new.nodes.values() {
+            match (old.nodes.get(&node.id).map(|before| before.up), node.up) {
+                (Some(false), true) => returned.push(node.id),
+                (Some(true), false) => down.push(node.id),
+                _ => {}
+            }
+        }
         self.show_newest_to(&returned);
-        // Nodes down in this table: their users leave the presence of the rooms owned here.
-        let down: Vec<NodeId> = new
-            .nodes
-            .values()
-            .filter(|node| !node.up && old.nodes.get(&node.id).is_some_and(|before| before.up))
-            .map(|node| node.id)
-            .collect();
         self.tell_running_owners(&down, |node| OwnerCommand::Down { node });
         // Every peer that serves sessions has a link from here, so it learns of this
         // process's incarnation as soon as this node knows it (see `Node::peer_connected`).

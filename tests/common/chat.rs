@@ -210,6 +210,25 @@ impl WsClient {
         panic!("no {kind} frame within 15 s");
     }
 
+    /// Reads frames until a presence frame whose users satisfy `wanted` (`what` names it
+    /// in the failure); panics after `within`.
+    pub async fn presence_until(&mut self, what: &str, within: Duration, wanted: impl Fn(&[&str]) -> bool) {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(frame) = self.next(left).await else { break };
+            if frame["type"] == "presence" {
+                let users: Vec<&str> =
+                    frame["users"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                if wanted(&users) {
+                    return;
+                }
+                last = Some(frame.clone());
+            }
+        }
+        panic!("no presence frame with {what} within {within:?}; the last was {last:?}");
+    }
+
     /// Subscribes and returns the messages sent before `subscribed`, plus its seq.
     pub async fn subscribe(&mut self, room: u64, since: Option<u64>) -> (Vec<Value>, u64) {
         let mut frame = json!({"type": "subscribe", "room": room});
