@@ -341,7 +341,8 @@ pub struct NodeRoute {
     pub id: NodeId,
     pub addr: String,
     /// The node serves its browser sessions: `up` or `drained` in the catalog (a drained
-    /// node takes no new rooms or connections, but keeps the ones it has). Nodes deliver
+    /// node takes no new rooms or connections, but keeps the ones it has; one that went
+    /// silent is `drained_down`, not up). Nodes deliver
     /// to it, dial it, and count its users in presence only while this holds.
     pub up: bool,
 }

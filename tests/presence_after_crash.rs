@@ -26,8 +26,9 @@ struct Haunted {
     /// Open until its node dies: a session that closed would say it left.
     ghost: WsClient,
     ghost_api: Api,
-    /// The ghost's node: its name (`n1`…) and WebSocket URL.
+    /// The ghost's node: its name (`n1`…), id and WebSocket URL.
     ghost_node: String,
+    ghost_node_id: u64,
     ghost_url: String,
     room: u64,
 }
@@ -62,6 +63,7 @@ async fn room_with_a_ghost(cluster: &ProcessCluster) -> Haunted {
         ghost,
         ghost_api,
         ghost_node: ghost_node["name"].as_str().unwrap().to_string(),
+        ghost_node_id: ghost_node["id"].as_u64().unwrap(),
         ghost_url: ghost_node["ws_url"].as_str().unwrap().to_string(),
         room: room_id,
     }
@@ -135,4 +137,43 @@ async fn a_restarted_nodes_old_followers_leave_presence_and_its_new_ones_join() 
     ghost.expect("welcome").await;
     ghost.subscribe(haunted.room, None).await;
     haunted.watcher.presence_until("the ghost back", PRESENCE_WITHIN, |users| users == ["ghost", "watcher"]).await;
+}
+
+/// A drained node crashes (docs/DRAINING.md: its sessions kept chatting, so its users were
+/// present): the failure detector watches drained nodes too, so its users leave presence
+/// as a crashed `Up` node's do; the catalog says `drained_down`, and the node is drained
+/// again, not back in service, when it returns. On the code before this change the user
+/// stayed present for good (the detector ignored drained nodes, the tables said up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_that_crashes_loses_its_users_and_stays_drained_when_it_returns() {
+    let mut cluster = ProcessCluster::start().await;
+    let mut haunted = room_with_a_ghost(&cluster).await;
+    let id = haunted.ghost_node_id.to_string();
+    let drained = cluster.run(&["admin", "drain-node", &id, "--timeout", "60"]);
+    assert!(drained.status.success(), "drain-node: {}", String::from_utf8_lossy(&drained.stderr));
+    let ghost_id = haunted.ghost_node_id;
+    let status_of = async |cluster: &ProcessCluster| {
+        let nodes: Value = reqwest::get(format!("{}/api/nodes", cluster.control_url))
+            .await
+            .expect("nodes")
+            .json()
+            .await
+            .expect("nodes json");
+        let node =
+            nodes["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"].as_u64() == Some(ghost_id)).cloned());
+        node.map(|n| n["status"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+    };
+    assert_eq!(status_of(&cluster).await, "drained");
+
+    let killed = std::time::Instant::now();
+    cluster.kill_node(&haunted.ghost_node).await;
+    haunted.watcher.presence_until("only the watcher", PRESENCE_WITHIN, |users| users == ["watcher"]).await;
+    eprintln!("the crashed drained node's user left presence {} ms after the kill", killed.elapsed().as_millis());
+    assert_eq!(status_of(&cluster).await, "drained_down");
+
+    cluster.restart_node(&haunted.ghost_node);
+    common::wait_for("the node drained again", PRESENCE_WITHIN, || async {
+        (status_of(&cluster).await == "drained").then_some(())
+    })
+    .await;
 }

@@ -87,6 +87,11 @@ pub enum NodeStatus {
     /// `UndrainNode` (or `SetNodeStatus Up`) brings it back; a heartbeat or a
     /// re-registration does not. Appended last: the variant index travels in bincode.
     Drained,
+    /// A drained node that went silent (it crashed, or was stopped to retire it): down in
+    /// every routing table, still out of service. Its heartbeat or registration makes it
+    /// `Drained` again, never `Up` (docs/REPLICATION.md, "A drained node that goes
+    /// silent"). Appended last, as `Drained`.
+    DrainedDown,
 }
 
 /// A chat node in the registry.

@@ -2,8 +2,11 @@
 //!
 //! Heartbeats never touch Raft. The leader keeps, in memory, when it last heard from each
 //! node and the load the node reported ([`Liveness`]); only changes of fact become catalog
-//! commands: `NodeDown` from [`detect_failures`] when a node has been silent for
-//! `node_timeout_ms`, `NodeUp` from the heartbeat handler when a `Down` node speaks again.
+//! commands: `NodeDown` from [`detect_failures`] when a node that serves sessions (`Up` or
+//! `Drained`) has been silent for `node_timeout_ms`, `NodeUp` from the heartbeat handler
+//! when a `Down` (or `DrainedDown`) node speaks again. A drained node is watched too: it
+//! still serves its sessions, and one that died must leave every room's presence
+//! (docs/REPLICATION.md, "A drained node that goes silent").
 //!
 //! The memory belongs to one term: a member that becomes leader starts empty, counts every
 //! node as heard from at that moment, and marks nothing down during a grace period of one
@@ -76,8 +79,9 @@ impl Liveness {
         }
     }
 
-    /// The nodes among `up` that have been silent for `timeout`, leading in `term`. During
-    /// the grace period after taking the lead, none.
+    /// The nodes among `up` (those that serve sessions: `Up` or `Drained`) that have been
+    /// silent for `timeout`, leading in `term`. During the grace period after taking the
+    /// lead, none.
     pub fn overdue(&self, term: u64, up: &[ChatNodeId], timeout: Duration, now: Instant) -> Vec<ChatNodeId> {
         let mut memory = self.leading(term, now);
         for node in up {
@@ -148,7 +152,7 @@ pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>)
             .catalog
             .nodes
             .values()
-            .filter(|node| node.status == NodeStatus::Up)
+            .filter(|node| matches!(node.status, NodeStatus::Up | NodeStatus::Drained))
             .map(|node| node.id)
             .collect();
         for node in app.liveness.overdue(term, &up, timeout, now) {
@@ -188,6 +192,7 @@ fn export_node_metrics(app: &AppState, member: &str) {
         ("down", NodeStatus::Down),
         ("pending", NodeStatus::Pending),
         ("drained", NodeStatus::Drained),
+        ("drained_down", NodeStatus::DrainedDown),
     ] {
         let count = catalog.nodes.values().filter(|node| node.status == status).count();
         metrics::gauge!("districhat_nodes", "member" => member.to_string(), "status" => label).set(count as f64);

@@ -142,12 +142,14 @@ impl ProcessCluster {
         cluster
     }
 
-    /// Runs `districhat ARGS --control URL` to its end.
+    /// Runs `districhat ARGS --control URL` to its end, with the cluster secret in
+    /// `DISTRICHAT_SECRET` (for `admin` commands).
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .args(["--control", &self.control_url])
             .env("RUST_LOG", "warn")
+            .env("DISTRICHAT_SECRET", SECRET)
             .output()
             .expect("run districhat")
     }

@@ -8,7 +8,10 @@
 //! An operator drains a node (`DrainNode`): it becomes `Drained` and its rooms move away
 //! exactly as for a failure, but only when every one of them has somewhere to go (else
 //! `no_capacity` and nothing changes). A `Drained` node stays so across heartbeats and
-//! re-registrations until `UndrainNode` makes it `Up` again.
+//! re-registrations until `UndrainNode` makes it `Up` again. The failure detector marks
+//! a silent drained node `DrainedDown` (it holds no room, so nothing moves) and its
+//! heartbeat or registration makes it `Drained` again (docs/REPLICATION.md, "A drained
+//! node that goes silent"); undraining it makes it `Down`, `Up` at its next heartbeat.
 //!
 //! Placement, deterministic (rooms in id order, ties broken by node id):
 //! - *least-loaded* is the `Up` node owning the fewest rooms, then replicating the fewest,
@@ -58,6 +61,9 @@ impl Catalog {
                 node.ws_url = ws_url;
                 node.mesh_addr = mesh_addr;
                 was_down = node.status == NodeStatus::Down;
+                if node.status == NodeStatus::DrainedDown {
+                    node.status = NodeStatus::Drained;
+                }
             }
             touched.push(Touched::Node(id));
             if was_down {
@@ -93,6 +99,10 @@ impl Catalog {
             }
             NodeStatus::Down => self.node_down(node, NodeStatus::Down, touched),
             NodeStatus::Drained => self.drain_node(node, touched),
+            NodeStatus::DrainedDown => {
+                self.drain_node(node, touched)?;
+                self.node_down(node, NodeStatus::Down, touched)
+            }
             NodeStatus::Pending => {
                 if self.node(node)?.status == NodeStatus::Pending {
                     return Ok(CommandOutput::Node(self.node(node)?.clone()));
@@ -103,14 +113,26 @@ impl Catalog {
         }
     }
 
-    /// `NodeDown` (and `SetNodeStatus Down`): an `Up` node leaves and its rooms fail over.
-    /// A node that is not `Up` is left as it is (a second detection, a pending node).
+    /// `NodeDown` (and `SetNodeStatus Down`): an `Up` node leaves and its rooms fail over;
+    /// a `Drained` node becomes `DrainedDown` (it holds no room). Any other node is left as
+    /// it is (a second detection, a pending node).
     pub(super) fn node_down(&mut self, node: ChatNodeId, to: NodeStatus, touched: &mut Vec<Touched>) -> CommandResult {
-        let current = self.node(node)?;
-        if current.status != NodeStatus::Up {
-            return Ok(CommandOutput::NodeDown { node: current.clone(), owners_moved: 0, replicas_moved: 0 });
+        match self.node(node)?.status {
+            NodeStatus::Up => self.take_out(node, to, touched),
+            NodeStatus::Drained => self.set_status(node, NodeStatus::DrainedDown, touched),
+            NodeStatus::Down | NodeStatus::Pending | NodeStatus::DrainedDown => {
+                Ok(CommandOutput::NodeDown { node: self.node(node)?.clone(), owners_moved: 0, replicas_moved: 0 })
+            }
         }
-        self.take_out(node, to, touched)
+    }
+
+    /// Changes only `node`'s status: for the moves between `Drained` and `DrainedDown`
+    /// (and `Down`), where no room moves because the node holds none.
+    fn set_status(&mut self, node: ChatNodeId, status: NodeStatus, touched: &mut Vec<Touched>) -> CommandResult {
+        let Some(entry) = self.nodes.get_mut(&node) else { return Err(CatalogError::UnknownNode(node)) };
+        entry.status = status;
+        touched.push(Touched::Node(node));
+        Ok(CommandOutput::NodeDown { node: entry.clone(), owners_moved: 0, replicas_moved: 0 })
     }
 
     /// `ApproveNode`: a pending node becomes `Up`; any other node is left as it is.
@@ -122,11 +144,15 @@ impl Catalog {
     }
 
     /// `NodeUp`: a `Down` node is back. A pending node must be approved instead; a drained
-    /// one stays drained (it heartbeats while out of service).
+    /// one stays drained (it heartbeats while out of service), and a `DrainedDown` one is
+    /// `Drained` again.
     pub(super) fn node_up(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
         match self.node(node)?.status {
             NodeStatus::Pending => return Err(CatalogError::NodePending(node)),
             NodeStatus::Down => self.bring_up(node, touched),
+            NodeStatus::DrainedDown => {
+                self.set_status(node, NodeStatus::Drained, touched)?;
+            }
             NodeStatus::Up | NodeStatus::Drained => {}
         }
         Ok(CommandOutput::Node(self.node(node)?.clone()))
@@ -137,7 +163,7 @@ impl Catalog {
     pub(super) fn drain_node(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
         match self.node(node)?.status {
             NodeStatus::Pending => Err(CatalogError::NodePending(node)),
-            NodeStatus::Drained => {
+            NodeStatus::Drained | NodeStatus::DrainedDown => {
                 Ok(CommandOutput::NodeDown { node: self.node(node)?.clone(), owners_moved: 0, replicas_moved: 0 })
             }
             NodeStatus::Up | NodeStatus::Down => {
@@ -147,12 +173,16 @@ impl Catalog {
         }
     }
 
-    /// `UndrainNode`: a drained node is `Up` again; an `Up` or `Down` node is left as it
-    /// is; a pending one must be approved instead.
+    /// `UndrainNode`: a drained node is `Up` again, a silent one (`DrainedDown`) `Down`, so
+    /// `Up` at its next heartbeat; an `Up` or `Down` node is left as it is; a pending one
+    /// must be approved instead.
     pub(super) fn undrain_node(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
         match self.node(node)?.status {
             NodeStatus::Pending => return Err(CatalogError::NodePending(node)),
             NodeStatus::Drained => self.bring_up(node, touched),
+            NodeStatus::DrainedDown => {
+                self.set_status(node, NodeStatus::Down, touched)?;
+            }
             NodeStatus::Up | NodeStatus::Down => {}
         }
         Ok(CommandOutput::Node(self.node(node)?.clone()))
@@ -537,9 +567,25 @@ pub(super) mod tests {
         // Heartbeats and re-registrations do not bring it back; an undrain does.
         catalog.apply(Command::NodeUp { node: 2 }).0.unwrap();
         assert_eq!(register(&mut catalog, "n2", true).status, NodeStatus::Drained);
-        assert_eq!(down(&mut catalog, 2), (0, 0), "a silent drained node is not failed over");
-        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained);
         let before = placement(&catalog);
+        // Silent, it is down in the tables but still drained: nothing moves, and its return
+        // (a heartbeat, a registration) makes it drained again, not up.
+        assert_eq!(down(&mut catalog, 2), (0, 0), "a silent drained node holds nothing to fail over");
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::DrainedDown);
+        assert_eq!(placement(&catalog), before);
+        assert_eq!(drain(&mut catalog, 2), Ok((0, 0)), "draining a silent drained node changes nothing");
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::DrainedDown);
+        catalog.apply(Command::NodeUp { node: 2 }).0.unwrap();
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained);
+        down(&mut catalog, 2);
+        assert_eq!(register(&mut catalog, "n2", true).status, NodeStatus::Drained);
+        // Undrained while silent: down, so up at its next heartbeat.
+        down(&mut catalog, 2);
+        let Ok(CommandOutput::Node(node)) = catalog.apply(Command::UndrainNode { node: 2 }).0 else { panic!() };
+        assert_eq!(node.status, NodeStatus::Down);
+        catalog.apply(Command::DrainNode { node: 2 }).0.unwrap();
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained, "a down node holding nothing drains");
+        assert_eq!(placement(&catalog), before);
         let Ok(CommandOutput::Node(node)) = catalog.apply(Command::UndrainNode { node: 2 }).0 else { panic!() };
         assert_eq!(node.status, NodeStatus::Up);
         assert_eq!(placement(&catalog), before, "moved rooms stay where they are");

@@ -106,7 +106,8 @@ async fn progress(
     let waiting_for = nodes_behind(catalog, &loads, since, |other| other.id == id && reported.is_some());
     let status = NodeView::new(catalog, node, None).status;
     let runs_nothing = reported.as_ref().is_none_or(|load| load.rooms_owned == 0 && load.rooms_replicated == 0);
-    let done = node.status == NodeStatus::Drained
+    // A drained node that died since is done too: it holds nothing and serves no one.
+    let done = matches!(node.status, NodeStatus::Drained | NodeStatus::DrainedDown)
         && (rooms_owned, rooms_replicated) == (0, 0)
         && runs_nothing
         && waiting_for.is_empty();

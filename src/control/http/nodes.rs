@@ -109,7 +109,7 @@ async fn heartbeat(
     };
     let Some(status) = status else { return Ok(Json(HeartbeatReply::Unknown)) };
     app.liveness.heartbeat(leader.term, beat.node_id, beat.load, beat.routes_version, Instant::now());
-    if status == NodeStatus::Down {
+    if matches!(status, NodeStatus::Down | NodeStatus::DrainedDown) {
         match app.writer.write(Command::NodeUp { node: beat.node_id }).await {
             Ok(_) => tracing::info!(node = beat.node_id, "a chat node marked down heartbeats again: it is up"),
             Err(e) => tracing::warn!(node = beat.node_id, error = %e, "could not mark a returning node up yet"),

@@ -204,6 +204,7 @@ impl NodeView {
             NodeStatus::Down => "down",
             NodeStatus::Pending => "pending",
             NodeStatus::Drained => "drained",
+            NodeStatus::DrainedDown => "drained_down",
         };
         Self {
             id: node.id,
