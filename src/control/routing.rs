@@ -26,12 +26,14 @@ pub fn routing_table(state: &CatalogState) -> RoutingTable {
     RoutingTable { version: version(state), nodes, rooms, token_key: token_key(catalog), admins: admins(catalog) }
 }
 
-/// What changed in the routing table after version `since` (see [`RoutingDelta`]), or
-/// `None` when this member cannot say: its change index starts later (it restarted or
-/// installed a snapshot since), or `since` is not older than its own version.
+/// What changed in the routing table after version `since` (see [`RoutingDelta`]); empty
+/// when `since` is this member's own version (a node that missed a lookup asks whether
+/// anything changed). `None` when this member cannot say: its change index starts later
+/// (it restarted or installed a snapshot since), `since` is 0, or it is newer than this
+/// member's own version.
 pub fn routing_delta(state: &CatalogState, since: u64) -> Option<RoutingDelta> {
     let current = version(state);
-    if since == 0 || since >= current {
+    if since == 0 || since > current {
         return None;
     }
     let catalog = &state.catalog;

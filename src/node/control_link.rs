@@ -182,28 +182,35 @@ async fn send_heartbeat(node: &Node, url: &str, heartbeat: &Heartbeat) -> anyhow
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Brings the node's table up to date beside the heartbeats, when a heartbeat said
-/// `fetch` or its delta did not fit: what changed since the node's version, from the
-/// leader, when it can say; else the whole table from any control. Under fast room
-/// creation this is the difference between a few hundred kilobytes and the whole table
-/// every second (docs/PROTOCOL.md, "Routing-table deltas").
+/// `fetch` or its delta did not fit (see [`fetch_changes`]).
 async fn catch_up_routes(node: Node) {
+    if let Err(e) = fetch_changes(&node, CATCH_UP_DEADLINE).await {
+        tracing::warn!(node = node.id, error = %e, "could not fetch the whole routing table");
+    }
+}
+
+/// Brings the node's table up to date: what changed since the node's version, from the
+/// leader, when it can say (nothing, when nothing did); else the whole table from any
+/// control, each given `whole_within`. Under fast room creation this is the difference
+/// between a few hundred kilobytes and the whole table every second, and for a lookup
+/// that missed, between a few hundred bytes and tens of megabytes (docs/PROTOCOL.md,
+/// "Routing-table deltas").
+pub async fn fetch_changes(node: &Node, whole_within: Duration) -> anyhow::Result<()> {
     let version = node.routes().version;
     if version > 0 {
-        match fetch_delta(&node, version).await {
+        match fetch_delta(node, version).await {
             // Not applied when a whole table moved ours meanwhile: fetch it whole below.
             Ok(Some(delta)) => {
                 if node.apply_delta(delta) {
-                    return;
+                    return Ok(());
                 }
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(node = node.id, error = %e, "could not fetch a routing delta"),
         }
     }
-    match fetch_routes_within(&node, CATCH_UP_DEADLINE).await {
-        Ok(table) => node.apply_routes(table),
-        Err(e) => tracing::warn!(node = node.id, error = %e, "could not fetch the whole routing table"),
-    }
+    node.apply_routes(fetch_routes_within(node, whole_within).await?);
+    Ok(())
 }
 
 /// What changed since `version`, from the leader; `None` when it cannot say (`404`: its
@@ -222,12 +229,7 @@ async fn fetch_delta(node: &Node, version: u64) -> anyhow::Result<Option<Routing
     Ok(Some(response.error_for_status()?.json().await?))
 }
 
-/// The full routing table from any reachable control.
-pub async fn fetch_routes(node: &Node) -> anyhow::Result<RoutingTable> {
-    fetch_routes_within(node, Duration::from_secs(2)).await
-}
-
-/// [`fetch_routes`], each control given `timeout`.
+/// The whole routing table from any reachable control, each given `timeout`.
 async fn fetch_routes_within(node: &Node, timeout: Duration) -> anyhow::Result<RoutingTable> {
     let mut urls = vec![node.leader_url()];
     urls.extend(node.config.controls.iter().map(|c| c.trim_end_matches('/').to_string()));

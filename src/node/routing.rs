@@ -28,6 +28,10 @@ pub type Page = (Vec<ReadMessage>, bool, Seq);
 /// Most mentions one query returns.
 pub const MAX_MENTIONS: usize = 100;
 
+/// The least time between two routing refreshes a lookup asks for
+/// ([`Node::refresh_routes`]): at most 20 a second per node, however many clients miss.
+pub const REFRESH_SPACING: Duration = Duration::from_millis(50);
+
 /// The routing table as lookups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
@@ -406,18 +410,22 @@ impl Node {
         }
     }
 
-    /// Fetches the whole routing table from the control plane. Callers that miss at the
-    /// same time share one fetch: whoever finds a fetch that started after it asked is done.
+    /// Brings the routing table up to date now: what changed since its version (nothing,
+    /// usually, when a client asked for a room that does not exist or is not theirs), the
+    /// whole table only when the control cannot say. Callers that miss at the same time
+    /// share one fetch: whoever finds a fetch that started after it asked is done. Fetches
+    /// start at most every [`REFRESH_SPACING`], so lookups a client makes miss on purpose
+    /// cost the control plane a bounded rate of small requests (docs/PROTOCOL.md,
+    /// "Routing-table deltas").
     pub async fn refresh_routes(&self) -> anyhow::Result<()> {
         let asked = std::time::Instant::now();
         let mut last = self.refresh.lock().await;
         if *last > asked {
             return Ok(());
         }
+        tokio::time::sleep_until((*last + REFRESH_SPACING).into()).await;
         *last = std::time::Instant::now();
-        let table = control_link::fetch_routes(self).await?;
-        self.apply_routes(table);
-        Ok(())
+        control_link::fetch_changes(self, Duration::from_secs(2)).await
     }
 
     /// Swaps in the connection-token key of a newer routing table when it changed (empty:
