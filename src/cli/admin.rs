@@ -158,7 +158,15 @@ pub async fn run(action: AdminAction) -> anyhow::Result<()> {
         AdminAction::UndrainNode { target, node } => {
             let target = DrainTarget { control: target.control, secret: target.secret, node };
             let view = drain::undrain(&target).await?;
-            format!("node {} ({}) is {}: it takes new rooms and connections again", view.id, view.name, view.status)
+            match view.status.as_str() {
+                "down" => format!(
+                    "node {} ({}) is down: it takes new rooms and connections once it is heard from",
+                    view.id, view.name
+                ),
+                status => {
+                    format!("node {} ({}) is {status}: it takes new rooms and connections again", view.id, view.name)
+                }
+            }
         }
     };
     println!("{reply}");

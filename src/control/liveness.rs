@@ -161,6 +161,15 @@ pub async fn detect_failures(app: AppState, mut shutdown: watch::Receiver<bool>)
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             match written {
+                Ok(CommandOutput::NodeDown { node, .. }) if node.status == NodeStatus::DrainedDown => {
+                    // Nothing to fail over: a drain moved its rooms away.
+                    tracing::warn!(
+                        node = node.id,
+                        name = %node.name,
+                        silent_ms = timeout.as_millis() as u64,
+                        "a drained chat node went silent: its sessions no longer count"
+                    );
+                }
                 Ok(CommandOutput::NodeDown { node, owners_moved, replicas_moved }) => {
                     metrics::counter!("districhat_node_failovers_total", "member" => member.clone()).increment(1);
                     tracing::warn!(

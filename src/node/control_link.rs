@@ -185,20 +185,20 @@ const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
 /// `fetch` or its delta did not fit (see [`fetch_changes`]).
 async fn catch_up_routes(node: Node) {
     if let Err(e) = fetch_changes(&node, CATCH_UP_DEADLINE).await {
-        tracing::warn!(node = node.id, error = %e, "could not fetch the whole routing table");
+        tracing::warn!(node = node.id, error = %e, "could not bring the routing table up to date");
     }
 }
 
 /// Brings the node's table up to date: what changed since the node's version, from the
 /// leader, when it can say (nothing, when nothing did); else the whole table from any
-/// control, each given `whole_within`. Under fast room creation this is the difference
+/// control; each request is given `within`. Under fast room creation this is the difference
 /// between a few hundred kilobytes and the whole table every second, and for a lookup
 /// that missed, between a few hundred bytes and tens of megabytes (docs/PROTOCOL.md,
 /// "Routing-table deltas").
-pub async fn fetch_changes(node: &Node, whole_within: Duration) -> anyhow::Result<()> {
+pub async fn fetch_changes(node: &Node, within: Duration) -> anyhow::Result<()> {
     let version = node.routes().version;
     if version > 0 {
-        match fetch_delta(node, version).await {
+        match fetch_delta(node, version, within).await {
             // Not applied when a whole table moved ours meanwhile: fetch it whole below.
             Ok(Some(delta)) => {
                 if node.apply_delta(delta) {
@@ -209,18 +209,18 @@ pub async fn fetch_changes(node: &Node, whole_within: Duration) -> anyhow::Resul
             Err(e) => tracing::debug!(node = node.id, error = %e, "could not fetch a routing delta"),
         }
     }
-    node.apply_routes(fetch_routes_within(node, whole_within).await?);
+    node.apply_routes(fetch_routes_within(node, within).await?);
     Ok(())
 }
 
 /// What changed since `version`, from the leader; `None` when it cannot say (`404`: its
 /// change index does not reach back that far, or it is a control from before deltas).
-async fn fetch_delta(node: &Node, version: u64) -> anyhow::Result<Option<RoutingDelta>> {
+async fn fetch_delta(node: &Node, version: u64, within: Duration) -> anyhow::Result<Option<RoutingDelta>> {
     let response = node
         .http
         .get(format!("{}/internal/routes/delta?from={version}", node.leader_url()))
         .header(SECRET_HEADER, node.secret.expose())
-        .timeout(CATCH_UP_DEADLINE)
+        .timeout(within)
         .send()
         .await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {

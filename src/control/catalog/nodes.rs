@@ -159,16 +159,22 @@ impl Catalog {
     }
 
     /// `DrainNode`: an `Up` (or `Down`) node leaves service and its rooms move, if every
-    /// room it holds can move; a drained node is left as it is; a pending one is refused.
+    /// room it holds can move (a `Down` one becomes `DrainedDown`: it is not heard from);
+    /// a drained node is left as it is; a pending one is refused.
     pub(super) fn drain_node(&mut self, node: ChatNodeId, touched: &mut Vec<Touched>) -> CommandResult {
         match self.node(node)?.status {
             NodeStatus::Pending => Err(CatalogError::NodePending(node)),
             NodeStatus::Drained | NodeStatus::DrainedDown => {
                 Ok(CommandOutput::NodeDown { node: self.node(node)?.clone(), owners_moved: 0, replicas_moved: 0 })
             }
-            NodeStatus::Up | NodeStatus::Down => {
+            NodeStatus::Up => {
                 self.check_drain_capacity(node)?;
                 self.take_out(node, NodeStatus::Drained, touched)
+            }
+            // Silent: drained, and down in the tables until it heartbeats (then `Drained`).
+            NodeStatus::Down => {
+                self.check_drain_capacity(node)?;
+                self.take_out(node, NodeStatus::DrainedDown, touched)
             }
         }
     }
@@ -584,8 +590,10 @@ pub(super) mod tests {
         let Ok(CommandOutput::Node(node)) = catalog.apply(Command::UndrainNode { node: 2 }).0 else { panic!() };
         assert_eq!(node.status, NodeStatus::Down);
         catalog.apply(Command::DrainNode { node: 2 }).0.unwrap();
-        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained, "a down node holding nothing drains");
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::DrainedDown, "a down node drains, still down");
         assert_eq!(placement(&catalog), before);
+        catalog.apply(Command::NodeUp { node: 2 }).0.unwrap();
+        assert_eq!(catalog.nodes[&2].status, NodeStatus::Drained);
         let Ok(CommandOutput::Node(node)) = catalog.apply(Command::UndrainNode { node: 2 }).0 else { panic!() };
         assert_eq!(node.status, NodeStatus::Up);
         assert_eq!(placement(&catalog), before, "moved rooms stay where they are");

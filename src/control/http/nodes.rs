@@ -169,8 +169,10 @@ struct DeltaQuery {
 /// `GET /internal/routes/delta?from=V`: what changed in the routing table since version
 /// `V`, for a node whose heartbeat said `fetch` (its delta was too large for a heartbeat).
 /// Its cost follows the rooms that changed, where the whole table's follows every room.
-/// `404 no_delta` when this member cannot say (its change index starts after `V`, or `V`
-/// is 0 or not older than its own version): the node then fetches the whole table.
+/// An empty delta when `V` is this member's own version (a node whose lookup missed asks
+/// whether anything changed). `404 no_delta` when this member cannot say (its change index
+/// starts after `V`, or `V` is 0 or newer than its own version): the node then fetches the
+/// whole table.
 async fn delta_since(
     _: SecretChecked,
     State(app): State<AppState>,

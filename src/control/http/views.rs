@@ -181,7 +181,8 @@ pub struct NodeView {
     /// `host:port` of the node (mesh links, internal history).
     pub addr: String,
     pub ws_url: String,
-    /// `up`, `down`, `pending` (awaiting approval) or `drained` (out of service, alive).
+    /// `up`, `down`, `pending` (awaiting approval), `drained` (out of service, alive) or
+    /// `drained_down` (out of service and silent).
     pub status: String,
     /// Rooms the catalog assigns to it as owner and as replica.
     pub rooms_owned: u64,
