@@ -7,7 +7,10 @@ cluster (`cluster/up.sh`) spent. Run from the repository's root.
 
 usage: miss-flood.py NODE_HOST:PORT CLIENTS SECONDS
 """
-import base64, collections, json, os, re, socket, sys, threading, time, urllib.request
+import collections, json, os, re, sys, threading, time, urllib.request
+
+import rawws
+from rawws import frame, read_frame
 
 node_addr, clients, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 names = ["c1", "c2", "c3", "n1", "n2", "n3"]
@@ -19,15 +22,11 @@ control = controls[0]
 
 
 def post(path, body, token=None):
-    req = urllib.request.Request(control + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    return json.load(urllib.request.urlopen(req))
+    return rawws.call(control, path, body, token)
 
 
 def get(path, token):
-    req = urllib.request.Request(control + path, headers={"Authorization": "Bearer " + token})
-    return json.load(urllib.request.urlopen(req))
+    return rawws.call(control, path, token=token)
 
 
 def routes_sent():
@@ -53,53 +52,17 @@ def cpu_ms():
     return spent
 
 
-def frame(text):
-    data = text.encode()
-    mask = os.urandom(4)
-    n = len(data)
-    header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
-def read_exact(s, n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
-
-def read_frame(s):
-    first, second = read_exact(s, 2)
-    n = second & 0x7F
-    if n == 126:
-        n = int.from_bytes(read_exact(s, 2), "big")
-    elif n == 127:
-        n = int.from_bytes(read_exact(s, 8), "big")
-    payload = read_exact(s, n)
-    return first & 0x0F, payload
-
-
 user = "miss%d" % int(time.time())
 post("/api/users", {"username": user, "password": "miss-flood-password-1"})
 time.sleep(0.5)
 session = post("/api/sessions", {"username": user, "password": "miss-flood-password-1"})["token"]
-host, port = node_addr.split(":")
 latencies, codes, lock = [], collections.Counter(), threading.Lock()
 deadline = None
 
 
 def client(index):
     ws_token = get("/api/token", session)["token"]
-    s = socket.create_connection((host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (node_addr, key)).encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += s.recv(1024)
+    s = rawws.upgrade(node_addr)
     s.sendall(frame(json.dumps({"type": "hello", "token": ws_token})))
     while json.loads(read_frame(s)[1]).get("type") != "welcome":
         pass

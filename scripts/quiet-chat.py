@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A quiet chat measured by a client that shares no code with the project (issue 15):
-raw sockets and a hand-written WebSocket framing, standard library only.
+raw sockets and a hand-written WebSocket framing (rawws.py), standard library only.
 
 CLIENTS clients spread over the nodes follow ROOMS rooms; RATE messages a second go out,
 round robin over the clients, each carrying its send time. Prints the ack latency (send
@@ -8,45 +8,17 @@ to ack) and the delivery latency (send to each subscriber's copy), p50/p90/p99/m
 
 usage: quiet-chat.py CONTROL_URL NODE_HOST:PORT[,NODE_HOST:PORT...] [CLIENTS] [ROOMS] [RATE] [SECONDS]
 """
-import base64, json, os, socket, sys, threading, time, urllib.request
+import json, sys, threading, time
+
+import rawws
+from rawws import frame, read_frame
 
 control, nodes = sys.argv[1], sys.argv[2].split(",")
 clients, rooms, rate, seconds = (int(a) for a in (sys.argv[3:] + ["20", "2", "20", "20"][len(sys.argv) - 3:])[:4])
 
 
 def call(path, body=None, token=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(control + path, data, {"Content-Type": "application/json"})
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    return json.load(urllib.request.urlopen(req))
-
-
-def frame(text):
-    data, mask = text.encode(), os.urandom(4)
-    n = len(data)
-    header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
-def read_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def read_frame(sock):
-    first, second = read_exact(sock, 2)
-    n = second & 0x7F
-    if n == 126:
-        n = int.from_bytes(read_exact(sock, 2), "big")
-    elif n == 127:
-        n = int.from_bytes(read_exact(sock, 8), "big")
-    return first & 0x0F, read_exact(sock, n)
+    return rawws.call(control, path, body, token)
 
 
 user = "quiet%d" % int(time.time() * 1000)
@@ -58,15 +30,7 @@ room_ids = [call("/api/rooms", {"name": "%s-%d" % (user, i)}, session)["id"] for
 sent, acks, deliveries, lock = {}, [], [], threading.Lock()
 sockets = []
 for i in range(clients):
-    addr = nodes[i % len(nodes)]
-    host, port = addr.split(":")
-    sock = socket.create_connection((host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (addr, key)).encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(1)
+    sock = rawws.upgrade(nodes[i % len(nodes)])
     token = call("/api/token", token=session)["token"]
     sock.sendall(frame(json.dumps({"type": "hello", "token": token})))
     room = room_ids[i % rooms]
