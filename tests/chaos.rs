@@ -1,6 +1,6 @@
 //! The fault-injection run on real processes (issue 11): `districhat chaos` starts 3
 //! controls and 3 nodes, each in its own network namespace, runs 24 clients in 6 rooms,
-//! injects each named scenario of docs/REPLICATION.md once and checks every history (see
+//! injects each named scenario (docs/RELIABILITY.md) once and checks every history (see
 //! `src/chaos/`). `DISTRICHAT_CHAOS_SECONDS=N` keeps injecting random faults until N
 //! seconds have passed (the long run of docs/RELIABILITY.md).
 
@@ -30,7 +30,7 @@ fn the_named_scenarios_lose_nothing_and_every_room_comes_back() {
     assert!(output.status.success());
     let faults: Vec<&str> =
         report["rounds"].as_array().expect("rounds").iter().filter_map(|round| round["fault"].as_str()).collect();
-    let mut expected = vec!["pause-leader", "kill-replica-then-owner", "restart-replica"];
+    let mut expected = vec!["pause-leader", "kill-replica-then-owner", "restart-replica", "drain-kill-undrain"];
     if netns {
         expected.extend(["partition-leader", "cut-owner-replica", "cut-owner-from-controls"]);
     }

@@ -134,6 +134,43 @@ impl ChaosCluster {
         Ok(self.processes.node(id).await?.name)
     }
 
+    /// Where an admin command about node `id` goes: the first control, with the secret.
+    pub fn drain_target(&self, node: u64) -> crate::cli::drain::DrainTarget {
+        crate::cli::drain::DrainTarget { control: self.control_urls[0].clone(), secret: SECRET.into(), node }
+    }
+
+    /// Drains node `id` and waits until the nodes acted on it; asks again for up to 30 s
+    /// while it is refused for want of capacity (a replica still receiving its log, or a
+    /// node not back up yet after the previous fault).
+    pub async fn drain(&self, id: u64) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match crate::cli::drain::drain(&self.drain_target(id), Duration::from_secs(60), |_| {}).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code() == "no_capacity" && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("draining node {id}")),
+            }
+        }
+    }
+
+    /// Waits (up to 30 s) until the catalog gives node `id` `status` (`up`, `drained`, …).
+    pub async fn wait_node_status(&self, id: u64, status: &str) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.processes.get("/api/nodes").await.ok();
+            let now = nodes.as_ref().and_then(|nodes| {
+                nodes["nodes"].as_array()?.iter().find(|n| n["id"] == id)?["status"].as_str().map(str::to_string)
+            });
+            if now.as_deref() == Some(status) {
+                return Ok(());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "node {id} is {now:?}, not {status}, after 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Each room's placement, from the first control that answers.
     pub async fn placements(&self, session: &str) -> anyhow::Result<BTreeMap<u64, Placement>> {
         let mut last = anyhow::anyhow!("no control answered");

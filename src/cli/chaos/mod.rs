@@ -32,7 +32,9 @@ use crate::node::log::RoomLog;
 /// After a fault heals, every room must take sends again within this long.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 
-/// A fault to inject. The first six are the scenarios of docs/REPLICATION.md (issue 11).
+/// A fault to inject. The first six are the scenarios of docs/REPLICATION.md (issue 11);
+/// the seventh, the life of a drained node that crashes ("A drained node that goes
+/// silent").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
@@ -49,6 +51,10 @@ pub enum Fault {
     CutOwnerReplica,
     /// 6: cut a room's owner from every control (not from the other nodes) for 5 s.
     CutOwnerFromControls,
+    /// 7: drain a room's owner under sends (its rooms move; its clients keep chatting
+    /// through it), SIGKILL it, wait until the catalog calls it `drained_down`, restart it,
+    /// wait until it is `drained` again, and undrain it.
+    DrainKillUndrain,
     /// SIGKILL a random process, restart it 2–10 s later.
     KillRandom,
     /// SIGSTOP a random process for 2–10 s.
@@ -56,13 +62,14 @@ pub enum Fault {
 }
 
 impl Fault {
-    const NAMED: [Fault; 6] = [
+    const NAMED: [Fault; 7] = [
         Fault::PauseLeader,
         Fault::KillReplicaThenOwner,
         Fault::PartitionLeader,
         Fault::RestartReplica,
         Fault::CutOwnerReplica,
         Fault::CutOwnerFromControls,
+        Fault::DrainKillUndrain,
     ];
 
     fn needs_partitions(self) -> bool {
@@ -73,7 +80,7 @@ impl Fault {
 /// Flags of `districhat chaos`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosArgs {
-    /// Faults to inject first, in order (default: the six named scenarios; those that
+    /// Faults to inject first, in order (default: the seven named scenarios; those that
     /// need partitions only with --netns).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub faults: Vec<Fault>,
@@ -294,6 +301,17 @@ async fn inject(
             cluster.partition(&owner, &CONTROLS, false)?;
             format!("{owner} (room {room}'s owner) cut from the controls")
         }
+        Fault::DrainKillUndrain => {
+            let id = placement.owner;
+            cluster.drain(id).await?;
+            processes.kill(&owner).await?;
+            cluster.wait_node_status(id, "drained_down").await?;
+            processes.restart(&owner, "node").await?;
+            cluster.wait_node_status(id, "drained").await?;
+            crate::cli::drain::undrain(&cluster.drain_target(id)).await?;
+            cluster.wait_node_status(id, "up").await?;
+            format!("{owner} (room {room}'s owner) drained, killed, back drained, undrained")
+        }
         Fault::KillRandom => {
             let (name, role) = random_process(rng);
             processes.kill(name).await?;
@@ -343,6 +361,7 @@ fn random_fault(rng: &mut impl Rng, netns: bool) -> Fault {
         Fault::PauseLeader,
         Fault::RestartReplica,
         Fault::KillReplicaThenOwner,
+        Fault::DrainKillUndrain,
     ];
     if netns {
         choices.extend([Fault::PartitionLeader, Fault::CutOwnerReplica, Fault::CutOwnerFromControls]);

@@ -86,7 +86,7 @@ impl Cluster {
     }
 
     /// GETs `path` from the first control that answers.
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let mut urls = vec![self.control.clone()];
         urls.extend(self.other_controls.iter().cloned());
         if let Ok(cluster) = self.http.get(format!("{}/api/cluster", self.control)).send().await {
