@@ -292,6 +292,51 @@ async fn a_history_flood_is_rate_limited_and_the_connection_lives_on() {
     assert_eq!(ws.expect("ack").await["seq"], 1);
 }
 
+/// A client that sends `typing` as fast as it can: the room's other subscribers get at
+/// most a few a second of it (a connection's typing is forwarded at a bounded rate, the
+/// rest dropped), not one per frame: each forwarded one is a frame to every subscriber of
+/// the room on every node. The flooder's next message still goes out and arrives. On the
+/// code before this change every one of the 500 reached the watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typing_flood_reaches_the_room_at_a_bounded_rate() {
+    const FLOOD: usize = 500;
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let flooder_api = Api::logged_in(&base, "flooder").await;
+    let created = cluster.create_room(&flooder_api, "typing", false).await;
+    let room = created["id"].as_u64().expect("room id");
+    let owner = cluster.index_of(created["owner"].as_u64().expect("owner"));
+    let watcher_api = Api::logged_in(&base, "watcher").await;
+    // The flooder on the owner's node, the watcher on the other: every forwarded typing
+    // frame crosses the mesh, in order with the message after it.
+    let (flooder_token, _) = token(&flooder_api, &base).await;
+    let mut flooder = WsClient::connect(&cluster.node(owner).ws_url(), &flooder_token).await;
+    flooder.subscribe(room, None).await;
+    let (watcher_token, _) = token(&watcher_api, &base).await;
+    let mut watcher = WsClient::connect(&cluster.node(1 - owner).ws_url(), &watcher_token).await;
+    watcher.subscribe(room, None).await;
+
+    let started = std::time::Instant::now();
+    for _ in 0..FLOOD {
+        flooder.send(json!({"type": "typing", "room": room})).await;
+    }
+    flooder.send(json!({"type": "send", "room": room, "client_id": "after", "text": "after the flood"})).await;
+    flooder.expect("ack").await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut typing = 0;
+    loop {
+        let frame = watcher.next(Duration::from_secs(15)).await.expect("the message after the flood");
+        match frame["type"].as_str() {
+            Some("typing") if frame["user"] == "flooder" => typing += 1,
+            Some("message") if frame["text"] == "after the flood" => break,
+            _ => {}
+        }
+    }
+    // The burst plus the rate over the flood's length (rounded up), whatever the speed.
+    let bound = 4 + 2 * (elapsed.ceil() as usize);
+    assert!((1..=bound).contains(&typing), "{typing} typing frames of {FLOOD} in {elapsed:.2} s (bound {bound})");
+}
+
 /// One connection resuming more rooms at once than it may have reads in flight: the
 /// catch-ups past `limits.reads_in_flight` wait their turn, and every room still arrives
 /// whole, in order, once each, before its `subscribed`.

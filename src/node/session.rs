@@ -45,6 +45,12 @@ const WRITE_BATCH: usize = 64;
 /// How long the last words to a stalled socket (`lagging` and a close frame) may take.
 const LAST_WORDS: Duration = Duration::from_millis(100);
 
+/// `typing` frames a connection may have forwarded a second (bursts of twice that): a
+/// browser sends one every 2 s while its user types. Each forwarded one is a frame to
+/// every subscriber of the room, so the rest are dropped, without an answer (typing is
+/// ephemeral; docs/PROTOCOL.md, "Typing and presence").
+const TYPING_PER_SEC: u32 = 2;
+
 struct Session {
     node: Node,
     id: u64,
@@ -55,6 +61,8 @@ struct Session {
     sends: Bucket,
     /// History and subscribe requests: each costs the node a read of the room log.
     reads: Bucket,
+    /// Typing frames forwarded to rooms ([`TYPING_PER_SEC`]).
+    typing: Bucket,
     /// Catch-up pages being fetched or queued for this session and not yet taken off its
     /// queue: at most `limits.reads_in_flight`.
     catch_ups_in_flight: usize,
@@ -118,6 +126,7 @@ pub async fn run(node: Node, mut socket: WebSocket) {
         kick: kick.clone(),
         sends: Bucket::new(node.config.limits.sends_per_sec),
         reads: Bucket::new(node.config.limits.reads_per_sec),
+        typing: Bucket::new(TYPING_PER_SEC),
         catch_ups_in_flight: 0,
         waiting: VecDeque::new(),
         histories_in_flight: 0,
@@ -277,7 +286,11 @@ impl Session {
             ClientFrame::Mentions { room, after } => self.read(&user, room, Read::Mentions { after }).await,
             ClientFrame::Typing { room } => {
                 if self.rooms.contains_key(&room) {
-                    self.node.send_typing(room, user.username.clone());
+                    if self.typing.take() {
+                        self.node.send_typing(room, user.username.clone());
+                    } else {
+                        metrics::counter!("districhat_typing_dropped_total").increment(1);
+                    }
                     Vec::new()
                 } else {
                     vec![error("not_subscribed", "subscribe to the room first", Some(room.to_string()))]
