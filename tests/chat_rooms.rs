@@ -337,6 +337,48 @@ async fn a_typing_flood_reaches_the_room_at_a_bounded_rate() {
     assert!((1..=bound).contains(&typing), "{typing} typing frames of {FLOOD} in {elapsed:.2} s (bound {bound})");
 }
 
+/// A connection that never says hello is closed once `limits.hello_timeout_ms` (10 s by
+/// default) has passed, with `hello_timeout` and close code 4010: else anyone, without a
+/// token, could hold every connection slot of a node for good. A connection that said
+/// hello and then stays quiet as long is not closed. On the code before this change the
+/// silent connection stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_says_hello_is_closed() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cluster = ChatCluster::start(2).await;
+    let api = Api::logged_in(&cluster.url(), "quiet").await;
+    let room = cluster.create_room(&api, "quiet", false).await["id"].as_u64().expect("room id");
+    let (token, _) = token(&api, &cluster.url()).await;
+    let ws_url = cluster.node(0).ws_url();
+    let mut said_hello = WsClient::connect(&ws_url, &token).await;
+    let (mut silent, _) = tokio_tungstenite::connect_async(&ws_url).await.expect("ws connect");
+    let opened = std::time::Instant::now();
+    let (mut code, mut reason) = (None, None);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(20), silent.next()).await {
+        match message {
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                reason = frame["code"].as_str().map(str::to_string);
+            }
+            Message::Close(close) => {
+                code = close.map(|close| close.code);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let waited = opened.elapsed();
+    assert_eq!(reason.as_deref(), Some("hello_timeout"), "after {waited:?}");
+    assert_eq!(code, Some(CloseCode::from(4010)), "after {waited:?}");
+    assert!(waited >= Duration::from_secs(9), "closed after {waited:?}, before its 10 s");
+
+    said_hello.send(json!({"type": "send", "room": room, "client_id": "still", "text": "here"})).await;
+    assert_eq!(said_hello.expect("ack").await["seq"], 1, "the connection that said hello lives on");
+}
+
 /// One connection resuming more rooms at once than it may have reads in flight: the
 /// catch-ups past `limits.reads_in_flight` wait their turn, and every room still arrives
 /// whole, in order, once each, before its `subscribed`.

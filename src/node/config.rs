@@ -74,6 +74,10 @@ pub struct Limits {
     /// browser stopped reading) closes the connection as `lagging`; the browser resumes
     /// with `since` when it reconnects.
     pub write_timeout_ms: u64,
+    /// A connection that has not said `hello` within this many ms of opening is closed
+    /// (`hello_timeout`, close code 4010): without it, anyone could hold every connection
+    /// slot without a token. Browsers say hello as soon as the socket opens.
+    pub hello_timeout_ms: u64,
     /// Live frames a connection holds back, over all its rooms, while it catches up;
     /// past this, it drops them and fetches them from the log after the catch-up.
     pub held_frames: usize,
@@ -109,6 +113,7 @@ impl Default for Limits {
             reads_per_sec: 50,
             max_subscriptions: 200,
             write_timeout_ms: 10_000,
+            hello_timeout_ms: 10_000,
             held_frames: 1_000,
             reads_in_flight: 4,
             queued_frames: 4_096,
@@ -185,6 +190,7 @@ impl NodeConfig {
         let limits = &self.limits;
         let too_small = [
             ("limits.write_timeout_ms", limits.write_timeout_ms < 100, "at least 100"),
+            ("limits.hello_timeout_ms", limits.hello_timeout_ms < 100, "at least 100"),
             ("limits.held_frames", limits.held_frames == 0, "at least 1"),
             ("limits.sends_per_sec", limits.sends_per_sec == 0, "at least 1"),
             ("limits.reads_per_sec", limits.reads_per_sec == 0, "at least 1"),
@@ -259,6 +265,7 @@ mod tests {
     fn limits_that_would_serve_no_connection_stop_the_node_at_load() {
         for (bad, key) in [
             ("[limits]\nwrite_timeout_ms = 0\n", "limits.write_timeout_ms"),
+            ("[limits]\nhello_timeout_ms = 0\n", "limits.hello_timeout_ms"),
             ("[limits]\nheld_frames = 0\n", "limits.held_frames"),
             ("[limits]\nreads_per_sec = 0\n", "limits.reads_per_sec"),
             ("[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight"),

@@ -136,12 +136,13 @@ pub async fn run(node: Node, mut socket: WebSocket) {
     let mut shutdown = node.shutdown.clone();
     let mut isolation = node.isolation();
     let write_timeout = Duration::from_millis(node.config.limits.write_timeout_ms);
+    let hello_due = tokio::time::sleep(Duration::from_millis(node.config.limits.hello_timeout_ms));
     // Made once, not once per turn of the loop: each would register with its notifier
     // when polled and unregister when dropped, for every frame in or out.
     let kicked = kick.notified();
     let isolated = async { drop(isolation.wait_for(|isolated| *isolated).await) };
     let stopping = crate::stopped(&mut shutdown);
-    tokio::pin!(kicked, isolated, stopping);
+    tokio::pin!(kicked, isolated, stopping, hello_due);
     loop {
         let outgoing: Vec<Message> = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -177,6 +178,12 @@ pub async fn run(node: Node, mut socket: WebSocket) {
                 break;
             }
             _ = &mut stopping => break,
+            _ = &mut hello_due, if session.user.is_none() => {
+                metrics::counter!("districhat_sessions_without_hello_total").increment(1);
+                let reason = "no hello within limits.hello_timeout_ms";
+                close(&mut socket, "hello_timeout", reason, 4010).await;
+                break;
+            }
         };
         metrics::counter!("districhat_frames_out_total").increment(outgoing.len() as u64);
         match write_all(&mut socket, outgoing, write_timeout).await {
