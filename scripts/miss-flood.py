@@ -7,15 +7,14 @@ cluster (`cluster/up.sh`) spent. Run from the repository's root.
 
 usage: miss-flood.py NODE_HOST:PORT CLIENTS SECONDS
 """
-import collections, json, os, re, sys, threading, time, urllib.request
+import collections, json, re, sys, threading, time, urllib.request
 
 import rawws
 from rawws import frame, read_frame
 
 node_addr, clients, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-names = ["c1", "c2", "c3", "n1", "n2", "n3"]
 controls = []
-for name in names[:3]:
+for name in rawws.CLUSTER[:3]:
     listen = re.search(r'^listen\s*=\s*"([^"]+)"', open("cluster/%s.toml" % name).read(), re.M).group(1)
     controls.append("http://" + listen)
 control = controls[0]
@@ -40,16 +39,6 @@ def routes_sent():
             if line.startswith('districhat_routes_sent_total{kind="delta_fetch"}'):
                 delta += int(float(line.split()[-1]))
     return table, delta
-
-
-def cpu_ms():
-    """CPU time (user + system) of each process of the local cluster, in ms."""
-    spent = []
-    for name in names:
-        pid = open("data/cluster/%s.pid" % name).read().strip()
-        fields = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
-        spent.append((int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK"))
-    return spent
 
 
 user = "miss%d" % int(time.time())
@@ -90,11 +79,11 @@ threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
 for t in threads:
     t.start()
 time.sleep(2)  # every client has said hello
-before_routes, before_cpu = routes_sent(), cpu_ms()
+before_routes, before_cpu = routes_sent(), rawws.cluster_cpu_ms()
 deadline = time.time() + seconds
 for t in threads:
     t.join()
-after_routes, after_cpu = routes_sent(), cpu_ms()
+after_routes, after_cpu = routes_sent(), rawws.cluster_cpu_ms()
 latencies.sort()
 q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0
 spent = [b - a for a, b in zip(before_cpu, after_cpu)]

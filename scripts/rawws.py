@@ -1,7 +1,22 @@
-"""What the measuring scripts share (quiet-chat.py, resume-flood.py, miss-flood.py): JSON
-calls to a control and a hand-written WebSocket client (raw sockets, standard library
-only), so that what they measure is not measured through the project's own code."""
+"""What the measuring scripts share (quiet-chat.py, resume-flood.py, miss-flood.py,
+typing-flood.py): JSON calls to a control, a hand-written WebSocket client (raw sockets,
+standard library only, so that what they measure is not measured through the project's
+own code), and the CPU time of the local cluster's processes."""
 import base64, json, os, socket, urllib.request
+
+# The processes of the local cluster (`cluster/up.sh`), as `cluster_cpu_ms` lists them.
+CLUSTER = ["c1", "c2", "c3", "n1", "n2", "n3"]
+
+
+def cluster_cpu_ms():
+    """CPU time (user + system) of each process of the local cluster, in ms; run from the
+    repository's root (pid files in data/cluster)."""
+    spent = []
+    for name in CLUSTER:
+        pid = open("data/cluster/%s.pid" % name).read().strip()
+        fields = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
+        spent.append((int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK"))
+    return spent
 
 
 def call(control, path, body=None, token=None):

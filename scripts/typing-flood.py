@@ -7,25 +7,14 @@ Run from the repository's root.
 
 usage: typing-flood.py WATCHERS SECONDS
 """
-import json, os, sys, threading, time
+import json, sys, threading, time
 
 import rawws
 from rawws import frame, read_frame
 
 watchers, seconds = int(sys.argv[1]), float(sys.argv[2])
 control = "http://127.0.0.1:7000"
-names = ["c1", "c2", "c3", "n1", "n2", "n3"]
 nodes = ["127.0.0.1:7100", "127.0.0.1:7101", "127.0.0.1:7102"]
-
-
-def cpu_ms():
-    """CPU time (user + system) of each process of the local cluster, in ms."""
-    spent = []
-    for name in names:
-        pid = open("data/cluster/%s.pid" % name).read().strip()
-        fields = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
-        spent.append((int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK"))
-    return spent
 
 
 def login(name):
@@ -74,13 +63,13 @@ for sock in sockets:
     threading.Thread(target=reader, args=(sock,), daemon=True).start()
 threading.Thread(target=drain, args=(flooder,), daemon=True).start()
 typing = frame(json.dumps({"type": "typing", "room": room}))
-before = cpu_ms()
+before = rawws.cluster_cpu_ms()
 sent, deadline = 0, time.time() + seconds
 while time.time() < deadline:
     flooder.sendall(typing)
     sent += 1
 time.sleep(2)
-spent = [b - a for a, b in zip(before, cpu_ms())]
+spent = [b - a for a, b in zip(before, rawws.cluster_cpu_ms())]
 print("%d watchers, %.0f s: %d typing frames sent, %d received by the watchers (%.0f/s)"
       % (watchers, seconds, sent, received[0], received[0] / seconds))
 print("CPU: controls %s ms, nodes %s ms" % (spent[:3], spent[3:]))
