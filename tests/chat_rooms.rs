@@ -337,6 +337,50 @@ async fn a_typing_flood_reaches_the_room_at_a_bounded_rate() {
     assert!((1..=bound).contains(&typing), "{typing} typing frames of {FLOOD} in {elapsed:.2} s (bound {bound})");
 }
 
+/// A client that subscribes to a room and unsubscribes again, over and over (each pair
+/// two presence changes, within its read limit): the room's other subscribers get
+/// presence at most about 4 times a second, not a frame of the whole user list per
+/// change, and the list they end with is right. On the code before this change the
+/// watcher got a presence frame for every change (201 for 100 pairs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_churn_reaches_the_room_as_presence_at_a_bounded_rate() {
+    const PAIRS: usize = 60;
+    let cluster = ChatCluster::start(2).await;
+    let base = cluster.url();
+    let churner_api = Api::logged_in(&base, "churner").await;
+    let room = cluster.create_room(&churner_api, "churn", false).await["id"].as_u64().expect("room id");
+    let watcher_api = Api::logged_in(&base, "watcher").await;
+    let (watcher_token, _) = token(&watcher_api, &base).await;
+    let mut watcher = WsClient::connect(&cluster.node(1).ws_url(), &watcher_token).await;
+    watcher.subscribe(room, None).await;
+    watcher.presence_until("the watcher alone", Duration::from_secs(10), |users| users == ["watcher"]).await;
+    let (churner_token, _) = token(&churner_api, &base).await;
+    let mut churner = WsClient::connect(&cluster.node(0).ws_url(), &churner_token).await;
+
+    let started = std::time::Instant::now();
+    for _ in 0..PAIRS {
+        churner.send(json!({"type": "subscribe", "room": room})).await;
+        churner.send(json!({"type": "unsubscribe", "room": room})).await;
+    }
+    churner.send(json!({"type": "send", "room": room, "client_id": "after", "text": "after the churn"})).await;
+    churner.expect("ack").await;
+    let mut presence = 0;
+    loop {
+        let frame = watcher.next(Duration::from_secs(15)).await.expect("the message after the churn");
+        match frame["type"].as_str() {
+            Some("presence") => presence += 1,
+            Some("message") if frame["text"] == "after the churn" => break,
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 2 + 4 * (elapsed.ceil() as usize);
+    assert!(presence <= bound, "{presence} presence frames for {PAIRS} pairs in {elapsed:.2} s (bound {bound})");
+    // The churner stays: the watcher's list comes to hold both.
+    churner.subscribe(room, None).await;
+    watcher.presence_until("both users", Duration::from_secs(10), |users| users == ["churner", "watcher"]).await;
+}
+
 /// A connection that never says hello is closed once `limits.hello_timeout_ms` (10 s by
 /// default) has passed, with `hello_timeout` and close code 4010: else anyone, without a
 /// token, could hold every connection slot of a node for good. A connection that said

@@ -230,7 +230,9 @@ async fn a_drained_nodes_sessions_keep_getting_live_messages_and_stay_present() 
         }
     }
     // The watcher's presence never lost the stayer: a frame that dropped it would come
-    // before the one with the third user, who joins after the drain.
+    // before the one with the third user, who joins after the drain. (A frame with the
+    // same two users may come again first: a change within the owner's presence interval
+    // reaches a newcomer at once and everyone when the interval is up.)
     let late_api = Api::logged_in(&base, "zed").await;
     let (late_token, _) = token(&late_api, &base).await;
     let mut late = WsClient::connect(&owner_url, &late_token).await;
@@ -238,8 +240,11 @@ async fn a_drained_nodes_sessions_keep_getting_live_messages_and_stay_present() 
     loop {
         let frame = watcher.next(Duration::from_secs(10)).await.expect("presence with the third user");
         if frame["type"] == "presence" {
-            assert_eq!(presence(&frame), ["stayer", "watcher", "zed"], "the stayer stays present");
-            break;
+            let users = presence(&frame);
+            assert!(users.iter().any(|user| user == "stayer"), "the stayer stays present: {users:?}");
+            if users == ["stayer", "watcher", "zed"] {
+                break;
+            }
         }
     }
 }

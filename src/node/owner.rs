@@ -52,6 +52,11 @@ const INLINE_COPY: usize = 1_000;
 /// commit point in an empty `Replicate` (each `Replicate` carries the commit point before
 /// its batch: docs/REPLICATION.md, "Reads").
 const QUIET_COMMIT_NOTICE: Duration = Duration::from_millis(100);
+/// The least time between two presence frames an owner sends its followers: changes
+/// closer together are folded into one sent when the time is up, so subscribe and
+/// unsubscribe churn (about 100 changes a second per connection within its read limit)
+/// cannot send the whole user list to every subscriber on every change.
+const PRESENCE_EVERY: Duration = Duration::from_millis(250);
 /// How long the background copy waits after its replica did not answer.
 const BACKFILL_RETRY: Duration = Duration::from_secs(1);
 /// How long one chunk of the background copy may take: the owner's sends wait for it,
@@ -100,6 +105,10 @@ pub(super) struct Owner {
     /// The users of the last presence frame the followers were sent: those of `interest`
     /// on nodes that are up.
     presence: BTreeSet<String>,
+    /// When that frame went out, and when the next one is due if presence changed since
+    /// ([`PRESENCE_EVERY`]).
+    presence_sent: Option<tokio::time::Instant>,
+    presence_due: Option<tokio::time::Instant>,
     /// Shared with the [`OwnerHandle`]: ready, dormant, the replica complete, the commit
     /// point.
     flags: OwnerFlags,
@@ -110,6 +119,14 @@ pub(super) struct Owner {
     /// When to tell the replica a commit point it was not told yet, if the room stays
     /// quiet until then ([`QUIET_COMMIT_NOTICE`]).
     notice_due: Option<tokio::time::Instant>,
+}
+
+/// Sleeps until `due`, or for ever without one.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Drop for Owner {
@@ -140,6 +157,8 @@ impl Owner {
             last_stamp: None,
             interest: HashMap::new(),
             presence: BTreeSet::new(),
+            presence_sent: None,
+            presence_due: None,
             flags: flags.clone(),
             backfill: None,
             replica_told: 0,
@@ -407,6 +426,9 @@ impl Owner {
             // then holds this loop's state, not room for the largest call's (an owner
             // task per room the node owns, most of them idle; docs/BENCHMARKS.md, "The
             // memory of an idle room").
+            self.presence_if_due();
+            // Every wait below also ends when a presence frame that waited is due.
+            let presence_due = self.presence_due;
             if ready {
                 let now = tokio::time::Instant::now();
                 if let Some(fill) = self.backfill.filter(|fill| fill.due <= now) {
@@ -417,7 +439,8 @@ impl Owner {
                 }
             }
             let received = if ready {
-                match self.backfill.map(|fill| fill.due).into_iter().chain(self.notice_due).min() {
+                let due = self.backfill.map(|fill| fill.due).into_iter().chain(self.notice_due).chain(presence_due);
+                match due.min() {
                     Some(due) => tokio::select! {
                         received = rx.recv_many(&mut commands, MAX_BATCH) => received,
                         _ = tokio::time::sleep_until(due) => continue,
@@ -430,7 +453,10 @@ impl Owner {
                 if self.interest.is_empty() && self.node.park_owner(self.room, &self.flags, &rx) {
                     return;
                 }
-                rx.recv_many(&mut commands, MAX_BATCH).await
+                tokio::select! {
+                    received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                    _ = until(presence_due) => continue,
+                }
             } else {
                 // Not owning the room yet (just started, or taking over failed: replica
                 // unreachable?): take it over in the background too, so the replica is
@@ -447,6 +473,7 @@ impl Owner {
                 });
                 tokio::select! {
                     received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                    _ = until(presence_due) => continue,
                     // Bound to a name (not `_`): the permit is held through `start`.
                     _permit = next_turn => {
                         turn = None;
@@ -833,7 +860,9 @@ impl Owner {
     /// nodes that are up in this node's routing table (a node the catalog calls down has
     /// closed its sessions, or is closing them, and cannot say so). When it did not
     /// change, a `newcomer` node still gets it (a node keeps presence only while it has
-    /// followers).
+    /// followers). A change within [`PRESENCE_EVERY`] of the last frame waits for the
+    /// time to be up (`presence_due`, then this again): the followers get the list as it
+    /// is then, or nothing if it came back to what they have; a newcomer gets it at once.
     fn announce_presence(&mut self, newcomer: Option<NodeId>) {
         let routes = self.node.routes();
         let is_up = |node: &NodeId| *node == self.node.id || routes.nodes.get(node).is_none_or(|route| route.up);
@@ -841,15 +870,36 @@ impl Owner {
             self.interest.iter().filter(|(node, _)| is_up(node)).flat_map(|(_, users)| users.iter().cloned()).collect();
         let changed = everyone != self.presence;
         if !changed && newcomer.is_none() {
+            self.presence_due = None;
             return;
         }
         let frame = ServerFrame::Presence { room: self.room, users: everyone.iter().cloned().collect() };
         let frames = vec![(0, frame_json(&frame))];
-        match newcomer {
-            Some(node) if !changed => self.node.deliver_to(node, self.room, frames, 0),
-            _ => self.fan_out(frames, 0),
+        let now = tokio::time::Instant::now();
+        let too_soon = self.presence_sent.map(|sent| sent + PRESENCE_EVERY).filter(|next| *next > now);
+        match (newcomer, too_soon) {
+            (Some(node), _) if !changed => self.node.deliver_to(node, self.room, frames, 0),
+            (newcomer, Some(next)) => {
+                self.presence_due = Some(next);
+                if let Some(node) = newcomer {
+                    self.node.deliver_to(node, self.room, frames, 0);
+                }
+            }
+            (_, None) => {
+                self.fan_out(frames, 0);
+                self.presence = everyone;
+                self.presence_sent = Some(now);
+                self.presence_due = None;
+            }
         }
-        self.presence = everyone;
+    }
+
+    /// Sends the presence that waited for [`PRESENCE_EVERY`], once `presence_due` passed.
+    fn presence_if_due(&mut self) {
+        if self.presence_due.is_some_and(|due| due <= tokio::time::Instant::now()) {
+            self.presence_due = None;
+            self.announce_presence(None);
+        }
     }
 
     /// Delivers the room's newest committed message (read once) to each of `nodes`: their
