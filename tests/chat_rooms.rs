@@ -292,6 +292,19 @@ async fn a_history_flood_is_rate_limited_and_the_connection_lives_on() {
     assert_eq!(ws.expect("ack").await["seq"], 1);
 }
 
+/// Reads `client`'s frames until the message with `text`; returns how many before it
+/// matched `counted`.
+async fn count_before_message(client: &mut WsClient, text: &str, counted: impl Fn(&Value) -> bool) -> usize {
+    let mut count = 0;
+    loop {
+        let frame = client.next(Duration::from_secs(15)).await.unwrap_or_else(|| panic!("no message {text:?}"));
+        if frame["type"] == "message" && frame["text"] == text {
+            return count;
+        }
+        count += usize::from(counted(&frame));
+    }
+}
+
 /// A client that sends `typing` as fast as it can: the room's other subscribers get at
 /// most a few a second of it (a connection's typing is forwarded at a bounded rate, the
 /// rest dropped), not one per frame: each forwarded one is a frame to every subscriber of
@@ -323,15 +336,10 @@ async fn a_typing_flood_reaches_the_room_at_a_bounded_rate() {
     flooder.send(json!({"type": "send", "room": room, "client_id": "after", "text": "after the flood"})).await;
     flooder.expect("ack").await;
     let elapsed = started.elapsed().as_secs_f64();
-    let mut typing = 0;
-    loop {
-        let frame = watcher.next(Duration::from_secs(15)).await.expect("the message after the flood");
-        match frame["type"].as_str() {
-            Some("typing") if frame["user"] == "flooder" => typing += 1,
-            Some("message") if frame["text"] == "after the flood" => break,
-            _ => {}
-        }
-    }
+    let typing = count_before_message(&mut watcher, "after the flood", |frame| {
+        frame["type"] == "typing" && frame["user"] == "flooder"
+    })
+    .await;
     // The burst plus the rate over the flood's length (rounded up), whatever the speed.
     let bound = 4 + 2 * (elapsed.ceil() as usize);
     assert!((1..=bound).contains(&typing), "{typing} typing frames of {FLOOD} in {elapsed:.2} s (bound {bound})");
@@ -364,15 +372,7 @@ async fn subscribe_churn_reaches_the_room_as_presence_at_a_bounded_rate() {
     }
     churner.send(json!({"type": "send", "room": room, "client_id": "after", "text": "after the churn"})).await;
     churner.expect("ack").await;
-    let mut presence = 0;
-    loop {
-        let frame = watcher.next(Duration::from_secs(15)).await.expect("the message after the churn");
-        match frame["type"].as_str() {
-            Some("presence") => presence += 1,
-            Some("message") if frame["text"] == "after the churn" => break,
-            _ => {}
-        }
-    }
+    let presence = count_before_message(&mut watcher, "after the churn", |frame| frame["type"] == "presence").await;
     let elapsed = started.elapsed().as_secs_f64();
     let bound = 2 + 4 * (elapsed.ceil() as usize);
     assert!(presence <= bound, "{presence} presence frames for {PAIRS} pairs in {elapsed:.2} s (bound {bound})");

@@ -440,12 +440,9 @@ impl Owner {
             }
             let received = if ready {
                 let due = self.backfill.map(|fill| fill.due).into_iter().chain(self.notice_due).chain(presence_due);
-                match due.min() {
-                    Some(due) => tokio::select! {
-                        received = rx.recv_many(&mut commands, MAX_BATCH) => received,
-                        _ = tokio::time::sleep_until(due) => continue,
-                    },
-                    None => rx.recv_many(&mut commands, MAX_BATCH).await,
+                tokio::select! {
+                    received = rx.recv_many(&mut commands, MAX_BATCH) => received,
+                    _ = until(due.min()) => continue,
                 }
             } else if self.flags.is_dormant() {
                 // Nobody follows the room and nothing waits: end the task and leave the

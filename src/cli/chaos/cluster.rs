@@ -155,22 +155,6 @@ impl ChaosCluster {
         }
     }
 
-    /// Waits (up to 30 s) until the catalog gives node `id` `status` (`up`, `drained`, …).
-    pub async fn wait_node_status(&self, id: u64, status: &str) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let nodes = self.processes.get("/api/nodes").await.ok();
-            let now = nodes.as_ref().and_then(|nodes| {
-                nodes["nodes"].as_array()?.iter().find(|n| n["id"] == id)?["status"].as_str().map(str::to_string)
-            });
-            if now.as_deref() == Some(status) {
-                return Ok(());
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "node {id} is {now:?}, not {status}, after 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// Each room's placement, from the first control that answers.
     pub async fn placements(&self, session: &str) -> anyhow::Result<BTreeMap<u64, Placement>> {
         let mut last = anyhow::anyhow!("no control answered");

@@ -31,6 +31,8 @@ use crate::node::log::RoomLog;
 
 /// After a fault heals, every room must take sends again within this long.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
+/// How long `drain-kill-undrain` waits for each status it expects the catalog to show.
+const STATUS_WITHIN: Duration = Duration::from_secs(30);
 
 /// A fault to inject. The first six are the scenarios of docs/REPLICATION.md (issue 11);
 /// the seventh, the life of a drained node that crashes ("A drained node that goes
@@ -305,11 +307,11 @@ async fn inject(
             let id = placement.owner;
             cluster.drain(id).await?;
             processes.kill(&owner).await?;
-            cluster.wait_node_status(id, "drained_down").await?;
+            processes.wait_node_status(id, "drained_down", STATUS_WITHIN).await?;
             processes.restart(&owner, "node").await?;
-            cluster.wait_node_status(id, "drained").await?;
+            processes.wait_node_status(id, "drained", STATUS_WITHIN).await?;
             crate::cli::drain::undrain(&cluster.drain_target(id)).await?;
-            cluster.wait_node_status(id, "up").await?;
+            processes.wait_node_status(id, "up", STATUS_WITHIN).await?;
             format!("{owner} (room {room}'s owner) drained, killed, back drained, undrained")
         }
         Fault::KillRandom => {

@@ -86,7 +86,7 @@ impl Cluster {
     }
 
     /// GETs `path` from the first control that answers.
-    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let mut urls = vec![self.control.clone()];
         urls.extend(self.other_controls.iter().cloned());
         if let Ok(cluster) = self.http.get(format!("{}/api/cluster", self.control)).send().await {
@@ -275,9 +275,15 @@ impl Cluster {
     }
 
     pub async fn wait_node_up(&self, id: u64) -> anyhow::Result<()> {
-        wait("the restarted node to be up", Duration::from_secs(60), || async {
+        self.wait_node_status(id, "up", Duration::from_secs(60)).await
+    }
+
+    /// Waits until the catalog gives node `id` `status` (`up`, `drained`, …), for at most
+    /// `timeout`.
+    pub async fn wait_node_status(&self, id: u64, status: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait(&format!("node {id} to be {status}"), timeout, || async {
             let Ok(nodes) = self.get("/api/nodes").await else { return false };
-            nodes["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["status"] == "up")
+            nodes["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["status"] == status)
         })
         .await
     }
